@@ -1,0 +1,20 @@
+//! The one crate both Tributary programs share: the data model ([`Point`], [`Batch`]), the
+//! encoding of batches on the wire, and the parsers for formats both sides accept.
+//!
+//! The agent-to-collector format lives here and nowhere else. A batch travels as MessagePack
+//! (structs as arrays, so field names are not repeated per point) compressed with zstd; JSON is
+//! accepted too, for debugging with `curl`. The choice was made by measurement; see
+//! `BENCHMARKS.md` ("wire encoding").
+//!
+//! The agent stores each buffered point already encoded ([`codec::encode_point`]), and
+//! [`codec::BatchEncoder`] splices those stored bytes into a batch without decoding them again.
+//! A test proves the spliced bytes equal what `rmp_serde` produces for the whole [`Batch`].
+
+pub mod batch;
+pub mod codec;
+pub mod line_protocol;
+pub mod point;
+pub mod time;
+
+pub use batch::{AgentStatus, Batch, BatchAck, ErrorBody, Reject};
+pub use point::{FieldValue, Point};

@@ -1,0 +1,201 @@
+//! InfluxDB line protocol: parsing into points (through `influxdb-line-protocol`, the parser
+//! InfluxData publishes) and formatting points back.
+//!
+//! Parsing reports errors per line, so one bad line does not take its neighbours down.
+
+use influxdb_line_protocol::builder::LineProtocolBuilder;
+use influxdb_line_protocol::{FieldValue as LpValue, parse_lines, split_lines};
+
+use crate::point::{FieldValue, Point};
+
+/// The unit of timestamps in the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    Nanoseconds,
+    Microseconds,
+    Milliseconds,
+    Seconds,
+}
+
+impl Precision {
+    /// Parses the `precision` names InfluxDB uses: `ns`, `us`, `ms`, `s`.
+    pub fn parse(text: &str) -> Option<Precision> {
+        match text {
+            "ns" | "n" => Some(Precision::Nanoseconds),
+            "us" | "u" | "µs" => Some(Precision::Microseconds),
+            "ms" => Some(Precision::Milliseconds),
+            "s" => Some(Precision::Seconds),
+            _ => None,
+        }
+    }
+
+    fn nanos_per_unit(self) -> i64 {
+        match self {
+            Precision::Nanoseconds => 1,
+            Precision::Microseconds => 1_000,
+            Precision::Milliseconds => 1_000_000,
+            Precision::Seconds => 1_000_000_000,
+        }
+    }
+}
+
+/// One line that could not be turned into a point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineError {
+    /// 1-based line number within the parsed text.
+    pub line: usize,
+    /// The offending line.
+    pub text: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl std::fmt::Display for LineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {}", self.line, self.reason)
+    }
+}
+
+/// Parses line protocol text. Lines without a timestamp get `default_ts`. Blank lines and
+/// `#` comments are skipped; every other line yields a point or an error.
+pub fn parse(text: &str, precision: Precision, default_ts: i64) -> Vec<Result<Point, LineError>> {
+    let mut out = Vec::new();
+    for (index, raw) in split_lines(text).enumerate() {
+        let line = raw.strip_suffix('\r').unwrap_or(raw);
+        let error = |reason: String| LineError {
+            line: index + 1,
+            text: line.to_owned(),
+            reason,
+        };
+        for parsed in parse_lines(line) {
+            out.push(match parsed {
+                Ok(parsed) => convert(&parsed, precision, default_ts).map_err(error),
+                Err(e) => Err(error(e.to_string())),
+            });
+        }
+    }
+    out
+}
+
+fn convert(
+    parsed: &influxdb_line_protocol::ParsedLine<'_>,
+    precision: Precision,
+    default_ts: i64,
+) -> Result<Point, String> {
+    let ts = match parsed.timestamp {
+        Some(t) => t
+            .checked_mul(precision.nanos_per_unit())
+            .ok_or_else(|| format!("timestamp {t} overflows at precision {precision:?}"))?,
+        None => default_ts,
+    };
+    let mut point = Point::new(parsed.series.measurement.as_str(), ts);
+    if let Some(tags) = &parsed.series.tag_set {
+        for (key, value) in tags {
+            point.tags.insert(key.to_string(), value.to_string());
+        }
+    }
+    for (key, value) in &parsed.field_set {
+        let value = match value {
+            LpValue::I64(v) => FieldValue::I64(*v),
+            LpValue::U64(v) => FieldValue::I64(i64::try_from(*v).map_err(|_| {
+                format!("unsigned field {key} = {v} does not fit in a signed 64-bit integer")
+            })?),
+            LpValue::F64(v) => FieldValue::F64(*v),
+            LpValue::Boolean(v) => FieldValue::Bool(*v),
+            LpValue::String(v) => FieldValue::Str(v.to_string()),
+        };
+        point.fields.insert(key.to_string(), value);
+    }
+    Ok(point)
+}
+
+/// Formats a point as one line of line protocol (no trailing newline), timestamp in ns.
+/// A point without fields has no line protocol form; it is written as a comment.
+pub fn format_point(point: &Point) -> String {
+    let mut fields = point.fields.iter();
+    let Some((first_key, first_value)) = fields.next() else {
+        return format!("# {} has no fields", point.name);
+    };
+    let mut builder = LineProtocolBuilder::new().measurement(&point.name);
+    for (key, value) in &point.tags {
+        builder = builder.tag(key, value);
+    }
+    let mut builder = match first_value {
+        FieldValue::F64(v) => builder.field(first_key, *v),
+        FieldValue::I64(v) => builder.field(first_key, *v),
+        FieldValue::Bool(v) => builder.field(first_key, *v),
+        FieldValue::Str(v) => builder.field(first_key, v.as_str()),
+    };
+    for (key, value) in fields {
+        builder = match value {
+            FieldValue::F64(v) => builder.field(key, *v),
+            FieldValue::I64(v) => builder.field(key, *v),
+            FieldValue::Bool(v) => builder.field(key, *v),
+            FieldValue::Str(v) => builder.field(key, v.as_str()),
+        };
+    }
+    let bytes = builder.timestamp(point.ts).close_line().build();
+    let mut line = String::from_utf8(bytes).expect("line protocol built from strings is UTF-8");
+    if line.ends_with('\n') {
+        line.pop();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_types_tags_and_timestamps() {
+        let text = "weather,location=us\\ midwest,season=summer temperature=82,humidity=71i,ok=true,note=\"a \\\"b\\\"\" 1465839830100400200\n";
+        let points = parse(text, Precision::Nanoseconds, 0);
+        let point = points[0].as_ref().unwrap();
+        assert_eq!(point.name, "weather");
+        assert_eq!(point.tags["location"], "us midwest");
+        assert_eq!(point.fields["temperature"], FieldValue::F64(82.0));
+        assert_eq!(point.fields["humidity"], FieldValue::I64(71));
+        assert_eq!(point.fields["ok"], FieldValue::Bool(true));
+        assert_eq!(point.fields["note"], FieldValue::Str("a \"b\"".into()));
+        assert_eq!(point.ts, 1_465_839_830_100_400_200);
+    }
+
+    #[test]
+    fn precision_and_default_timestamp() {
+        let points = parse("m v=1 1700000000\nm v=2", Precision::Seconds, 42);
+        assert_eq!(points[0].as_ref().unwrap().ts, 1_700_000_000_000_000_000);
+        assert_eq!(points[1].as_ref().unwrap().ts, 42);
+        let overflow = parse("m v=1 9223372036854775807", Precision::Seconds, 0);
+        assert!(overflow[0].is_err());
+    }
+
+    #[test]
+    fn bad_lines_are_reported_alone_with_their_number() {
+        let points = parse(
+            "# comment\nm v=1\nnot line protocol\n\nm v=2u\nm v=18446744073709551615u",
+            Precision::Nanoseconds,
+            7,
+        );
+        assert_eq!(points.len(), 4);
+        assert!(points[0].is_ok());
+        let error = points[1].as_ref().unwrap_err();
+        assert_eq!(error.line, 3);
+        assert_eq!(error.text, "not line protocol");
+        assert_eq!(points[2].as_ref().unwrap().fields["v"], FieldValue::I64(2));
+        assert!(points[3].as_ref().unwrap_err().reason.contains("does not fit"));
+    }
+
+    #[test]
+    fn format_then_parse_is_identity() {
+        let point = Point::new("my meas,x", 123)
+            .with_tag("a b", "c=d,e")
+            .with_field("f", 1.5)
+            .with_field("i", -3)
+            .with_field("b", false)
+            .with_field("s", "quote \" and back\\slash");
+        let line = format_point(&point);
+        let parsed = parse(&line, Precision::Nanoseconds, 0);
+        assert_eq!(parsed[0].as_ref().unwrap(), &point, "line was {line}");
+    }
+}
