@@ -1,0 +1,146 @@
+//! Loading configuration files, the first of the two configuration stages.
+//!
+//! Both programs read TOML the same way:
+//!
+//! 1. The file is parsed once with `toml_edit`, only to report syntax errors with their line and
+//!    to find the line of a key when a later stage complains about it.
+//! 2. The `config` crate builds the value tree from the file, then applies environment overrides
+//!    (`<PREFIX>__SECTION__KEY=value`, e.g. `TRIBUTARY_AGENT__FORWARD__URL`).
+//! 3. `${VAR}` in any string is replaced from the environment (`${VAR:-default}` gives a
+//!    default, `$${` is a literal `${`). A missing variable is an error that names the key.
+//! 4. The tree is deserialized into the program's raw structs (`deny_unknown_fields`), with
+//!    `serde_path_to_error` keeping the path of whatever fails.
+//!
+//! The second stage, turning raw values into checked types, belongs to each program; it reports
+//! problems through [`Source::error`] so they carry the file, key and line too.
+
+mod env;
+mod locate;
+pub mod values;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+
+/// A configuration problem: which file, which key, which line, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// The dotted key path, e.g. `inputs.mqtt[0].topics[1]`; empty for file-level problems.
+    pub key: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The file a configuration came from, kept to point at keys in later error messages.
+#[derive(Debug)]
+pub struct Source {
+    path: PathBuf,
+    document: Option<toml_edit::Document<String>>,
+}
+
+impl Source {
+    /// A source for configuration that did not come from a file (built-in defaults).
+    pub fn builtin(name: &str) -> Source {
+        Source {
+            path: PathBuf::from(name),
+            document: None,
+        }
+    }
+
+    /// The path of the file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// An error about `key`, located in the file where possible.
+    pub fn error(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        let key = key.into();
+        let line = self
+            .document
+            .as_ref()
+            .and_then(|doc| locate::line_of(doc, &key));
+        ConfigError {
+            file: self.path.clone(),
+            key,
+            line,
+            message: message.into(),
+        }
+    }
+}
+
+/// Reads `path` and deserializes it into `T` (see the crate docs for the steps).
+/// `env_prefix` selects the environment overrides, e.g. `TRIBUTARY_AGENT`.
+pub fn load<T: DeserializeOwned>(path: &Path, env_prefix: &str) -> Result<(T, Source), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_owned(),
+        key: String::new(),
+        line: None,
+        message: format!("cannot read the file: {e}"),
+    })?;
+    load_str(&text, path, env_prefix)
+}
+
+/// Like [`load`], for text already in memory; `path` is used in messages.
+pub fn load_str<T: DeserializeOwned>(
+    text: &str,
+    path: &Path,
+    env_prefix: &str,
+) -> Result<(T, Source), ConfigError> {
+    let document = toml_edit::Document::parse(text.to_owned()).map_err(|e| ConfigError {
+        file: path.to_owned(),
+        key: String::new(),
+        line: e.span().map(|span| locate::line_at(text, span.start)),
+        message: format!("invalid TOML: {}", e.message()),
+    })?;
+    let source = Source {
+        path: path.to_owned(),
+        document: Some(document),
+    };
+
+    let built = config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .add_source(
+            config::Environment::with_prefix(env_prefix)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        )
+        .build()
+        .map_err(|e| source.error("", e.to_string()))?;
+    let mut tree: config::Value = built
+        .try_deserialize()
+        .map_err(|e| source.error("", e.to_string()))?;
+    env::substitute(&mut tree, &mut String::new(), &|key, message| {
+        source.error(key, message)
+    })?;
+
+    let raw = serde_path_to_error::deserialize(tree).map_err(|e| {
+        let mut key = e.path().to_string();
+        if key == "." {
+            key.clear();
+        }
+        let message = e.inner().to_string();
+        source.error(key, message)
+    })?;
+    Ok((raw, source))
+}
+
+#[cfg(test)]
+mod tests;
