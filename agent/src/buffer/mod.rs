@@ -1,0 +1,156 @@
+//! The durable buffer: every reading is committed to SQLite before its source is acknowledged,
+//! and stays there until the collector has confirmed it.
+//!
+//! # Design
+//!
+//! * **One file**, `<data_dir>/buffer.db`, in WAL mode. Tables:
+//!   `points(seq INTEGER PRIMARY KEY AUTOINCREMENT, body BLOB)` holds each point encoded for the
+//!   wire (`tributary_wire::codec::encode_point`), so forwarding copies bytes without decoding;
+//!   `quarantine(id AUTOINCREMENT, received_at, source, topic, payload, reason)` holds what inputs
+//!   could not decode; `checkpoints(source, key, value)` holds input positions (an MQTT session's
+//!   recently stored packet ids, later file offsets) that must change in the same transaction
+//!   as the data they cover; `meta` holds the epoch and the cumulative drop count.
+//! * **Sequences** come from `AUTOINCREMENT`, so a number is never reused, even after every row
+//!   was deleted. The **epoch** is a random id made with the database: a new file starts a new
+//!   sequence, and the collector keeps its high-water mark per `(agent, epoch)`.
+//! * **Group commit.** Inputs send [`Ingest`] items through a bounded queue to one writer task
+//!   ([`writer`]). It gathers items for up to `flush_interval` or `flush_points` points and
+//!   commits them in one transaction with `synchronous = FULL`, then runs each item's [`Ack`]:
+//!   the MQTT PUBACK goes out only after the commit. Deletes after a confirmed batch run with
+//!   `synchronous = NORMAL`: losing one to a power cut only means the collector sees a retry,
+//!   which its mark absorbs.
+//! * **Bound.** `max_size` bounds the bytes of buffered bodies. With `drop_oldest` the oldest
+//!   points are deleted in the same transaction that would overflow, and counted in `meta`; the
+//!   count travels in every batch (`dropped`). With `block` the writer stops committing, so
+//!   nothing more is acknowledged and brokers stop sending, until the forwarder frees space.
+//! * **Errors.** A failed commit (disk full, I/O error) is logged, counted and retried with a
+//!   growing delay; the items stay in memory and unacknowledged, so a crash meanwhile loses
+//!   nothing the source does not still hold.
+//!
+//! Invariant: a source is acknowledged only for items whose transaction has committed.
+//! Invariant: a point is deleted only after the collector answered 2xx naming a
+//! `committed_through` at or above its sequence (or by the overflow policy, counted).
+
+pub mod store;
+pub mod writer;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{mpsc, watch};
+
+pub use store::{Reader, Store, StoreError, StoredBatch};
+pub use writer::{Control, Writer};
+
+/// Something an input received, ready to be committed as one unit.
+#[derive(Default)]
+pub struct Ingest {
+    /// Points, each encoded with `tributary_wire::codec::encode_point`.
+    pub points: Vec<Vec<u8>>,
+    /// Payloads (or parts) that could not be decoded.
+    pub rejects: Vec<NewReject>,
+    /// Input state to store in the same transaction.
+    pub checkpoint: Option<Checkpoint>,
+    /// What to do once the transaction has committed.
+    pub ack: Option<Ack>,
+}
+
+impl Ingest {
+    /// The bytes this item adds to the buffer, as counted against `max_size`.
+    pub fn size(&self) -> u64 {
+        let points: usize = self.points.iter().map(|p| p.len() + store::ROW_OVERHEAD).sum();
+        let rejects: usize = self.rejects.iter().map(NewReject::size).sum();
+        (points + rejects) as u64
+    }
+}
+
+/// A payload an input could not decode.
+#[derive(Debug, Clone)]
+pub struct NewReject {
+    pub received_at: i64,
+    pub source: String,
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub reason: String,
+}
+
+impl NewReject {
+    /// The bytes this reject takes, as counted against `max_size`.
+    pub fn size(&self) -> usize {
+        self.payload.len() + self.topic.len() + self.reason.len() + self.source.len() + store::ROW_OVERHEAD
+    }
+}
+
+/// Input state that must commit atomically with the data it covers.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    /// The input's stable identity, e.g. `mqtt:<client id>@<host>:<port>`.
+    pub source: Arc<str>,
+    pub key: String,
+    pub value: Vec<u8>,
+}
+
+/// Receives acknowledgements after their items committed.
+pub trait AckSink: Send + Sync {
+    /// Called once per acknowledged item, after its commit, in commit order.
+    fn ack(&self, token: u64);
+}
+
+/// An acknowledgement owed to a source once its item has committed.
+pub struct Ack {
+    pub sink: Arc<dyn AckSink>,
+    pub token: u64,
+}
+
+/// Counters the writer keeps and the forwarder reads.
+#[derive(Debug, Default)]
+pub struct Depth {
+    pub points: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Points discarded by the overflow policy in this epoch (cumulative).
+    pub dropped_total: AtomicU64,
+}
+
+impl Depth {
+    pub fn points(&self) -> u64 {
+        self.points.load(Ordering::Relaxed)
+    }
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped_total.load(Ordering::Relaxed)
+    }
+}
+
+/// The inputs' side of the buffer: a bounded queue into the writer.
+#[derive(Clone)]
+pub struct BufferHandle {
+    tx: mpsc::Sender<Ingest>,
+}
+
+/// The writer is gone; the agent is shutting down.
+#[derive(Debug, thiserror::Error)]
+#[error("the buffer writer has stopped")]
+pub struct WriterGone;
+
+impl BufferHandle {
+    pub fn new(tx: mpsc::Sender<Ingest>) -> BufferHandle {
+        BufferHandle { tx }
+    }
+
+    /// Queues an item, waiting while the queue is full.
+    pub async fn send(&self, item: Ingest) -> Result<(), WriterGone> {
+        self.tx.send(item).await.map_err(|_| WriterGone)
+    }
+}
+
+/// What the forwarder needs from the buffer: where to read, how deep it is, how to learn of new
+/// commits, and how to ask for deletes.
+#[derive(Clone)]
+pub struct ForwarderLink {
+    pub depth: Arc<Depth>,
+    /// The highest committed sequence.
+    pub committed: watch::Receiver<u64>,
+    pub control: mpsc::UnboundedSender<Control>,
+}

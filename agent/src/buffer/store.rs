@@ -1,0 +1,606 @@
+//! The buffer's SQLite file: synchronous operations, run off the async executor by the caller.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use tributary_wire::Reject;
+
+use super::{Depth, Ingest};
+use crate::config::WhenFull;
+
+/// Bytes counted per row on top of its payload, for the `max_size` bound: the rowid, the
+/// record header and the b-tree cell pointer.
+pub const ROW_OVERHEAD: usize = 16;
+
+/// Most rejects carried in one batch.
+const REJECTS_PER_BATCH: usize = 100;
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value ANY
+);
+CREATE TABLE IF NOT EXISTS points (
+    seq  INTEGER PRIMARY KEY AUTOINCREMENT,
+    body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_at INTEGER NOT NULL,
+    source      TEXT NOT NULL,
+    topic       TEXT NOT NULL,
+    payload     BLOB NOT NULL,
+    reason      TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    source TEXT NOT NULL,
+    key    TEXT NOT NULL,
+    value  BLOB NOT NULL,
+    PRIMARY KEY (source, key)
+) WITHOUT ROWID;
+";
+
+/// What can go wrong with the buffer file.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("buffer database {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("buffer database {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// What one append committed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppendOutcome {
+    pub points: u64,
+    pub rejects: u64,
+    /// Points deleted by `drop_oldest` in this transaction.
+    pub dropped: u64,
+    /// The highest sequence committed so far.
+    pub last_seq: u64,
+}
+
+/// Points and rejects read for one batch.
+#[derive(Debug, Default)]
+pub struct StoredBatch {
+    /// Sequence of `bodies[0]`; the bodies have consecutive sequences.
+    pub first_seq: u64,
+    pub bodies: Vec<Vec<u8>>,
+    /// Bytes of the bodies.
+    pub bytes: usize,
+    pub rejects: Vec<Reject>,
+}
+
+impl StoredBatch {
+    /// Sequence of the last body (`first_seq - 1` when there are none).
+    pub fn last_seq(&self) -> u64 {
+        self.first_seq + self.bodies.len() as u64 - 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bodies.is_empty() && self.rejects.is_empty()
+    }
+
+    /// Keeps only the first `count` points (and all rejects), for splitting a batch.
+    pub fn truncate(&mut self, count: usize) {
+        self.bodies.truncate(count);
+        self.bytes = self.bodies.iter().map(Vec::len).sum();
+    }
+}
+
+/// The writing side of the buffer file. One per agent; used by the writer task only.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    epoch: String,
+    dropped_total: u64,
+    last_seq: u64,
+    max_size: u64,
+    when_full: WhenFull,
+    depth: Arc<Depth>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the buffer at `path`.
+    pub fn open(
+        path: &Path,
+        max_size: u64,
+        when_full: WhenFull,
+        depth: Arc<Depth>,
+    ) -> Result<Store, StoreError> {
+        let sql = |source| StoreError::Sqlite {
+            path: path.to_owned(),
+            source,
+        };
+        let conn = open_connection(path)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(sql)?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Invalid {
+                path: path.to_owned(),
+                message: format!(
+                    "schema version {version} is newer than this agent understands ({SCHEMA_VERSION})"
+                ),
+            });
+        }
+        conn.execute_batch(SCHEMA).map_err(sql)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(sql)?;
+
+        let epoch: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| r.get(0))
+            .optional()
+            .map_err(sql)?;
+        let epoch = match epoch {
+            Some(epoch) => epoch,
+            None => {
+                let epoch = hex::encode(rand::random::<[u8; 16]>());
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('epoch', ?1), ('created_at', ?2), ('dropped_total', 0)",
+                    params![epoch, tributary_wire::time::now_ns()],
+                )
+                .map_err(sql)?;
+                epoch
+            }
+        };
+        let dropped_total: i64 = conn
+            .query_row(
+                "SELECT coalesce((SELECT value FROM meta WHERE key = 'dropped_total'), 0)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sql)?;
+        let (points, point_bytes): (i64, i64) = conn
+            .query_row(
+                &format!("SELECT count(*), coalesce(sum(length(body)), 0) + count(*) * {ROW_OVERHEAD} FROM points"),
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(sql)?;
+        let reject_bytes: i64 = conn
+            .query_row(
+                &format!("SELECT coalesce(sum(length(payload) + length(topic) + length(reason) + length(source) + {ROW_OVERHEAD}), 0) FROM quarantine"),
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sql)?;
+        let last_seq: i64 = conn
+            .query_row(
+                "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'points'), 0)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sql)?;
+        depth.points.store(points as u64, Ordering::Relaxed);
+        depth
+            .dropped_total
+            .store(dropped_total as u64, Ordering::Relaxed);
+        depth
+            .bytes
+            .store((point_bytes + reject_bytes) as u64, Ordering::Relaxed);
+        Ok(Store {
+            conn,
+            path: path.to_owned(),
+            epoch,
+            dropped_total: dropped_total as u64,
+            last_seq: last_seq as u64,
+            max_size,
+            when_full,
+            depth,
+        })
+    }
+
+    fn sql(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// The epoch of this database.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// Points discarded by the overflow policy since the database was made.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped_total
+    }
+
+    /// The highest sequence committed.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Whether `incoming` more bytes fit under `max_size`. An empty buffer always takes an
+    /// item, so one oversized item cannot stall the agent forever.
+    pub fn has_room(&self, incoming: u64) -> bool {
+        let bytes = self.depth.bytes();
+        bytes == 0 || bytes + incoming <= self.max_size
+    }
+
+    /// Every checkpoint an input stored under `source`.
+    pub fn checkpoints(&self, source: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key, value FROM checkpoints WHERE source = ?1")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([source], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
+    }
+
+    /// Commits `items` in one durable transaction, applying `drop_oldest` if they would
+    /// overflow. The caller acknowledges the items only if this returns `Ok`.
+    pub fn append(&mut self, items: &[Ingest]) -> Result<AppendOutcome, StoreError> {
+        let incoming: u64 = items.iter().map(Ingest::size).sum();
+        let bytes_before = self.depth.bytes();
+        let (max_size, when_full, last_seq) = (self.max_size, self.when_full, self.last_seq);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| StoreError::Sqlite {
+                path: self.path.clone(),
+                source: e,
+            })?;
+        let result = (|| {
+            let mut outcome = AppendOutcome::default();
+            let mut freed = 0u64;
+            if when_full == WhenFull::DropOldest && bytes_before + incoming > max_size {
+                let need = bytes_before + incoming - max_size;
+                let (count, bytes) = drop_oldest(&tx, need)?;
+                outcome.dropped = count;
+                freed = bytes;
+                if count > 0 {
+                    tx.execute(
+                        "UPDATE meta SET value = value + ?1 WHERE key = 'dropped_total'",
+                        [count as i64],
+                    )?;
+                }
+            }
+            {
+                let mut insert = tx.prepare_cached("INSERT INTO points (body) VALUES (?1)")?;
+                for item in items {
+                    for body in &item.points {
+                        insert.execute([body])?;
+                        outcome.points += 1;
+                    }
+                }
+            }
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO quarantine (received_at, source, topic, payload, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                for item in items {
+                    for reject in &item.rejects {
+                        insert.execute(params![
+                            reject.received_at,
+                            reject.source,
+                            reject.topic,
+                            reject.payload,
+                            reject.reason
+                        ])?;
+                        outcome.rejects += 1;
+                    }
+                }
+            }
+            // Only the last value per key matters; write each once.
+            let mut latest: HashMap<(&str, &str), &[u8]> = HashMap::new();
+            for checkpoint in items.iter().filter_map(|i| i.checkpoint.as_ref()) {
+                latest.insert((&checkpoint.source, &checkpoint.key), &checkpoint.value);
+            }
+            if !latest.is_empty() {
+                let mut upsert = tx.prepare_cached(
+                    "INSERT INTO checkpoints (source, key, value) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (source, key) DO UPDATE SET value = excluded.value",
+                )?;
+                for ((source, key), value) in latest {
+                    upsert.execute(params![source, key, value])?;
+                }
+            }
+            outcome.last_seq = if outcome.points > 0 {
+                tx.last_insert_rowid() as u64
+            } else {
+                last_seq
+            };
+            Ok::<_, rusqlite::Error>((outcome, freed))
+        })();
+        let (outcome, freed) = match result {
+            Ok(done) => done,
+            Err(source) => {
+                drop(tx); // rolls back
+                return Err(self.sql(source));
+            }
+        };
+        tx.commit().map_err(|e| StoreError::Sqlite {
+            path: self.path.clone(),
+            source: e,
+        })?;
+
+        self.last_seq = outcome.last_seq;
+        self.dropped_total += outcome.dropped;
+        self.depth
+            .dropped_total
+            .store(self.dropped_total, Ordering::Relaxed);
+        self.depth.points.fetch_add(outcome.points, Ordering::Relaxed);
+        self.depth.points.fetch_sub(outcome.dropped, Ordering::Relaxed);
+        self.depth
+            .bytes
+            .store((bytes_before + incoming).saturating_sub(freed), Ordering::Relaxed);
+        Ok(outcome)
+    }
+
+    /// Deletes points through `seq` and rejects through `reject_id`, after the collector
+    /// confirmed them. Not fsynced: a delete lost to a power cut only causes a retry.
+    pub fn delete_through(&mut self, seq: u64, reject_id: u64) -> Result<(), StoreError> {
+        self.conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| self.sql(e))?;
+        let result = self.delete_in_transaction(seq, reject_id);
+        let restore = self.conn.pragma_update(None, "synchronous", "FULL");
+        let (points, bytes) = result?;
+        restore.map_err(|e| self.sql(e))?;
+        self.depth.points.fetch_sub(
+            points.min(self.depth.points()),
+            Ordering::Relaxed,
+        );
+        self.depth
+            .bytes
+            .fetch_sub(bytes.min(self.depth.bytes()), Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn delete_in_transaction(&mut self, seq: u64, reject_id: u64) -> Result<(u64, u64), StoreError> {
+        let path = self.path.clone();
+        let sql = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        let (points, point_bytes): (i64, i64) = tx
+            .query_row(
+                &format!("SELECT count(*), coalesce(sum(length(body)), 0) + count(*) * {ROW_OVERHEAD} FROM points WHERE seq <= ?1"),
+                [seq as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(sql)?;
+        tx.execute("DELETE FROM points WHERE seq <= ?1", [seq as i64])
+            .map_err(sql)?;
+        let reject_bytes: i64 = tx
+            .query_row(
+                &format!("SELECT coalesce(sum(length(payload) + length(topic) + length(reason) + length(source) + {ROW_OVERHEAD}), 0) FROM quarantine WHERE id <= ?1"),
+                [reject_id as i64],
+                |r| r.get(0),
+            )
+            .map_err(sql)?;
+        tx.execute("DELETE FROM quarantine WHERE id <= ?1", [reject_id as i64])
+            .map_err(sql)?;
+        tx.commit().map_err(sql)?;
+        Ok((points as u64, (point_bytes + reject_bytes) as u64))
+    }
+}
+
+impl Store {
+    /// Moves the point at `seq` to the quarantine (as line protocol) with `reason`.
+    pub fn quarantine_point(&mut self, seq: u64, reason: &str) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let sql = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        let body: Option<Vec<u8>> = tx
+            .query_row("SELECT body FROM points WHERE seq = ?1", [seq as i64], |r| r.get(0))
+            .optional()
+            .map_err(sql)?;
+        let Some(body) = body else {
+            return Ok(());
+        };
+        let payload = match tributary_wire::codec::decode_point(&body) {
+            Ok(point) => tributary_wire::line_protocol::format_point(&point).into_bytes(),
+            Err(_) => body.clone(),
+        };
+        let topic = format!("buffer seq {seq}");
+        tx.execute(
+            "INSERT INTO quarantine (received_at, source, topic, payload, reason) VALUES (?1, 'forward', ?2, ?3, ?4)",
+            params![tributary_wire::time::now_ns(), topic, payload, reason],
+        )
+        .map_err(sql)?;
+        tx.execute("DELETE FROM points WHERE seq = ?1", [seq as i64])
+            .map_err(sql)?;
+        tx.commit().map_err(sql)?;
+        let added = payload.len() + topic.len() + reason.len() + "forward".len() + ROW_OVERHEAD;
+        let removed = body.len() + ROW_OVERHEAD;
+        self.depth.points.fetch_sub(1.min(self.depth.points()), Ordering::Relaxed);
+        let bytes = self.depth.bytes() + added as u64;
+        self.depth
+            .bytes
+            .store(bytes.saturating_sub(removed as u64), Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Deletes the oldest points until at least `need` bytes are freed (or none are left).
+fn drop_oldest(tx: &rusqlite::Transaction<'_>, need: u64) -> Result<(u64, u64), rusqlite::Error> {
+    let mut freed = 0u64;
+    let mut count = 0u64;
+    let mut cut = None;
+    let mut stmt = tx.prepare_cached(
+        "SELECT seq, length(body) FROM points WHERE seq > ?1 ORDER BY seq LIMIT 1024",
+    )?;
+    let mut after = 0i64;
+    'scan: loop {
+        let rows: Vec<(i64, i64)> = stmt
+            .query_map([after], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        if rows.is_empty() {
+            break;
+        }
+        for (seq, len) in rows {
+            freed += len as u64 + ROW_OVERHEAD as u64;
+            count += 1;
+            cut = Some(seq);
+            after = seq;
+            if freed >= need {
+                break 'scan;
+            }
+        }
+    }
+    if let Some(cut) = cut {
+        tx.execute("DELETE FROM points WHERE seq <= ?1", [cut])?;
+    }
+    Ok((count, freed))
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let sql = |source| StoreError::Sqlite {
+        path: path.to_owned(),
+        source,
+    };
+    let conn = Connection::open(path).map_err(sql)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(sql)?;
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+        .map_err(sql)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Invalid {
+            path: path.to_owned(),
+            message: format!("could not switch to WAL mode (got {mode})"),
+        });
+    }
+    conn.pragma_update(None, "synchronous", "FULL").map_err(sql)?;
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
+        .map_err(sql)?;
+    Ok(conn)
+}
+
+/// The reading side of the buffer file, for the forwarder. WAL lets it read while the writer
+/// commits.
+pub struct Reader {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Reader {
+    /// Opens a second connection to a buffer that [`Store::open`] has set up.
+    pub fn open(path: &Path) -> Result<Reader, StoreError> {
+        Ok(Reader {
+            conn: open_connection(path)?,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Reads the oldest points after `after_seq` (consecutive sequences only, at most
+    /// `max_points` and, past the first, `max_bytes`) and the oldest rejects after
+    /// `after_reject`.
+    pub fn read_batch(
+        &mut self,
+        after_seq: u64,
+        after_reject: u64,
+        max_points: usize,
+        max_bytes: usize,
+    ) -> Result<StoredBatch, StoreError> {
+        read_batch(&self.conn, after_seq, after_reject, max_points, max_bytes).map_err(|source| {
+            StoreError::Sqlite {
+                path: self.path.clone(),
+                source,
+            }
+        })
+    }
+
+    /// Event time of the first point after `seq`, if any.
+    pub fn oldest_ts_after(&mut self, seq: u64) -> Result<Option<i64>, StoreError> {
+        let body: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT body FROM points WHERE seq > ?1 ORDER BY seq LIMIT 1",
+                [seq as i64],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|source| StoreError::Sqlite {
+                path: self.path.clone(),
+                source,
+            })?;
+        Ok(body.and_then(|b| tributary_wire::codec::decode_point(&b).ok().map(|p| p.ts)))
+    }
+}
+
+fn read_batch(
+    conn: &Connection,
+    after_seq: u64,
+    after_reject: u64,
+    max_points: usize,
+    max_bytes: usize,
+) -> rusqlite::Result<StoredBatch> {
+    let mut batch = StoredBatch::default();
+    let mut stmt =
+        conn.prepare_cached("SELECT seq, body FROM points WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+    let mut rows = stmt.query(params![after_seq as i64, max_points as i64])?;
+    while let Some(row) = rows.next()? {
+        let seq = row.get::<_, i64>(0)? as u64;
+        let body: Vec<u8> = row.get(1)?;
+        if batch.bodies.is_empty() {
+            batch.first_seq = seq;
+        } else if seq != batch.first_seq + batch.bodies.len() as u64
+            || batch.bytes + body.len() > max_bytes
+        {
+            // A gap (points dropped under the reader) or the size limit ends the batch.
+            break;
+        }
+        batch.bytes += body.len();
+        batch.bodies.push(body);
+    }
+    drop(rows);
+    if batch.bodies.is_empty() {
+        // No points: the next sequence keeps the empty batch's arithmetic valid.
+        batch.first_seq = after_seq + 1;
+    }
+
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, received_at, source, topic, payload, reason FROM quarantine
+         WHERE id > ?1 ORDER BY id LIMIT ?2",
+    )?;
+    let rejects = stmt.query_map(params![after_reject as i64, REJECTS_PER_BATCH as i64], |r| {
+        Ok(Reject {
+            id: r.get::<_, i64>(0)? as u64,
+            received_at: r.get(1)?,
+            source: r.get(2)?,
+            topic: r.get(3)?,
+            payload: r.get(4)?,
+            reason: r.get(5)?,
+        })
+    })?;
+    let mut bytes = batch.bytes;
+    for reject in rejects {
+        let reject = reject?;
+        let size = reject.payload.len() + reject.reason.len() + reject.topic.len();
+        if !batch.rejects.is_empty() && bytes + size > max_bytes {
+            break;
+        }
+        bytes += size;
+        batch.rejects.push(reject);
+    }
+    Ok(batch)
+}
+
+#[cfg(test)]
+mod tests;

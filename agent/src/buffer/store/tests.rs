@@ -1,0 +1,238 @@
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use tributary_wire::Point;
+use tributary_wire::codec::{decode_point, encode_point};
+
+use super::*;
+use crate::buffer::{Checkpoint, NewReject};
+
+fn point(n: i64) -> Vec<u8> {
+    encode_point(&Point::new("m", n).with_field("v", n))
+}
+
+fn item(points: impl IntoIterator<Item = i64>) -> Ingest {
+    Ingest {
+        points: points.into_iter().map(point).collect(),
+        ..Ingest::default()
+    }
+}
+
+fn open(dir: &tempfile::TempDir, max_size: u64, when_full: WhenFull) -> (Store, Arc<Depth>) {
+    let depth = Arc::new(Depth::default());
+    let store = Store::open(&dir.path().join("buffer.db"), max_size, when_full, Arc::clone(&depth)).unwrap();
+    (store, depth)
+}
+
+fn values(batch: &StoredBatch) -> Vec<i64> {
+    batch.bodies.iter().map(|b| decode_point(b).unwrap().ts).collect()
+}
+
+#[test]
+fn epoch_is_made_once_and_sequences_are_never_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, depth) = open(&dir, 1 << 30, WhenFull::DropOldest);
+    let epoch = store.epoch().to_owned();
+    assert_eq!(epoch.len(), 32);
+    let outcome = store.append(&[item(0..3), item(3..5)]).unwrap();
+    assert_eq!((outcome.points, outcome.last_seq), (5, 5));
+    assert_eq!(depth.points(), 5);
+    store.delete_through(5, 0).unwrap();
+    assert_eq!(depth.points(), 0);
+    assert_eq!(depth.bytes(), 0);
+    drop(store);
+
+    // Every row is gone, the file is reopened: the next sequence still follows the last one.
+    let (mut store, depth) = open(&dir, 1 << 30, WhenFull::DropOldest);
+    assert_eq!(store.epoch(), epoch);
+    assert_eq!(store.last_seq(), 5);
+    assert_eq!(store.append(&[item([9])]).unwrap().last_seq, 6);
+    assert_eq!(depth.points(), 1);
+
+    let mut reader = Reader::open(&dir.path().join("buffer.db")).unwrap();
+    let batch = reader.read_batch(0, 0, 100, 1 << 20).unwrap();
+    assert_eq!((batch.first_seq, batch.last_seq()), (6, 6));
+    assert_eq!(values(&batch), vec![9]);
+}
+
+#[test]
+fn a_new_file_gets_a_new_epoch() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    assert_ne!(open(&a, 1 << 30, WhenFull::DropOldest).0.epoch(), open(&b, 1 << 30, WhenFull::DropOldest).0.epoch());
+}
+
+#[test]
+fn reads_respect_count_and_byte_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = open(&dir, 1 << 30, WhenFull::DropOldest);
+    store.append(&[item(0..10)]).unwrap();
+    let mut reader = Reader::open(&dir.path().join("buffer.db")).unwrap();
+    let batch = reader.read_batch(0, 0, 4, 1 << 20).unwrap();
+    assert_eq!(values(&batch), vec![0, 1, 2, 3]);
+    let one = batch.bodies[0].len();
+    let batch = reader.read_batch(4, 0, 100, one * 3).unwrap();
+    assert_eq!(values(&batch), vec![4, 5, 6]);
+    // The first point always goes, even past the byte limit, or a big point would stall.
+    let batch = reader.read_batch(7, 0, 100, 1).unwrap();
+    assert_eq!(values(&batch), vec![7]);
+    let empty = reader.read_batch(10, 0, 100, 1 << 20).unwrap();
+    assert!(empty.is_empty());
+    assert_eq!(empty.first_seq, 11);
+    assert_eq!(empty.last_seq(), 10);
+}
+
+#[test]
+fn drop_oldest_counts_and_persists_what_it_drops() {
+    let dir = tempfile::tempdir().unwrap();
+    let per_point = (point(0).len() + ROW_OVERHEAD) as u64;
+    let max = per_point * 10;
+    let (mut store, depth) = open(&dir, max, WhenFull::DropOldest);
+    store.append(&[item(0..8)]).unwrap();
+    let outcome = store.append(&[item(8..12)]).unwrap();
+    assert_eq!(outcome.dropped, 2);
+    assert_eq!(store.dropped_total(), 2);
+    assert_eq!(depth.points(), 10);
+    assert!(depth.bytes() <= max);
+    let mut reader = Reader::open(&dir.path().join("buffer.db")).unwrap();
+    let batch = reader.read_batch(0, 0, 100, 1 << 20).unwrap();
+    assert_eq!(batch.first_seq, 3);
+    assert_eq!(values(&batch), (2..12).collect::<Vec<_>>());
+    drop(store);
+    let (store, depth) = open(&dir, max, WhenFull::DropOldest);
+    assert_eq!(store.dropped_total(), 2);
+    assert_eq!(depth.dropped_total(), 2);
+}
+
+#[test]
+fn block_mode_reports_no_room_and_drops_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let per_point = (point(0).len() + ROW_OVERHEAD) as u64;
+    let (mut store, _) = open(&dir, per_point * 4, WhenFull::Block);
+    assert!(store.has_room(per_point * 100), "an empty buffer always takes an item");
+    store.append(&[item(0..4)]).unwrap();
+    assert!(!store.has_room(per_point));
+    store.delete_through(1, 0).unwrap();
+    assert!(store.has_room(per_point));
+    assert_eq!(store.dropped_total(), 0);
+}
+
+#[test]
+fn rejects_and_checkpoints_commit_with_the_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, depth) = open(&dir, 1 << 30, WhenFull::DropOldest);
+    let source: Arc<str> = Arc::from("mqtt:c@h:1");
+    let checkpoint = |key: &str, value: u8| Checkpoint {
+        source: Arc::clone(&source),
+        key: key.into(),
+        value: vec![value],
+    };
+    let reject = NewReject {
+        received_at: 7,
+        source: "inputs.mqtt[0]".into(),
+        topic: "t".into(),
+        payload: b"{bad".to_vec(),
+        reason: "invalid JSON".into(),
+    };
+    store
+        .append(&[
+            Ingest { checkpoint: Some(checkpoint("1", 1)), ..item([1]) },
+            Ingest { rejects: vec![reject.clone()], checkpoint: Some(checkpoint("2", 2)), ..Ingest::default() },
+            Ingest { checkpoint: Some(checkpoint("1", 3)), ..item([2]) },
+        ])
+        .unwrap();
+    let mut checkpoints = store.checkpoints(&source).unwrap();
+    checkpoints.sort();
+    assert_eq!(checkpoints, vec![("1".to_owned(), vec![3]), ("2".to_owned(), vec![2])]);
+
+    let mut reader = Reader::open(&dir.path().join("buffer.db")).unwrap();
+    let batch = reader.read_batch(0, 0, 100, 1 << 20).unwrap();
+    assert_eq!(batch.rejects.len(), 1);
+    assert_eq!(batch.rejects[0].payload, b"{bad");
+    assert_eq!(batch.rejects[0].reason, "invalid JSON");
+    let bytes_before = depth.bytes();
+    store.delete_through(batch.last_seq(), batch.rejects[0].id).unwrap();
+    assert!(depth.bytes() < bytes_before);
+    assert_eq!(depth.bytes(), 0);
+    assert!(reader.read_batch(batch.last_seq(), batch.rejects[0].id, 100, 1 << 20).unwrap().is_empty());
+}
+
+#[test]
+fn a_refused_point_moves_to_the_quarantine_as_line_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, depth) = open(&dir, 1 << 30, WhenFull::DropOldest);
+    store.append(&[item(0..3)]).unwrap();
+    store.quarantine_point(2, "refused by the collector (400): bad").unwrap();
+    assert_eq!(depth.points(), 2);
+    let mut reader = Reader::open(&dir.path().join("buffer.db")).unwrap();
+    let batch = reader.read_batch(0, 0, 100, 1 << 20).unwrap();
+    // The gap ends the batch: seq 1, then seq 3 in the next one.
+    assert_eq!(values(&batch), vec![0]);
+    assert_eq!(batch.rejects.len(), 1);
+    assert_eq!(String::from_utf8_lossy(&batch.rejects[0].payload), "m v=1i 1");
+    let next = reader.read_batch(1, batch.rejects[0].id, 100, 1 << 20).unwrap();
+    assert_eq!((next.first_seq, values(&next)), (3, vec![2]));
+}
+
+/// The buffer behaves like a queue: whatever mix of appends, reads, confirmed deletes and
+/// reopenings, a read returns exactly the oldest unconfirmed points in order.
+#[test]
+fn behaves_like_a_queue_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("buffer.db");
+    let (mut store, mut depth) = open(&dir, 1 << 30, WhenFull::DropOldest);
+    let mut reader = Reader::open(&path).unwrap();
+    let mut model: VecDeque<(u64, i64)> = VecDeque::new();
+    let mut next_seq = 1u64;
+    let mut next_value = 0i64;
+    let mut confirmed = 0u64;
+    // A fixed seed keeps the test reproducible; 400 steps keep it quick.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut random = |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    for _ in 0..400 {
+        match random(10) {
+            0..=4 => {
+                let items: Vec<Ingest> = (0..1 + random(4))
+                    .map(|_| {
+                        let n = random(5);
+                        let values: Vec<i64> = (0..n).map(|i| next_value + i as i64).collect();
+                        next_value += n as i64;
+                        item(values)
+                    })
+                    .collect();
+                store.append(&items).unwrap();
+                for value in items.iter().flat_map(|i| &i.points).map(|b| decode_point(b).unwrap().ts) {
+                    model.push_back((next_seq, value));
+                    next_seq += 1;
+                }
+            }
+            5..=7 => {
+                let max = 1 + random(8) as usize;
+                let batch = reader.read_batch(confirmed, 0, max, 1 << 20).unwrap();
+                let expected: Vec<i64> = model.iter().take(max).map(|(_, v)| *v).collect();
+                assert_eq!(values(&batch), expected);
+                if let Some((seq, _)) = model.front() {
+                    assert_eq!(batch.first_seq, *seq);
+                }
+                if !batch.bodies.is_empty() && random(2) == 0 {
+                    store.delete_through(batch.last_seq(), 0).unwrap();
+                    confirmed = batch.last_seq();
+                    model.retain(|(seq, _)| *seq > confirmed);
+                }
+            }
+            8 => {
+                drop(store);
+                let reopened = open(&dir, 1 << 30, WhenFull::DropOldest);
+                store = reopened.0;
+                depth = reopened.1;
+                reader = Reader::open(&path).unwrap();
+            }
+            _ => {}
+        }
+        assert_eq!(depth.points(), model.len() as u64);
+    }
+}

@@ -1,0 +1,465 @@
+//! The agent's configuration: raw structs as read from TOML (first stage, through
+//! `tributary-settings`), and the checked [`Config`] the agent runs on (second stage).
+//!
+//! Every default lives in the resolve functions here, and `config/agent.toml` documents each
+//! key with the same default; a test loads that file so the two cannot drift apart.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tributary_settings::values::{RawSize, parse_duration};
+use tributary_settings::{ConfigError, Source};
+use url::Url;
+
+use crate::inputs::mqtt::config::{MqttConfig, RawMqtt};
+
+/// Prefix of environment overrides: `TRIBUTARY_AGENT__FORWARD__URL=…`.
+pub const ENV_PREFIX: &str = "TRIBUTARY_AGENT";
+
+/// The whole file, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Identity and local state.
+    #[serde(default)]
+    pub agent: RawAgent,
+    /// The durable buffer.
+    #[serde(default)]
+    pub buffer: RawBuffer,
+    /// Where and how batches go.
+    #[serde(default)]
+    pub forward: RawForward,
+    /// The inputs, one array of tables per kind.
+    #[serde(default)]
+    pub inputs: RawInputs,
+}
+
+/// `[agent]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgent {
+    /// The agent's id; the collector knows it by its token. Default: the host name.
+    pub id: Option<String>,
+    /// Directory of the SQLite buffer. Default: `/var/lib/tributary`.
+    pub data_dir: Option<PathBuf>,
+    /// Tags added to every point, e.g. `{ site = "plant-1" }`.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Local address of `/metrics` and `/health`; `""` switches the listener off.
+    pub listen: Option<String>,
+    /// How long shutdown may take before the agent exits anyway.
+    pub shutdown_timeout: Option<String>,
+}
+
+/// `[buffer]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBuffer {
+    /// Bound on buffered data (bytes of encoded points and rejects).
+    pub max_size: Option<RawSize>,
+    /// `drop_oldest` or `block`.
+    pub when_full: Option<WhenFull>,
+    /// Group commit: the longest a point waits for others before its transaction commits.
+    pub flush_interval: Option<String>,
+    /// Group commit: commit as soon as this many points are waiting.
+    pub flush_points: Option<usize>,
+    /// Capacity of the queue between inputs and the buffer writer, in messages.
+    pub queue_capacity: Option<usize>,
+}
+
+/// `[forward]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForward {
+    /// Base URL of the collector.
+    pub url: Option<String>,
+    /// Bearer token for the collector.
+    pub token: Option<String>,
+    /// Most points per batch.
+    pub batch_max_points: Option<usize>,
+    /// Most bytes (encoded, before compression) per batch.
+    pub batch_max_bytes: Option<RawSize>,
+    /// How long a partial batch waits for more points.
+    pub linger: Option<String>,
+    /// Whole-request timeout.
+    pub timeout: Option<String>,
+    /// TCP and TLS connect timeout.
+    pub connect_timeout: Option<String>,
+    /// First retry delay.
+    pub backoff_initial: Option<String>,
+    /// Longest retry delay.
+    pub backoff_max: Option<String>,
+    /// `msgpack` or `json`.
+    pub encoding: Option<WireEncoding>,
+    /// zstd level 1 to 19, or 0 to send uncompressed.
+    pub compression_level: Option<i32>,
+    /// Extra CA certificate (PEM) to trust for `https` collectors.
+    pub ca_file: Option<PathBuf>,
+    /// Deadline of the last forward attempt at shutdown.
+    pub final_attempt_timeout: Option<String>,
+}
+
+/// `[inputs]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInputs {
+    /// `[[inputs.mqtt]]`
+    #[serde(default)]
+    pub mqtt: Vec<RawMqtt>,
+}
+
+/// Declares how a configuration enum is spelled, so a wrong value gets a message listing the
+/// choices (the `config` crate's own enum errors are hard to read).
+macro_rules! choices {
+    ($ty:ty, $what:literal, { $($text:literal => $variant:expr),+ $(,)? }) => {
+        impl TryFrom<String> for $ty {
+            type Error = String;
+            fn try_from(text: String) -> Result<Self, String> {
+                match text.as_str() {
+                    $($text => Ok($variant),)+
+                    _ => Err(format!(
+                        concat!("{:?} is not a ", $what, "; choose one of {}"),
+                        text,
+                        [$(concat!("\"", $text, "\"")),+].join(", ")
+                    )),
+                }
+            }
+        }
+    };
+}
+pub(crate) use choices;
+
+/// What the buffer does when it reaches `max_size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(try_from = "String")]
+pub enum WhenFull {
+    /// Delete the oldest points, count them, and report the count in the next batch.
+    #[default]
+    DropOldest,
+    /// Stop taking (and acknowledging) new data until the forwarder frees space.
+    Block,
+}
+
+choices!(WhenFull, "when_full policy", { "drop_oldest" => WhenFull::DropOldest, "block" => WhenFull::Block });
+
+/// The batch encoding on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(try_from = "String")]
+pub enum WireEncoding {
+    #[default]
+    Msgpack,
+    Json,
+}
+
+choices!(WireEncoding, "batch encoding", { "msgpack" => WireEncoding::Msgpack, "json" => WireEncoding::Json });
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub agent: AgentSettings,
+    pub buffer: BufferSettings,
+    pub forward: ForwardSettings,
+    pub inputs: Vec<InputConfig>,
+}
+
+/// Identity and local state.
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    pub id: String,
+    pub data_dir: PathBuf,
+    pub tags: BTreeMap<String, String>,
+    pub listen: Option<SocketAddr>,
+    pub shutdown_timeout: Duration,
+}
+
+/// The durable buffer.
+#[derive(Debug, Clone)]
+pub struct BufferSettings {
+    pub max_size: u64,
+    pub when_full: WhenFull,
+    pub flush_interval: Duration,
+    pub flush_points: usize,
+    pub queue_capacity: usize,
+}
+
+/// The forwarder.
+#[derive(Debug, Clone)]
+pub struct ForwardSettings {
+    /// The batches endpoint, `<url>/api/v1/batches`.
+    pub batches_url: Url,
+    pub token: Option<String>,
+    pub batch_max_points: usize,
+    pub batch_max_bytes: usize,
+    pub linger: Duration,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub encoding: WireEncoding,
+    pub compression_level: i32,
+    /// PEM bytes of an extra CA certificate.
+    pub ca_pem: Option<Vec<u8>>,
+    pub final_attempt_timeout: Duration,
+}
+
+/// One configured input.
+#[derive(Debug, Clone)]
+pub enum InputConfig {
+    Mqtt(MqttConfig),
+}
+
+impl Config {
+    /// Loads and checks the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let (raw, source) = tributary_settings::load::<RawConfig>(path, ENV_PREFIX)?;
+        Config::resolve(raw, &source)
+    }
+
+    /// Loads and checks configuration text; `path` names it in messages.
+    pub fn load_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let (raw, source) = tributary_settings::load_str::<RawConfig>(text, path, ENV_PREFIX)?;
+        Config::resolve(raw, &source)
+    }
+
+    /// The second stage: checks every value and fills in defaults.
+    pub fn resolve(raw: RawConfig, source: &Source) -> Result<Config, ConfigError> {
+        let agent = resolve_agent(raw.agent, source)?;
+        let buffer = resolve_buffer(raw.buffer, source)?;
+        let forward = resolve_forward(raw.forward, source)?;
+        let mut inputs = Vec::new();
+        let mqtt_count = raw.inputs.mqtt.len();
+        for (index, mqtt) in raw.inputs.mqtt.into_iter().enumerate() {
+            let input = mqtt.resolve(index, mqtt_count, &agent.id, source)?;
+            inputs.push(InputConfig::Mqtt(input));
+        }
+        check_unique_sessions(&inputs, source)?;
+        Ok(Config {
+            agent,
+            buffer,
+            forward,
+            inputs,
+        })
+    }
+}
+
+/// Parses a duration at `key`.
+pub(crate) fn duration(
+    source: &Source,
+    key: &str,
+    value: Option<&str>,
+    default: &str,
+) -> Result<Duration, ConfigError> {
+    parse_duration(value.unwrap_or(default)).map_err(|message| source.error(key, message))
+}
+
+/// Parses a byte size at `key`.
+pub(crate) fn size(
+    source: &Source,
+    key: &str,
+    value: Option<RawSize>,
+    default: &str,
+) -> Result<u64, ConfigError> {
+    value
+        .unwrap_or_else(|| RawSize::from(default))
+        .bytes()
+        .map_err(|message| source.error(key, message))
+}
+
+fn resolve_agent(raw: RawAgent, source: &Source) -> Result<AgentSettings, ConfigError> {
+    let id = match raw.id {
+        Some(id) => id,
+        None => host_name().ok_or_else(|| {
+            source.error("agent.id", "not set, and the host name could not be read; set it")
+        })?,
+    };
+    if id.trim().is_empty() || id.chars().any(char::is_control) {
+        return Err(source.error("agent.id", format!("{id:?} is not a usable agent id")));
+    }
+    let listen = match raw.listen.as_deref().unwrap_or("127.0.0.1:9273") {
+        "" => None,
+        text => Some(text.parse::<SocketAddr>().map_err(|e| {
+            source.error(
+                "agent.listen",
+                format!("{text:?} is not an address like 127.0.0.1:9273 ({e}); use \"\" to switch the listener off"),
+            )
+        })?),
+    };
+    Ok(AgentSettings {
+        id,
+        data_dir: raw
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from("/var/lib/tributary")),
+        tags: raw.tags,
+        listen,
+        shutdown_timeout: duration(
+            source,
+            "agent.shutdown_timeout",
+            raw.shutdown_timeout.as_deref(),
+            "15s",
+        )?,
+    })
+}
+
+fn resolve_buffer(raw: RawBuffer, source: &Source) -> Result<BufferSettings, ConfigError> {
+    let max_size = size(source, "buffer.max_size", raw.max_size, "512MiB")?;
+    if max_size < 1 << 20 {
+        return Err(source.error("buffer.max_size", "must be at least 1MiB"));
+    }
+    let flush_points = raw.flush_points.unwrap_or(4096);
+    if flush_points == 0 {
+        return Err(source.error("buffer.flush_points", "must be at least 1"));
+    }
+    let queue_capacity = raw.queue_capacity.unwrap_or(8192);
+    if queue_capacity == 0 {
+        return Err(source.error("buffer.queue_capacity", "must be at least 1"));
+    }
+    Ok(BufferSettings {
+        max_size,
+        when_full: raw.when_full.unwrap_or_default(),
+        flush_interval: duration(
+            source,
+            "buffer.flush_interval",
+            raw.flush_interval.as_deref(),
+            "2ms",
+        )?,
+        flush_points,
+        queue_capacity,
+    })
+}
+
+fn resolve_forward(raw: RawForward, source: &Source) -> Result<ForwardSettings, ConfigError> {
+    let url_text = raw.url.as_deref().unwrap_or("http://127.0.0.1:8080");
+    let mut base = Url::parse(url_text)
+        .map_err(|e| source.error("forward.url", format!("{url_text:?} is not a URL ({e})")))?;
+    if !matches!(base.scheme(), "http" | "https") || base.host_str().is_none() {
+        return Err(source.error(
+            "forward.url",
+            format!("{url_text:?} must be an http:// or https:// URL with a host"),
+        ));
+    }
+    if !base.path().ends_with('/') {
+        let path = format!("{}/", base.path());
+        base.set_path(&path);
+    }
+    let batches_url = base
+        .join("api/v1/batches")
+        .map_err(|e| source.error("forward.url", e.to_string()))?;
+
+    let token = raw.token.filter(|t| !t.is_empty());
+    if let Some(token) = &token
+        && (token.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        return Err(source.error("forward.token", "contains whitespace or control characters"));
+    }
+    let batch_max_points = raw.batch_max_points.unwrap_or(10_000);
+    if !(1..=1_000_000).contains(&batch_max_points) {
+        return Err(source.error("forward.batch_max_points", "must be between 1 and 1000000"));
+    }
+    let batch_max_bytes = size(source, "forward.batch_max_bytes", raw.batch_max_bytes, "4MiB")?;
+    if batch_max_bytes < 1024 {
+        return Err(source.error("forward.batch_max_bytes", "must be at least 1KiB"));
+    }
+    let compression_level = raw.compression_level.unwrap_or(3);
+    if !(0..=19).contains(&compression_level) {
+        return Err(source.error(
+            "forward.compression_level",
+            "must be 0 (no compression) or a zstd level from 1 to 19",
+        ));
+    }
+    let ca_pem = match raw.ca_file {
+        Some(path) => Some(read_pem(source, "forward.ca_file", &path)?),
+        None => None,
+    };
+    let backoff_initial = duration(
+        source,
+        "forward.backoff_initial",
+        raw.backoff_initial.as_deref(),
+        "500ms",
+    )?;
+    let backoff_max = duration(source, "forward.backoff_max", raw.backoff_max.as_deref(), "60s")?;
+    if backoff_initial.is_zero() || backoff_max < backoff_initial {
+        return Err(source.error(
+            "forward.backoff_max",
+            "backoff_initial must be above zero and backoff_max at least backoff_initial",
+        ));
+    }
+    let timeout = duration(source, "forward.timeout", raw.timeout.as_deref(), "30s")?;
+    if timeout.is_zero() {
+        return Err(source.error("forward.timeout", "must be above zero"));
+    }
+    Ok(ForwardSettings {
+        batches_url,
+        token,
+        batch_max_points,
+        batch_max_bytes: usize::try_from(batch_max_bytes).unwrap_or(usize::MAX),
+        linger: duration(source, "forward.linger", raw.linger.as_deref(), "200ms")?,
+        timeout,
+        connect_timeout: duration(
+            source,
+            "forward.connect_timeout",
+            raw.connect_timeout.as_deref(),
+            "10s",
+        )?,
+        backoff_initial,
+        backoff_max,
+        encoding: raw.encoding.unwrap_or_default(),
+        compression_level,
+        ca_pem,
+        final_attempt_timeout: duration(
+            source,
+            "forward.final_attempt_timeout",
+            raw.final_attempt_timeout.as_deref(),
+            "5s",
+        )?,
+    })
+}
+
+/// Reads a PEM file and checks it holds at least one certificate.
+pub(crate) fn read_pem(source: &Source, key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let pem = std::fs::read(path)
+        .map_err(|e| source.error(key, format!("cannot read {}: {e}", path.display())))?;
+    let certificates = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| source.error(key, format!("{} is not PEM: {e}", path.display())))?;
+    if certificates.is_empty() {
+        return Err(source.error(
+            key,
+            format!("{} holds no PEM certificate", path.display()),
+        ));
+    }
+    Ok(pem)
+}
+
+/// Two MQTT inputs with one client id on one broker would take the session from each other.
+fn check_unique_sessions(inputs: &[InputConfig], source: &Source) -> Result<(), ConfigError> {
+    let mut seen = BTreeMap::new();
+    for input in inputs {
+        let InputConfig::Mqtt(mqtt) = input;
+        let key = (mqtt.broker.host.clone(), mqtt.broker.port, mqtt.client_id.clone());
+        if let Some(first) = seen.insert(key, mqtt.index) {
+            return Err(source.error(
+                format!("inputs.mqtt[{}].client_id", mqtt.index),
+                format!(
+                    "client id {:?} is already used by inputs.mqtt[{first}] on the same broker; each input needs its own session",
+                    mqtt.client_id
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The host name, from the kernel.
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,495 @@
+//! The forwarder: reads the oldest buffered points, sends them to the collector in batches,
+//! and has them deleted only after a 2xx answer that names the sequence committed through.
+//!
+//! One batch is in flight at a time, always starting from the oldest unconfirmed point, so the
+//! collector sees each agent's sequences in order and its high-water mark can skip retries.
+//! Failures are classified once ([`classify`]): network errors, 5xx, 429 and 503 are retried
+//! after a backoff with jitter (or the server's `Retry-After`); 401/403 are logged as errors on
+//! every attempt while data keeps buffering; 400/413 split the batch until the one point the
+//! collector refuses is found, which is then moved to the quarantine, with the collector's reason.
+//! There is no retry limit: a device may be offline for days.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, RETRY_AFTER};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+use tributary_wire::codec::{self, BatchHeader, Encoding};
+use tributary_wire::{AgentStatus, BatchAck};
+
+use crate::backoff::Backoff;
+use crate::buffer::{Control, ForwarderLink, Reader, StoreError, StoredBatch};
+use crate::config::{ForwardSettings, WireEncoding};
+use crate::metrics::Metrics;
+
+/// Longest `Retry-After` honoured; a larger value is taken as this.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// What one attempt achieved.
+#[derive(Debug, PartialEq)]
+pub enum Step {
+    /// A batch was confirmed and deleted.
+    Sent { points: usize },
+    /// Nothing to send.
+    Idle,
+    /// Try again after this long.
+    Retry(Duration),
+}
+
+/// How an answer (or its absence) is handled.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Stored: delete through this sequence.
+    Confirmed,
+    /// Transient: retry the same batch after a delay (`Retry-After` if given).
+    Retry(Option<Duration>),
+    /// The token was refused: keep buffering, keep trying, say so loudly.
+    Unauthorized,
+    /// The content was refused (400, 413, 422): split the batch.
+    Refused,
+}
+
+/// Classifies a status code; `retry_after` is the parsed header, if any.
+pub fn classify(status: StatusCode, retry_after: Option<Duration>) -> Verdict {
+    match status.as_u16() {
+        200..=299 => Verdict::Confirmed,
+        401 | 403 => Verdict::Unauthorized,
+        400 | 413 | 422 => Verdict::Refused,
+        // Everything else, including 404 (a wrong URL is fixed by the operator, not by
+        // dropping data), waits and retries.
+        _ => Verdict::Retry(retry_after),
+    }
+}
+
+/// Parses `Retry-After` as seconds or an HTTP date.
+pub fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    let delay = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => httpdate::parse_http_date(value)
+            .ok()?
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    };
+    Some(delay.min(MAX_RETRY_AFTER))
+}
+
+/// Forwards batches until shutdown.
+pub struct Forwarder {
+    settings: ForwardSettings,
+    agent_id: String,
+    epoch: String,
+    reader: Arc<Mutex<Reader>>,
+    link: ForwarderLink,
+    client: reqwest::Client,
+    metrics: Arc<Metrics>,
+    backoff: Backoff,
+    /// Points per batch now; halved on a refusal, restored on success.
+    max_points: usize,
+    /// Everything through these has been confirmed and deleted.
+    confirmed_seq: u64,
+    confirmed_reject: u64,
+}
+
+/// Why the forwarder could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwarderError {
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+impl Forwarder {
+    pub fn new(
+        settings: ForwardSettings,
+        agent_id: String,
+        epoch: String,
+        reader: Reader,
+        link: ForwarderLink,
+        metrics: Arc<Metrics>,
+    ) -> Result<Forwarder, ForwarderError> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .user_agent(concat!("tributary-agent/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = &settings.ca_pem {
+            for certificate in reqwest::Certificate::from_pem_bundle(pem)? {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        Ok(Forwarder {
+            client: builder.build()?,
+            backoff: Backoff::new(settings.backoff_initial, settings.backoff_max),
+            max_points: settings.batch_max_points,
+            settings,
+            agent_id,
+            epoch,
+            reader: Arc::new(Mutex::new(reader)),
+            link,
+            metrics,
+            confirmed_seq: 0,
+            confirmed_reject: 0,
+        })
+    }
+
+    /// Sends until `shutdown`; then waits for `drained` (the writer has committed what the
+    /// inputs handed it) and makes one last attempt within `final_attempt_timeout`.
+    pub async fn run(mut self, shutdown: CancellationToken, drained: oneshot::Receiver<()>) {
+        let mut committed = self.link.committed.clone();
+        loop {
+            let step = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                step = self.step() => step,
+            };
+            let wait = match step {
+                Step::Sent { .. } => continue,
+                Step::Retry(delay) => delay,
+                Step::Idle => {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        changed = committed.changed() => if changed.is_err() { break },
+                    }
+                    // New data: linger so a trickle travels as one batch, not many.
+                    self.settings.linger
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        self.final_attempt(drained).await;
+    }
+
+    async fn final_attempt(&mut self, drained: oneshot::Receiver<()>) {
+        let deadline = tokio::time::Instant::now() + self.settings.final_attempt_timeout;
+        let _ = tokio::time::timeout_at(deadline, drained).await;
+        let result = tokio::time::timeout_at(deadline, async {
+            loop {
+                match self.step().await {
+                    Step::Sent { .. } => continue,
+                    Step::Idle => return true,
+                    Step::Retry(_) => return false,
+                }
+            }
+        })
+        .await;
+        let backlog = self.link.depth.points();
+        match result {
+            Ok(true) => info!("final forward attempt sent everything"),
+            _ => info!(backlog, "final forward attempt did not send everything; the rest stays buffered for the next start"),
+        }
+    }
+
+    /// One attempt: read a batch, send it, act on the answer.
+    pub async fn step(&mut self) -> Step {
+        let batch = match self.read().await {
+            Ok(batch) => batch,
+            Err(e) => {
+                error!(error = %e, "cannot read the buffer");
+                self.metrics.error("forward", "read_buffer");
+                return Step::Retry(self.backoff.next_random());
+            }
+        };
+        if batch.is_empty() {
+            return Step::Idle;
+        }
+        let body = match self.encode(&batch).await {
+            Ok(body) => body,
+            Err(e) => {
+                error!(error = %e, "cannot encode a batch");
+                self.metrics.error("forward", "encode");
+                return Step::Retry(self.backoff.next_random());
+            }
+        };
+        let mut request = self
+            .client
+            .post(self.settings.batches_url.clone())
+            .header(CONTENT_TYPE, self.encoding().content_type())
+            .body(body);
+        if self.settings.compression_level > 0 {
+            request = request.header(CONTENT_ENCODING, codec::ENCODING_ZSTD);
+        }
+        if let Some(token) = &self.settings.token {
+            request = request.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) => {
+                let delay = self.backoff.next_random();
+                warn!(url = %self.settings.batches_url, error = %error_chain(&e), retry_in = ?delay, backlog = self.link.depth.points(), "cannot reach the collector");
+                self.metrics.error("forward", "unreachable");
+                self.metrics.send_outcome("retry");
+                return Step::Retry(delay);
+            }
+        };
+        let status = response.status();
+        let retry_after = parse_retry_after(response.headers());
+        match classify(status, retry_after) {
+            Verdict::Confirmed => self.confirmed(batch, response).await,
+            Verdict::Retry(after) => {
+                let body = response.text().await.unwrap_or_default();
+                let delay = after.unwrap_or_else(|| self.backoff.next_random());
+                warn!(%status, body = %truncate(&body, 300), retry_in = ?delay, "the collector asked to retry");
+                self.metrics.error("forward", "retry_status");
+                self.metrics.send_outcome("retry");
+                Step::Retry(delay)
+            }
+            Verdict::Unauthorized => {
+                let body = response.text().await.unwrap_or_default();
+                let delay = self.backoff.next_random();
+                let hint = if self.settings.token.is_none() {
+                    "forward.token is not set"
+                } else {
+                    "check forward.token against the agent's token_sha256 in collector.toml"
+                };
+                error!(%status, body = %truncate(&body, 300), retry_in = ?delay, backlog = self.link.depth.points(), "the collector refused this agent's token; data keeps buffering ({hint})");
+                self.metrics.error("forward", "unauthorized");
+                self.metrics.send_outcome("unauthorized");
+                Step::Retry(delay)
+            }
+            Verdict::Refused => {
+                let reason = response.text().await.unwrap_or_default();
+                self.refused(batch, status, reason).await
+            }
+        }
+    }
+
+    fn encoding(&self) -> Encoding {
+        match self.settings.encoding {
+            WireEncoding::Msgpack => Encoding::MsgPack,
+            WireEncoding::Json => Encoding::Json,
+        }
+    }
+
+    async fn read(&self) -> Result<StoredBatch, StoreError> {
+        let reader = Arc::clone(&self.reader);
+        let (after_seq, after_reject) = (self.confirmed_seq, self.confirmed_reject);
+        let (max_points, max_bytes) = (self.max_points, self.settings.batch_max_bytes);
+        tokio::task::spawn_blocking(move || {
+            reader
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .read_batch(after_seq, after_reject, max_points, max_bytes)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(StoreError::Invalid {
+                path: Default::default(),
+                message: format!("read task failed: {e}"),
+            })
+        })
+    }
+
+    /// Encodes and compresses off the executor; also looks up the oldest point left behind.
+    async fn encode(&self, batch: &StoredBatch) -> Result<Vec<u8>, String> {
+        let reader = Arc::clone(&self.reader);
+        let last_seq = batch.last_seq();
+        let oldest_unsent_ts = tokio::task::spawn_blocking(move || {
+            reader
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .oldest_ts_after(last_seq)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        let depth = &self.link.depth;
+        let header = BatchHeader {
+            agent_id: self.agent_id.clone(),
+            epoch: self.epoch.clone(),
+            first_seq: batch.first_seq,
+            last_seq,
+            dropped: depth.dropped_total(),
+            sent_at: tributary_wire::time::now_ns(),
+            status: AgentStatus {
+                backlog_points: depth.points().saturating_sub(batch.bodies.len() as u64),
+                backlog_bytes: depth.bytes().saturating_sub(batch.bytes as u64),
+                oldest_unsent_ts,
+            },
+        };
+        let encoding = self.encoding();
+        let level = self.settings.compression_level;
+        // The stored batch is cloned into the blocking task: encoding may take milliseconds.
+        let bodies = batch.bodies.clone();
+        let rejects = batch.rejects.clone();
+        tokio::task::spawn_blocking(move || {
+            let body = codec::encode_stored_batch(
+                &header,
+                bodies.iter().map(Vec::as_slice),
+                &rejects,
+                encoding,
+            )?;
+            if level > 0 {
+                codec::compress(&body, level)
+            } else {
+                Ok(body)
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+    }
+
+    async fn confirmed(&mut self, batch: StoredBatch, response: reqwest::Response) -> Step {
+        let ack: BatchAck = match response.json().await {
+            Ok(ack) => ack,
+            Err(e) => {
+                let delay = self.backoff.next_random();
+                warn!(error = %e, retry_in = ?delay, "the collector's answer is not a batch acknowledgement; retrying");
+                self.metrics.error("forward", "bad_ack");
+                self.metrics.send_outcome("retry");
+                return Step::Retry(delay);
+            }
+        };
+        let last_seq = batch.last_seq();
+        if !batch.bodies.is_empty() && ack.committed_through < last_seq {
+            let delay = self.backoff.next_random();
+            error!(committed_through = ack.committed_through, last_seq, retry_in = ?delay, "the collector confirmed less than the batch; keeping it");
+            self.metrics.error("forward", "short_ack");
+            self.metrics.send_outcome("retry");
+            return Step::Retry(delay);
+        }
+        let reject_id = batch.rejects.last().map_or(self.confirmed_reject, |r| r.id);
+        if let Err(e) = self.delete(last_seq, reject_id).await {
+            // The data is safe at the collector; a failed delete only means a resend later.
+            error!(error = %e, "cannot delete confirmed points from the buffer");
+            self.metrics.error("forward", "delete");
+            return Step::Retry(self.backoff.next_random());
+        }
+        self.confirmed_seq = self.confirmed_seq.max(last_seq);
+        self.confirmed_reject = reject_id;
+        self.backoff.reset();
+        self.max_points = (self.max_points * 2).min(self.settings.batch_max_points);
+        let points = batch.bodies.len();
+        self.metrics.points_sent.inc_by(points as u64);
+        self.metrics.send_outcome("ok");
+        self.metrics
+            .last_send_success
+            .set(tributary_wire::time::now_ns() as f64 / 1e9);
+        debug!(points, rejects = batch.rejects.len(), stored = ack.stored, duplicates = ack.duplicates, through = last_seq, "batch confirmed");
+        Step::Sent { points }
+    }
+
+    async fn delete(&self, seq: u64, reject_id: u64) -> Result<(), StoreError> {
+        let (done, result) = oneshot::channel();
+        self.link
+            .control
+            .send(Control::Delete {
+                seq,
+                reject_id,
+                done,
+            })
+            .map_err(|_| StoreError::Invalid {
+                path: Default::default(),
+                message: "the buffer writer has stopped".into(),
+            })?;
+        result.await.unwrap_or_else(|_| {
+            Err(StoreError::Invalid {
+                path: Default::default(),
+                message: "the buffer writer has stopped".into(),
+            })
+        })
+    }
+
+    /// The collector refused the content: split until the refused point is alone, then move it
+    /// to the quarantine so the points behind it can flow.
+    async fn refused(&mut self, batch: StoredBatch, status: StatusCode, reason: String) -> Step {
+        self.metrics.send_outcome("refused");
+        let points = batch.bodies.len();
+        if points > 1 {
+            self.max_points = (points / 2).max(1);
+            warn!(%status, reason = %truncate(&reason, 300), points, next = self.max_points, "the collector refused a batch; splitting it");
+            self.metrics.error("forward", "refused_split");
+            return Step::Retry(Duration::ZERO);
+        }
+        let reason = format!("refused by the collector ({status}): {}", truncate(&reason, 500));
+        error!(seq = batch.first_seq, reason = %reason, "moving a point the collector refuses to the quarantine");
+        self.metrics.error("forward", "refused_point");
+        let (done, result) = oneshot::channel();
+        let request = if points == 1 {
+            Control::Quarantine {
+                seq: batch.first_seq,
+                reason,
+                done,
+            }
+        } else {
+            // Only rejects, and the collector refuses them: nothing else can be done with them.
+            Control::Delete {
+                seq: self.confirmed_seq,
+                reject_id: batch.rejects.last().map_or(self.confirmed_reject, |r| r.id),
+                done,
+            }
+        };
+        if self.link.control.send(request).is_err() {
+            return Step::Retry(self.backoff.next_random());
+        }
+        match result.await {
+            Ok(Ok(())) => Step::Retry(Duration::ZERO),
+            _ => {
+                self.metrics.error("forward", "quarantine_failed");
+                Step::Retry(self.backoff.next_random())
+            }
+        }
+    }
+}
+
+/// An error with its causes, e.g. "error sending request: connection refused".
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    match text.char_indices().nth(max) {
+        Some((index, _)) => &text[..index],
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn statuses_are_classified_once() {
+        assert_eq!(classify(StatusCode::OK, None), Verdict::Confirmed);
+        assert_eq!(classify(StatusCode::UNAUTHORIZED, None), Verdict::Unauthorized);
+        assert_eq!(classify(StatusCode::FORBIDDEN, None), Verdict::Unauthorized);
+        assert_eq!(classify(StatusCode::PAYLOAD_TOO_LARGE, None), Verdict::Refused);
+        assert_eq!(classify(StatusCode::BAD_REQUEST, None), Verdict::Refused);
+        assert_eq!(classify(StatusCode::NOT_FOUND, None), Verdict::Retry(None));
+        assert_eq!(
+            classify(StatusCode::TOO_MANY_REQUESTS, Some(Duration::from_secs(3))),
+            Verdict::Retry(Some(Duration::from_secs(3)))
+        );
+        assert_eq!(classify(StatusCode::BAD_GATEWAY, None), Verdict::Retry(None));
+    }
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(parse_retry_after(&headers), None);
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(parse_retry_after(&headers), Some(Duration::from_secs(7)));
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("999999"));
+        assert_eq!(parse_retry_after(&headers), Some(MAX_RETRY_AFTER));
+        let soon = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(30));
+        headers.insert(RETRY_AFTER, HeaderValue::from_str(&soon).unwrap());
+        let delay = parse_retry_after(&headers).unwrap();
+        assert!(delay > Duration::from_secs(25) && delay <= Duration::from_secs(30), "{delay:?}");
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
+        assert_eq!(parse_retry_after(&headers), Some(Duration::ZERO));
+    }
+}

@@ -1,0 +1,71 @@
+//! The agent's local HTTP listener: `/metrics` (Prometheus text) and `/health`.
+//!
+//! It binds to a local address only (default 127.0.0.1:9273). A failure to bind is logged and
+//! counted; the agent keeps running without it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::buffer::Depth;
+use crate::metrics::Metrics;
+
+#[derive(Clone)]
+struct AppState {
+    metrics: Arc<Metrics>,
+    depth: Arc<Depth>,
+}
+
+/// Serves until `shutdown`.
+pub async fn serve(
+    address: SocketAddr,
+    metrics: Arc<Metrics>,
+    depth: Arc<Depth>,
+    shutdown: CancellationToken,
+) {
+    let listener = match tokio::net::TcpListener::bind(address).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            error!(%address, error = %e, "cannot listen for /metrics; continuing without it (set agent.listen)");
+            metrics.error("http", "bind");
+            return;
+        }
+    };
+    info!(address = %listener.local_addr().unwrap_or(address), "serving /metrics and /health");
+    let app = Router::new()
+        .route("/metrics", get(render_metrics))
+        .route("/health", get(health))
+        .with_state(AppState {
+            metrics: Arc::clone(&metrics),
+            depth,
+        });
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    {
+        error!(error = %e, "the /metrics listener failed");
+        metrics.error("http", "serve");
+    }
+}
+
+async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.render(),
+    )
+}
+
+async fn health(State(state): State<AppState>) -> impl IntoResponse {
+    axum::Json(serde_json::json!({
+        "status": "ok",
+        "buffer_points": state.depth.points(),
+        "buffer_bytes": state.depth.bytes(),
+    }))
+}

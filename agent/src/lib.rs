@@ -1,0 +1,164 @@
+//! The Tributary agent: inputs feed a durable SQLite buffer, and a forwarder moves the buffer
+//! to the collector, exactly once.
+//!
+//! ```text
+//!  inputs (mqtt, …) ──Ingest──▶ buffer writer ──commit──▶ buffer.db ──▶ forwarder ──HTTP──▶ collector
+//!         ▲                         │ (group commit,                        │
+//!         └──── ack after commit ───┘  synchronous = FULL)                  └─ delete after 2xx
+//! ```
+//!
+//! [`run`] wires the parts together and owns the shutdown order: inputs stop taking data, the
+//! writer commits what they handed over and acknowledges it, the forwarder makes a last
+//! attempt, and the writer closes. `main.rs` only parses the command line.
+
+pub mod backoff;
+pub mod buffer;
+pub mod config;
+pub mod format;
+pub mod forward;
+pub mod http;
+pub mod inputs;
+pub mod metrics;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::buffer::{BufferHandle, Depth, ForwarderLink, Reader, Store, Writer};
+use crate::config::{Config, InputConfig};
+use crate::forward::Forwarder;
+use crate::inputs::mqtt::{MqttInput, TestHooks};
+use crate::metrics::Metrics;
+
+/// The name of the buffer file inside `data_dir`.
+pub const BUFFER_FILE: &str = "buffer.db";
+
+/// Makes rustls use *ring* for every TLS connection (MQTT and HTTPS). Safe to call twice.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Runs the agent until `shutdown` is cancelled, then shuts down in order.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    install_crypto_provider();
+    let metrics = Arc::new(Metrics::new());
+    let data_dir = config.agent.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create agent.data_dir {}", data_dir.display()))?;
+    let path = data_dir.join(BUFFER_FILE);
+
+    let depth = Arc::new(Depth::default());
+    let store = {
+        let (path, depth) = (path.clone(), Arc::clone(&depth));
+        let (max_size, when_full) = (config.buffer.max_size, config.buffer.when_full);
+        tokio::task::spawn_blocking(move || Store::open(&path, max_size, when_full, depth)).await??
+    };
+    let reader = Reader::open(&path)?;
+    let epoch = store.epoch().to_owned();
+    info!(agent = %config.agent.id, path = %path.display(), %epoch, points = depth.points(), bytes = depth.bytes(), "buffer opened");
+
+    let (ingest_tx, ingest_rx) = mpsc::channel(config.buffer.queue_capacity);
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let (committed_tx, committed_rx) = watch::channel(store.last_seq());
+    let buffer = BufferHandle::new(ingest_tx);
+
+    // Inputs: they stop when `intake` is cancelled.
+    let intake = CancellationToken::new();
+    let inputs = TaskTracker::new();
+    let agent_tags = Arc::new(config.agent.tags.clone());
+    let hooks = TestHooks::from_env();
+    for input in &config.inputs {
+        match input {
+            InputConfig::Mqtt(mqtt) => {
+                let checkpoints = store.checkpoints(&MqttInput::session_key(mqtt))?;
+                let task = MqttInput::new(
+                    mqtt.clone(),
+                    buffer.clone(),
+                    Arc::clone(&metrics),
+                    Arc::clone(&agent_tags),
+                    checkpoints,
+                    hooks,
+                );
+                inputs.spawn(task.run(intake.clone()));
+            }
+        }
+    }
+    inputs.close();
+    drop(buffer);
+    if config.inputs.is_empty() {
+        warn!("no inputs are configured; the agent only forwards what is already buffered");
+    }
+
+    // The writer ends once inputs and forwarder have let go of it; it says when the inputs'
+    // last items are committed.
+    let (drained_tx, drained_rx) = oneshot::channel();
+    let writer = Writer::new(
+        store,
+        ingest_rx,
+        control_rx,
+        committed_tx,
+        config.buffer.clone(),
+        Arc::clone(&metrics),
+        Arc::clone(&depth),
+    );
+    let writer = tokio::spawn(writer.run(drained_tx));
+
+    let link = ForwarderLink {
+        depth: Arc::clone(&depth),
+        committed: committed_rx,
+        control: control_tx,
+    };
+    let forwarder = Forwarder::new(
+        config.forward.clone(),
+        config.agent.id.clone(),
+        epoch,
+        reader,
+        link,
+        Arc::clone(&metrics),
+    )?;
+    let stop_forwarding = CancellationToken::new();
+    let forwarder = tokio::spawn(forwarder.run(stop_forwarding.clone(), drained_rx));
+
+    let listener = match config.agent.listen {
+        Some(address) => Some(tokio::spawn(http::serve(
+            address,
+            Arc::clone(&metrics),
+            Arc::clone(&depth),
+            shutdown.clone(),
+        ))),
+        None => None,
+    };
+
+    info!(agent = %config.agent.id, inputs = config.inputs.len(), collector = %config.forward.batches_url, "agent running");
+    shutdown.cancelled().await;
+    info!("shutting down: stopping inputs");
+
+    let deadline = tokio::time::Instant::now() + config.agent.shutdown_timeout;
+    intake.cancel();
+    stop_forwarding.cancel();
+    let order = async {
+        inputs.wait().await;
+        info!("inputs stopped; committing what they handed over");
+        let _ = forwarder.await;
+        let _ = writer.await;
+    };
+    if tokio::time::timeout_at(deadline, order).await.is_err() {
+        let mut running = Vec::new();
+        if !inputs.is_empty() {
+            running.push(format!("{} input(s)", inputs.len()));
+        }
+        running.push("forwarder or buffer writer".to_owned());
+        warn!(still_running = %running.join(", "), timeout = ?config.agent.shutdown_timeout, "shutdown deadline passed; exiting anyway (committed data is safe, unacknowledged data stays with its source)");
+        metrics.error("agent", "shutdown_timeout");
+    }
+    if let Some(listener) = listener {
+        let _ = tokio::time::timeout(Duration::from_secs(1), listener).await;
+    }
+    info!(backlog = depth.points(), "agent stopped");
+    Ok(())
+}

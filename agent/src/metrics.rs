@@ -1,0 +1,158 @@
+//! The agent's own figures, in the Prometheus text format.
+//!
+//! Every error or warning the agent logs increments `tributary_agent_errors_total` with the
+//! component and a short kind, so nothing that goes wrong is visible only in the logs.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+/// Labels naming an input.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InputLabels {
+    pub input: String,
+}
+
+/// Labels of a forward attempt's outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+/// Labels of an error: which part of the agent, and what kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub component: String,
+    pub kind: String,
+}
+
+/// Every figure the agent keeps.
+pub struct Metrics {
+    registry: Registry,
+    /// Messages or polls received, per input.
+    pub received: Family<InputLabels, Counter>,
+    /// Points committed to the buffer.
+    pub points_buffered: Counter,
+    /// Payloads (or parts) quarantined, per input.
+    pub rejected: Family<InputLabels, Counter>,
+    /// Redelivered MQTT messages recognised as already buffered, per input.
+    pub redeliveries: Family<InputLabels, Counter>,
+    /// Points discarded by the overflow policy.
+    pub dropped: Counter,
+    /// Buffer transactions committed.
+    pub commits: Counter,
+    /// Points in the buffer.
+    pub buffer_points: Gauge,
+    /// Bytes of points and rejects in the buffer.
+    pub buffer_bytes: Gauge,
+    /// Forward attempts by outcome (`ok`, `retry`, `unauthorized`, `too_large`, `rejected`).
+    pub sends: Family<OutcomeLabels, Counter>,
+    /// Points the collector confirmed.
+    pub points_sent: Counter,
+    /// Unix time of the last confirmed batch.
+    pub last_send_success: Gauge<f64, AtomicU64>,
+    /// 1 while the input's MQTT connection is up.
+    pub mqtt_connected: Family<InputLabels, Gauge>,
+    /// Errors and warnings logged, by component and kind.
+    pub errors: Family<ErrorLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("tributary_agent");
+        let received = Family::default();
+        registry.register("received", "Messages or polls received, per input", received.clone());
+        let points_buffered = Counter::default();
+        registry.register("points_buffered", "Points committed to the buffer", points_buffered.clone());
+        let rejected = Family::default();
+        registry.register("rejected", "Payloads or parts of payloads quarantined", rejected.clone());
+        let redeliveries = Family::default();
+        registry.register(
+            "redeliveries",
+            "Redelivered MQTT messages recognised as already buffered",
+            redeliveries.clone(),
+        );
+        let dropped = Counter::default();
+        registry.register("dropped", "Points discarded by the overflow policy", dropped.clone());
+        let commits = Counter::default();
+        registry.register("commits", "Buffer transactions committed", commits.clone());
+        let buffer_points = Gauge::default();
+        registry.register("buffer_points", "Points in the buffer", buffer_points.clone());
+        let buffer_bytes = Gauge::default();
+        registry.register("buffer_bytes", "Bytes of points and rejects in the buffer", buffer_bytes.clone());
+        let sends = Family::default();
+        registry.register("sends", "Forward attempts by outcome", sends.clone());
+        let points_sent = Counter::default();
+        registry.register("points_sent", "Points the collector confirmed", points_sent.clone());
+        let last_send_success = Gauge::default();
+        registry.register(
+            "last_send_success_timestamp_seconds",
+            "Unix time of the last confirmed batch",
+            last_send_success.clone(),
+        );
+        let mqtt_connected = Family::default();
+        registry.register("mqtt_connected", "1 while the MQTT connection is up", mqtt_connected.clone());
+        let errors = Family::default();
+        registry.register("errors", "Errors and warnings logged, by component and kind", errors.clone());
+        Metrics {
+            registry,
+            received,
+            points_buffered,
+            rejected,
+            redeliveries,
+            dropped,
+            commits,
+            buffer_points,
+            buffer_bytes,
+            sends,
+            points_sent,
+            last_send_success,
+            mqtt_connected,
+            errors,
+        }
+    }
+
+    /// Counts one logged error or warning.
+    pub fn error(&self, component: &str, kind: &str) {
+        self.errors
+            .get_or_create(&ErrorLabels {
+                component: component.to_owned(),
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one forward attempt.
+    pub fn send_outcome(&self, outcome: &str) {
+        self.sends
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The labels of an input.
+    pub fn input(name: &str) -> InputLabels {
+        InputLabels {
+            input: name.to_owned(),
+        }
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
