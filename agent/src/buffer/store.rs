@@ -23,7 +23,7 @@ const SCHEMA_VERSION: i64 = 1;
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
-    value ANY
+    value
 );
 CREATE TABLE IF NOT EXISTS points (
     seq  INTEGER PRIMARY KEY AUTOINCREMENT,

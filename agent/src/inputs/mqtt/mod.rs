@@ -415,7 +415,8 @@ mod tests {
     fn digest_is_stable_and_separates_topic_from_payload() {
         assert_eq!(digest("a", b"bc"), digest("a", b"bc"));
         assert_ne!(digest("a", b"bc"), digest("ab", b"c"));
-        // Pinned: digests are stored on disk and compared after an upgrade.
-        assert_eq!(hex::encode(digest("sensors/x", b"1")), hex::encode(digest("sensors/x", b"1")));
+        // Pinned (computed independently with Python's hashlib): digests are stored on disk
+        // and compared after an upgrade, so the function may never change.
+        assert_eq!(hex::encode(digest("sensors/x", b"1")), "33242487f56074c0");
     }
 }

@@ -1,0 +1,104 @@
+//! `GET /api/v1/agents`: every configured or seen agent, its marks and what it reported.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use tributary_wire::time::{format_rfc3339, now_ns};
+
+use super::{ApiError, AppState};
+use crate::storage::{AgentRecord, sqlite};
+
+#[derive(Serialize)]
+struct AgentsAnswer {
+    agents: Vec<AgentView>,
+}
+
+#[derive(Serialize)]
+struct AgentView {
+    id: String,
+    /// Has a token in collector.toml (an agent removed from the file still shows its history).
+    configured: bool,
+    first_seen: Option<String>,
+    last_seen: Option<String>,
+    batches: u64,
+    points_received: u64,
+    duplicates: u64,
+    quarantined: u64,
+    dropped: u64,
+    gaps: u64,
+    backlog_points: u64,
+    backlog_bytes: u64,
+    oldest_unsent_age_seconds: Option<f64>,
+    clock_skew_seconds: Option<f64>,
+    epochs: Vec<EpochView>,
+}
+
+#[derive(Serialize)]
+struct EpochView {
+    epoch: String,
+    /// The high-water mark: every sequence up to here is stored.
+    last_seq: u64,
+    last_reject: u64,
+    dropped: u64,
+    last_seen: String,
+}
+
+pub async fn get_agents(State(state): State<Arc<AppState>>) -> Response {
+    let records = match state.storage.reads().run(sqlite::agents).await {
+        Ok(records) => records,
+        Err(e) => return state.fail("agents", ApiError::Internal(e.to_string())).into_response(),
+    };
+    let mut views: BTreeMap<String, AgentView> = records
+        .into_iter()
+        .map(|record| (record.agent_id.clone(), view(record)))
+        .collect();
+    for id in state.auth.agent_ids() {
+        views
+            .entry(id.to_owned())
+            .or_insert_with(|| view(AgentRecord {
+                agent_id: id.to_owned(),
+                ..AgentRecord::default()
+            }))
+            .configured = true;
+    }
+    axum::Json(AgentsAnswer {
+        agents: views.into_values().collect(),
+    })
+    .into_response()
+}
+
+fn view(record: AgentRecord) -> AgentView {
+    let now = now_ns();
+    AgentView {
+        id: record.agent_id,
+        configured: false,
+        first_seen: record.first_seen.map(format_rfc3339),
+        last_seen: record.last_seen.map(format_rfc3339),
+        batches: record.batches,
+        points_received: record.points_received,
+        duplicates: record.duplicates,
+        quarantined: record.quarantined,
+        dropped: record.epochs.iter().map(|e| e.dropped).sum(),
+        gaps: record.gaps,
+        backlog_points: record.backlog_points,
+        backlog_bytes: record.backlog_bytes,
+        oldest_unsent_age_seconds: record
+            .oldest_unsent_ts
+            .map(|ts| now.saturating_sub(ts) as f64 / 1e9),
+        clock_skew_seconds: record.clock_skew_ns.map(|ns| ns as f64 / 1e9),
+        epochs: record
+            .epochs
+            .into_iter()
+            .map(|e| EpochView {
+                epoch: e.epoch,
+                last_seq: e.last_seq,
+                last_reject: e.last_reject,
+                dropped: e.dropped,
+                last_seen: format_rfc3339(e.last_seen),
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,152 @@
+//! The HTTP API. Handlers live in one module per concern; [`ApiError`] maps every failure to
+//! its status code in one place, with a JSON body `{"error": "..."}`.
+
+mod agents;
+mod ingest;
+mod query;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tracing::{error, warn};
+use tributary_wire::ErrorBody;
+
+use crate::auth::Authenticator;
+use crate::metrics::Metrics;
+use crate::storage::Storage;
+
+/// What handlers share.
+pub struct AppState {
+    pub storage: Storage,
+    pub auth: Authenticator,
+    pub metrics: Arc<Metrics>,
+    pub max_decompressed_size: usize,
+    pub query_max_points: usize,
+}
+
+/// The router with every endpoint.
+pub fn router(state: Arc<AppState>, max_body_size: usize) -> Router {
+    Router::new()
+        .route(
+            "/api/v1/batches",
+            post(ingest::post_batch).layer(DefaultBodyLimit::max(max_body_size)),
+        )
+        .route("/api/v1/query", get(query::get_query))
+        .route("/api/v1/agents", get(agents::get_agents))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Every way a request can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("the ingest queue is full; retry shortly")]
+    Busy,
+    #[error("{0}")]
+    NotImplemented(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Busy => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A short name for the error counter.
+    fn kind(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::TooLarge(_) => "too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::Busy => "busy",
+            ApiError::NotImplemented(_) => "not_implemented",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl AppState {
+    /// Logs and counts a failure on its way to the client.
+    pub fn fail(&self, endpoint: &str, error: ApiError) -> ApiError {
+        if error.status().is_server_error() {
+            error!(endpoint, status = error.status().as_u16(), error = %error, "request failed");
+        } else {
+            warn!(endpoint, status = error.status().as_u16(), error = %error, "request refused");
+        }
+        self.metrics.error(endpoint, error.kind());
+        error
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut response = (
+            status,
+            axum::Json(ErrorBody {
+                error: self.to_string(),
+            }),
+        )
+            .into_response();
+        let headers = response.headers_mut();
+        match self {
+            ApiError::Unauthorized(_) => {
+                headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::Busy | ApiError::Unavailable(_) => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+async fn healthz(State(state): State<Arc<AppState>>) -> Result<impl IntoResponse, ApiError> {
+    state
+        .storage
+        .reads()
+        .run(crate::storage::sqlite::ping)
+        .await
+        .map_err(|e| state.fail("healthz", ApiError::Unavailable(e.to_string())))?;
+    Ok(axum::Json(serde_json::json!({ "status": "ok" })))
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.render(),
+    )
+}

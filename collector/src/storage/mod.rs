@@ -1,0 +1,112 @@
+//! Storage of points, series, agents' high-water marks and the quarantine.
+//!
+//! SQLite is the store (embedded, zero setup). Writes go through one thread that group-commits
+//! batches from many requests in one transaction; a batch's points and its agent's mark always
+//! commit together, and each request is answered only after that commit. Reads use a small
+//! pool of separate connections, which WAL lets run beside the writer.
+//!
+//! Invariant: for every `(agent, epoch)`, the points stored are exactly those with a sequence
+//! at or below its mark that were ever sent; a sequence is stored at most once.
+
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+
+use tributary_wire::{Batch, BatchAck, FieldValue};
+
+pub use sqlite::{ReadPool, Storage};
+
+/// Why storage failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage {path}: {source}")]
+    Sqlite {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("storage is shutting down")]
+    Closed,
+    #[error("storage: {0}")]
+    Other(String),
+}
+
+/// A batch to store, from the agent its token belongs to.
+pub struct WriteJob {
+    pub agent_id: String,
+    pub batch: Batch,
+    /// When the collector received it (UTC ns).
+    pub received_at: i64,
+    pub reply: tokio::sync::oneshot::Sender<Result<BatchAck, StorageError>>,
+}
+
+/// Why a job was not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SubmitError {
+    /// The queue is full: ask the agent to come back later.
+    Busy,
+    /// The writer has stopped.
+    Closed,
+}
+
+/// A raw query: points of the series that match, in a time range.
+#[derive(Debug, Clone)]
+pub struct RawQuery {
+    pub name: String,
+    pub field: Option<String>,
+    /// Inclusive lower bound (UTC ns).
+    pub from: i64,
+    /// Exclusive upper bound (UTC ns).
+    pub to: i64,
+    /// Tags every matching series must have.
+    pub tags: Vec<(String, String)>,
+    /// Most points in the whole answer.
+    pub limit: usize,
+}
+
+/// One series and its points.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesPoints {
+    pub name: String,
+    pub tags: BTreeMap<String, String>,
+    pub field: String,
+    pub points: Vec<(i64, FieldValue)>,
+}
+
+/// What a query found.
+#[derive(Debug, Clone, Default)]
+pub struct QueryResult {
+    pub series: Vec<SeriesPoints>,
+    /// The limit cut the answer short.
+    pub truncated: bool,
+}
+
+/// One `(agent, epoch)` mark.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpochMark {
+    pub epoch: String,
+    pub last_seq: u64,
+    pub last_reject: u64,
+    pub dropped: u64,
+    pub last_seen: i64,
+}
+
+/// What the collector knows of an agent.
+#[derive(Debug, Clone, Default)]
+pub struct AgentRecord {
+    pub agent_id: String,
+    pub first_seen: Option<i64>,
+    pub last_seen: Option<i64>,
+    pub batches: u64,
+    pub points_received: u64,
+    pub duplicates: u64,
+    pub quarantined: u64,
+    /// Sequences that never arrived and were not explained as dropped.
+    pub gaps: u64,
+    pub backlog_points: u64,
+    pub backlog_bytes: u64,
+    pub oldest_unsent_ts: Option<i64>,
+    /// Receive time minus the agent's `sent_at` of its last batch (includes network delay).
+    pub clock_skew_ns: Option<i64>,
+    pub epochs: Vec<EpochMark>,
+}

@@ -1,0 +1,682 @@
+//! The SQLite store: schema, the group-committing writer thread, and the read pool.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::{Semaphore, mpsc};
+use tracing::{error, warn};
+use tributary_wire::{BatchAck, FieldValue};
+
+use super::{
+    AgentRecord, EpochMark, QueryResult, RawQuery, SeriesPoints, StorageError, SubmitError,
+    WriteJob,
+};
+use crate::metrics::Metrics;
+
+/// `value` has no declared type, so SQLite keeps each value as it was given (a string that
+/// looks like a number stays a string).
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS series (
+    id       INTEGER PRIMARY KEY,
+    name     TEXT NOT NULL,
+    tags     TEXT NOT NULL,
+    field    TEXT NOT NULL,
+    kind     TEXT NOT NULL,
+    first_ts INTEGER NOT NULL,
+    last_ts  INTEGER NOT NULL,
+    UNIQUE (name, tags, field)
+);
+CREATE TABLE IF NOT EXISTS points (
+    series_id INTEGER NOT NULL,
+    ts        INTEGER NOT NULL,
+    value
+);
+CREATE INDEX IF NOT EXISTS points_by_series_time ON points (series_id, ts);
+CREATE TABLE IF NOT EXISTS marks (
+    agent_id    TEXT NOT NULL,
+    epoch       TEXT NOT NULL,
+    last_seq    INTEGER NOT NULL,
+    last_reject INTEGER NOT NULL,
+    dropped     INTEGER NOT NULL,
+    first_seen  INTEGER NOT NULL,
+    last_seen   INTEGER NOT NULL,
+    PRIMARY KEY (agent_id, epoch)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS agents (
+    agent_id         TEXT PRIMARY KEY,
+    first_seen       INTEGER NOT NULL,
+    last_seen        INTEGER NOT NULL,
+    batches          INTEGER NOT NULL DEFAULT 0,
+    points_received  INTEGER NOT NULL DEFAULT 0,
+    duplicates       INTEGER NOT NULL DEFAULT 0,
+    quarantined      INTEGER NOT NULL DEFAULT 0,
+    gaps             INTEGER NOT NULL DEFAULT 0,
+    backlog_points   INTEGER,
+    backlog_bytes    INTEGER,
+    oldest_unsent_ts INTEGER,
+    clock_skew_ns    INTEGER
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id              INTEGER PRIMARY KEY,
+    received_at     INTEGER NOT NULL,
+    origin          TEXT NOT NULL,
+    agent_id        TEXT,
+    epoch           TEXT,
+    agent_reject_id INTEGER,
+    source          TEXT NOT NULL,
+    topic           TEXT NOT NULL,
+    ts              INTEGER,
+    payload         BLOB NOT NULL,
+    reason          TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS quarantine_by_time ON quarantine (received_at);
+";
+
+const SCHEMA_VERSION: i64 = 1;
+
+fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+/// The store: a writer thread fed by a bounded queue, and a pool of readers.
+pub struct Storage {
+    jobs: Option<mpsc::Sender<WriteJob>>,
+    writer: Option<JoinHandle<()>>,
+    reads: Arc<ReadPool>,
+}
+
+impl Storage {
+    /// Opens (creating if needed) the database and starts the writer thread.
+    pub fn open(
+        path: &Path,
+        commit_max_points: usize,
+        queue: usize,
+        readers: usize,
+        metrics: Arc<Metrics>,
+    ) -> Result<Storage, StorageError> {
+        let sql = |source| StorageError::Sqlite {
+            path: path.display().to_string(),
+            source,
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                StorageError::Other(format!("cannot create {}: {e}", parent.display()))
+            })?;
+        }
+        let conn = open_connection(path).map_err(sql)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(sql)?;
+        if version > SCHEMA_VERSION {
+            return Err(StorageError::Other(format!(
+                "{}: schema version {version} is newer than this collector understands",
+                path.display()
+            )));
+        }
+        conn.execute_batch(SCHEMA).map_err(sql)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(sql)?;
+        let series = load_series(&conn).map_err(sql)?;
+
+        let (jobs, rx) = mpsc::channel(queue);
+        let writer = WriterThread {
+            conn,
+            path: path.to_owned(),
+            series,
+            commit_max_points,
+            metrics,
+        };
+        let writer = std::thread::Builder::new()
+            .name("storage-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StorageError::Other(format!("cannot start the writer thread: {e}")))?;
+        Ok(Storage {
+            jobs: Some(jobs),
+            writer: Some(writer),
+            reads: Arc::new(ReadPool::new(path, readers)),
+        })
+    }
+
+    /// Queues a batch without waiting; a full queue is `Busy` (the caller answers 429).
+    pub fn try_submit(&self, job: WriteJob) -> Result<(), SubmitError> {
+        let jobs = self.jobs.as_ref().ok_or(SubmitError::Closed)?;
+        jobs.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SubmitError::Busy,
+            mpsc::error::TrySendError::Closed(_) => SubmitError::Closed,
+        })
+    }
+
+    /// The read side.
+    pub fn reads(&self) -> &Arc<ReadPool> {
+        &self.reads
+    }
+
+    /// Stops taking jobs, lets the writer finish the queued ones, and waits for it.
+    pub fn close(&mut self) {
+        self.jobs.take();
+        if let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            error!("the storage writer thread panicked");
+        }
+    }
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Series ids by `name \0 tags-json`, then by field.
+type SeriesCache = HashMap<String, HashMap<String, i64>>;
+
+fn load_series(conn: &Connection) -> rusqlite::Result<SeriesCache> {
+    let mut cache = SeriesCache::new();
+    let mut stmt = conn.prepare("SELECT id, name, tags, field FROM series")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+    })?;
+    for row in rows {
+        let (id, name, tags, field) = row?;
+        cache.entry(series_key(&name, &tags)).or_default().insert(field, id);
+    }
+    Ok(cache)
+}
+
+fn series_key(name: &str, tags_json: &str) -> String {
+    let mut key = String::with_capacity(name.len() + tags_json.len() + 1);
+    key.push_str(name);
+    key.push('\0');
+    key.push_str(tags_json);
+    key
+}
+
+struct WriterThread {
+    conn: Connection,
+    path: PathBuf,
+    series: SeriesCache,
+    commit_max_points: usize,
+    metrics: Arc<Metrics>,
+}
+
+/// What one transaction changed besides rows, undone if it rolls back.
+#[derive(Default)]
+struct GroupState {
+    /// Series created in this transaction: (cache key, field).
+    new_series: Vec<(String, String)>,
+    /// Series touched, with the min and max timestamps written.
+    touched: HashMap<i64, (i64, i64)>,
+}
+
+impl WriterThread {
+    fn run(mut self, mut rx: mpsc::Receiver<WriteJob>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut points = first.batch.points.len();
+            let mut jobs = vec![first];
+            while points < self.commit_max_points {
+                match rx.try_recv() {
+                    Ok(job) => {
+                        points += job.batch.points.len();
+                        jobs.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(jobs);
+        }
+    }
+
+    /// Stores the jobs in one transaction; if that fails, each alone, so one bad batch cannot
+    /// fail the others.
+    fn commit_group(&mut self, jobs: Vec<WriteJob>) {
+        let started = Instant::now();
+        match self.store_all(&jobs) {
+            Ok(acks) => {
+                self.metrics.commits.inc();
+                self.metrics
+                    .commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                for (job, ack) in jobs.into_iter().zip(acks) {
+                    self.metrics.points_stored.inc_by(ack.stored);
+                    self.metrics.points_duplicate.inc_by(ack.duplicates);
+                    self.metrics.rejects_stored.inc_by(ack.rejects_stored);
+                    let _ = job.reply.send(Ok(ack));
+                }
+            }
+            Err(e) if jobs.len() > 1 => {
+                warn!(error = %e, batches = jobs.len(), "group commit failed; storing the batches one by one");
+                self.metrics.error("storage", "group_commit");
+                for job in jobs {
+                    self.commit_group(vec![job]);
+                }
+            }
+            Err(e) => {
+                error!(error = %e, "storing a batch failed; the agent will retry");
+                self.metrics.error("storage", "commit");
+                for job in jobs {
+                    let _ = job
+                        .reply
+                        .send(Err(StorageError::Other(format!("{}: {e}", self.path.display()))));
+                }
+            }
+        }
+    }
+
+    fn store_all(&mut self, jobs: &[WriteJob]) -> rusqlite::Result<Vec<BatchAck>> {
+        let mut state = GroupState::default();
+        let result = (|| {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut acks = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                acks.push(store_batch(&tx, &mut self.series, &mut state, job)?);
+            }
+            {
+                let mut update = tx.prepare_cached(
+                    "UPDATE series SET first_ts = min(first_ts, ?2), last_ts = max(last_ts, ?3) WHERE id = ?1",
+                )?;
+                for (id, (min, max)) in &state.touched {
+                    update.execute(params![id, min, max])?;
+                }
+            }
+            tx.commit()?;
+            Ok(acks)
+        })();
+        if result.is_err() {
+            // The rollback removed the series rows; forget their ids too.
+            for (key, field) in state.new_series {
+                if let Some(fields) = self.series.get_mut(&key) {
+                    fields.remove(&field);
+                }
+            }
+        }
+        result
+    }
+}
+
+struct Sql<'a>(&'a FieldValue);
+
+impl rusqlite::ToSql for Sql<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self.0 {
+            FieldValue::F64(v) => ToSqlOutput::Borrowed(ValueRef::Real(*v)),
+            FieldValue::I64(v) => ToSqlOutput::Borrowed(ValueRef::Integer(*v)),
+            FieldValue::Bool(v) => ToSqlOutput::Borrowed(ValueRef::Integer(i64::from(*v))),
+            FieldValue::Str(v) => ToSqlOutput::Borrowed(ValueRef::Text(v.as_bytes())),
+        })
+    }
+}
+
+/// Stores one batch inside the group's transaction: points above the mark, rejects above the
+/// reject mark, the marks themselves, and the agent's figures.
+fn store_batch(
+    tx: &rusqlite::Transaction<'_>,
+    series: &mut SeriesCache,
+    state: &mut GroupState,
+    job: &WriteJob,
+) -> rusqlite::Result<BatchAck> {
+    let batch = &job.batch;
+    let (mark, reject_mark, dropped_before): (u64, u64, u64) = tx
+        .query_row(
+            "SELECT last_seq, last_reject, dropped FROM marks WHERE agent_id = ?1 AND epoch = ?2",
+            params![job.agent_id, batch.epoch],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64)),
+        )
+        .optional()?
+        .unwrap_or((0, 0, 0));
+
+    let mut stored = 0u64;
+    let mut duplicates = 0u64;
+    let mut quarantined = 0u64;
+    {
+        let mut insert_point =
+            tx.prepare_cached("INSERT INTO points (series_id, ts, value) VALUES (?1, ?2, ?3)")?;
+        let mut insert_series = tx.prepare_cached(
+            "INSERT INTO series (name, tags, field, kind, first_ts, last_ts) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+        )?;
+        let mut quarantine = tx.prepare_cached(
+            "INSERT INTO quarantine (received_at, origin, agent_id, epoch, source, topic, ts, payload, reason)
+             VALUES (?1, 'collector', ?2, ?3, 'batch', ?4, ?5, ?6, ?7)",
+        )?;
+        for (index, point) in batch.points.iter().enumerate() {
+            let seq = batch.first_seq + index as u64;
+            if seq <= mark {
+                duplicates += 1;
+                continue;
+            }
+            if point.fields.is_empty() {
+                let line = tributary_wire::line_protocol::format_point(point);
+                quarantine.execute(params![
+                    job.received_at,
+                    job.agent_id,
+                    batch.epoch,
+                    format!("seq {seq}"),
+                    point.ts,
+                    line.as_bytes(),
+                    "point has no fields"
+                ])?;
+                quarantined += 1;
+                continue;
+            }
+            // The agent tag comes from the token, so a device cannot write as another.
+            let mut tags = point.tags.clone();
+            tags.insert("agent".to_owned(), job.agent_id.clone());
+            let tags_json = serde_json::to_string(&tags).unwrap_or_default();
+            let key = series_key(&point.name, &tags_json);
+            for (field, value) in &point.fields {
+                let known = series.get(&key).and_then(|fields| fields.get(field)).copied();
+                let id = match known {
+                    Some(id) => id,
+                    None => {
+                        insert_series.execute(params![
+                            point.name,
+                            tags_json,
+                            field,
+                            value.kind(),
+                            point.ts
+                        ])?;
+                        let id = tx.last_insert_rowid();
+                        series.entry(key.clone()).or_default().insert(field.clone(), id);
+                        state.new_series.push((key.clone(), field.clone()));
+                        id
+                    }
+                };
+                insert_point.execute(params![id, point.ts, Sql(value)])?;
+                let span = state.touched.entry(id).or_insert((point.ts, point.ts));
+                span.0 = span.0.min(point.ts);
+                span.1 = span.1.max(point.ts);
+            }
+            stored += 1;
+        }
+    }
+
+    let mut rejects_stored = 0u64;
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO quarantine (received_at, origin, agent_id, epoch, agent_reject_id, source, topic, ts, payload, reason)
+             VALUES (?1, 'agent', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?;
+        for reject in batch.rejects.iter().filter(|r| r.id > reject_mark) {
+            insert.execute(params![
+                job.received_at,
+                job.agent_id,
+                batch.epoch,
+                reject.id as i64,
+                reject.source,
+                reject.topic,
+                reject.received_at,
+                reject.payload,
+                reject.reason
+            ])?;
+            rejects_stored += 1;
+        }
+    }
+
+    // A jump past the mark that the agent's drop count does not explain is a gap.
+    let mut gaps = 0u64;
+    if !batch.points.is_empty() && batch.first_seq > mark + 1 {
+        let missing = batch.first_seq - mark - 1;
+        let explained = batch.dropped.saturating_sub(dropped_before);
+        gaps = missing.saturating_sub(explained);
+        if gaps > 0 {
+            warn!(agent = %job.agent_id, epoch = %batch.epoch, mark, first_seq = batch.first_seq, gaps, "sequences missing from an agent without a drop count to explain them");
+        }
+    }
+
+    let new_mark = mark.max(batch.last_seq);
+    let new_reject_mark = batch
+        .rejects
+        .last()
+        .map_or(reject_mark, |r| reject_mark.max(r.id));
+    tx.execute(
+        "INSERT INTO marks (agent_id, epoch, last_seq, last_reject, dropped, first_seen, last_seen)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+         ON CONFLICT (agent_id, epoch) DO UPDATE SET
+             last_seq = max(last_seq, excluded.last_seq),
+             last_reject = max(last_reject, excluded.last_reject),
+             dropped = max(dropped, excluded.dropped),
+             last_seen = excluded.last_seen",
+        params![
+            job.agent_id,
+            batch.epoch,
+            new_mark as i64,
+            new_reject_mark as i64,
+            batch.dropped as i64,
+            job.received_at
+        ],
+    )?;
+    tx.execute(
+        "INSERT INTO agents (agent_id, first_seen, last_seen, batches, points_received, duplicates, quarantined, gaps,
+                             backlog_points, backlog_bytes, oldest_unsent_ts, clock_skew_ns)
+         VALUES (?1, ?2, ?2, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         ON CONFLICT (agent_id) DO UPDATE SET
+             last_seen = excluded.last_seen,
+             batches = batches + 1,
+             points_received = points_received + excluded.points_received,
+             duplicates = duplicates + excluded.duplicates,
+             quarantined = quarantined + excluded.quarantined,
+             gaps = gaps + excluded.gaps,
+             backlog_points = excluded.backlog_points,
+             backlog_bytes = excluded.backlog_bytes,
+             oldest_unsent_ts = excluded.oldest_unsent_ts,
+             clock_skew_ns = excluded.clock_skew_ns",
+        params![
+            job.agent_id,
+            job.received_at,
+            stored as i64,
+            duplicates as i64,
+            (rejects_stored + quarantined) as i64,
+            gaps as i64,
+            batch.status.backlog_points as i64,
+            batch.status.backlog_bytes as i64,
+            batch.status.oldest_unsent_ts,
+            job.received_at.saturating_sub(batch.sent_at)
+        ],
+    )?;
+    Ok(BatchAck {
+        committed_through: new_mark,
+        stored,
+        duplicates,
+        rejects_stored,
+    })
+}
+
+/// Read connections, used one request at a time each, on the blocking pool.
+pub struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    permits: Arc<Semaphore>,
+}
+
+impl ReadPool {
+    fn new(path: &Path, size: usize) -> ReadPool {
+        ReadPool {
+            path: path.to_owned(),
+            idle: Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(size)),
+        }
+    }
+
+    /// Runs `work` on a read connection off the async executor.
+    pub async fn run<T, F>(self: &Arc<Self>, work: F) -> Result<T, StorageError>
+    where
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        let pool = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let path = pool.path.display().to_string();
+            let conn = match pool.idle.lock().unwrap_or_else(PoisonError::into_inner).pop() {
+                Some(conn) => conn,
+                None => {
+                    let conn = open_connection(&pool.path)
+                        .and_then(|c| c.pragma_update(None, "query_only", true).map(|()| c))
+                        .map_err(|source| StorageError::Sqlite { path: path.clone(), source })?;
+                    conn
+                }
+            };
+            let result = work(&conn).map_err(|source| StorageError::Sqlite { path, source });
+            pool.idle.lock().unwrap_or_else(PoisonError::into_inner).push(conn);
+            result
+        })
+        .await
+        .map_err(|e| StorageError::Other(format!("read task failed: {e}")))?
+    }
+}
+
+/// Answers a raw query.
+pub fn query_raw(conn: &Connection, query: &RawQuery) -> rusqlite::Result<QueryResult> {
+    let mut series_stmt = conn.prepare_cached(
+        "SELECT id, tags, field, kind FROM series
+         WHERE name = ?1 AND (?2 IS NULL OR field = ?2) AND last_ts >= ?3 AND first_ts < ?4
+         ORDER BY tags, field",
+    )?;
+    let candidates = series_stmt
+        .query_map(
+            params![query.name, query.field, query.from, query.to],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?)),
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+
+    let mut points_stmt = conn.prepare_cached(
+        "SELECT ts, value FROM points WHERE series_id = ?1 AND ts >= ?2 AND ts < ?3
+         ORDER BY ts, rowid LIMIT ?4",
+    )?;
+    let mut result = QueryResult::default();
+    let mut remaining = query.limit;
+    for (id, tags_json, field, kind) in candidates {
+        let tags: BTreeMap<String, String> = serde_json::from_str(&tags_json).unwrap_or_default();
+        if !query.tags.iter().all(|(k, v)| tags.get(k) == Some(v)) {
+            continue;
+        }
+        if remaining == 0 {
+            result.truncated = true;
+            break;
+        }
+        let boolean = kind == "boolean";
+        let mut rows = points_stmt.query(params![id, query.from, query.to, remaining as i64 + 1])?;
+        let mut points = Vec::new();
+        while let Some(row) = rows.next()? {
+            if points.len() == remaining {
+                result.truncated = true;
+                break;
+            }
+            let ts: i64 = row.get(0)?;
+            let value = match row.get_ref(1)? {
+                ValueRef::Integer(v) if boolean => FieldValue::Bool(v != 0),
+                ValueRef::Integer(v) => FieldValue::I64(v),
+                ValueRef::Real(v) => FieldValue::F64(v),
+                ValueRef::Text(v) => FieldValue::Str(String::from_utf8_lossy(v).into_owned()),
+                ValueRef::Null | ValueRef::Blob(_) => continue,
+            };
+            points.push((ts, value));
+        }
+        remaining -= points.len();
+        if !points.is_empty() {
+            result.series.push(SeriesPoints {
+                name: query.name.clone(),
+                tags,
+                field,
+                points,
+            });
+        }
+        if result.truncated {
+            break;
+        }
+    }
+    Ok(result)
+}
+
+/// Every agent the store has heard from, with its marks.
+pub fn agents(conn: &Connection) -> rusqlite::Result<Vec<AgentRecord>> {
+    let mut records: BTreeMap<String, AgentRecord> = BTreeMap::new();
+    let mut stmt = conn.prepare_cached(
+        "SELECT agent_id, first_seen, last_seen, batches, points_received, duplicates, quarantined, gaps,
+                backlog_points, backlog_bytes, oldest_unsent_ts, clock_skew_ns FROM agents",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(AgentRecord {
+            agent_id: r.get(0)?,
+            first_seen: r.get(1)?,
+            last_seen: r.get(2)?,
+            batches: r.get::<_, i64>(3)? as u64,
+            points_received: r.get::<_, i64>(4)? as u64,
+            duplicates: r.get::<_, i64>(5)? as u64,
+            quarantined: r.get::<_, i64>(6)? as u64,
+            gaps: r.get::<_, i64>(7)? as u64,
+            backlog_points: r.get::<_, Option<i64>>(8)?.unwrap_or(0) as u64,
+            backlog_bytes: r.get::<_, Option<i64>>(9)?.unwrap_or(0) as u64,
+            oldest_unsent_ts: r.get(10)?,
+            clock_skew_ns: r.get(11)?,
+            epochs: Vec::new(),
+        })
+    })?;
+    for record in rows {
+        let record = record?;
+        records.insert(record.agent_id.clone(), record);
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT agent_id, epoch, last_seq, last_reject, dropped, last_seen FROM marks ORDER BY agent_id, last_seen",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            EpochMark {
+                epoch: r.get(1)?,
+                last_seq: r.get::<_, i64>(2)? as u64,
+                last_reject: r.get::<_, i64>(3)? as u64,
+                dropped: r.get::<_, i64>(4)? as u64,
+                last_seen: r.get(5)?,
+            },
+        ))
+    })?;
+    for row in rows {
+        let (agent_id, mark) = row?;
+        if let Some(record) = records.get_mut(&agent_id) {
+            record.epochs.push(mark);
+        }
+    }
+    Ok(records.into_values().collect())
+}
+
+/// A trivial read, proving the database answers.
+pub fn ping(conn: &Connection) -> rusqlite::Result<()> {
+    conn.query_row("SELECT count(*) FROM marks", [], |_| Ok(()))
+}
+
+impl Storage {
+    /// Convenience for callers that hold the store: a queued job answered through a channel.
+    pub async fn store(&self, agent_id: &str, batch: tributary_wire::Batch, received_at: i64) -> Result<BatchAck, StorageError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.try_submit(WriteJob {
+            agent_id: agent_id.to_owned(),
+            batch,
+            received_at,
+            reply,
+        })
+        .map_err(|e| match e {
+            SubmitError::Busy => StorageError::Other("the ingest queue is full".into()),
+            SubmitError::Closed => StorageError::Closed,
+        })?;
+        answer.await.map_err(|_| StorageError::Closed)?
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,199 @@
+use std::sync::Arc;
+
+use tributary_wire::{AgentStatus, Batch, FieldValue, Point, Reject};
+
+use super::*;
+
+fn batch(epoch: &str, first_seq: u64, values: &[i64]) -> Batch {
+    Batch {
+        agent_id: "a1".into(),
+        epoch: epoch.into(),
+        first_seq,
+        last_seq: first_seq + values.len() as u64 - 1,
+        dropped: 0,
+        sent_at: 0,
+        status: AgentStatus::default(),
+        points: values
+            .iter()
+            .map(|v| Point::new("temp", *v).with_tag("device", "d1").with_field("v", *v))
+            .collect(),
+        rejects: Vec::new(),
+    }
+}
+
+fn open(dir: &tempfile::TempDir) -> Storage {
+    Storage::open(&dir.path().join("c.db"), 50_000, 16, 2, Arc::new(Metrics::new())).unwrap()
+}
+
+async fn all(storage: &Storage, name: &str) -> QueryResult {
+    let query = RawQuery {
+        name: name.into(),
+        field: None,
+        from: i64::MIN,
+        to: i64::MAX,
+        tags: Vec::new(),
+        limit: 1_000_000,
+    };
+    storage.reads().run(move |c| query_raw(c, &query)).await.unwrap()
+}
+
+fn values(result: &QueryResult) -> Vec<i64> {
+    result.series.iter().flat_map(|s| &s.points).map(|(ts, _)| *ts).collect()
+}
+
+#[tokio::test]
+async fn a_retried_batch_stores_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(&dir);
+    let ack = storage.store("a1", batch("e1", 1, &[10, 11, 12]), 5).await.unwrap();
+    assert_eq!((ack.committed_through, ack.stored, ack.duplicates), (3, 3, 0));
+    let ack = storage.store("a1", batch("e1", 1, &[10, 11, 12]), 6).await.unwrap();
+    assert_eq!((ack.committed_through, ack.stored, ack.duplicates), (3, 0, 3));
+    // Overlapping: 2 and 3 are known, 4 and 5 are new.
+    let ack = storage.store("a1", batch("e1", 2, &[11, 12, 13, 14]), 7).await.unwrap();
+    assert_eq!((ack.committed_through, ack.stored, ack.duplicates), (5, 2, 2));
+    assert_eq!(values(&all(&storage, "temp").await), vec![10, 11, 12, 13, 14]);
+
+    // A new epoch (a new agent database) starts its own sequence.
+    let ack = storage.store("a1", batch("e2", 1, &[20]), 8).await.unwrap();
+    assert_eq!((ack.committed_through, ack.stored), (1, 1));
+
+    let agents = storage.reads().run(agents).await.unwrap();
+    assert_eq!(agents.len(), 1);
+    assert_eq!(agents[0].points_received, 6);
+    assert_eq!(agents[0].duplicates, 5);
+    assert_eq!(agents[0].epochs.len(), 2);
+}
+
+#[tokio::test]
+async fn marks_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut storage = open(&dir);
+    storage.store("a1", batch("e1", 1, &[1, 2]), 5).await.unwrap();
+    storage.close();
+    drop(storage);
+    let storage = open(&dir);
+    let ack = storage.store("a1", batch("e1", 1, &[1, 2, 3]), 6).await.unwrap();
+    assert_eq!((ack.stored, ack.duplicates), (1, 2));
+    assert_eq!(values(&all(&storage, "temp").await), vec![1, 2, 3]);
+}
+
+#[tokio::test]
+async fn field_types_tags_and_filters_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(&dir);
+    let mut b = batch("e1", 1, &[1]);
+    b.points = vec![
+        Point::new("m", 100)
+            .with_tag("device", "d1")
+            .with_tag("agent", "forged")
+            .with_field("f", 1.5)
+            .with_field("i", -7)
+            .with_field("b", true)
+            .with_field("s", "42"),
+        Point::new("m", 200).with_tag("device", "d2").with_field("f", 2.5),
+    ];
+    b.last_seq = 2;
+    storage.store("a1", b, 5).await.unwrap();
+
+    let result = all(&storage, "m").await;
+    let fields: Vec<(&str, &FieldValue)> = result
+        .series
+        .iter()
+        .filter(|s| s.tags["device"] == "d1")
+        .map(|s| (s.field.as_str(), &s.points[0].1))
+        .collect();
+    assert_eq!(
+        fields,
+        vec![
+            ("b", &FieldValue::Bool(true)),
+            ("f", &FieldValue::F64(1.5)),
+            ("i", &FieldValue::I64(-7)),
+            // A string that looks like a number stays a string.
+            ("s", &FieldValue::Str("42".into())),
+        ]
+    );
+    // The agent tag comes from the token, whatever the point said.
+    assert!(result.series.iter().all(|s| s.tags["agent"] == "a1"));
+
+    let query = RawQuery {
+        name: "m".into(),
+        field: Some("f".into()),
+        from: 150,
+        to: 300,
+        tags: vec![("device".into(), "d2".into())],
+        limit: 10,
+    };
+    let result = storage.reads().run(move |c| query_raw(c, &query)).await.unwrap();
+    assert_eq!(result.series.len(), 1);
+    assert_eq!(result.series[0].points, vec![(200, FieldValue::F64(2.5))]);
+}
+
+#[tokio::test]
+async fn the_limit_truncates_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(&dir);
+    storage.store("a1", batch("e1", 1, &[1, 2, 3, 4, 5]), 5).await.unwrap();
+    let query = RawQuery {
+        name: "temp".into(),
+        field: None,
+        from: i64::MIN,
+        to: i64::MAX,
+        tags: Vec::new(),
+        limit: 3,
+    };
+    let result = storage.reads().run(move |c| query_raw(c, &query)).await.unwrap();
+    assert_eq!(values(&result), vec![1, 2, 3]);
+    assert!(result.truncated);
+}
+
+#[tokio::test]
+async fn rejects_are_stored_once_and_gaps_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(&dir);
+    let reject = |id| Reject {
+        id,
+        received_at: 1,
+        source: "inputs.mqtt[0]".into(),
+        topic: "sensors/x".into(),
+        payload: b"{oops".to_vec(),
+        reason: "invalid JSON".into(),
+    };
+    let mut b = batch("e1", 1, &[1]);
+    b.rejects = vec![reject(1), reject(2)];
+    assert_eq!(storage.store("a1", b.clone(), 5).await.unwrap().rejects_stored, 2);
+    assert_eq!(storage.store("a1", b, 6).await.unwrap().rejects_stored, 0);
+
+    // Sequences 2..=4 never arrive; the agent says it dropped 2 of them.
+    let mut b = batch("e1", 5, &[5]);
+    b.dropped = 2;
+    storage.store("a1", b, 7).await.unwrap();
+    let agents = storage.reads().run(agents).await.unwrap();
+    assert_eq!(agents[0].quarantined, 2);
+    assert_eq!(agents[0].gaps, 1);
+    assert_eq!(agents[0].epochs[0].dropped, 2);
+}
+
+#[tokio::test]
+async fn many_batches_in_flight_commit_together_and_correctly() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Arc::new(open(&dir));
+    let mut tasks = Vec::new();
+    for agent in 0..8 {
+        let storage = Arc::clone(&storage);
+        tasks.push(tokio::spawn(async move {
+            for chunk in 0..10u64 {
+                let mut b = batch("e", chunk * 10 + 1, &(0..10).map(|i| (agent * 1000 + chunk * 10 + i) as i64).collect::<Vec<_>>());
+                b.agent_id = format!("agent-{agent}");
+                let ack = storage.store(&b.agent_id.clone(), b, 1).await.unwrap();
+                assert_eq!(ack.committed_through, chunk * 10 + 10);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let result = all(&storage, "temp").await;
+    assert_eq!(result.series.len(), 8);
+    assert_eq!(values(&result).len(), 800);
+}
