@@ -137,7 +137,7 @@ impl Forwarder {
 
     /// Sends until `shutdown`; then waits for `drained` (the writer has committed what the
     /// inputs handed it) and makes one last attempt within `final_attempt_timeout`.
-    pub async fn run(mut self, shutdown: CancellationToken, drained: oneshot::Receiver<()>) {
+    pub async fn run(mut self, shutdown: CancellationToken, drained: CancellationToken) {
         let mut committed = self.link.committed.clone();
         loop {
             let step = tokio::select! {
@@ -165,9 +165,9 @@ impl Forwarder {
         self.final_attempt(drained).await;
     }
 
-    async fn final_attempt(&mut self, drained: oneshot::Receiver<()>) {
+    async fn final_attempt(&mut self, drained: CancellationToken) {
         let deadline = tokio::time::Instant::now() + self.settings.final_attempt_timeout;
-        let _ = tokio::time::timeout_at(deadline, drained).await;
+        let _ = tokio::time::timeout_at(deadline, drained.cancelled()).await;
         let result = tokio::time::timeout_at(deadline, async {
             loop {
                 match self.step().await {
@@ -308,7 +308,7 @@ impl Forwarder {
             sent_at: tributary_wire::time::now_ns(),
             status: AgentStatus {
                 backlog_points: depth.points().saturating_sub(batch.bodies.len() as u64),
-                backlog_bytes: depth.bytes().saturating_sub(batch.bytes as u64),
+                backlog_bytes: depth.bytes().saturating_sub(batch.buffered_size()),
                 oldest_unsent_ts,
             },
         };

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -67,8 +67,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let (committed_tx, committed_rx) = watch::channel(store.last_seq());
     let buffer = BufferHandle::new(ingest_tx);
 
-    // Inputs: they stop when `intake` is cancelled.
+    // Inputs stop when `intake` is cancelled. The writer cancels `drained` once it has committed
+    // (and acknowledged) everything the inputs handed it.
     let intake = CancellationToken::new();
+    let drained = CancellationToken::new();
     let inputs = TaskTracker::new();
     let agent_tags = Arc::new(config.agent.tags.clone());
     let hooks = TestHooks::from_env();
@@ -84,7 +86,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                     checkpoints,
                     hooks,
                 );
-                inputs.spawn(task.run(intake.clone()));
+                inputs.spawn(task.run(intake.clone(), drained.clone()));
             }
         }
     }
@@ -94,9 +96,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         warn!("no inputs are configured; the agent only forwards what is already buffered");
     }
 
-    // The writer ends once inputs and forwarder have let go of it; it says when the inputs'
-    // last items are committed.
-    let (drained_tx, drained_rx) = oneshot::channel();
+    // The writer ends once inputs and forwarder have let go of it.
     let writer = Writer::new(
         store,
         ingest_rx,
@@ -106,7 +106,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         Arc::clone(&metrics),
         Arc::clone(&depth),
     );
-    let writer = tokio::spawn(writer.run(drained_tx));
+    let writer = tokio::spawn(writer.run(drained.clone()));
 
     let link = ForwarderLink {
         depth: Arc::clone(&depth),
@@ -122,7 +122,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         Arc::clone(&metrics),
     )?;
     let stop_forwarding = CancellationToken::new();
-    let forwarder = tokio::spawn(forwarder.run(stop_forwarding.clone(), drained_rx));
+    let forwarder = tokio::spawn(forwarder.run(stop_forwarding.clone(), drained.clone()));
 
     let listener = match config.agent.listen {
         Some(address) => Some(tokio::spawn(http::serve(

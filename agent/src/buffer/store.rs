@@ -86,6 +86,17 @@ impl StoredBatch {
         self.first_seq + self.bodies.len() as u64 - 1
     }
 
+    /// The bytes this batch takes in the buffer, as counted against `max_size`.
+    pub fn buffered_size(&self) -> u64 {
+        let points = self.bytes + self.bodies.len() * ROW_OVERHEAD;
+        let rejects: usize = self
+            .rejects
+            .iter()
+            .map(|r| r.payload.len() + r.topic.len() + r.reason.len() + r.source.len() + ROW_OVERHEAD)
+            .sum();
+        (points + rejects) as u64
+    }
+
     pub fn is_empty(&self) -> bool {
         self.bodies.is_empty() && self.rejects.is_empty()
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::store::{AppendOutcome, Store, StoreError};
@@ -83,14 +84,14 @@ impl Writer {
     /// inputs stop first, the writer drains, the forwarder makes its last attempt, and then the
     /// writer ends.
     ///
-    /// `drained` is signalled once the inputs are gone and everything they sent is committed.
-    pub async fn run(mut self, drained: oneshot::Sender<()>) {
+    /// `drained` is cancelled once the inputs are gone and everything they sent is committed
+    /// (and acknowledged).
+    pub async fn run(mut self, drained: CancellationToken) {
         let mut ingest_open = true;
         let mut control_open = true;
-        let mut drained = Some(drained);
         loop {
-            if !ingest_open && let Some(drained) = drained.take() {
-                let _ = drained.send(());
+            if !ingest_open {
+                drained.cancel();
             }
             let mut pending = Pending::default();
             tokio::select! {

@@ -162,8 +162,9 @@ impl MqttInput {
     }
 
     /// Runs until `shutdown`; then stops taking messages (unacknowledged ones stay with the
-    /// broker) and keeps the connection briefly so acks for committed items can still go out.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    /// broker) and keeps the connection until `drained` (the writer committed and acknowledged
+    /// what this input handed it), so those acks still reach the broker before it disconnects.
+    pub async fn run(mut self, shutdown: CancellationToken, drained: CancellationToken) {
         let options = match self.options() {
             Ok(options) => options,
             Err(e) => {
@@ -217,7 +218,7 @@ impl MqttInput {
                             error!(input = %self.label, topic = %topic, "the broker refused the subscription");
                             self.metrics.error("mqtt", "subscription_refused");
                         } else {
-                            debug!(input = %self.label, topic = %topic, ?code, "subscribed");
+                            info!(input = %self.label, topic = %topic, ?code, "subscribed");
                         }
                     }
                 }
@@ -241,7 +242,7 @@ impl MqttInput {
         }
         self.metrics.mqtt_connected.get_or_create(&labels).set(0);
         drop(self);
-        drain_acks(client, eventloop).await;
+        drain_acks(client, eventloop, drained).await;
     }
 
     async fn on_publish(
@@ -353,23 +354,29 @@ impl MqttInput {
     }
 }
 
-/// After shutdown: keep polling for a moment so PUBACKs of the last commit reach the broker,
-/// then disconnect. Messages that arrive meanwhile are not acknowledged; the broker keeps
-/// them for the next run.
-async fn drain_acks(client: AsyncClient, mut eventloop: rumqttc::EventLoop) {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(500);
-    // Give the writer time to finish its last commit and queue the acks.
-    let _ = tokio::time::timeout_at(deadline, async {
+/// After shutdown: keep the connection until the writer has acknowledged its last commit, then
+/// disconnect (rumqttc sends queued acks before the DISCONNECT). Messages that arrive meanwhile
+/// are not acknowledged; the broker keeps them for the next run. Bounded, so a dead broker
+/// cannot hold up shutdown.
+async fn drain_acks(client: AsyncClient, mut eventloop: rumqttc::EventLoop, drained: CancellationToken) {
+    let drain = async {
+        let mut disconnecting = false;
         loop {
-            match eventloop.poll().await {
-                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
-                Ok(_) => {}
+            tokio::select! {
+                _ = drained.cancelled(), if !disconnecting => {
+                    disconnecting = true;
+                    if client.try_disconnect().is_err() {
+                        return;
+                    }
+                }
+                event = eventloop.poll() => match event {
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => return,
+                    Ok(_) => {}
+                },
             }
         }
-    })
-    .await;
-    let _ = client.try_disconnect();
-    let _ = tokio::time::timeout(std::time::Duration::from_millis(200), eventloop.poll()).await;
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), drain).await;
 }
 
 /// Identifies a message for redelivery checks: the first 8 bytes of SHA-256 over the topic

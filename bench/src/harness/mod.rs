@@ -1,0 +1,57 @@
+//! Building blocks for tests and benchmarks. Every wait is bounded in time.
+
+mod mosquitto;
+mod process;
+mod publisher;
+mod tributary;
+
+pub use mosquitto::{Mosquitto, MosquittoOptions};
+pub use process::Process;
+pub use publisher::Publisher;
+pub use tributary::{AgentProcess, CollectorProcess, Oracle, Verdict, agent_config, bin_dir, query_json, token_pair};
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+/// One HTTP client for the harness, with rustls on *ring* (as the binaries use).
+pub fn http() -> &'static reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("an HTTP client with default settings builds")
+    })
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("the OS hands out a free loopback port")
+}
+
+/// Polls `check` every 50 ms until it is true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether something accepts TCP connections on 127.0.0.1:`port`.
+pub fn port_open(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(200),
+    )
+    .is_ok()
+}

@@ -1,0 +1,135 @@
+//! A real Mosquitto broker on a free loopback port, configured per test.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use super::{Process, free_port, port_open, wait_until};
+
+/// How the broker is set up.
+#[derive(Debug, Clone)]
+pub struct MosquittoOptions {
+    /// Keep sessions and queued messages on disk across restarts.
+    pub persistence: bool,
+    /// QoS 1 messages in flight to one client (Mosquitto's default is 20).
+    pub max_inflight: u32,
+    /// Messages queued for an offline or busy client; 0 means no limit. Mosquitto's default of
+    /// 1000 drops messages it has already acknowledged to the publisher, which would break
+    /// delivery for an agent that is offline for long.
+    pub max_queued: u32,
+    /// Serve TLS with these PEM files (CA, certificate, key) instead of plain TCP.
+    pub tls: Option<(PathBuf, PathBuf, PathBuf)>,
+}
+
+impl Default for MosquittoOptions {
+    fn default() -> Self {
+        MosquittoOptions {
+            persistence: false,
+            max_inflight: 100,
+            max_queued: 0,
+            tls: None,
+        }
+    }
+}
+
+/// A running broker. Dropping it kills the process.
+pub struct Mosquitto {
+    pub port: u16,
+    dir: PathBuf,
+    options: MosquittoOptions,
+    process: Option<Process>,
+}
+
+fn mosquitto_binary() -> PathBuf {
+    for candidate in ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/usr/bin/mosquitto"] {
+        if Path::new(candidate).exists() {
+            return PathBuf::from(candidate);
+        }
+    }
+    PathBuf::from("mosquitto")
+}
+
+impl Mosquitto {
+    /// Starts a broker with its files under `dir`.
+    pub fn start(dir: &Path, options: MosquittoOptions) -> anyhow::Result<Mosquitto> {
+        std::fs::create_dir_all(dir)?;
+        let mut last_error = None;
+        // A free port can be taken between choosing and binding it; try a few.
+        for _ in 0..3 {
+            let mut broker = Mosquitto {
+                port: free_port(),
+                dir: dir.to_owned(),
+                options: options.clone(),
+                process: None,
+            };
+            match broker.launch() {
+                Ok(()) => return Ok(broker),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("mosquitto did not start")))
+    }
+
+    fn launch(&mut self) -> anyhow::Result<()> {
+        let conf = self.dir.join("mosquitto.conf");
+        let mut text = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages {inflight}\nmax_queued_messages {queued}\nmax_queued_bytes 0\nlog_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n",
+            port = self.port,
+            inflight = self.options.max_inflight,
+            queued = self.options.max_queued,
+        );
+        if self.options.persistence {
+            text.push_str(&format!(
+                "persistence true\npersistence_location {}/\nautosave_interval 1\n",
+                self.dir.display()
+            ));
+        } else {
+            text.push_str("persistence false\n");
+        }
+        if let Some((ca, cert, key)) = &self.options.tls {
+            text.push_str(&format!(
+                "cafile {}\ncertfile {}\nkeyfile {}\n",
+                ca.display(),
+                cert.display(),
+                key.display()
+            ));
+        }
+        std::fs::write(&conf, text)?;
+        let mut command = Command::new(mosquitto_binary());
+        command.arg("-c").arg(&conf);
+        let mut process = Process::spawn("mosquitto", command)?;
+        let port = self.port;
+        if !wait_until(Duration::from_secs(10), || port_open(port) || !process.is_running()) || !process.is_running() {
+            let logs = process.logs().join("\n");
+            anyhow::bail!("mosquitto did not start on port {port}:\n{logs}");
+        }
+        self.process = Some(process);
+        Ok(())
+    }
+
+    /// `mqtt://127.0.0.1:<port>` (or `mqtts://` with TLS).
+    pub fn url(&self) -> String {
+        let scheme = if self.options.tls.is_some() { "mqtts" } else { "mqtt" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the broker with SIGTERM, so it saves its persistence file.
+    pub fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.terminate(Duration::from_secs(10));
+        }
+    }
+
+    /// Stops and starts again on the same port, with the same files.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        let port = self.port;
+        wait_until(Duration::from_secs(5), || !port_open(port));
+        self.launch()
+    }
+
+    /// What the broker logged.
+    pub fn logs(&self) -> Vec<String> {
+        self.process.as_ref().map(Process::logs).unwrap_or_default()
+    }
+}

@@ -1,0 +1,154 @@
+//! A child process whose output is captured line by line, killed when dropped.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A running child. Its stdout and stderr are read by two threads into `logs`, so a chatty
+/// process never blocks on a full pipe. If the test panics, the logs are printed on drop.
+pub struct Process {
+    name: String,
+    child: Child,
+    logs: Arc<Mutex<Vec<String>>>,
+    status: Option<ExitStatus>,
+}
+
+impl Process {
+    /// Starts `command` with piped output.
+    pub fn spawn(name: &str, mut command: Command) -> anyhow::Result<Process> {
+        command.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+        let mut child = command
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start {name} ({command:?}): {e}"))?;
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        if let Some(out) = child.stdout.take() {
+            capture(out, Arc::clone(&logs));
+        }
+        if let Some(err) = child.stderr.take() {
+            capture(err, Arc::clone(&logs));
+        }
+        Ok(Process {
+            name: name.to_owned(),
+            child,
+            logs,
+            status: None,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the process printed so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Whether some output line contains `needle`.
+    pub fn logged(&self, needle: &str) -> bool {
+        self.logs
+            .lock()
+            .map(|l| l.iter().any(|line| line.contains(needle)))
+            .unwrap_or(false)
+    }
+
+    /// How many output lines contain `needle`.
+    pub fn count_logged(&self, needle: &str) -> usize {
+        self.logs
+            .lock()
+            .map(|l| l.iter().filter(|line| line.contains(needle)).count())
+            .unwrap_or(0)
+    }
+
+    /// Waits until a line containing `needle` appears (or the process exits, or time runs out).
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> bool {
+        self.wait_for_any_log(&[needle], timeout)
+    }
+
+    /// Waits until a line containing any of `needles` appears.
+    pub fn wait_for_any_log(&mut self, needles: &[&str], timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let found = |p: &Process| needles.iter().any(|n| p.logged(n));
+        while Instant::now() < deadline {
+            if found(self) {
+                return true;
+            }
+            if !self.is_running() {
+                return found(self);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        if self.status.is_some() {
+            return false;
+        }
+        match self.child.try_wait() {
+            Ok(Some(status)) => {
+                self.status = Some(status);
+                false
+            }
+            Ok(None) => true,
+            Err(_) => false,
+        }
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill9(&mut self) {
+        if self.is_running() {
+            let _ = self.child.kill();
+            self.status = self.child.wait().ok();
+        }
+    }
+
+    /// SIGTERM, then wait up to `timeout` for the exit; SIGKILL if it does not come.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if self.is_running() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.pid().to_string()])
+                .status();
+            let deadline = Instant::now() + timeout;
+            while Instant::now() < deadline && self.is_running() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if self.is_running() {
+                eprintln!("{} did not stop within {timeout:?} of SIGTERM; killing it", self.name);
+                self.kill9();
+                return None;
+            }
+        }
+        self.status
+    }
+
+    /// The exit status, once it has exited.
+    pub fn status(&mut self) -> Option<ExitStatus> {
+        self.is_running();
+        self.status
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("---- output of {} (pid {}) ----", self.name, self.child.id());
+            for line in self.logs() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+fn capture(stream: impl std::io::Read + Send + 'static, logs: Arc<Mutex<Vec<String>>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(mut logs) = logs.lock() {
+                logs.push(line);
+            }
+        }
+    });
+}

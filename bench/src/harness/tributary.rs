@@ -1,0 +1,337 @@
+//! The real Tributary binaries as child processes, their configuration, and the oracle that
+//! checks what reached the collector.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::{Process, free_port, port_open, wait_until};
+
+/// Where the built binaries are: `$TRIBUTARY_BIN_DIR`, else the target directory this test or
+/// benchmark binary was built into (`target/<profile>`).
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TRIBUTARY_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("the test binary knows its path");
+    let mut dir = exe.parent().expect("the test binary is in a directory").to_owned();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (cargo build --workspace --bins), or set TRIBUTARY_BIN_DIR",
+        path.display()
+    );
+    path
+}
+
+/// A token for `agent` and its SHA-256 in hex.
+pub fn token_pair(agent: &str) -> (String, String) {
+    let seed = format!("{agent}-{:?}-{}", std::time::SystemTime::now(), std::process::id());
+    let token = hex::encode(Sha256::digest(seed.as_bytes()));
+    let hash = hex::encode(Sha256::digest(token.as_bytes()));
+    (token, hash)
+}
+
+/// A collector process on a fixed port (so it can be restarted where agents expect it).
+pub struct CollectorProcess {
+    pub port: u16,
+    pub dir: PathBuf,
+    config: PathBuf,
+    process: Option<Process>,
+}
+
+impl CollectorProcess {
+    /// Writes a configuration admitting `agents` (id, token) and starts the collector.
+    pub fn start(dir: &Path, agents: &[(&str, &str)]) -> anyhow::Result<CollectorProcess> {
+        Self::start_with(dir, agents, "")
+    }
+
+    /// Like [`CollectorProcess::start`], with extra TOML appended to the `[server]` table.
+    pub fn start_with(dir: &Path, agents: &[(&str, &str)], server_extra: &str) -> anyhow::Result<CollectorProcess> {
+        std::fs::create_dir_all(dir)?;
+        let port = free_port();
+        let mut text = format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n{server_extra}\n[storage]\npath = \"{}\"\n",
+            dir.join("collector.db").display()
+        );
+        for (id, token) in agents {
+            let hash = hex::encode(Sha256::digest(token.as_bytes()));
+            text.push_str(&format!("\n[[agents]]\nid = \"{id}\"\ntoken_sha256 = \"{hash}\"\n"));
+        }
+        let config = dir.join("collector.toml");
+        std::fs::write(&config, text)?;
+        let mut collector = CollectorProcess {
+            port,
+            dir: dir.to_owned(),
+            config,
+            process: None,
+        };
+        collector.launch()?;
+        Ok(collector)
+    }
+
+    fn launch(&mut self) -> anyhow::Result<()> {
+        let mut command = Command::new(binary("tributary-collector"));
+        command.arg("--config").arg(&self.config);
+        let mut process = Process::spawn("tributary-collector", command)?;
+        let port = self.port;
+        if !wait_until(Duration::from_secs(20), || port_open(port) || !process.is_running()) || !process.is_running() {
+            anyhow::bail!("the collector did not start:\n{}", process.logs().join("\n"));
+        }
+        self.process = Some(process);
+        Ok(())
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(process) = self.process.as_mut() {
+            process.kill9();
+        }
+    }
+
+    /// Starts it again after a kill or stop, on the same port and database.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill9();
+        self.launch()
+    }
+
+    pub fn terminate(&mut self) -> Option<ExitStatus> {
+        self.process.as_mut().and_then(|p| p.terminate(Duration::from_secs(15)))
+    }
+
+    pub fn process(&mut self) -> &mut Process {
+        self.process.as_mut().expect("the collector was started")
+    }
+
+    /// The database file, for checks that look under the API.
+    pub fn database(&self) -> PathBuf {
+        self.dir.join("collector.db")
+    }
+}
+
+/// An agent process.
+pub struct AgentProcess {
+    pub dir: PathBuf,
+    pub metrics_port: u16,
+    config: PathBuf,
+    env: Vec<(String, String)>,
+    process: Option<Process>,
+}
+
+/// An agent configuration with one MQTT input on `sensors/#` (JSON, `sensors/{device}/{name}`),
+/// its buffer in `data_dir`, and `/metrics` on `metrics_port`. `extra` is appended verbatim
+/// (e.g. `[buffer]` settings); keys for the MQTT input go in `input_extra`.
+pub fn agent_config(
+    id: &str,
+    data_dir: &Path,
+    collector_url: &str,
+    broker_url: &str,
+    metrics_port: u16,
+    input_extra: &str,
+    extra: &str,
+) -> String {
+    format!(
+        r#"[agent]
+id = "{id}"
+data_dir = "{data_dir}"
+listen = "127.0.0.1:{metrics_port}"
+shutdown_timeout = "10s"
+
+[forward]
+url = "{collector_url}"
+token = "${{TRIBUTARY_TOKEN}}"
+linger = "20ms"
+backoff_initial = "100ms"
+backoff_max = "1s"
+
+[[inputs.mqtt]]
+broker = "{broker_url}"
+topics = ["sensors/#"]
+qos = 1
+format = "json"
+topic_tags = "sensors/{{device}}/{{name}}"
+reconnect_initial = "100ms"
+reconnect_max = "1s"
+{input_extra}
+
+{extra}
+"#,
+        data_dir = data_dir.display()
+    )
+}
+
+impl AgentProcess {
+    /// Writes `config` and starts the agent with `env`; waits until its MQTT subscription is
+    /// confirmed (when the config has an MQTT input) so nothing published after this is missed.
+    pub fn start(dir: &Path, config: &str, env: &[(&str, &str)]) -> anyhow::Result<AgentProcess> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("agent.toml");
+        std::fs::write(&path, config)?;
+        let metrics_port = config
+            .lines()
+            .find_map(|l| l.strip_prefix("listen = \"127.0.0.1:"))
+            .and_then(|rest| rest.trim_end_matches('"').parse().ok())
+            .unwrap_or(0);
+        let mut agent = AgentProcess {
+            dir: dir.to_owned(),
+            metrics_port,
+            config: path,
+            env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            process: None,
+        };
+        agent.launch()?;
+        Ok(agent)
+    }
+
+    fn launch(&mut self) -> anyhow::Result<()> {
+        let mut command = Command::new(binary("tributary-agent"));
+        command.arg("--config").arg(&self.config);
+        command.env("RUST_LOG", "info");
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        let mut process = Process::spawn("tributary-agent", command)?;
+        let has_mqtt = std::fs::read_to_string(&self.config)?.contains("[[inputs.mqtt]]");
+        // Ready once subscribed, or reconnected to a session that still holds the subscription.
+        let ready: &[&str] = if has_mqtt {
+            &["subscribed", "session_present=true"]
+        } else {
+            &["agent running"]
+        };
+        if !process.wait_for_any_log(ready, Duration::from_secs(20)) {
+            anyhow::bail!("the agent did not become ready:\n{}", process.logs().join("\n"));
+        }
+        self.process = Some(process);
+        Ok(())
+    }
+
+    /// Replaces (or adds) an environment variable for the next start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
+    }
+
+    /// Removes an environment variable for the next start.
+    pub fn remove_env(&mut self, key: &str) {
+        self.env.retain(|(k, _)| k != key);
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(process) = self.process.as_mut() {
+            process.kill9();
+        }
+    }
+
+    /// Starts it again (after a kill or stop), with the same files.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill9();
+        self.launch()
+    }
+
+    /// SIGTERM and wait for the exit.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.process.as_mut().and_then(|p| p.terminate(timeout))
+    }
+
+    pub fn process(&mut self) -> &mut Process {
+        self.process.as_mut().expect("the agent was started")
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Process::pid)
+    }
+
+    /// A value from the agent's `/metrics`: the first sample whose line starts with `series`.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = super::http()
+            .get(format!("http://127.0.0.1:{}/metrics", self.metrics_port))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+}
+
+/// GETs `path` from the collector and parses the JSON answer.
+pub async fn query_json(collector_url: &str, path: &str) -> anyhow::Result<serde_json::Value> {
+    let response = super::http().get(format!("{collector_url}{path}")).send().await?;
+    let status = response.status();
+    let body = response.text().await?;
+    anyhow::ensure!(status.is_success(), "GET {path}: {status}: {body}");
+    Ok(serde_json::from_str(&body)?)
+}
+
+/// Which message ids the collector stored, and how often.
+pub struct Oracle {
+    pub counts: HashMap<u64, usize>,
+    pub points: usize,
+}
+
+/// The oracle's finding against what the broker acknowledged.
+#[derive(Debug)]
+pub struct Verdict {
+    /// Acknowledged by the broker, not stored.
+    pub missing: Vec<u64>,
+    /// Stored more than once.
+    pub duplicated: Vec<u64>,
+    pub acked: usize,
+    pub stored_points: usize,
+}
+
+impl Verdict {
+    pub fn exactly_once(&self) -> bool {
+        self.missing.is_empty() && self.duplicated.is_empty()
+    }
+}
+
+impl Oracle {
+    /// Reads every stored value of field `id` of points named `name`.
+    pub async fn read(collector_url: &str, name: &str) -> anyhow::Result<Oracle> {
+        let answer = query_json(collector_url, &format!("/api/v1/query?name={name}&field=id")).await?;
+        let mut counts = HashMap::new();
+        let mut points = 0;
+        for series in answer["series"].as_array().into_iter().flatten() {
+            for point in series["points"].as_array().into_iter().flatten() {
+                let id = point[1]
+                    .as_u64()
+                    .ok_or_else(|| anyhow::anyhow!("a stored id is not an integer: {point}"))?;
+                *counts.entry(id).or_insert(0) += 1;
+                points += 1;
+            }
+        }
+        Ok(Oracle { counts, points })
+    }
+
+    pub fn verdict(&self, acked: &HashSet<u64>) -> Verdict {
+        let mut missing: Vec<u64> = acked.iter().filter(|id| !self.counts.contains_key(id)).copied().collect();
+        missing.sort_unstable();
+        let mut duplicated: Vec<u64> = self.counts.iter().filter(|(_, n)| **n > 1).map(|(id, _)| *id).collect();
+        duplicated.sort_unstable();
+        Verdict {
+            missing,
+            duplicated,
+            acked: acked.len(),
+            stored_points: self.points,
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! `check` names the file, the key and the line.
