@@ -40,6 +40,12 @@ pub struct Mosquitto {
     process: Option<Process>,
 }
 
+fn current_user() -> Option<String> {
+    let output = Command::new("id").arg("-un").output().ok()?;
+    let name = String::from_utf8(output.stdout).ok()?.trim().to_owned();
+    (!name.is_empty()).then_some(name)
+}
+
 fn mosquitto_binary() -> PathBuf {
     for candidate in ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/usr/bin/mosquitto"] {
         if Path::new(candidate).exists() {
@@ -78,6 +84,11 @@ impl Mosquitto {
             inflight = self.options.max_inflight,
             queued = self.options.max_queued,
         );
+        // Run as whoever runs the tests: as root, Mosquitto would otherwise switch to the
+        // `mosquitto` user, which cannot write the test's persistence directory.
+        if let Some(user) = current_user() {
+            text.push_str(&format!("user {user}\n"));
+        }
         if self.options.persistence {
             text.push_str(&format!(
                 "persistence true\npersistence_location {}/\nautosave_interval 1\n",
