@@ -272,7 +272,10 @@ fn resolve_agent(raw: RawAgent, source: &Source) -> Result<AgentSettings, Config
     let id = match raw.id {
         Some(id) => id,
         None => host_name().ok_or_else(|| {
-            source.error("agent.id", "not set, and the host name could not be read; set it")
+            source.error(
+                "agent.id",
+                "not set, and the host name could not be read; set it",
+            )
         })?,
     };
     if id.trim().is_empty() || id.chars().any(char::is_control) {
@@ -358,7 +361,12 @@ fn resolve_forward(raw: RawForward, source: &Source) -> Result<ForwardSettings, 
     if !(1..=1_000_000).contains(&batch_max_points) {
         return Err(source.error("forward.batch_max_points", "must be between 1 and 1000000"));
     }
-    let batch_max_bytes = size(source, "forward.batch_max_bytes", raw.batch_max_bytes, "4MiB")?;
+    let batch_max_bytes = size(
+        source,
+        "forward.batch_max_bytes",
+        raw.batch_max_bytes,
+        "4MiB",
+    )?;
     if batch_max_bytes < 1024 {
         return Err(source.error("forward.batch_max_bytes", "must be at least 1KiB"));
     }
@@ -379,7 +387,12 @@ fn resolve_forward(raw: RawForward, source: &Source) -> Result<ForwardSettings, 
         raw.backoff_initial.as_deref(),
         "500ms",
     )?;
-    let backoff_max = duration(source, "forward.backoff_max", raw.backoff_max.as_deref(), "60s")?;
+    let backoff_max = duration(
+        source,
+        "forward.backoff_max",
+        raw.backoff_max.as_deref(),
+        "60s",
+    )?;
     if backoff_initial.is_zero() || backoff_max < backoff_initial {
         return Err(source.error(
             "forward.backoff_max",
@@ -425,10 +438,7 @@ pub(crate) fn read_pem(source: &Source, key: &str, path: &Path) -> Result<Vec<u8
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| source.error(key, format!("{} is not PEM: {e}", path.display())))?;
     if certificates.is_empty() {
-        return Err(source.error(
-            key,
-            format!("{} holds no PEM certificate", path.display()),
-        ));
+        return Err(source.error(key, format!("{} holds no PEM certificate", path.display())));
     }
     Ok(pem)
 }
@@ -438,7 +448,11 @@ fn check_unique_sessions(inputs: &[InputConfig], source: &Source) -> Result<(), 
     let mut seen = BTreeMap::new();
     for input in inputs {
         let InputConfig::Mqtt(mqtt) = input;
-        let key = (mqtt.broker.host.clone(), mqtt.broker.port, mqtt.client_id.clone());
+        let key = (
+            mqtt.broker.host.clone(),
+            mqtt.broker.port,
+            mqtt.client_id.clone(),
+        );
         if let Some(first) = seen.insert(key, mqtt.index) {
             return Err(source.error(
                 format!("inputs.mqtt[{}].client_id", mqtt.index),

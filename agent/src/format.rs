@@ -129,7 +129,10 @@ fn decode_json(text: &str, ctx: &DecodeContext<'_>) -> Decoded {
     }
 }
 
-fn json_object_to_point(mut object: Map<String, Value>, ctx: &DecodeContext<'_>) -> Result<Point, String> {
+fn json_object_to_point(
+    mut object: Map<String, Value>,
+    ctx: &DecodeContext<'_>,
+) -> Result<Point, String> {
     let mut ts = ctx.received_at;
     for key in ["ts", "time"] {
         if let Some(value) = object.remove(key) {
@@ -142,7 +145,7 @@ fn json_object_to_point(mut object: Map<String, Value>, ctx: &DecodeContext<'_>)
     let mut flat = BTreeMap::new();
     flatten("", Value::Object(object), &mut flat);
     for (key, value) in flat {
-        if ctx.tag_keys.iter().any(|k| *k == key) {
+        if ctx.tag_keys.contains(&key) {
             let text = match value {
                 FieldValue::Str(s) => s,
                 FieldValue::I64(v) => v.to_string(),
@@ -301,7 +304,10 @@ mod tests {
     #[test]
     fn json_unix_time_in_seconds_and_millis() {
         for (payload, ts) in [
-            (&br#"{"v":1,"time":1700000000}"#[..], 1_700_000_000_000_000_000),
+            (
+                &br#"{"v":1,"time":1700000000}"#[..],
+                1_700_000_000_000_000_000,
+            ),
             (br#"{"v":1,"ts":1700000000123}"#, 1_700_000_000_123_000_000),
             (br#"{"v":1,"ts":1700000000.5}"#, 1_700_000_000_500_000_000),
         ] {
@@ -381,7 +387,11 @@ mod tests {
         let decoded = decode(Format::Value, b"-1.25e3", &ctx());
         assert_eq!(decoded.points[0].fields["value"], FieldValue::F64(-1250.0));
         for bad in [&b"NaN"[..], b"inf", b"12 volts", b""] {
-            assert_eq!(decode(Format::Value, bad, &ctx()).rejected.len(), 1, "{bad:?}");
+            assert_eq!(
+                decode(Format::Value, bad, &ctx()).rejected.len(),
+                1,
+                "{bad:?}"
+            );
         }
         let decoded = decode(Format::Lines, b"first\r\n\nsecond\n", &ctx());
         let messages: Vec<_> = decoded
@@ -389,6 +399,9 @@ mod tests {
             .iter()
             .map(|p| p.fields["message"].clone())
             .collect();
-        assert_eq!(messages, vec![FieldValue::from("first"), FieldValue::from("second")]);
+        assert_eq!(
+            messages,
+            vec![FieldValue::from("first"), FieldValue::from("second")]
+        );
     }
 }

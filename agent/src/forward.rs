@@ -181,7 +181,10 @@ impl Forwarder {
         let backlog = self.link.depth.points();
         match result {
             Ok(true) => info!("final forward attempt sent everything"),
-            _ => info!(backlog, "final forward attempt did not send everything; the rest stays buffered for the next start"),
+            _ => info!(
+                backlog,
+                "final forward attempt did not send everything; the rest stays buffered for the next start"
+            ),
         }
     }
 
@@ -371,7 +374,14 @@ impl Forwarder {
         self.metrics
             .last_send_success
             .set(tributary_wire::time::now_ns() as f64 / 1e9);
-        debug!(points, rejects = batch.rejects.len(), stored = ack.stored, duplicates = ack.duplicates, through = last_seq, "batch confirmed");
+        debug!(
+            points,
+            rejects = batch.rejects.len(),
+            stored = ack.stored,
+            duplicates = ack.duplicates,
+            through = last_seq,
+            "batch confirmed"
+        );
         Step::Sent { points }
     }
 
@@ -407,7 +417,10 @@ impl Forwarder {
             self.metrics.error("forward", "refused_split");
             return Step::Retry(Duration::ZERO);
         }
-        let reason = format!("refused by the collector ({status}): {}", truncate(&reason, 500));
+        let reason = format!(
+            "refused by the collector ({status}): {}",
+            truncate(&reason, 500)
+        );
         error!(seq = batch.first_seq, reason = %reason, "moving a point the collector refuses to the quarantine");
         self.metrics.error("forward", "refused_point");
         let (done, result) = oneshot::channel();
@@ -465,16 +478,25 @@ mod tests {
     #[test]
     fn statuses_are_classified_once() {
         assert_eq!(classify(StatusCode::OK, None), Verdict::Confirmed);
-        assert_eq!(classify(StatusCode::UNAUTHORIZED, None), Verdict::Unauthorized);
+        assert_eq!(
+            classify(StatusCode::UNAUTHORIZED, None),
+            Verdict::Unauthorized
+        );
         assert_eq!(classify(StatusCode::FORBIDDEN, None), Verdict::Unauthorized);
-        assert_eq!(classify(StatusCode::PAYLOAD_TOO_LARGE, None), Verdict::Refused);
+        assert_eq!(
+            classify(StatusCode::PAYLOAD_TOO_LARGE, None),
+            Verdict::Refused
+        );
         assert_eq!(classify(StatusCode::BAD_REQUEST, None), Verdict::Refused);
         assert_eq!(classify(StatusCode::NOT_FOUND, None), Verdict::Retry(None));
         assert_eq!(
             classify(StatusCode::TOO_MANY_REQUESTS, Some(Duration::from_secs(3))),
             Verdict::Retry(Some(Duration::from_secs(3)))
         );
-        assert_eq!(classify(StatusCode::BAD_GATEWAY, None), Verdict::Retry(None));
+        assert_eq!(
+            classify(StatusCode::BAD_GATEWAY, None),
+            Verdict::Retry(None)
+        );
     }
 
     #[test]
@@ -488,8 +510,14 @@ mod tests {
         let soon = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(30));
         headers.insert(RETRY_AFTER, HeaderValue::from_str(&soon).unwrap());
         let delay = parse_retry_after(&headers).unwrap();
-        assert!(delay > Duration::from_secs(25) && delay <= Duration::from_secs(30), "{delay:?}");
-        headers.insert(RETRY_AFTER, HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
+        assert!(
+            delay > Duration::from_secs(25) && delay <= Duration::from_secs(30),
+            "{delay:?}"
+        );
+        headers.insert(
+            RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
         assert_eq!(parse_retry_after(&headers), Some(Duration::ZERO));
     }
 }

@@ -56,7 +56,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let store = {
         let (path, depth) = (path.clone(), Arc::clone(&depth));
         let (max_size, when_full) = (config.buffer.max_size, config.buffer.when_full);
-        tokio::task::spawn_blocking(move || Store::open(&path, max_size, when_full, depth)).await??
+        tokio::task::spawn_blocking(move || Store::open(&path, max_size, when_full, depth))
+            .await??
     };
     let reader = Reader::open(&path)?;
     let epoch = store.epoch().to_owned();
@@ -124,15 +125,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let stop_forwarding = CancellationToken::new();
     let forwarder = tokio::spawn(forwarder.run(stop_forwarding.clone(), drained.clone()));
 
-    let listener = match config.agent.listen {
-        Some(address) => Some(tokio::spawn(http::serve(
+    let listener = config.agent.listen.map(|address| {
+        tokio::spawn(http::serve(
             address,
             Arc::clone(&metrics),
             Arc::clone(&depth),
             shutdown.clone(),
-        ))),
-        None => None,
-    };
+        ))
+    });
 
     info!(agent = %config.agent.id, inputs = config.inputs.len(), collector = %config.forward.batches_url, "agent running");
     shutdown.cancelled().await;

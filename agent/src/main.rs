@@ -8,7 +8,11 @@ use tokio_util::sync::CancellationToken;
 use tributary_agent::config::Config;
 
 #[derive(Parser)]
-#[command(name = "tributary-agent", version, about = "Collects readings at the edge and forwards them exactly once")]
+#[command(
+    name = "tributary-agent",
+    version,
+    about = "Collects readings at the edge and forwards them exactly once"
+)]
 struct Cli {
     /// The configuration file.
     #[arg(long, short, global = true, env = "TRIBUTARY_AGENT_CONFIG")]
@@ -92,7 +96,10 @@ fn run(config: Config) -> ExitCode {
 /// The first SIGTERM or SIGINT starts an orderly shutdown; a second one exits at once.
 async fn wait_for_signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers");
         return;
     };

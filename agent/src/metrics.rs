@@ -65,11 +65,23 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("tributary_agent");
         let received = Family::default();
-        registry.register("received", "Messages or polls received, per input", received.clone());
+        registry.register(
+            "received",
+            "Messages or polls received, per input",
+            received.clone(),
+        );
         let points_buffered = Counter::default();
-        registry.register("points_buffered", "Points committed to the buffer", points_buffered.clone());
+        registry.register(
+            "points_buffered",
+            "Points committed to the buffer",
+            points_buffered.clone(),
+        );
         let rejected = Family::default();
-        registry.register("rejected", "Payloads or parts of payloads quarantined", rejected.clone());
+        registry.register(
+            "rejected",
+            "Payloads or parts of payloads quarantined",
+            rejected.clone(),
+        );
         let redeliveries = Family::default();
         registry.register(
             "redeliveries",
@@ -77,17 +89,33 @@ impl Metrics {
             redeliveries.clone(),
         );
         let dropped = Counter::default();
-        registry.register("dropped", "Points discarded by the overflow policy", dropped.clone());
+        registry.register(
+            "dropped",
+            "Points discarded by the overflow policy",
+            dropped.clone(),
+        );
         let commits = Counter::default();
         registry.register("commits", "Buffer transactions committed", commits.clone());
         let buffer_points = Gauge::default();
-        registry.register("buffer_points", "Points in the buffer", buffer_points.clone());
+        registry.register(
+            "buffer_points",
+            "Points in the buffer",
+            buffer_points.clone(),
+        );
         let buffer_bytes = Gauge::default();
-        registry.register("buffer_bytes", "Bytes of points and rejects in the buffer", buffer_bytes.clone());
+        registry.register(
+            "buffer_bytes",
+            "Bytes of points and rejects in the buffer",
+            buffer_bytes.clone(),
+        );
         let sends = Family::default();
         registry.register("sends", "Forward attempts by outcome", sends.clone());
         let points_sent = Counter::default();
-        registry.register("points_sent", "Points the collector confirmed", points_sent.clone());
+        registry.register(
+            "points_sent",
+            "Points the collector confirmed",
+            points_sent.clone(),
+        );
         let last_send_success = Gauge::default();
         registry.register(
             "last_send_success_timestamp_seconds",
@@ -95,9 +123,17 @@ impl Metrics {
             last_send_success.clone(),
         );
         let mqtt_connected = Family::default();
-        registry.register("mqtt_connected", "1 while the MQTT connection is up", mqtt_connected.clone());
+        registry.register(
+            "mqtt_connected",
+            "1 while the MQTT connection is up",
+            mqtt_connected.clone(),
+        );
         let errors = Family::default();
-        registry.register("errors", "Errors and warnings logged, by component and kind", errors.clone());
+        registry.register(
+            "errors",
+            "Errors and warnings logged, by component and kind",
+            errors.clone(),
+        );
         Metrics {
             registry,
             received,

@@ -52,7 +52,9 @@ impl Authenticator {
         }
         // Hashing first means the lookup compares digests, which reveal nothing about the
         // token through timing.
-        self.agents.get(&TokenHash::of(token.trim())).map(String::as_str)
+        self.agents
+            .get(&TokenHash::of(token.trim()))
+            .map(String::as_str)
     }
 
     /// Every configured agent id.
@@ -78,8 +80,14 @@ mod tests {
         assert_eq!(token.len(), 64);
         assert_eq!(TokenHash::parse(&hash.to_hex()).unwrap(), hash);
         let auth = Authenticator::new(HashMap::from([(hash, "pump-7".to_owned())]));
-        assert_eq!(auth.agent_for(Some(&format!("Bearer {token}"))), Some("pump-7"));
-        assert_eq!(auth.agent_for(Some(&format!("bearer {token}"))), Some("pump-7"));
+        assert_eq!(
+            auth.agent_for(Some(&format!("Bearer {token}"))),
+            Some("pump-7")
+        );
+        assert_eq!(
+            auth.agent_for(Some(&format!("bearer {token}"))),
+            Some("pump-7")
+        );
         assert_eq!(auth.agent_for(Some("Bearer wrong")), None);
         assert_eq!(auth.agent_for(Some(&format!("Basic {token}"))), None);
         assert_eq!(auth.agent_for(Some(&token)), None);
@@ -93,6 +101,9 @@ mod tests {
             TokenHash::of("test").to_hex(),
             "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
         );
-        assert!(TokenHash::parse("9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08").is_err());
+        assert!(
+            TokenHash::parse("9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08")
+                .is_err()
+        );
     }
 }

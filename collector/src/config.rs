@@ -138,8 +138,8 @@ impl Config {
             return Err(source.error("server.ingest_queue", "must be at least 1"));
         }
         let shutdown_text = raw.server.shutdown_timeout.as_deref().unwrap_or("10s");
-        let shutdown_timeout =
-            parse_duration(shutdown_text).map_err(|m| source.error("server.shutdown_timeout", m))?;
+        let shutdown_timeout = parse_duration(shutdown_text)
+            .map_err(|m| source.error("server.shutdown_timeout", m))?;
 
         let commit_max_points = raw.storage.commit_max_points.unwrap_or(50_000);
         if commit_max_points == 0 {
@@ -168,9 +168,13 @@ impl Config {
                     "missing; `tributary-collector token` prints a token and its hash",
                 )
             })?;
-            let hash = TokenHash::parse(&hash_text).map_err(|m| source.error(key("token_sha256"), m))?;
+            let hash =
+                TokenHash::parse(&hash_text).map_err(|m| source.error(key("token_sha256"), m))?;
             if let Some(first) = ids.insert(id.clone(), index) {
-                return Err(source.error(key("id"), format!("agent {id:?} is already configured at agents[{first}]")));
+                return Err(source.error(
+                    key("id"),
+                    format!("agent {id:?} is already configured at agents[{first}]"),
+                ));
             }
             if let Some(other) = agents.insert(hash, id.clone()) {
                 return Err(source.error(
@@ -206,7 +210,8 @@ mod tests {
     #[test]
     fn documented_example_loads_with_the_defaults_it_states() {
         let text = include_str!("../../config/collector.toml");
-        let config = Config::load_str(text, Path::new("collector.toml")).unwrap_or_else(|e| panic!("{e}"));
+        let config =
+            Config::load_str(text, Path::new("collector.toml")).unwrap_or_else(|e| panic!("{e}"));
         let defaults = Config::load_str("", Path::new("empty.toml")).unwrap();
         assert_eq!(config.listen, defaults.listen);
         assert_eq!(config.max_body_size, defaults.max_body_size);
@@ -223,12 +228,20 @@ mod tests {
     #[test]
     fn agents_are_checked() {
         let load = |text: &str| Config::load_str(text, Path::new("c.toml"));
-        let ok = load(&format!("[[agents]]\nid = \"a\"\ntoken_sha256 = \"{HASH}\"\n")).unwrap();
+        let ok = load(&format!(
+            "[[agents]]\nid = \"a\"\ntoken_sha256 = \"{HASH}\"\n"
+        ))
+        .unwrap();
         assert_eq!(ok.agents.values().next().map(String::as_str), Some("a"));
 
         let error = load("[[agents]]\nid = \"a\"\ntoken_sha256 = \"abc\"\n").unwrap_err();
-        assert_eq!((error.key.as_str(), error.line), ("agents[0].token_sha256", Some(3)));
-        let twice = format!("[[agents]]\nid = \"a\"\ntoken_sha256 = \"{HASH}\"\n[[agents]]\nid = \"b\"\ntoken_sha256 = \"{HASH}\"\n");
+        assert_eq!(
+            (error.key.as_str(), error.line),
+            ("agents[0].token_sha256", Some(3))
+        );
+        let twice = format!(
+            "[[agents]]\nid = \"a\"\ntoken_sha256 = \"{HASH}\"\n[[agents]]\nid = \"b\"\ntoken_sha256 = \"{HASH}\"\n"
+        );
         assert!(load(&twice).unwrap_err().message.contains("already given"));
         let error = load("[server]\nlisten = \"everywhere\"\n").unwrap_err();
         assert_eq!(error.key, "server.listen");

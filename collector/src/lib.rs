@@ -30,7 +30,11 @@ use crate::storage::Storage;
 
 /// Opens storage and serves on `listener` until `shutdown`; then stops taking requests, lets
 /// queued batches commit, and returns.
-pub async fn serve(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let storage = {
         let config = config.clone();
@@ -61,18 +65,23 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
     info!(address = %address, storage = %config.storage_path.display(), agents = config.agents.len(), "collector listening");
 
     let graceful = shutdown.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move { graceful.cancelled().await });
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { graceful.cancelled().await });
     let server = tokio::spawn(async move { server.await });
     shutdown.cancelled().await;
     info!("shutting down: finishing requests in flight");
     match tokio::time::timeout(config.shutdown_timeout, server).await {
         Ok(result) => result.context("server task")?.context("server")?,
-        Err(_) => warn!(timeout = ?config.shutdown_timeout, "requests still in flight at the shutdown deadline"),
+        Err(_) => {
+            warn!(timeout = ?config.shutdown_timeout, "requests still in flight at the shutdown deadline");
+        }
     }
     // Every handler is done with the state now; close storage so the writer finishes.
     match Arc::try_unwrap(state) {
         Ok(mut state) => tokio::task::spawn_blocking(move || state.storage.close()).await?,
-        Err(_) => warn!("storage still in use at shutdown; queued batches will be retried by their agents"),
+        Err(_) => warn!(
+            "storage still in use at shutdown; queued batches will be retried by their agents"
+        ),
     }
     info!("collector stopped");
     Ok(())

@@ -9,7 +9,11 @@ use tokio_util::sync::CancellationToken;
 use tributary_collector::config::Config;
 
 #[derive(Parser)]
-#[command(name = "tributary-collector", version, about = "Stores what Tributary agents send, exactly once, and answers queries")]
+#[command(
+    name = "tributary-collector",
+    version,
+    about = "Stores what Tributary agents send, exactly once, and answers queries"
+)]
 struct Cli {
     /// The configuration file.
     #[arg(long, short, global = true, env = "TRIBUTARY_COLLECTOR_CONFIG")]
@@ -51,7 +55,10 @@ fn main() -> ExitCode {
         println!();
         println!("# agent.toml of {agent}:  [forward] token = \"{token}\"");
         println!("# collector.toml:");
-        println!("[[agents]]\nid = {agent:?}\ntoken_sha256 = \"{}\"", hash.to_hex());
+        println!(
+            "[[agents]]\nid = {agent:?}\ntoken_sha256 = \"{}\"",
+            hash.to_hex()
+        );
         return ExitCode::SUCCESS;
     }
     init_logging(cli.log_format);
@@ -82,7 +89,10 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -112,7 +122,10 @@ fn run(config: Config) -> ExitCode {
 /// The first SIGTERM or SIGINT starts an orderly shutdown; a second one exits at once.
 async fn wait_for_signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers");
         return;
     };

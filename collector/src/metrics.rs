@@ -46,21 +46,49 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("tributary_collector");
         let batches = Family::default();
-        registry.register("batches", "Batch requests by answer status", batches.clone());
+        registry.register(
+            "batches",
+            "Batch requests by answer status",
+            batches.clone(),
+        );
         let bytes_received = Counter::default();
-        registry.register("received_bytes", "Request body bytes received, as sent", bytes_received.clone());
+        registry.register(
+            "received_bytes",
+            "Request body bytes received, as sent",
+            bytes_received.clone(),
+        );
         let points_stored = Counter::default();
-        registry.register("points_stored", "Points newly stored", points_stored.clone());
+        registry.register(
+            "points_stored",
+            "Points newly stored",
+            points_stored.clone(),
+        );
         let points_duplicate = Counter::default();
-        registry.register("points_duplicate", "Points skipped as already stored (retries)", points_duplicate.clone());
+        registry.register(
+            "points_duplicate",
+            "Points skipped as already stored (retries)",
+            points_duplicate.clone(),
+        );
         let rejects_stored = Counter::default();
-        registry.register("rejects_stored", "Payloads agents could not decode, stored in the quarantine", rejects_stored.clone());
+        registry.register(
+            "rejects_stored",
+            "Payloads agents could not decode, stored in the quarantine",
+            rejects_stored.clone(),
+        );
         let commits = Counter::default();
         registry.register("commits", "Storage transactions committed", commits.clone());
         let commit_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
-        registry.register("commit_seconds", "Time per storage transaction", commit_seconds.clone());
+        registry.register(
+            "commit_seconds",
+            "Time per storage transaction",
+            commit_seconds.clone(),
+        );
         let errors = Family::default();
-        registry.register("errors", "Errors and warnings logged, by component and kind", errors.clone());
+        registry.register(
+            "errors",
+            "Errors and warnings logged, by component and kind",
+            errors.clone(),
+        );
         Metrics {
             registry,
             batches,

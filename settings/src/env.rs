@@ -11,10 +11,8 @@ pub(crate) fn substitute(
     error: &dyn Fn(&str, String) -> ConfigError,
 ) -> Result<(), ConfigError> {
     match &mut value.kind {
-        ValueKind::String(text) => {
-            if text.contains('$') {
-                *text = expand(text).map_err(|message| error(path, message))?;
-            }
+        ValueKind::String(text) if text.contains('$') => {
+            *text = expand(text).map_err(|message| error(path, message))?;
         }
         ValueKind::Table(table) => {
             for (key, child) in table.iter_mut() {
@@ -63,12 +61,10 @@ fn expand_with(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<St
                 Some((name, default)) => (name, Some(default)),
                 None => (expression, None),
             };
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
-            {
-                return Err(format!("${{{expression}}} is not a valid variable reference"));
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!(
+                    "${{{expression}}} is not a valid variable reference"
+                ));
             }
             match (lookup(name), default) {
                 (Some(value), _) => out.push_str(&value),
@@ -97,7 +93,10 @@ mod tests {
 
     #[test]
     fn expands_defaults_and_escapes() {
-        assert_eq!(expand_with("Bearer ${TOKEN}", lookup).unwrap(), "Bearer s3cret");
+        assert_eq!(
+            expand_with("Bearer ${TOKEN}", lookup).unwrap(),
+            "Bearer s3cret"
+        );
         assert_eq!(expand_with("${NOPE:-x}", lookup).unwrap(), "x");
         assert_eq!(expand_with("$${TOKEN} $5", lookup).unwrap(), "${TOKEN} $5");
         assert_eq!(

@@ -87,7 +87,10 @@ impl Source {
 
 /// Reads `path` and deserializes it into `T` (see the crate docs for the steps).
 /// `env_prefix` selects the environment overrides, e.g. `TRIBUTARY_AGENT`.
-pub fn load<T: DeserializeOwned>(path: &Path, env_prefix: &str) -> Result<(T, Source), ConfigError> {
+pub fn load<T: DeserializeOwned>(
+    path: &Path,
+    env_prefix: &str,
+) -> Result<(T, Source), ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: path.to_owned(),
         key: String::new(),

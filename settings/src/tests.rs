@@ -74,7 +74,11 @@ fn unknown_key_is_named_with_its_line() {
     assert_eq!(error.key, "inputs.mqtt[1].qoss");
     assert_eq!(error.line, Some(13));
     assert!(error.message.contains("unknown field"), "{error}");
-    assert!(error.to_string().starts_with("test.toml:13: inputs.mqtt[1].qoss: "));
+    assert!(
+        error
+            .to_string()
+            .starts_with("test.toml:13: inputs.mqtt[1].qoss: ")
+    );
 }
 
 #[test]

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use tributary_bench::harness::{
-    AgentProcess, CollectorProcess, Mosquitto, MosquittoOptions, Publisher, agent_config, free_port, http,
-    query_json, token_pair,
+    AgentProcess, CollectorProcess, Mosquitto, MosquittoOptions, Publisher, agent_config,
+    free_port, http, query_json, token_pair,
 };
 use tributary_wire::codec::{self, Encoding};
 use tributary_wire::{AgentStatus, Batch, Point};
@@ -17,33 +17,63 @@ use crate::{NAME, blocking, payload, settle, topic};
 async fn non_json_is_quarantined_and_counted_while_its_neighbours_are_stored() {
     let dir = tempfile::tempdir().unwrap();
     let (token, _) = token_pair("edge-1");
-    let broker = Mosquitto::start(&dir.path().join("broker"), MosquittoOptions::default()).unwrap();
-    let collector = CollectorProcess::start(&dir.path().join("collector"), &[("edge-1", &token)]).unwrap();
-    let config = agent_config("edge-1", &dir.path().join("agent/data"), &collector.url(), &broker.url(), free_port(), "", "");
-    let agent = AgentProcess::start(&dir.path().join("agent"), &config, &[("TRIBUTARY_TOKEN", &token)]).unwrap();
+    let broker =
+        Mosquitto::start(&dir.path().join("broker"), &MosquittoOptions::default()).unwrap();
+    let collector =
+        CollectorProcess::start(&dir.path().join("collector"), &[("edge-1", &token)]).unwrap();
+    let config = agent_config(
+        "edge-1",
+        &dir.path().join("agent/data"),
+        &collector.url(),
+        &broker.url(),
+        free_port(),
+        "",
+        "",
+    );
+    let agent = AgentProcess::start(
+        &dir.path().join("agent"),
+        &config,
+        &[("TRIBUTARY_TOKEN", &token)],
+    )
+    .unwrap();
 
     let publisher = Publisher::connect(broker.port, "publisher", 10).await;
     publisher.publish(0, &topic(0), payload(0)).await;
-    publisher.publish(1, &topic(1), b"{\"id\": 1, oops".to_vec()).await;
+    publisher
+        .publish(1, &topic(1), b"{\"id\": 1, oops".to_vec())
+        .await;
     publisher.publish(2, &topic(2), payload(2)).await;
     let acked = publisher.finish(Duration::from_secs(10)).await;
     assert_eq!(acked.len(), 3);
 
     let good = [0, 2].into_iter().collect();
-    let verdict = settle(&collector.url(), Some(&agent), &good, Duration::from_secs(30)).await;
+    let verdict = settle(
+        &collector.url(),
+        Some(&agent),
+        &good,
+        Duration::from_secs(30),
+    )
+    .await;
     assert!(verdict.exactly_once(), "{verdict:?}");
     assert_eq!(verdict.stored_points, 2);
 
-    assert_eq!(agent.metric("tributary_agent_rejected_total").await, Some(1.0));
-    let agents = query_json(&collector.url(), "/api/v1/agents").await.unwrap();
+    assert_eq!(
+        agent.metric("tributary_agent_rejected_total").await,
+        Some(1.0)
+    );
+    let agents = query_json(&collector.url(), "/api/v1/agents")
+        .await
+        .unwrap();
     assert_eq!(agents["agents"][0]["quarantined"], 1, "{agents}");
 
     // The collector holds the raw payload and the reason (its listing endpoint comes later).
     let db = rusqlite::Connection::open(collector.database()).unwrap();
     let (origin, topic_stored, payload_stored, reason): (String, String, Vec<u8>, String) = db
-        .query_row("SELECT origin, topic, payload, reason FROM quarantine", [], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })
+        .query_row(
+            "SELECT origin, topic, payload, reason FROM quarantine",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
         .unwrap();
     assert_eq!(origin, "agent");
     assert_eq!(topic_stored, format!("sensors/dev1/{NAME}"));
@@ -57,10 +87,25 @@ async fn non_json_is_quarantined_and_counted_while_its_neighbours_are_stored() {
 async fn a_wrong_token_keeps_the_buffer_until_it_is_fixed() {
     let dir = tempfile::tempdir().unwrap();
     let (token, _) = token_pair("edge-1");
-    let broker = Mosquitto::start(&dir.path().join("broker"), MosquittoOptions::default()).unwrap();
-    let collector = CollectorProcess::start(&dir.path().join("collector"), &[("edge-1", &token)]).unwrap();
-    let config = agent_config("edge-1", &dir.path().join("agent/data"), &collector.url(), &broker.url(), free_port(), "", "");
-    let mut agent = AgentProcess::start(&dir.path().join("agent"), &config, &[("TRIBUTARY_TOKEN", "not-the-token")]).unwrap();
+    let broker =
+        Mosquitto::start(&dir.path().join("broker"), &MosquittoOptions::default()).unwrap();
+    let collector =
+        CollectorProcess::start(&dir.path().join("collector"), &[("edge-1", &token)]).unwrap();
+    let config = agent_config(
+        "edge-1",
+        &dir.path().join("agent/data"),
+        &collector.url(),
+        &broker.url(),
+        free_port(),
+        "",
+        "",
+    );
+    let mut agent = AgentProcess::start(
+        &dir.path().join("agent"),
+        &config,
+        &[("TRIBUTARY_TOKEN", "not-the-token")],
+    )
+    .unwrap();
 
     let publisher = Publisher::connect(broker.port, "publisher", 50).await;
     for id in 0..50 {
@@ -71,23 +116,48 @@ async fn a_wrong_token_keeps_the_buffer_until_it_is_fixed() {
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let refused = agent.metric("tributary_agent_sends_total{outcome=\"unauthorized\"}").await.unwrap_or(0.0);
+        let refused = agent
+            .metric("tributary_agent_sends_total{outcome=\"unauthorized\"}")
+            .await
+            .unwrap_or(0.0);
         if refused >= 3.0 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the agent was not refused 3 times");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent was not refused 3 times"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(agent.metric("tributary_agent_buffer_points").await, Some(50.0));
-    assert!(agent.process().count_logged("refused this agent's token") >= 3, "an error on every attempt");
-    assert!(agent.metric("tributary_agent_errors_total{component=\"forward\",kind=\"unauthorized\"}").await >= Some(3.0));
-    let stored = query_json(&collector.url(), &format!("/api/v1/query?name={NAME}")).await.unwrap();
+    assert_eq!(
+        agent.metric("tributary_agent_buffer_points").await,
+        Some(50.0)
+    );
+    assert!(
+        agent.process().count_logged("refused this agent's token") >= 3,
+        "an error on every attempt"
+    );
+    assert!(
+        agent
+            .metric("tributary_agent_errors_total{component=\"forward\",kind=\"unauthorized\"}")
+            .await
+            >= Some(3.0)
+    );
+    let stored = query_json(&collector.url(), &format!("/api/v1/query?name={NAME}"))
+        .await
+        .unwrap();
     assert_eq!(stored["series"].as_array().map(Vec::len), Some(0));
 
     blocking(|| agent.kill9());
     agent.set_env("TRIBUTARY_TOKEN", &token);
     blocking(|| agent.restart()).unwrap();
-    let verdict = settle(&collector.url(), Some(&agent), &acked, Duration::from_secs(30)).await;
+    let verdict = settle(
+        &collector.url(),
+        Some(&agent),
+        &acked,
+        Duration::from_secs(30),
+    )
+    .await;
     assert!(verdict.exactly_once(), "{verdict:?}");
     assert_eq!(verdict.stored_points, 50);
 }
@@ -101,12 +171,20 @@ fn batch(agent: &str, first_seq: u64, count: u64) -> Batch {
         dropped: 0,
         sent_at: tributary_wire::time::now_ns(),
         status: AgentStatus::default(),
-        points: (0..count).map(|i| Point::new("direct", i as i64).with_field("v", i as i64)).collect(),
+        points: (0..count)
+            .map(|i| Point::new("direct", i as i64).with_field("v", i as i64))
+            .collect(),
         rejects: Vec::new(),
     }
 }
 
-async fn post(url: &str, token: Option<&str>, content_type: &str, encoding: Option<&str>, body: Vec<u8>) -> (u16, serde_json::Value) {
+async fn post(
+    url: &str,
+    token: Option<&str>,
+    content_type: &str,
+    encoding: Option<&str>,
+    body: Vec<u8>,
+) -> (u16, serde_json::Value) {
     let mut request = http()
         .post(format!("{url}/api/v1/batches"))
         .header("content-type", content_type)
@@ -141,7 +219,10 @@ async fn the_collector_refuses_bad_requests_with_a_json_reason() {
 
     let (status, body) = post(&url, None, msgpack, None, good.clone()).await;
     assert_eq!(status, 401);
-    assert!(body["error"].as_str().unwrap().contains("missing"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("missing"),
+        "{body}"
+    );
     let (status, _) = post(&url, Some("wrong"), msgpack, None, good.clone()).await;
     assert_eq!(status, 401);
 
@@ -149,10 +230,30 @@ async fn the_collector_refuses_bad_requests_with_a_json_reason() {
     let (status, body) = post(&url, Some(&other), msgpack, None, good.clone()).await;
     assert_eq!(status, 403, "{body}");
 
-    let (status, body) = post(&url, Some(&token), msgpack, None, b"\x93\x01garbage".to_vec()).await;
+    let (status, body) = post(
+        &url,
+        Some(&token),
+        msgpack,
+        None,
+        b"\x93\x01garbage".to_vec(),
+    )
+    .await;
     assert_eq!(status, 400);
-    assert!(body["error"].as_str().unwrap().contains("not a valid batch"), "{body}");
-    let (status, _) = post(&url, Some(&token), msgpack, Some("zstd"), b"not zstd".to_vec()).await;
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a valid batch"),
+        "{body}"
+    );
+    let (status, _) = post(
+        &url,
+        Some(&token),
+        msgpack,
+        Some("zstd"),
+        b"not zstd".to_vec(),
+    )
+    .await;
     assert_eq!(status, 400);
     let (status, _) = post(&url, Some(&token), "text/plain", None, good.clone()).await;
     assert_eq!(status, 415);
@@ -167,14 +268,39 @@ async fn the_collector_refuses_bad_requests_with_a_json_reason() {
 
     // And the good batch, twice: stored once.
     let (status, ack) = post(&url, Some(&token), msgpack, None, good.clone()).await;
-    assert_eq!((status, ack["stored"].as_u64(), ack["committed_through"].as_u64()), (200, Some(3), Some(3)));
+    assert_eq!(
+        (
+            status,
+            ack["stored"].as_u64(),
+            ack["committed_through"].as_u64()
+        ),
+        (200, Some(3), Some(3))
+    );
     let json = codec::encode_batch(&batch("edge-1", 1, 3), Encoding::Json).unwrap();
     let (status, ack) = post(&url, Some(&token), "application/json", None, json).await;
-    assert_eq!((status, ack["stored"].as_u64(), ack["duplicates"].as_u64()), (200, Some(0), Some(3)));
+    assert_eq!(
+        (status, ack["stored"].as_u64(), ack["duplicates"].as_u64()),
+        (200, Some(0), Some(3))
+    );
 
-    let metrics = http().get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("tributary_collector_errors_total{component=\"batches\",kind=\"too_large\"} 2"), "{metrics}");
-    assert!(metrics.contains("tributary_collector_points_stored_total 3"), "{metrics}");
+    let metrics = http()
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "tributary_collector_errors_total{component=\"batches\",kind=\"too_large\"} 2"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tributary_collector_points_stored_total 3"),
+        "{metrics}"
+    );
     let health = http().get(format!("{url}/healthz")).send().await.unwrap();
     assert_eq!(health.status().as_u16(), 200);
 }

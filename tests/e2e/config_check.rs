@@ -27,45 +27,128 @@ fn repo(path: &str) -> PathBuf {
 #[test]
 fn the_documented_examples_pass() {
     let output = run("tributary-agent", &repo("config/agent.toml"), &[]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let output = run("tributary-collector", &repo("config/collector.toml"), &[]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[test]
 fn problems_are_named_with_file_key_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
-        ("tributary-agent", "[agent]\nid = \"a\"\n[forward]\nurll = \"http://x\"\n", "forward.urll", 4, "unknown field"),
-        ("tributary-agent", "[agent]\nid = \"a\"\n[forward\n", "", 3, "invalid TOML"),
-        ("tributary-agent", "[buffer]\nflush_interval = \"fast\"\n", "buffer.flush_interval", 2, "not a duration"),
-        ("tributary-agent", "[buffer]\nmax_size = \"huge\"\n", "buffer.max_size", 2, "not a size"),
-        ("tributary-agent", "[forward]\nurl = \"localhost:8080\"\n", "forward.url", 2, "http"),
-        ("tributary-agent", "[[inputs.mqtt]]\nbroker = \"mqtt://b\"\ntopics = [\"a/#/b\"]\n", "inputs.mqtt[0].topics[0]", 3, "'#'"),
-        ("tributary-agent", "[forward]\ntoken = \"${E2E_SURELY_UNSET}\"\n", "forward.token", 2, "E2E_SURELY_UNSET is not set"),
-        ("tributary-collector", "[server]\nlisten = \"127.0.0.1:1\"\nlistne = \"x\"\n", "server.listne", 3, "unknown field"),
-        ("tributary-collector", "[[agents]]\nid = \"a\"\ntoken_sha256 = \"XYZ\"\n", "agents[0].token_sha256", 3, "SHA-256"),
+        (
+            "tributary-agent",
+            "[agent]\nid = \"a\"\n[forward]\nurll = \"http://x\"\n",
+            "forward.urll",
+            4,
+            "unknown field",
+        ),
+        (
+            "tributary-agent",
+            "[agent]\nid = \"a\"\n[forward\n",
+            "",
+            3,
+            "invalid TOML",
+        ),
+        (
+            "tributary-agent",
+            "[buffer]\nflush_interval = \"fast\"\n",
+            "buffer.flush_interval",
+            2,
+            "not a duration",
+        ),
+        (
+            "tributary-agent",
+            "[buffer]\nmax_size = \"huge\"\n",
+            "buffer.max_size",
+            2,
+            "not a size",
+        ),
+        (
+            "tributary-agent",
+            "[forward]\nurl = \"localhost:8080\"\n",
+            "forward.url",
+            2,
+            "http",
+        ),
+        (
+            "tributary-agent",
+            "[[inputs.mqtt]]\nbroker = \"mqtt://b\"\ntopics = [\"a/#/b\"]\n",
+            "inputs.mqtt[0].topics[0]",
+            3,
+            "'#'",
+        ),
+        (
+            "tributary-agent",
+            "[forward]\ntoken = \"${E2E_SURELY_UNSET}\"\n",
+            "forward.token",
+            2,
+            "E2E_SURELY_UNSET is not set",
+        ),
+        (
+            "tributary-collector",
+            "[server]\nlisten = \"127.0.0.1:1\"\nlistne = \"x\"\n",
+            "server.listne",
+            3,
+            "unknown field",
+        ),
+        (
+            "tributary-collector",
+            "[[agents]]\nid = \"a\"\ntoken_sha256 = \"XYZ\"\n",
+            "agents[0].token_sha256",
+            3,
+            "SHA-256",
+        ),
     ];
     for (index, (program, text, key, line, words)) in cases.into_iter().enumerate() {
         let path = write(&dir, &format!("case{index}.toml"), text);
         let output = run(program, &path, &[]);
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{program} {text:?}: {stderr}");
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{program} {text:?}: {stderr}"
+        );
         let location = format!("{}:{line}: {key}", path.display());
         let location = location.trim_end_matches(": ");
-        assert!(stderr.contains(location), "{text:?}: expected {location:?} in {stderr}");
-        assert!(stderr.contains(words), "{text:?}: expected {words:?} in {stderr}");
+        assert!(
+            stderr.contains(location),
+            "{text:?}: expected {location:?} in {stderr}"
+        );
+        assert!(
+            stderr.contains(words),
+            "{text:?}: expected {words:?} in {stderr}"
+        );
     }
 }
 
 #[test]
 fn environment_overrides_are_checked_too() {
     let path = repo("config/agent.toml");
-    let output = run("tributary-agent", &path, &[("TRIBUTARY_AGENT__FORWARD__URL", "ftp://nowhere")]);
+    let output = run(
+        "tributary-agent",
+        &path,
+        &[("TRIBUTARY_AGENT__FORWARD__URL", "ftp://nowhere")],
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("forward.url"), "{stderr}");
-    let output = run("tributary-agent", &path, &[("TRIBUTARY_AGENT__FORWARD__URL", "https://collector.example")]);
+    let output = run(
+        "tributary-agent",
+        &path,
+        &[("TRIBUTARY_AGENT__FORWARD__URL", "https://collector.example")],
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("https://collector.example/api/v1/batches"), "{stdout}");
+    assert!(
+        stdout.contains("https://collector.example/api/v1/batches"),
+        "{stdout}"
+    );
 }

@@ -34,7 +34,12 @@ pub async fn publish(publisher: &Publisher, range: std::ops::Range<u64>, per_sec
 }
 
 /// Like [`publish`], stopping early once `stop` is set.
-pub async fn publish_until(publisher: &Publisher, range: std::ops::Range<u64>, per_second: u64, stop: &AtomicBool) {
+pub async fn publish_until(
+    publisher: &Publisher,
+    range: std::ops::Range<u64>,
+    per_second: u64,
+    stop: &AtomicBool,
+) {
     let started = tokio::time::Instant::now();
     for id in range.clone() {
         if stop.load(Ordering::Relaxed) {
@@ -42,7 +47,8 @@ pub async fn publish_until(publisher: &Publisher, range: std::ops::Range<u64>, p
         }
         publisher.publish(id, &topic(id), payload(id)).await;
         if per_second > 0 && (id - range.start) % 50 == 49 {
-            let due = started + Duration::from_secs_f64((id - range.start + 1) as f64 / per_second as f64);
+            let due = started
+                + Duration::from_secs_f64((id - range.start + 1) as f64 / per_second as f64);
             tokio::time::sleep_until(due).await;
         }
     }
@@ -51,7 +57,12 @@ pub async fn publish_until(publisher: &Publisher, range: std::ops::Range<u64>, p
 /// Waits (bounded) until every acknowledged id is stored and the agent's buffer is empty, or
 /// until nothing changes any more (the agent's buffer is empty and the stored count has been
 /// still for three seconds), then reads the final state and judges it.
-pub async fn settle(collector_url: &str, agent: Option<&AgentProcess>, acked: &HashSet<u64>, timeout: Duration) -> Verdict {
+pub async fn settle(
+    collector_url: &str,
+    agent: Option<&AgentProcess>,
+    acked: &HashSet<u64>,
+    timeout: Duration,
+) -> Verdict {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last_points = usize::MAX;
     let mut still_since = tokio::time::Instant::now();

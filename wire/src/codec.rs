@@ -300,8 +300,14 @@ mod tests {
     fn zstd_round_trip_and_bomb_is_refused() {
         let body = vec![0u8; 1 << 20];
         let packed = compress(&body, 3).unwrap();
-        assert!(packed.len() < 1024, "a megabyte of zeros compresses to little");
-        assert_eq!(decompress_limited(&packed, Some("zstd"), 1 << 20).unwrap(), body);
+        assert!(
+            packed.len() < 1024,
+            "a megabyte of zeros compresses to little"
+        );
+        assert_eq!(
+            decompress_limited(&packed, Some("zstd"), 1 << 20).unwrap(),
+            body
+        );
         match decompress_limited(&packed, Some("zstd"), (1 << 20) - 1) {
             Err(DecodeError::TooLarge { .. }) => {}
             other => panic!("expected TooLarge, got {other:?}"),

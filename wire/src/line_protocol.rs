@@ -183,7 +183,13 @@ mod tests {
         assert_eq!(error.line, 3);
         assert_eq!(error.text, "not line protocol");
         assert_eq!(points[2].as_ref().unwrap().fields["v"], FieldValue::I64(2));
-        assert!(points[3].as_ref().unwrap_err().reason.contains("does not fit"));
+        assert!(
+            points[3]
+                .as_ref()
+                .unwrap_err()
+                .reason
+                .contains("does not fit")
+        );
     }
 
     #[test]

@@ -132,9 +132,9 @@ impl<'de> Deserialize<'de> for FieldValue {
                 Ok(FieldValue::I64(v))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<FieldValue, E> {
-                i64::try_from(v)
-                    .map(FieldValue::I64)
-                    .map_err(|_| E::custom(format!("integer {v} does not fit in a signed 64-bit field")))
+                i64::try_from(v).map(FieldValue::I64).map_err(|_| {
+                    E::custom(format!("integer {v} does not fit in a signed 64-bit field"))
+                })
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<FieldValue, E> {
                 Ok(FieldValue::F64(v))

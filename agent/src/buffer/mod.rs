@@ -58,7 +58,11 @@ pub struct Ingest {
 impl Ingest {
     /// The bytes this item adds to the buffer, as counted against `max_size`.
     pub fn size(&self) -> u64 {
-        let points: usize = self.points.iter().map(|p| p.len() + store::ROW_OVERHEAD).sum();
+        let points: usize = self
+            .points
+            .iter()
+            .map(|p| p.len() + store::ROW_OVERHEAD)
+            .sum();
         let rejects: usize = self.rejects.iter().map(NewReject::size).sum();
         (points + rejects) as u64
     }
@@ -77,7 +81,11 @@ pub struct NewReject {
 impl NewReject {
     /// The bytes this reject takes, as counted against `max_size`.
     pub fn size(&self) -> usize {
-        self.payload.len() + self.topic.len() + self.reason.len() + self.source.len() + store::ROW_OVERHEAD
+        self.payload.len()
+            + self.topic.len()
+            + self.reason.len()
+            + self.source.len()
+            + store::ROW_OVERHEAD
     }
 }
 

@@ -92,7 +92,9 @@ impl StoredBatch {
         let rejects: usize = self
             .rejects
             .iter()
-            .map(|r| r.payload.len() + r.topic.len() + r.reason.len() + r.source.len() + ROW_OVERHEAD)
+            .map(|r| {
+                r.payload.len() + r.topic.len() + r.reason.len() + r.source.len() + ROW_OVERHEAD
+            })
             .sum();
         (points + rejects) as u64
     }
@@ -149,7 +151,9 @@ impl Store {
             .map_err(sql)?;
 
         let epoch: Option<String> = conn
-            .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
+                r.get(0)
+            })
             .optional()
             .map_err(sql)?;
         let epoch = match epoch {
@@ -344,11 +348,16 @@ impl Store {
         self.depth
             .dropped_total
             .store(self.dropped_total, Ordering::Relaxed);
-        self.depth.points.fetch_add(outcome.points, Ordering::Relaxed);
-        self.depth.points.fetch_sub(outcome.dropped, Ordering::Relaxed);
         self.depth
-            .bytes
-            .store((bytes_before + incoming).saturating_sub(freed), Ordering::Relaxed);
+            .points
+            .fetch_add(outcome.points, Ordering::Relaxed);
+        self.depth
+            .points
+            .fetch_sub(outcome.dropped, Ordering::Relaxed);
+        self.depth.bytes.store(
+            (bytes_before + incoming).saturating_sub(freed),
+            Ordering::Relaxed,
+        );
         Ok(outcome)
     }
 
@@ -362,17 +371,20 @@ impl Store {
         let restore = self.conn.pragma_update(None, "synchronous", "FULL");
         let (points, bytes) = result?;
         restore.map_err(|e| self.sql(e))?;
-        self.depth.points.fetch_sub(
-            points.min(self.depth.points()),
-            Ordering::Relaxed,
-        );
+        self.depth
+            .points
+            .fetch_sub(points.min(self.depth.points()), Ordering::Relaxed);
         self.depth
             .bytes
             .fetch_sub(bytes.min(self.depth.bytes()), Ordering::Relaxed);
         Ok(())
     }
 
-    fn delete_in_transaction(&mut self, seq: u64, reject_id: u64) -> Result<(u64, u64), StoreError> {
+    fn delete_in_transaction(
+        &mut self,
+        seq: u64,
+        reject_id: u64,
+    ) -> Result<(u64, u64), StoreError> {
         let path = self.path.clone();
         let sql = |source| StoreError::Sqlite {
             path: path.clone(),
@@ -418,7 +430,11 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql)?;
         let body: Option<Vec<u8>> = tx
-            .query_row("SELECT body FROM points WHERE seq = ?1", [seq as i64], |r| r.get(0))
+            .query_row(
+                "SELECT body FROM points WHERE seq = ?1",
+                [seq as i64],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(sql)?;
         let Some(body) = body else {
@@ -439,7 +455,9 @@ impl Store {
         tx.commit().map_err(sql)?;
         let added = payload.len() + topic.len() + reason.len() + "forward".len() + ROW_OVERHEAD;
         let removed = body.len() + ROW_OVERHEAD;
-        self.depth.points.fetch_sub(1.min(self.depth.points()), Ordering::Relaxed);
+        self.depth
+            .points
+            .fetch_sub(1.min(self.depth.points()), Ordering::Relaxed);
         let bytes = self.depth.bytes() + added as u64;
         self.depth
             .bytes
@@ -497,7 +515,8 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
             message: format!("could not switch to WAL mode (got {mode})"),
         });
     }
-    conn.pragma_update(None, "synchronous", "FULL").map_err(sql)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(sql)?;
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
         .map_err(sql)?;
     Ok(conn)
@@ -590,16 +609,19 @@ fn read_batch(
         "SELECT id, received_at, source, topic, payload, reason FROM quarantine
          WHERE id > ?1 ORDER BY id LIMIT ?2",
     )?;
-    let rejects = stmt.query_map(params![after_reject as i64, REJECTS_PER_BATCH as i64], |r| {
-        Ok(Reject {
-            id: r.get::<_, i64>(0)? as u64,
-            received_at: r.get(1)?,
-            source: r.get(2)?,
-            topic: r.get(3)?,
-            payload: r.get(4)?,
-            reason: r.get(5)?,
-        })
-    })?;
+    let rejects = stmt.query_map(
+        params![after_reject as i64, REJECTS_PER_BATCH as i64],
+        |r| {
+            Ok(Reject {
+                id: r.get::<_, i64>(0)? as u64,
+                received_at: r.get(1)?,
+                source: r.get(2)?,
+                topic: r.get(3)?,
+                payload: r.get(4)?,
+                reason: r.get(5)?,
+            })
+        },
+    )?;
     let mut bytes = batch.bytes;
     for reject in rejects {
         let reject = reject?;

@@ -31,6 +31,9 @@ pub enum Control {
     },
 }
 
+/// A piece of store work requested by the forwarder, run on the blocking pool.
+type StoreJob = Box<dyn FnOnce(&mut Store) -> Result<(), StoreError> + Send>;
+
 /// The task that owns the write side of the buffer.
 pub struct Writer {
     store: Arc<Mutex<Store>>,
@@ -202,7 +205,8 @@ impl Writer {
         };
         self.after_commit(outcome);
         // The commit is durable: now, and only now, the sources may be acknowledged.
-        let items = Arc::try_unwrap(items).unwrap_or_else(|_| unreachable!("the commit task has finished"));
+        let items =
+            Arc::try_unwrap(items).unwrap_or_else(|_| unreachable!("the commit task has finished"));
         for item in items {
             if let Some(ack) = item.ack {
                 ack.sink.ack(ack.token);
@@ -214,7 +218,10 @@ impl Writer {
         self.metrics.commits.inc();
         self.metrics.points_buffered.inc_by(outcome.points);
         if outcome.dropped > 0 {
-            warn!(dropped = outcome.dropped, "buffer is full; dropped the oldest points (when_full = \"drop_oldest\")");
+            warn!(
+                dropped = outcome.dropped,
+                "buffer is full; dropped the oldest points (when_full = \"drop_oldest\")"
+            );
             self.metrics.error("buffer", "dropped_oldest");
             self.metrics.dropped.inc_by(outcome.dropped);
         }
@@ -223,17 +230,20 @@ impl Writer {
     }
 
     async fn handle_control(&mut self, request: Control) {
-        let (job, done): (Box<dyn FnOnce(&mut Store) -> Result<(), StoreError> + Send>, _) =
-            match request {
-                Control::Delete {
-                    seq,
-                    reject_id,
-                    done,
-                } => (Box::new(move |store| store.delete_through(seq, reject_id)), done),
-                Control::Quarantine { seq, reason, done } => {
-                    (Box::new(move |store| store.quarantine_point(seq, &reason)), done)
-                }
-            };
+        let (job, done): (StoreJob, _) = match request {
+            Control::Delete {
+                seq,
+                reject_id,
+                done,
+            } => (
+                Box::new(move |store| store.delete_through(seq, reject_id)),
+                done,
+            ),
+            Control::Quarantine { seq, reason, done } => (
+                Box::new(move |store| store.quarantine_point(seq, &reason)),
+                done,
+            ),
+        };
         let store = Arc::clone(&self.store);
         let result = tokio::task::spawn_blocking(move || {
             job(&mut store.lock().unwrap_or_else(PoisonError::into_inner))

@@ -15,32 +15,96 @@ fn documented_example_loads_with_the_defaults_it_states() {
 
     assert_eq!(config.agent.data_dir, defaults.agent.data_dir);
     assert_eq!(config.agent.listen, defaults.agent.listen);
-    assert_eq!(config.agent.shutdown_timeout, defaults.agent.shutdown_timeout);
+    assert_eq!(
+        config.agent.shutdown_timeout,
+        defaults.agent.shutdown_timeout
+    );
     assert_eq!(config.agent.tags["site"], "plant-1");
 
     let (b, d) = (&config.buffer, &defaults.buffer);
-    assert_eq!((b.max_size, b.when_full, b.flush_interval, b.flush_points, b.queue_capacity),
-               (d.max_size, d.when_full, d.flush_interval, d.flush_points, d.queue_capacity));
+    assert_eq!(
+        (
+            b.max_size,
+            b.when_full,
+            b.flush_interval,
+            b.flush_points,
+            b.queue_capacity
+        ),
+        (
+            d.max_size,
+            d.when_full,
+            d.flush_interval,
+            d.flush_points,
+            d.queue_capacity
+        )
+    );
 
     let (f, d) = (&config.forward, &defaults.forward);
     assert_eq!(f.batches_url, d.batches_url);
-    assert_eq!(f.batches_url.as_str(), "http://127.0.0.1:8080/api/v1/batches");
-    assert_eq!((f.batch_max_points, f.batch_max_bytes, f.linger, f.timeout, f.connect_timeout),
-               (d.batch_max_points, d.batch_max_bytes, d.linger, d.timeout, d.connect_timeout));
-    assert_eq!((f.backoff_initial, f.backoff_max, f.encoding, f.compression_level, f.final_attempt_timeout),
-               (d.backoff_initial, d.backoff_max, d.encoding, d.compression_level, d.final_attempt_timeout));
+    assert_eq!(
+        f.batches_url.as_str(),
+        "http://127.0.0.1:8080/api/v1/batches"
+    );
+    assert_eq!(
+        (
+            f.batch_max_points,
+            f.batch_max_bytes,
+            f.linger,
+            f.timeout,
+            f.connect_timeout
+        ),
+        (
+            d.batch_max_points,
+            d.batch_max_bytes,
+            d.linger,
+            d.timeout,
+            d.connect_timeout
+        )
+    );
+    assert_eq!(
+        (
+            f.backoff_initial,
+            f.backoff_max,
+            f.encoding,
+            f.compression_level,
+            f.final_attempt_timeout
+        ),
+        (
+            d.backoff_initial,
+            d.backoff_max,
+            d.encoding,
+            d.compression_level,
+            d.final_attempt_timeout
+        )
+    );
 
     let (InputConfig::Mqtt(m), InputConfig::Mqtt(d)) = (&config.inputs[0], &defaults.inputs[0]);
-    assert_eq!((m.qos, m.format, &m.topic_tag, &m.name, &m.client_id), (d.qos, d.format, &d.topic_tag, &d.name, &d.client_id));
-    assert_eq!((m.keep_alive, m.max_payload, m.reconnect_initial, m.reconnect_max),
-               (d.keep_alive, d.max_payload, d.reconnect_initial, d.reconnect_max));
+    assert_eq!(
+        (m.qos, m.format, &m.topic_tag, &m.name, &m.client_id),
+        (d.qos, d.format, &d.topic_tag, &d.name, &d.client_id)
+    );
+    assert_eq!(
+        (
+            m.keep_alive,
+            m.max_payload,
+            m.reconnect_initial,
+            m.reconnect_max
+        ),
+        (
+            d.keep_alive,
+            d.max_payload,
+            d.reconnect_initial,
+            d.reconnect_max
+        )
+    );
     assert_eq!(m.client_id, "tributary-pump-7");
 }
 
 /// DESIGN.md's minimal configuration (the tables this agent has so far) works as written.
 #[test]
 fn minimal_configuration_from_the_design_works() {
-    let config = load(r#"
+    let config = load(
+        r#"
 [agent]
 id = "pump-7"
 data_dir = "/var/lib/tributary"
@@ -55,10 +119,14 @@ topics = ["sensors/#"]
 qos = 1
 format = "json"
 topic_tags = "sensors/{device}/{name}"
-"#)
+"#,
+    )
     .unwrap();
     assert_eq!(config.agent.id, "pump-7");
-    assert_eq!(config.forward.token.as_deref(), std::env::var("PATH").ok().as_deref());
+    assert_eq!(
+        config.forward.token.as_deref(),
+        std::env::var("PATH").ok().as_deref()
+    );
     let InputConfig::Mqtt(mqtt) = &config.inputs[0];
     assert_eq!(mqtt.qos, rumqttc::QoS::AtLeastOnce);
     assert!(mqtt.template.is_some());
@@ -72,18 +140,63 @@ fn error_of(text: &str) -> ConfigError {
 #[test]
 fn bad_values_name_their_key_and_line() {
     let cases = [
-        ("[buffer]\nmax_size = \"lots\"\n", "buffer.max_size", 2, "not a size"),
-        ("[forward]\nlinger = \"soon\"\n", "forward.linger", 2, "not a duration"),
+        (
+            "[buffer]\nmax_size = \"lots\"\n",
+            "buffer.max_size",
+            2,
+            "not a size",
+        ),
+        (
+            "[forward]\nlinger = \"soon\"\n",
+            "forward.linger",
+            2,
+            "not a duration",
+        ),
         ("[forward]\nurl = \"ftp://x\"\n", "forward.url", 2, "http"),
         ("[forward]\nurl = \"::\"\n", "forward.url", 2, "not a URL"),
-        ("[[inputs.mqtt]]\nbroker = \"mqtt://b\"\ntopics = [\"a/#/b\"]\n", "inputs.mqtt[0].topics[0]", 3, "'#'"),
-        ("[[inputs.mqtt]]\nbroker = \"mqtt://b\"\ntopics = [\"a\"]\nqos = 2\n", "inputs.mqtt[0].qos", 4, "not supported"),
-        ("[[inputs.mqtt]]\nbroker = \"http://b\"\ntopics = [\"a\"]\n", "inputs.mqtt[0].broker", 2, "scheme"),
-        ("[[inputs.mqtt]]\nbroker = \"mqtt://b\"\ntopics = [\"a\"]\ntopic_tags = \"a/{x}/{x}\"\n", "inputs.mqtt[0].topic_tags", 4, "twice"),
-        ("[[inputs.mqtt]]\nbroker = \"mqtt://b\"\ntopics = [\"a\"]\nformat = \"xml\"\n", "inputs.mqtt[0].format", 4, "is not a payload format; choose one of \"json\", \"influx\", \"value\", \"lines\""),
+        (
+            "[[inputs.mqtt]]\nbroker = \"mqtt://b\"\ntopics = [\"a/#/b\"]\n",
+            "inputs.mqtt[0].topics[0]",
+            3,
+            "'#'",
+        ),
+        (
+            "[[inputs.mqtt]]\nbroker = \"mqtt://b\"\ntopics = [\"a\"]\nqos = 2\n",
+            "inputs.mqtt[0].qos",
+            4,
+            "not supported",
+        ),
+        (
+            "[[inputs.mqtt]]\nbroker = \"http://b\"\ntopics = [\"a\"]\n",
+            "inputs.mqtt[0].broker",
+            2,
+            "scheme",
+        ),
+        (
+            "[[inputs.mqtt]]\nbroker = \"mqtt://b\"\ntopics = [\"a\"]\ntopic_tags = \"a/{x}/{x}\"\n",
+            "inputs.mqtt[0].topic_tags",
+            4,
+            "twice",
+        ),
+        (
+            "[[inputs.mqtt]]\nbroker = \"mqtt://b\"\ntopics = [\"a\"]\nformat = \"xml\"\n",
+            "inputs.mqtt[0].format",
+            4,
+            "is not a payload format; choose one of \"json\", \"influx\", \"value\", \"lines\"",
+        ),
         ("[agent]\nidd = \"x\"\n", "agent.idd", 2, "unknown field"),
-        ("[forward]\ntoken = \"${TRIBUTARY_SURELY_UNSET_VAR}\"\n", "forward.token", 2, "TRIBUTARY_SURELY_UNSET_VAR"),
-        ("[[inputs.exec]]\ncommand = [\"x\"]\n", "inputs.exec", 1, "unknown field"),
+        (
+            "[forward]\ntoken = \"${TRIBUTARY_SURELY_UNSET_VAR}\"\n",
+            "forward.token",
+            2,
+            "TRIBUTARY_SURELY_UNSET_VAR",
+        ),
+        (
+            "[[inputs.exec]]\ncommand = [\"x\"]\n",
+            "inputs.exec",
+            1,
+            "unknown field",
+        ),
     ];
     for (text, key, line, words) in cases {
         let error = error_of(text);
@@ -95,15 +208,24 @@ fn bad_values_name_their_key_and_line() {
 
 #[test]
 fn two_inputs_may_not_share_a_session() {
-    let error = error_of("[agent]\nid = \"a\"\n[[inputs.mqtt]]\nbroker = \"mqtt://b\"\ntopics = [\"x\"]\nclient_id = \"c\"\n[[inputs.mqtt]]\nbroker = \"mqtt://b:1883\"\ntopics = [\"y\"]\nclient_id = \"c\"\n");
+    let error = error_of(
+        "[agent]\nid = \"a\"\n[[inputs.mqtt]]\nbroker = \"mqtt://b\"\ntopics = [\"x\"]\nclient_id = \"c\"\n[[inputs.mqtt]]\nbroker = \"mqtt://b:1883\"\ntopics = [\"y\"]\nclient_id = \"c\"\n",
+    );
     assert_eq!(error.key, "inputs.mqtt[1].client_id");
     let config = load("[agent]\nid = \"a\"\n[[inputs.mqtt]]\nbroker = \"mqtt://b\"\ntopics = [\"x\"]\n[[inputs.mqtt]]\nbroker = \"mqtt://b\"\ntopics = [\"y\"]\n").unwrap();
-    let ids: Vec<_> = config.inputs.iter().map(|InputConfig::Mqtt(m)| m.client_id.clone()).collect();
+    let ids: Vec<_> = config
+        .inputs
+        .iter()
+        .map(|InputConfig::Mqtt(m)| m.client_id.clone())
+        .collect();
     assert_eq!(ids, vec!["tributary-a-0", "tributary-a-1"]);
 }
 
 #[test]
 fn forward_url_keeps_a_path_prefix() {
     let config = load("[forward]\nurl = \"https://c.example/tributary\"\n").unwrap();
-    assert_eq!(config.forward.batches_url.as_str(), "https://c.example/tributary/api/v1/batches");
+    assert_eq!(
+        config.forward.batches_url.as_str(),
+        "https://c.example/tributary/api/v1/batches"
+    );
 }

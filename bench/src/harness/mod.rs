@@ -8,7 +8,9 @@ mod tributary;
 pub use mosquitto::{Mosquitto, MosquittoOptions};
 pub use process::Process;
 pub use publisher::Publisher;
-pub use tributary::{AgentProcess, CollectorProcess, Oracle, Verdict, agent_config, bin_dir, query_json, token_pair};
+pub use tributary::{
+    AgentProcess, CollectorProcess, Oracle, Verdict, agent_config, bin_dir, query_json, token_pair,
+};
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};

@@ -47,7 +47,11 @@ fn current_user() -> Option<String> {
 }
 
 fn mosquitto_binary() -> PathBuf {
-    for candidate in ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/usr/bin/mosquitto"] {
+    for candidate in [
+        "/usr/sbin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+    ] {
         if Path::new(candidate).exists() {
             return PathBuf::from(candidate);
         }
@@ -57,7 +61,7 @@ fn mosquitto_binary() -> PathBuf {
 
 impl Mosquitto {
     /// Starts a broker with its files under `dir`.
-    pub fn start(dir: &Path, options: MosquittoOptions) -> anyhow::Result<Mosquitto> {
+    pub fn start(dir: &Path, options: &MosquittoOptions) -> anyhow::Result<Mosquitto> {
         std::fs::create_dir_all(dir)?;
         let mut last_error = None;
         // A free port can be taken between choosing and binding it; try a few.
@@ -110,7 +114,10 @@ impl Mosquitto {
         command.arg("-c").arg(&conf);
         let mut process = Process::spawn("mosquitto", command)?;
         let port = self.port;
-        if !wait_until(Duration::from_secs(10), || port_open(port) || !process.is_running()) || !process.is_running() {
+        if !wait_until(Duration::from_secs(10), || {
+            port_open(port) || !process.is_running()
+        }) || !process.is_running()
+        {
             let logs = process.logs().join("\n");
             anyhow::bail!("mosquitto did not start on port {port}:\n{logs}");
         }
@@ -120,7 +127,11 @@ impl Mosquitto {
 
     /// `mqtt://127.0.0.1:<port>` (or `mqtts://` with TLS).
     pub fn url(&self) -> String {
-        let scheme = if self.options.tls.is_some() { "mqtts" } else { "mqtt" };
+        let scheme = if self.options.tls.is_some() {
+            "mqtts"
+        } else {
+            "mqtt"
+        };
         format!("{scheme}://127.0.0.1:{}", self.port)
     }
 

@@ -17,7 +17,10 @@ pub struct Process {
 impl Process {
     /// Starts `command` with piped output.
     pub fn spawn(name: &str, mut command: Command) -> anyhow::Result<Process> {
-        command.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+        command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
         let mut child = command
             .spawn()
             .map_err(|e| anyhow::anyhow!("cannot start {name} ({command:?}): {e}"))?;
@@ -115,7 +118,10 @@ impl Process {
                 std::thread::sleep(Duration::from_millis(20));
             }
             if self.is_running() {
-                eprintln!("{} did not stop within {timeout:?} of SIGTERM; killing it", self.name);
+                eprintln!(
+                    "{} did not stop within {timeout:?} of SIGTERM; killing it",
+                    self.name
+                );
                 self.kill9();
                 return None;
             }
@@ -134,7 +140,11 @@ impl Drop for Process {
     fn drop(&mut self) {
         self.kill9();
         if std::thread::panicking() {
-            eprintln!("---- output of {} (pid {}) ----", self.name, self.child.id());
+            eprintln!(
+                "---- output of {} (pid {}) ----",
+                self.name,
+                self.child.id()
+            );
             for line in self.logs() {
                 eprintln!("{line}");
             }

@@ -83,7 +83,11 @@ impl Publisher {
 
     /// Queues message `id` (waits while rumqttc's queue is full).
     pub async fn publish(&self, id: u64, topic: &str, payload: Vec<u8>) {
-        self.tracking.lock().expect("tracking lock").queued.push_back(id);
+        self.tracking
+            .lock()
+            .expect("tracking lock")
+            .queued
+            .push_back(id);
         if self
             .client
             .publish(topic, QoS::AtLeastOnce, false, payload)

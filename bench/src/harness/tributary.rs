@@ -17,7 +17,10 @@ pub fn bin_dir() -> PathBuf {
         return PathBuf::from(dir);
     }
     let exe = std::env::current_exe().expect("the test binary knows its path");
-    let mut dir = exe.parent().expect("the test binary is in a directory").to_owned();
+    let mut dir = exe
+        .parent()
+        .expect("the test binary is in a directory")
+        .to_owned();
     if dir.ends_with("deps") {
         dir.pop();
     }
@@ -36,7 +39,11 @@ fn binary(name: &str) -> PathBuf {
 
 /// A token for `agent` and its SHA-256 in hex.
 pub fn token_pair(agent: &str) -> (String, String) {
-    let seed = format!("{agent}-{:?}-{}", std::time::SystemTime::now(), std::process::id());
+    let seed = format!(
+        "{agent}-{:?}-{}",
+        std::time::SystemTime::now(),
+        std::process::id()
+    );
     let token = hex::encode(Sha256::digest(seed.as_bytes()));
     let hash = hex::encode(Sha256::digest(token.as_bytes()));
     (token, hash)
@@ -57,7 +64,11 @@ impl CollectorProcess {
     }
 
     /// Like [`CollectorProcess::start`], with extra TOML appended to the `[server]` table.
-    pub fn start_with(dir: &Path, agents: &[(&str, &str)], server_extra: &str) -> anyhow::Result<CollectorProcess> {
+    pub fn start_with(
+        dir: &Path,
+        agents: &[(&str, &str)],
+        server_extra: &str,
+    ) -> anyhow::Result<CollectorProcess> {
         std::fs::create_dir_all(dir)?;
         let port = free_port();
         let mut text = format!(
@@ -66,7 +77,9 @@ impl CollectorProcess {
         );
         for (id, token) in agents {
             let hash = hex::encode(Sha256::digest(token.as_bytes()));
-            text.push_str(&format!("\n[[agents]]\nid = \"{id}\"\ntoken_sha256 = \"{hash}\"\n"));
+            text.push_str(&format!(
+                "\n[[agents]]\nid = \"{id}\"\ntoken_sha256 = \"{hash}\"\n"
+            ));
         }
         let config = dir.join("collector.toml");
         std::fs::write(&config, text)?;
@@ -85,8 +98,14 @@ impl CollectorProcess {
         command.arg("--config").arg(&self.config);
         let mut process = Process::spawn("tributary-collector", command)?;
         let port = self.port;
-        if !wait_until(Duration::from_secs(20), || port_open(port) || !process.is_running()) || !process.is_running() {
-            anyhow::bail!("the collector did not start:\n{}", process.logs().join("\n"));
+        if !wait_until(Duration::from_secs(20), || {
+            port_open(port) || !process.is_running()
+        }) || !process.is_running()
+        {
+            anyhow::bail!(
+                "the collector did not start:\n{}",
+                process.logs().join("\n")
+            );
         }
         self.process = Some(process);
         Ok(())
@@ -109,7 +128,9 @@ impl CollectorProcess {
     }
 
     pub fn terminate(&mut self) -> Option<ExitStatus> {
-        self.process.as_mut().and_then(|p| p.terminate(Duration::from_secs(15)))
+        self.process
+            .as_mut()
+            .and_then(|p| p.terminate(Duration::from_secs(15)))
     }
 
     pub fn process(&mut self) -> &mut Process {
@@ -189,7 +210,10 @@ impl AgentProcess {
             dir: dir.to_owned(),
             metrics_port,
             config: path,
-            env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             process: None,
         };
         agent.launch()?;
@@ -212,7 +236,10 @@ impl AgentProcess {
             &["agent running"]
         };
         if !process.wait_for_any_log(ready, Duration::from_secs(20)) {
-            anyhow::bail!("the agent did not become ready:\n{}", process.logs().join("\n"));
+            anyhow::bail!(
+                "the agent did not become ready:\n{}",
+                process.logs().join("\n")
+            );
         }
         self.process = Some(process);
         Ok(())
@@ -274,7 +301,10 @@ impl AgentProcess {
 
 /// GETs `path` from the collector and parses the JSON answer.
 pub async fn query_json(collector_url: &str, path: &str) -> anyhow::Result<serde_json::Value> {
-    let response = super::http().get(format!("{collector_url}{path}")).send().await?;
+    let response = super::http()
+        .get(format!("{collector_url}{path}"))
+        .send()
+        .await?;
     let status = response.status();
     let body = response.text().await?;
     anyhow::ensure!(status.is_success(), "GET {path}: {status}: {body}");
@@ -307,7 +337,11 @@ impl Verdict {
 impl Oracle {
     /// Reads every stored value of field `id` of points named `name`.
     pub async fn read(collector_url: &str, name: &str) -> anyhow::Result<Oracle> {
-        let answer = query_json(collector_url, &format!("/api/v1/query?name={name}&field=id")).await?;
+        let answer = query_json(
+            collector_url,
+            &format!("/api/v1/query?name={name}&field=id"),
+        )
+        .await?;
         let mut counts = HashMap::new();
         let mut points = 0;
         for series in answer["series"].as_array().into_iter().flatten() {
@@ -323,9 +357,18 @@ impl Oracle {
     }
 
     pub fn verdict(&self, acked: &HashSet<u64>) -> Verdict {
-        let mut missing: Vec<u64> = acked.iter().filter(|id| !self.counts.contains_key(id)).copied().collect();
+        let mut missing: Vec<u64> = acked
+            .iter()
+            .filter(|id| !self.counts.contains_key(id))
+            .copied()
+            .collect();
         missing.sort_unstable();
-        let mut duplicated: Vec<u64> = self.counts.iter().filter(|(_, n)| **n > 1).map(|(id, _)| *id).collect();
+        let mut duplicated: Vec<u64> = self
+            .counts
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(id, _)| *id)
+            .collect();
         duplicated.sort_unstable();
         Verdict {
             missing,

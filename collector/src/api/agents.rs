@@ -49,7 +49,11 @@ struct EpochView {
 pub async fn get_agents(State(state): State<Arc<AppState>>) -> Response {
     let records = match state.storage.reads().run(sqlite::agents).await {
         Ok(records) => records,
-        Err(e) => return state.fail("agents", ApiError::Internal(e.to_string())).into_response(),
+        Err(e) => {
+            return state
+                .fail("agents", ApiError::Internal(e.to_string()))
+                .into_response();
+        }
     };
     let mut views: BTreeMap<String, AgentView> = records
         .into_iter()
@@ -58,10 +62,12 @@ pub async fn get_agents(State(state): State<Arc<AppState>>) -> Response {
     for id in state.auth.agent_ids() {
         views
             .entry(id.to_owned())
-            .or_insert_with(|| view(AgentRecord {
-                agent_id: id.to_owned(),
-                ..AgentRecord::default()
-            }))
+            .or_insert_with(|| {
+                view(AgentRecord {
+                    agent_id: id.to_owned(),
+                    ..AgentRecord::default()
+                })
+            })
             .configured = true;
     }
     axum::Json(AgentsAnswer {

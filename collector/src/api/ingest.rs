@@ -57,7 +57,9 @@ async fn ingest(
 
     let content_type = header(CONTENT_TYPE).unwrap_or(codec::CONTENT_TYPE_JSON);
     let encoding = Encoding::from_content_type(content_type).ok_or_else(|| {
-        ApiError::UnsupportedMediaType(DecodeError::UnsupportedContentType(content_type.into()).to_string())
+        ApiError::UnsupportedMediaType(
+            DecodeError::UnsupportedContentType(content_type.into()).to_string(),
+        )
     })?;
     let content_encoding = header(CONTENT_ENCODING).map(str::to_owned);
     let limit = state.max_decompressed_size;
@@ -74,7 +76,9 @@ async fn ingest(
         DecodeError::UnsupportedContentEncoding(_) | DecodeError::UnsupportedContentType(_) => {
             ApiError::UnsupportedMediaType(e.to_string())
         }
-        DecodeError::Decompress(_) | DecodeError::Malformed(_) => ApiError::BadRequest(e.to_string()),
+        DecodeError::Decompress(_) | DecodeError::Malformed(_) => {
+            ApiError::BadRequest(e.to_string())
+        }
     })?;
 
     if batch.agent_id != agent_id {

@@ -69,7 +69,9 @@ fn parse(params: Vec<(String, String)>, max_points: usize) -> Result<(RawQuery, 
         match key.as_str() {
             "name" => query.name = value,
             "field" => query.field = Some(value),
-            "from" => query.from = parse_time_param(&value).map_err(|e| bad(format!("from: {e}")))?,
+            "from" => {
+                query.from = parse_time_param(&value).map_err(|e| bad(format!("from: {e}")))?;
+            }
             "to" => query.to = parse_time_param(&value).map_err(|e| bad(format!("to: {e}")))?,
             "format" => {
                 format = match value.as_str() {
@@ -170,7 +172,11 @@ fn to_csv(result: &QueryResult) -> Result<String, String> {
                     FieldValue::Str(v) => v.clone(),
                 },
             ];
-            row.extend(tag_keys.iter().map(|k| series.tags.get(*k).cloned().unwrap_or_default()));
+            row.extend(
+                tag_keys
+                    .iter()
+                    .map(|k| series.tags.get(*k).cloned().unwrap_or_default()),
+            );
             writer.write_record(&row).map_err(|e| e.to_string())?;
         }
     }
@@ -183,13 +189,22 @@ mod tests {
     use super::*;
 
     fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     #[test]
     fn parameters_are_checked() {
         let (query, format) = parse(
-            params(&[("name", "t"), ("tag.device", "d1"), ("from", "10"), ("to", "1970-01-01T00:00:20Z"), ("format", "csv")]),
+            params(&[
+                ("name", "t"),
+                ("tag.device", "d1"),
+                ("from", "10"),
+                ("to", "1970-01-01T00:00:20Z"),
+                ("format", "csv"),
+            ]),
             100,
         )
         .unwrap();
@@ -215,7 +230,10 @@ mod tests {
                 name: "t".into(),
                 tags: [("device".to_owned(), "d,1".to_owned())].into(),
                 field: "v".into(),
-                points: vec![(0, FieldValue::F64(1.5)), (1_000_000_000, FieldValue::Str("x".into()))],
+                points: vec![
+                    (0, FieldValue::F64(1.5)),
+                    (1_000_000_000, FieldValue::Str("x".into())),
+                ],
             }],
             truncated: false,
         };

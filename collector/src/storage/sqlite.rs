@@ -184,11 +184,19 @@ fn load_series(conn: &Connection) -> rusqlite::Result<SeriesCache> {
     let mut cache = SeriesCache::new();
     let mut stmt = conn.prepare("SELECT id, name, tags, field FROM series")?;
     let rows = stmt.query_map([], |r| {
-        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+        ))
     })?;
     for row in rows {
         let (id, name, tags, field) = row?;
-        cache.entry(series_key(&name, &tags)).or_default().insert(field, id);
+        cache
+            .entry(series_key(&name, &tags))
+            .or_default()
+            .insert(field, id);
     }
     Ok(cache)
 }
@@ -264,9 +272,10 @@ impl WriterThread {
                 error!(error = %e, "storing a batch failed; the agent will retry");
                 self.metrics.error("storage", "commit");
                 for job in jobs {
-                    let _ = job
-                        .reply
-                        .send(Err(StorageError::Other(format!("{}: {e}", self.path.display()))));
+                    let _ = job.reply.send(Err(StorageError::Other(format!(
+                        "{}: {e}",
+                        self.path.display()
+                    ))));
                 }
             }
         }
@@ -331,7 +340,13 @@ fn store_batch(
         .query_row(
             "SELECT last_seq, last_reject, dropped FROM marks WHERE agent_id = ?1 AND epoch = ?2",
             params![job.agent_id, batch.epoch],
-            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64)),
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, i64>(2)? as u64,
+                ))
+            },
         )
         .optional()?
         .unwrap_or((0, 0, 0));
@@ -375,7 +390,10 @@ fn store_batch(
             let tags_json = serde_json::to_string(&tags).unwrap_or_default();
             let key = series_key(&point.name, &tags_json);
             for (field, value) in &point.fields {
-                let known = series.get(&key).and_then(|fields| fields.get(field)).copied();
+                let known = series
+                    .get(&key)
+                    .and_then(|fields| fields.get(field))
+                    .copied();
                 let id = match known {
                     Some(id) => id,
                     None => {
@@ -387,7 +405,10 @@ fn store_batch(
                             point.ts
                         ])?;
                         let id = tx.last_insert_rowid();
-                        series.entry(key.clone()).or_default().insert(field.clone(), id);
+                        series
+                            .entry(key.clone())
+                            .or_default()
+                            .insert(field.clone(), id);
                         state.new_series.push((key.clone(), field.clone()));
                         id
                     }
@@ -522,17 +543,25 @@ impl ReadPool {
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let path = pool.path.display().to_string();
-            let conn = match pool.idle.lock().unwrap_or_else(PoisonError::into_inner).pop() {
+            let conn = match pool
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop()
+            {
                 Some(conn) => conn,
-                None => {
-                    let conn = open_connection(&pool.path)
-                        .and_then(|c| c.pragma_update(None, "query_only", true).map(|()| c))
-                        .map_err(|source| StorageError::Sqlite { path: path.clone(), source })?;
-                    conn
-                }
+                None => open_connection(&pool.path)
+                    .and_then(|c| c.pragma_update(None, "query_only", true).map(|()| c))
+                    .map_err(|source| StorageError::Sqlite {
+                        path: path.clone(),
+                        source,
+                    })?,
             };
             let result = work(&conn).map_err(|source| StorageError::Sqlite { path, source });
-            pool.idle.lock().unwrap_or_else(PoisonError::into_inner).push(conn);
+            pool.idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(conn);
             result
         })
         .await
@@ -550,7 +579,14 @@ pub fn query_raw(conn: &Connection, query: &RawQuery) -> rusqlite::Result<QueryR
     let candidates = series_stmt
         .query_map(
             params![query.name, query.field, query.from, query.to],
-            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?)),
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            },
         )?
         .collect::<rusqlite::Result<Vec<_>>>()?;
 
@@ -570,7 +606,8 @@ pub fn query_raw(conn: &Connection, query: &RawQuery) -> rusqlite::Result<QueryR
             break;
         }
         let boolean = kind == "boolean";
-        let mut rows = points_stmt.query(params![id, query.from, query.to, remaining as i64 + 1])?;
+        let mut rows =
+            points_stmt.query(params![id, query.from, query.to, remaining as i64 + 1])?;
         let mut points = Vec::new();
         while let Some(row) = rows.next()? {
             if points.len() == remaining {
@@ -662,7 +699,12 @@ pub fn ping(conn: &Connection) -> rusqlite::Result<()> {
 
 impl Storage {
     /// Convenience for callers that hold the store: a queued job answered through a channel.
-    pub async fn store(&self, agent_id: &str, batch: tributary_wire::Batch, received_at: i64) -> Result<BatchAck, StorageError> {
+    pub async fn store(
+        &self,
+        agent_id: &str,
+        batch: tributary_wire::Batch,
+        received_at: i64,
+    ) -> Result<BatchAck, StorageError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.try_submit(WriteJob {
             agent_id: agent_id.to_owned(),

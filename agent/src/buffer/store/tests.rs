@@ -20,12 +20,22 @@ fn item(points: impl IntoIterator<Item = i64>) -> Ingest {
 
 fn open(dir: &tempfile::TempDir, max_size: u64, when_full: WhenFull) -> (Store, Arc<Depth>) {
     let depth = Arc::new(Depth::default());
-    let store = Store::open(&dir.path().join("buffer.db"), max_size, when_full, Arc::clone(&depth)).unwrap();
+    let store = Store::open(
+        &dir.path().join("buffer.db"),
+        max_size,
+        when_full,
+        Arc::clone(&depth),
+    )
+    .unwrap();
     (store, depth)
 }
 
 fn values(batch: &StoredBatch) -> Vec<i64> {
-    batch.bodies.iter().map(|b| decode_point(b).unwrap().ts).collect()
+    batch
+        .bodies
+        .iter()
+        .map(|b| decode_point(b).unwrap().ts)
+        .collect()
 }
 
 #[test]
@@ -58,7 +68,10 @@ fn epoch_is_made_once_and_sequences_are_never_reused() {
 #[test]
 fn a_new_file_gets_a_new_epoch() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    assert_ne!(open(&a, 1 << 30, WhenFull::DropOldest).0.epoch(), open(&b, 1 << 30, WhenFull::DropOldest).0.epoch());
+    assert_ne!(
+        open(&a, 1 << 30, WhenFull::DropOldest).0.epoch(),
+        open(&b, 1 << 30, WhenFull::DropOldest).0.epoch()
+    );
 }
 
 #[test]
@@ -108,7 +121,10 @@ fn block_mode_reports_no_room_and_drops_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let per_point = (point(0).len() + ROW_OVERHEAD) as u64;
     let (mut store, _) = open(&dir, per_point * 4, WhenFull::Block);
-    assert!(store.has_room(per_point * 100), "an empty buffer always takes an item");
+    assert!(
+        store.has_room(per_point * 100),
+        "an empty buffer always takes an item"
+    );
     store.append(&[item(0..4)]).unwrap();
     assert!(!store.has_room(per_point));
     store.delete_through(1, 0).unwrap();
@@ -135,14 +151,27 @@ fn rejects_and_checkpoints_commit_with_the_points() {
     };
     store
         .append(&[
-            Ingest { checkpoint: Some(checkpoint("1", 1)), ..item([1]) },
-            Ingest { rejects: vec![reject.clone()], checkpoint: Some(checkpoint("2", 2)), ..Ingest::default() },
-            Ingest { checkpoint: Some(checkpoint("1", 3)), ..item([2]) },
+            Ingest {
+                checkpoint: Some(checkpoint("1", 1)),
+                ..item([1])
+            },
+            Ingest {
+                rejects: vec![reject.clone()],
+                checkpoint: Some(checkpoint("2", 2)),
+                ..Ingest::default()
+            },
+            Ingest {
+                checkpoint: Some(checkpoint("1", 3)),
+                ..item([2])
+            },
         ])
         .unwrap();
     let mut checkpoints = store.checkpoints(&source).unwrap();
     checkpoints.sort();
-    assert_eq!(checkpoints, vec![("1".to_owned(), vec![3]), ("2".to_owned(), vec![2])]);
+    assert_eq!(
+        checkpoints,
+        vec![("1".to_owned(), vec![3]), ("2".to_owned(), vec![2])]
+    );
 
     let mut reader = Reader::open(&dir.path().join("buffer.db")).unwrap();
     let batch = reader.read_batch(0, 0, 100, 1 << 20).unwrap();
@@ -150,10 +179,17 @@ fn rejects_and_checkpoints_commit_with_the_points() {
     assert_eq!(batch.rejects[0].payload, b"{bad");
     assert_eq!(batch.rejects[0].reason, "invalid JSON");
     let bytes_before = depth.bytes();
-    store.delete_through(batch.last_seq(), batch.rejects[0].id).unwrap();
+    store
+        .delete_through(batch.last_seq(), batch.rejects[0].id)
+        .unwrap();
     assert!(depth.bytes() < bytes_before);
     assert_eq!(depth.bytes(), 0);
-    assert!(reader.read_batch(batch.last_seq(), batch.rejects[0].id, 100, 1 << 20).unwrap().is_empty());
+    assert!(
+        reader
+            .read_batch(batch.last_seq(), batch.rejects[0].id, 100, 1 << 20)
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
@@ -161,15 +197,22 @@ fn a_refused_point_moves_to_the_quarantine_as_line_protocol() {
     let dir = tempfile::tempdir().unwrap();
     let (mut store, depth) = open(&dir, 1 << 30, WhenFull::DropOldest);
     store.append(&[item(0..3)]).unwrap();
-    store.quarantine_point(2, "refused by the collector (400): bad").unwrap();
+    store
+        .quarantine_point(2, "refused by the collector (400): bad")
+        .unwrap();
     assert_eq!(depth.points(), 2);
     let mut reader = Reader::open(&dir.path().join("buffer.db")).unwrap();
     let batch = reader.read_batch(0, 0, 100, 1 << 20).unwrap();
     // The gap ends the batch: seq 1, then seq 3 in the next one.
     assert_eq!(values(&batch), vec![0]);
     assert_eq!(batch.rejects.len(), 1);
-    assert_eq!(String::from_utf8_lossy(&batch.rejects[0].payload), "m v=1i 1");
-    let next = reader.read_batch(1, batch.rejects[0].id, 100, 1 << 20).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&batch.rejects[0].payload),
+        "m v=1i 1"
+    );
+    let next = reader
+        .read_batch(1, batch.rejects[0].id, 100, 1 << 20)
+        .unwrap();
     assert_eq!((next.first_seq, values(&next)), (3, vec![2]));
 }
 
@@ -205,7 +248,11 @@ fn behaves_like_a_queue_model() {
                     })
                     .collect();
                 store.append(&items).unwrap();
-                for value in items.iter().flat_map(|i| &i.points).map(|b| decode_point(b).unwrap().ts) {
+                for value in items
+                    .iter()
+                    .flat_map(|i| &i.points)
+                    .map(|b| decode_point(b).unwrap().ts)
+                {
                     model.push_back((next_seq, value));
                     next_seq += 1;
                 }

@@ -90,7 +90,10 @@ impl MqttConfig {
     /// The key under which this input's delivery state is kept in the buffer: the broker
     /// session it belongs to.
     pub fn session_key(&self) -> String {
-        format!("mqtt:{}@{}:{}", self.client_id, self.broker.host, self.broker.port)
+        format!(
+            "mqtt:{}@{}:{}",
+            self.client_id, self.broker.host, self.broker.port
+        )
     }
 }
 
@@ -105,13 +108,19 @@ impl RawMqtt {
     ) -> Result<MqttConfig, ConfigError> {
         let key = |name: &str| format!("inputs.mqtt[{index}].{name}");
 
-        let broker_text = self
-            .broker
-            .ok_or_else(|| source.error(key("broker"), "missing; e.g. broker = \"mqtt://127.0.0.1:1883\""))?;
+        let broker_text = self.broker.ok_or_else(|| {
+            source.error(
+                key("broker"),
+                "missing; e.g. broker = \"mqtt://127.0.0.1:1883\"",
+            )
+        })?;
         let broker = parse_broker(&broker_text).map_err(|m| source.error(key("broker"), m))?;
 
         if self.topics.is_empty() {
-            return Err(source.error(key("topics"), "needs at least one topic filter, e.g. [\"sensors/#\"]"));
+            return Err(source.error(
+                key("topics"),
+                "needs at least one topic filter, e.g. [\"sensors/#\"]",
+            ));
         }
         for (i, filter) in self.topics.iter().enumerate() {
             validate_filter(filter).map_err(|m| source.error(key(&format!("topics[{i}]")), m))?;
@@ -161,7 +170,12 @@ impl RawMqtt {
         if ca_pem.is_some() && !broker.tls {
             return Err(source.error(key("ca_file"), "is set but the broker URL is not mqtts://"));
         }
-        let keep_alive = duration(source, &key("keep_alive"), self.keep_alive.as_deref(), "30s")?;
+        let keep_alive = duration(
+            source,
+            &key("keep_alive"),
+            self.keep_alive.as_deref(),
+            "30s",
+        )?;
         if keep_alive < Duration::from_secs(5) || keep_alive > Duration::from_secs(65_535) {
             return Err(source.error(key("keep_alive"), "must be between 5s and 65535s"));
         }
@@ -172,7 +186,12 @@ impl RawMqtt {
             self.reconnect_initial.as_deref(),
             "500ms",
         )?;
-        let reconnect_max = duration(source, &key("reconnect_max"), self.reconnect_max.as_deref(), "30s")?;
+        let reconnect_max = duration(
+            source,
+            &key("reconnect_max"),
+            self.reconnect_max.as_deref(),
+            "30s",
+        )?;
         if reconnect_initial.is_zero() || reconnect_max < reconnect_initial {
             return Err(source.error(
                 key("reconnect_max"),
@@ -202,12 +221,15 @@ impl RawMqtt {
 }
 
 fn parse_broker(text: &str) -> Result<Broker, String> {
-    let url = Url::parse(text).map_err(|e| format!("{text:?} is not a URL ({e}); e.g. mqtt://127.0.0.1:1883"))?;
+    let url = Url::parse(text)
+        .map_err(|e| format!("{text:?} is not a URL ({e}); e.g. mqtt://127.0.0.1:1883"))?;
     let tls = match url.scheme() {
         "mqtt" | "tcp" => false,
         "mqtts" | "ssl" | "tls" => true,
         other => {
-            return Err(format!("{text:?}: scheme {other:?} is not mqtt:// or mqtts://"));
+            return Err(format!(
+                "{text:?}: scheme {other:?} is not mqtt:// or mqtts://"
+            ));
         }
     };
     let host = url
@@ -237,9 +259,16 @@ mod tests {
     fn broker_urls() {
         assert_eq!(
             parse_broker("mqtt://127.0.0.1").unwrap(),
-            Broker { host: "127.0.0.1".into(), port: 1883, tls: false }
+            Broker {
+                host: "127.0.0.1".into(),
+                port: 1883,
+                tls: false
+            }
         );
-        assert_eq!(parse_broker("mqtts://broker.example:9000").unwrap().port, 9000);
+        assert_eq!(
+            parse_broker("mqtts://broker.example:9000").unwrap().port,
+            9000
+        );
         assert!(parse_broker("mqtts://b").unwrap().tls);
         assert!(parse_broker("http://b").is_err());
         assert!(parse_broker("mqtt://u:p@b").is_err());

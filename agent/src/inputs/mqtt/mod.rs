@@ -24,7 +24,9 @@ pub mod topic;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, SubscribeReasonCode, Transport};
+use rumqttc::{
+    AsyncClient, Event, MqttOptions, Packet, Publish, QoS, SubscribeReasonCode, Transport,
+};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -330,25 +332,36 @@ impl MqttInput {
             match &parts {
                 Some(Some(parts)) => {
                     for (tag, value) in &parts.tags {
-                        point.tags.entry((*tag).to_owned()).or_insert_with(|| (*value).to_owned());
+                        point
+                            .tags
+                            .entry((*tag).to_owned())
+                            .or_insert_with(|| (*value).to_owned());
                     }
                 }
                 // The topic does not fit the template: keep the topic itself so nothing is lost.
                 Some(None) => {
                     let tag = config.topic_tag.as_deref().unwrap_or("topic");
-                    point.tags.entry(tag.to_owned()).or_insert_with(|| publish.topic.clone());
+                    point
+                        .tags
+                        .entry(tag.to_owned())
+                        .or_insert_with(|| publish.topic.clone());
                 }
                 None => {}
             }
             if let Some(tag) = &config.topic_tag {
-                point.tags.entry(tag.clone()).or_insert_with(|| publish.topic.clone());
+                point
+                    .tags
+                    .entry(tag.clone())
+                    .or_insert_with(|| publish.topic.clone());
             }
             add_tags(&mut point, &config.tags);
             add_tags(&mut point, &self.agent_tags);
             ingest.points.push(encode_point(&point));
         }
         for rejected in decoded.rejected {
-            ingest.rejects.push(reject(&rejected.payload, rejected.reason));
+            ingest
+                .rejects
+                .push(reject(&rejected.payload, rejected.reason));
         }
         ingest
     }
@@ -358,7 +371,11 @@ impl MqttInput {
 /// disconnect (rumqttc sends queued acks before the DISCONNECT). Messages that arrive meanwhile
 /// are not acknowledged; the broker keeps them for the next run. Bounded, so a dead broker
 /// cannot hold up shutdown.
-async fn drain_acks(client: AsyncClient, mut eventloop: rumqttc::EventLoop, drained: CancellationToken) {
+async fn drain_acks(
+    client: AsyncClient,
+    mut eventloop: rumqttc::EventLoop,
+    drained: CancellationToken,
+) {
     let drain = async {
         let mut disconnecting = false;
         loop {
@@ -407,7 +424,9 @@ fn tls_config(ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, String> {
         }
     }
     if roots.is_empty() {
-        return Err("no trusted CA certificates: set ca_file or install the system's CA bundle".into());
+        return Err(
+            "no trusted CA certificates: set ca_file or install the system's CA bundle".into(),
+        );
     }
     Ok(rustls::ClientConfig::builder()
         .with_root_certificates(roots)

@@ -74,7 +74,9 @@ impl TopicTemplate {
         let mut levels = Vec::with_capacity(parts.len());
         let mut seen = Vec::new();
         for (index, part) in parts.iter().enumerate() {
-            let level = if let Some(inner) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+            let level = if let Some(inner) =
+                part.strip_prefix('{').and_then(|p| p.strip_suffix('}'))
+            {
                 if inner.is_empty()
                     || !inner
                         .chars()
@@ -157,13 +159,20 @@ mod tests {
         assert_eq!(template.apply("actuators/d7/t"), None);
 
         let rest = TopicTemplate::parse("+/{site}/#").unwrap();
-        assert_eq!(rest.apply("x/north/a/b").unwrap().tags, vec![("site", "north")]);
+        assert_eq!(
+            rest.apply("x/north/a/b").unwrap().tags,
+            vec![("site", "north")]
+        );
         assert_eq!(rest.apply("x/north").unwrap().tags, vec![("site", "north")]);
     }
 
     #[test]
     fn bad_templates_say_why() {
-        assert!(TopicTemplate::parse("a/{x}/{x}").unwrap_err().contains("twice"));
+        assert!(
+            TopicTemplate::parse("a/{x}/{x}")
+                .unwrap_err()
+                .contains("twice")
+        );
         assert!(TopicTemplate::parse("a/#/b").is_err());
         assert!(TopicTemplate::parse("a/dev{x}").is_err());
         assert!(TopicTemplate::parse("a/{}").is_err());

@@ -15,14 +15,25 @@ fn batch(epoch: &str, first_seq: u64, values: &[i64]) -> Batch {
         status: AgentStatus::default(),
         points: values
             .iter()
-            .map(|v| Point::new("temp", *v).with_tag("device", "d1").with_field("v", *v))
+            .map(|v| {
+                Point::new("temp", *v)
+                    .with_tag("device", "d1")
+                    .with_field("v", *v)
+            })
             .collect(),
         rejects: Vec::new(),
     }
 }
 
 fn open(dir: &tempfile::TempDir) -> Storage {
-    Storage::open(&dir.path().join("c.db"), 50_000, 16, 2, Arc::new(Metrics::new())).unwrap()
+    Storage::open(
+        &dir.path().join("c.db"),
+        50_000,
+        16,
+        2,
+        Arc::new(Metrics::new()),
+    )
+    .unwrap()
 }
 
 async fn all(storage: &Storage, name: &str) -> QueryResult {
@@ -34,25 +45,55 @@ async fn all(storage: &Storage, name: &str) -> QueryResult {
         tags: Vec::new(),
         limit: 1_000_000,
     };
-    storage.reads().run(move |c| query_raw(c, &query)).await.unwrap()
+    storage
+        .reads()
+        .run(move |c| query_raw(c, &query))
+        .await
+        .unwrap()
 }
 
 fn values(result: &QueryResult) -> Vec<i64> {
-    result.series.iter().flat_map(|s| &s.points).map(|(ts, _)| *ts).collect()
+    result
+        .series
+        .iter()
+        .flat_map(|s| &s.points)
+        .map(|(ts, _)| *ts)
+        .collect()
 }
 
 #[tokio::test]
 async fn a_retried_batch_stores_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
     let storage = open(&dir);
-    let ack = storage.store("a1", batch("e1", 1, &[10, 11, 12]), 5).await.unwrap();
-    assert_eq!((ack.committed_through, ack.stored, ack.duplicates), (3, 3, 0));
-    let ack = storage.store("a1", batch("e1", 1, &[10, 11, 12]), 6).await.unwrap();
-    assert_eq!((ack.committed_through, ack.stored, ack.duplicates), (3, 0, 3));
+    let ack = storage
+        .store("a1", batch("e1", 1, &[10, 11, 12]), 5)
+        .await
+        .unwrap();
+    assert_eq!(
+        (ack.committed_through, ack.stored, ack.duplicates),
+        (3, 3, 0)
+    );
+    let ack = storage
+        .store("a1", batch("e1", 1, &[10, 11, 12]), 6)
+        .await
+        .unwrap();
+    assert_eq!(
+        (ack.committed_through, ack.stored, ack.duplicates),
+        (3, 0, 3)
+    );
     // Overlapping: 2 and 3 are known, 4 and 5 are new.
-    let ack = storage.store("a1", batch("e1", 2, &[11, 12, 13, 14]), 7).await.unwrap();
-    assert_eq!((ack.committed_through, ack.stored, ack.duplicates), (5, 2, 2));
-    assert_eq!(values(&all(&storage, "temp").await), vec![10, 11, 12, 13, 14]);
+    let ack = storage
+        .store("a1", batch("e1", 2, &[11, 12, 13, 14]), 7)
+        .await
+        .unwrap();
+    assert_eq!(
+        (ack.committed_through, ack.stored, ack.duplicates),
+        (5, 2, 2)
+    );
+    assert_eq!(
+        values(&all(&storage, "temp").await),
+        vec![10, 11, 12, 13, 14]
+    );
 
     // A new epoch (a new agent database) starts its own sequence.
     let ack = storage.store("a1", batch("e2", 1, &[20]), 8).await.unwrap();
@@ -69,11 +110,17 @@ async fn a_retried_batch_stores_nothing_twice() {
 async fn marks_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut storage = open(&dir);
-    storage.store("a1", batch("e1", 1, &[1, 2]), 5).await.unwrap();
+    storage
+        .store("a1", batch("e1", 1, &[1, 2]), 5)
+        .await
+        .unwrap();
     storage.close();
     drop(storage);
     let storage = open(&dir);
-    let ack = storage.store("a1", batch("e1", 1, &[1, 2, 3]), 6).await.unwrap();
+    let ack = storage
+        .store("a1", batch("e1", 1, &[1, 2, 3]), 6)
+        .await
+        .unwrap();
     assert_eq!((ack.stored, ack.duplicates), (1, 2));
     assert_eq!(values(&all(&storage, "temp").await), vec![1, 2, 3]);
 }
@@ -91,7 +138,9 @@ async fn field_types_tags_and_filters_round_trip() {
             .with_field("i", -7)
             .with_field("b", true)
             .with_field("s", "42"),
-        Point::new("m", 200).with_tag("device", "d2").with_field("f", 2.5),
+        Point::new("m", 200)
+            .with_tag("device", "d2")
+            .with_field("f", 2.5),
     ];
     b.last_seq = 2;
     storage.store("a1", b, 5).await.unwrap();
@@ -124,7 +173,11 @@ async fn field_types_tags_and_filters_round_trip() {
         tags: vec![("device".into(), "d2".into())],
         limit: 10,
     };
-    let result = storage.reads().run(move |c| query_raw(c, &query)).await.unwrap();
+    let result = storage
+        .reads()
+        .run(move |c| query_raw(c, &query))
+        .await
+        .unwrap();
     assert_eq!(result.series.len(), 1);
     assert_eq!(result.series[0].points, vec![(200, FieldValue::F64(2.5))]);
 }
@@ -133,7 +186,10 @@ async fn field_types_tags_and_filters_round_trip() {
 async fn the_limit_truncates_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let storage = open(&dir);
-    storage.store("a1", batch("e1", 1, &[1, 2, 3, 4, 5]), 5).await.unwrap();
+    storage
+        .store("a1", batch("e1", 1, &[1, 2, 3, 4, 5]), 5)
+        .await
+        .unwrap();
     let query = RawQuery {
         name: "temp".into(),
         field: None,
@@ -142,7 +198,11 @@ async fn the_limit_truncates_and_says_so() {
         tags: Vec::new(),
         limit: 3,
     };
-    let result = storage.reads().run(move |c| query_raw(c, &query)).await.unwrap();
+    let result = storage
+        .reads()
+        .run(move |c| query_raw(c, &query))
+        .await
+        .unwrap();
     assert_eq!(values(&result), vec![1, 2, 3]);
     assert!(result.truncated);
 }
@@ -161,7 +221,14 @@ async fn rejects_are_stored_once_and_gaps_are_counted() {
     };
     let mut b = batch("e1", 1, &[1]);
     b.rejects = vec![reject(1), reject(2)];
-    assert_eq!(storage.store("a1", b.clone(), 5).await.unwrap().rejects_stored, 2);
+    assert_eq!(
+        storage
+            .store("a1", b.clone(), 5)
+            .await
+            .unwrap()
+            .rejects_stored,
+        2
+    );
     assert_eq!(storage.store("a1", b, 6).await.unwrap().rejects_stored, 0);
 
     // Sequences 2..=4 never arrive; the agent says it dropped 2 of them.
@@ -183,7 +250,13 @@ async fn many_batches_in_flight_commit_together_and_correctly() {
         let storage = Arc::clone(&storage);
         tasks.push(tokio::spawn(async move {
             for chunk in 0..10u64 {
-                let mut b = batch("e", chunk * 10 + 1, &(0..10).map(|i| (agent * 1000 + chunk * 10 + i) as i64).collect::<Vec<_>>());
+                let mut b = batch(
+                    "e",
+                    chunk * 10 + 1,
+                    &(0..10)
+                        .map(|i| (agent * 1000 + chunk * 10 + i) as i64)
+                        .collect::<Vec<_>>(),
+                );
                 b.agent_id = format!("agent-{agent}");
                 let ack = storage.store(&b.agent_id.clone(), b, 1).await.unwrap();
                 assert_eq!(ack.committed_through, chunk * 10 + 10);
