@@ -62,7 +62,8 @@ pub struct RawBuffer {
     pub max_size: Option<RawSize>,
     /// `drop_oldest` or `block`.
     pub when_full: Option<WhenFull>,
-    /// Group commit: the longest a point waits for others before its transaction commits.
+    /// Group commit: the longest a point waits for others before its transaction commits (a
+    /// commit also goes as soon as the stream pauses for a millisecond).
     pub flush_interval: Option<String>,
     /// Group commit: commit as soon as this many points are waiting.
     pub flush_points: Option<usize>,
@@ -326,7 +327,7 @@ fn resolve_buffer(raw: RawBuffer, source: &Source) -> Result<BufferSettings, Con
             source,
             "buffer.flush_interval",
             raw.flush_interval.as_deref(),
-            "2ms",
+            "10ms",
         )?,
         flush_points,
         queue_capacity,

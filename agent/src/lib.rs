@@ -78,13 +78,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     for input in &config.inputs {
         match input {
             InputConfig::Mqtt(mqtt) => {
-                let checkpoints = store.checkpoints(&MqttInput::session_key(mqtt))?;
+                let stored = store.deliveries(&mqtt.session_key())?;
                 let task = MqttInput::new(
                     mqtt.clone(),
                     buffer.clone(),
                     Arc::clone(&metrics),
                     Arc::clone(&agent_tags),
-                    checkpoints,
+                    stored,
                     hooks,
                 );
                 inputs.spawn(task.run(intake.clone(), drained.clone()));

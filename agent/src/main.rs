@@ -68,9 +68,10 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .max_blocking_threads(8)
+    // One thread runs every task: the agent's work is mostly waiting, and keeping its tasks on
+    // one thread avoids a cross-thread wakeup per message. SQLite runs on the blocking pool.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .max_blocking_threads(4)
         .enable_all()
         .build()
     {

@@ -1,4 +1,445 @@
-//! `tributary-bench`: benchmark scenarios (see BENCHMARKS.md).
-fn main() {
-    eprintln!("benchmarks are not written yet");
+//! `tributary-bench`: the benchmark scenarios whose figures are in BENCHMARKS.md.
+//!
+//! Build the release binaries first: `cargo build --release --workspace --bins`, then e.g.
+//! `target/release/tributary-bench mqtt --messages 1000000`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use tributary_bench::harness::pipelined;
+use tributary_bench::harness::procstat::{cpu_seconds, peak_rss_kib, rss_kib};
+use tributary_bench::harness::{
+    AgentProcess, CollectorProcess, Mosquitto, MosquittoOptions, Publisher, agent_config, bin_dir,
+    free_port, query_json, token_pair,
+};
+use tributary_wire::codec::encode_point;
+use tributary_wire::{FieldValue, Point};
+
+#[derive(Parser)]
+#[command(about = "Tributary benchmark scenarios")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Publisher -> Mosquitto -> agent -> collector, QoS 1 end to end.
+    Mqtt {
+        #[arg(long, default_value_t = 1_000_000)]
+        messages: u64,
+        /// Mosquitto's max_inflight_messages (QoS 1 messages in flight to the agent).
+        #[arg(long, default_value_t = 1000)]
+        broker_inflight: u32,
+        /// The publisher's own in-flight window.
+        #[arg(long, default_value_t = 1000)]
+        publisher_inflight: u16,
+        /// Extra TOML for the agent (e.g. "[buffer]\nflush_interval = \"5ms\"").
+        #[arg(long, default_value = "")]
+        agent_extra: String,
+        /// Extra keys for the agent's [forward] table (e.g. "compression_level = 1").
+        #[arg(long, default_value = "")]
+        forward_extra: String,
+        /// Publish with rumqttc (one packet per syscall) instead of the pipelined generator.
+        #[arg(long)]
+        rumqttc_publisher: bool,
+    },
+    /// The same rows as the agent's buffer, inserted by a bare loop: the SQLite ceiling.
+    SqliteCeiling {
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+        /// Rows per transaction.
+        #[arg(long, default_value_t = 1000)]
+        batch: u64,
+    },
+    /// Sizes and speeds of candidate wire encodings for a batch.
+    Encoding {
+        #[arg(long, default_value_t = 10_000)]
+        points: usize,
+    },
+    /// Stripped sizes of the release binaries.
+    Sizes,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().scenario {
+        Scenario::Mqtt {
+            messages,
+            broker_inflight,
+            publisher_inflight,
+            agent_extra,
+            forward_extra,
+            rumqttc_publisher,
+        } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let agent = AgentTuning {
+                extra: agent_extra,
+                forward: forward_extra,
+            };
+            runtime.block_on(mqtt(
+                messages,
+                broker_inflight,
+                publisher_inflight,
+                &agent,
+                rumqttc_publisher,
+            ))
+        }
+        Scenario::SqliteCeiling { rows, batch } => sqlite_ceiling(rows, batch),
+        Scenario::Encoding { points } => encoding(points),
+        Scenario::Sizes => sizes(),
+    }
+}
+
+fn message(id: u64) -> (String, Vec<u8>) {
+    (
+        format!("sensors/dev{}/reading", id % 16),
+        format!(
+            r#"{{"id": {id}, "value": {}, "status": "ok"}}"#,
+            (id % 1000) as f64 * 0.25
+        )
+        .into_bytes(),
+    )
+}
+
+/// Settings the agent runs the benchmark with, on top of the defaults.
+struct AgentTuning {
+    /// Appended to the configuration (whole tables).
+    extra: String,
+    /// Added to the `[forward]` table.
+    forward: String,
+}
+
+async fn mqtt(
+    messages: u64,
+    broker_inflight: u32,
+    publisher_inflight: u16,
+    tuning: &AgentTuning,
+    rumqttc_publisher: bool,
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (token, _) = token_pair("bench");
+    let broker = Mosquitto::start(
+        &dir.path().join("broker"),
+        &MosquittoOptions {
+            max_inflight: broker_inflight,
+            ..MosquittoOptions::default()
+        },
+    )?;
+    let collector = CollectorProcess::start(&dir.path().join("collector"), &[("bench", &token)])?;
+    let config = agent_config(
+        "bench",
+        &dir.path().join("agent/data"),
+        &collector.url(),
+        &broker.url(),
+        free_port(),
+        "",
+        &tuning.extra,
+    )
+    // The harness's short test linger and backoff; the benchmark runs with the defaults.
+    .replace("linger = \"20ms\"\n", "")
+    .replace("backoff_initial = \"100ms\"\nbackoff_max = \"1s\"\n", "")
+    .replace("[forward]\n", &format!("[forward]\n{}\n", tuning.forward));
+    let agent = AgentProcess::start(
+        &dir.path().join("agent"),
+        &config,
+        &[("TRIBUTARY_TOKEN", &token)],
+    )?;
+    let agent_pid = agent.pid().expect("agent running");
+    let mut collector = collector;
+    let collector_pid = collector.process().pid();
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle_rss = rss_kib(agent_pid).unwrap_or(0);
+    let broker_pid = broker.pid().expect("broker running");
+    let own_pid = std::process::id();
+    let agent_cpu_start = cpu_seconds(agent_pid).unwrap_or(0.0);
+    let collector_cpu_start = cpu_seconds(collector_pid).unwrap_or(0.0);
+    let broker_cpu_start = cpu_seconds(broker_pid).unwrap_or(0.0);
+    let own_cpu_start = cpu_seconds(own_pid).unwrap_or(0.0);
+
+    let started = Instant::now();
+    let published = Arc::new(std::sync::Mutex::new(None));
+    let publishing = {
+        let published = Arc::clone(&published);
+        let port = broker.port;
+        tokio::spawn(async move {
+            if rumqttc_publisher {
+                let publisher =
+                    Publisher::connect(port, "bench-publisher", publisher_inflight).await;
+                for id in 0..messages {
+                    let (topic, payload) = message(id);
+                    publisher.publish(id, &topic, payload).await;
+                }
+                publisher
+                    .wait_acked(messages as usize, Duration::from_secs(1800))
+                    .await;
+            } else {
+                pipelined::publish_pipelined(
+                    port,
+                    "bench-publisher",
+                    messages,
+                    publisher_inflight,
+                    message,
+                )
+                .await
+                .expect("the pipelined publisher runs");
+            }
+            *published.lock().expect("lock") = Some(started.elapsed());
+        })
+    };
+    let mut buffered_at = None;
+    let mut last_report = Instant::now();
+    let stored = loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if buffered_at.is_none()
+            && agent
+                .metric("tributary_agent_points_buffered_total")
+                .await
+                .unwrap_or(0.0)
+                >= messages as f64
+        {
+            buffered_at = Some(started.elapsed());
+        }
+        let agents = query_json(&collector.url(), "/api/v1/agents").await?;
+        let stored = agents["agents"][0]["points_received"].as_u64().unwrap_or(0);
+        if last_report.elapsed() > Duration::from_secs(5) {
+            eprintln!(
+                "  {stored} stored after {:.1}s",
+                started.elapsed().as_secs_f64()
+            );
+            last_report = Instant::now();
+        }
+        if stored >= messages {
+            break stored;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(1800),
+            "gave up after 30 minutes at {stored}"
+        );
+    };
+    let elapsed = started.elapsed();
+    publishing.await?;
+    let published_at = *published.lock().expect("lock");
+    let agent_cpu = cpu_seconds(agent_pid).unwrap_or(0.0) - agent_cpu_start;
+    let collector_cpu = cpu_seconds(collector_pid).unwrap_or(0.0) - collector_cpu_start;
+    let broker_cpu = cpu_seconds(broker_pid).unwrap_or(0.0) - broker_cpu_start;
+    let own_cpu = cpu_seconds(own_pid).unwrap_or(0.0) - own_cpu_start;
+    let agent_peak = peak_rss_kib(agent_pid).unwrap_or(0);
+    let collector_peak = peak_rss_kib(collector_pid).unwrap_or(0);
+    let commits = agent
+        .metric("tributary_agent_commits_total")
+        .await
+        .unwrap_or(0.0);
+    let buffered = agent
+        .metric("tributary_agent_points_buffered_total")
+        .await
+        .unwrap_or(0.0);
+    let batches = agent
+        .metric("tributary_agent_sends_total{outcome=\"ok\"}")
+        .await
+        .unwrap_or(0.0);
+    let millions = stored as f64 / 1e6;
+
+    let publisher_kind = if rumqttc_publisher {
+        "rumqttc"
+    } else {
+        "pipelined"
+    };
+    println!(
+        "## mqtt: {messages} QoS 1 messages, broker max_inflight_messages {broker_inflight}, {publisher_kind} publisher with {publisher_inflight} in flight"
+    );
+    println!();
+    println!("| figure | value |");
+    println!("|---|---|");
+    println!(
+        "| end-to-end events/s (first publish to last stored) | {:.0} |",
+        stored as f64 / elapsed.as_secs_f64()
+    );
+    if let Some(buffered) = buffered_at {
+        println!(
+            "| agent intake events/s (first publish to all committed in the agent's buffer) | {:.0} |",
+            messages as f64 / buffered.as_secs_f64()
+        );
+    }
+    if let Some(published) = published_at {
+        println!(
+            "| publisher: all acknowledged by the broker after | {:.1} s |",
+            published.as_secs_f64()
+        );
+    }
+    println!("| end-to-end time | {:.1} s |", elapsed.as_secs_f64());
+    println!(
+        "| agent CPU seconds per million events | {:.2} |",
+        agent_cpu / millions
+    );
+    println!("| agent peak RSS | {:.1} MiB |", agent_peak as f64 / 1024.0);
+    println!(
+        "| agent idle RSS (connected, before publishing) | {:.1} MiB |",
+        idle_rss as f64 / 1024.0
+    );
+    println!(
+        "| collector CPU seconds per million events | {:.2} |",
+        collector_cpu / millions
+    );
+    println!(
+        "| collector peak RSS | {:.1} MiB |",
+        collector_peak as f64 / 1024.0
+    );
+    println!(
+        "| Mosquitto CPU seconds per million events | {:.2} |",
+        broker_cpu / millions
+    );
+    println!(
+        "| publisher (and bench poller) CPU seconds per million events | {:.2} |",
+        own_cpu / millions
+    );
+    println!(
+        "| agent commits (fsyncs) | {commits:.0}, {:.0} points each on average |",
+        buffered / commits.max(1.0)
+    );
+    println!(
+        "| batches sent | {batches:.0}, {:.0} points each on average |",
+        buffered / batches.max(1.0)
+    );
+    drop(agent);
+    drop(broker);
+    Ok(())
+}
+
+fn sqlite_ceiling(rows: u64, batch: u64) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let conn = rusqlite::Connection::open(dir.path().join("ceiling.db"))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.execute_batch(
+        "CREATE TABLE points (seq INTEGER PRIMARY KEY AUTOINCREMENT, body BLOB NOT NULL)",
+    )?;
+    // The rows the agent stores for the mqtt scenario's messages.
+    let bodies: Vec<Vec<u8>> = (0..1000u64)
+        .map(|id| {
+            let point = Point::new("reading", 1_700_000_000_000_000_000 + id as i64)
+                .with_tag("device", format!("dev{}", id % 16))
+                .with_field("id", FieldValue::I64(id as i64))
+                .with_field("value", (id % 1000) as f64 * 0.25)
+                .with_field("status", "ok");
+            encode_point(&point)
+        })
+        .collect();
+    let started = Instant::now();
+    let mut inserted = 0u64;
+    while inserted < rows {
+        let tx = conn.unchecked_transaction()?;
+        {
+            let mut insert = tx.prepare_cached("INSERT INTO points (body) VALUES (?1)")?;
+            for _ in 0..batch.min(rows - inserted) {
+                insert.execute([&bodies[(inserted % 1000) as usize]])?;
+                inserted += 1;
+            }
+        }
+        tx.commit()?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "## sqlite ceiling: {rows} rows of {} bytes, {batch} per transaction, WAL, synchronous = FULL",
+        bodies[0].len()
+    );
+    println!();
+    println!("| figure | value |");
+    println!("|---|---|");
+    println!("| rows/s | {:.0} |", rows as f64 / elapsed);
+    println!(
+        "| commits/s | {:.0} |",
+        (rows as f64 / batch as f64) / elapsed
+    );
+    Ok(())
+}
+
+fn encoding(count: usize) -> anyhow::Result<()> {
+    let points: Vec<Point> = (0..count as u64)
+        .map(|id| {
+            Point::new("reading", 1_700_000_000_000_000_000 + id as i64 * 1_000_000)
+                .with_tag("device", format!("dev{}", id % 16))
+                .with_tag("site", "plant-1")
+                .with_field("id", FieldValue::I64(id as i64))
+                .with_field("value", (id % 1000) as f64 * 0.25)
+                .with_field("status", "ok")
+        })
+        .collect();
+    println!("## wire encoding: a batch of {count} points (2 tags, 3 fields each)");
+    println!();
+    println!(
+        "| encoding | bytes/point | zstd-1 bytes/point | zstd-3 bytes/point | encode ns/point | decode ns/point |"
+    );
+    println!("|---|---|---|---|---|---|");
+    type Encode = fn(&[Point]) -> Vec<u8>;
+    type Decode = fn(&[u8]) -> Vec<Point>;
+    let candidates: [(&str, Encode, Decode); 3] = [
+        (
+            "MessagePack (rmp-serde, structs as arrays)",
+            |p| rmp_serde::to_vec(p).expect("encodes"),
+            |b| rmp_serde::from_slice(b).expect("decodes"),
+        ),
+        (
+            "CBOR (ciborium)",
+            |p| {
+                let mut out = Vec::new();
+                ciborium::into_writer(p, &mut out).expect("encodes");
+                out
+            },
+            |b| ciborium::from_reader(b).expect("decodes"),
+        ),
+        (
+            "JSON (serde_json)",
+            |p| serde_json::to_vec(p).expect("encodes"),
+            |b| serde_json::from_slice(b).expect("decodes"),
+        ),
+    ];
+    for (name, encode, decode) in candidates {
+        let rounds = 5;
+        let started = Instant::now();
+        let mut body = Vec::new();
+        for _ in 0..rounds {
+            body = encode(&points);
+        }
+        let encode_ns = started.elapsed().as_nanos() as f64 / (rounds * count) as f64;
+        let started = Instant::now();
+        for _ in 0..rounds {
+            let decoded = decode(&body);
+            assert_eq!(decoded.len(), count);
+        }
+        let decode_ns = started.elapsed().as_nanos() as f64 / (rounds * count) as f64;
+        let z1 = zstd::bulk::compress(&body, 1)?.len();
+        let z3 = zstd::bulk::compress(&body, 3)?.len();
+        println!(
+            "| {name} | {:.1} | {:.1} | {:.1} | {encode_ns:.0} | {decode_ns:.0} |",
+            body.len() as f64 / count as f64,
+            z1 as f64 / count as f64,
+            z3 as f64 / count as f64
+        );
+    }
+    Ok(())
+}
+
+fn sizes() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    println!("| binary | release size | stripped |");
+    println!("|---|---|---|");
+    for name in ["tributary-agent", "tributary-collector"] {
+        let source = bin_dir().join(name);
+        let copy = dir.path().join(name);
+        std::fs::copy(&source, &copy)?;
+        let status = std::process::Command::new("strip").arg(&copy).status()?;
+        anyhow::ensure!(status.success(), "strip failed");
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len() as f64 / (1024.0 * 1024.0));
+        println!(
+            "| {name} | {:.1} MiB | {:.1} MiB |",
+            size(&source)?,
+            size(&copy)?
+        );
+    }
+    Ok(())
 }

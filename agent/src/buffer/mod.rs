@@ -7,15 +7,19 @@
 //!   `points(seq INTEGER PRIMARY KEY AUTOINCREMENT, body BLOB)` holds each point encoded for the
 //!   wire (`tributary_wire::codec::encode_point`), so forwarding copies bytes without decoding;
 //!   `quarantine(id AUTOINCREMENT, received_at, source, topic, payload, reason)` holds what inputs
-//!   could not decode; `checkpoints(source, key, value)` holds input positions (an MQTT session's
-//!   recently stored packet ids, later file offsets) that must change in the same transaction
-//!   as the data they cover; `meta` holds the epoch and the cumulative drop count.
+//!   could not decode; `deliveries(session, entries)` holds, per commit, the packet ids and
+//!   digests of the MQTT messages it stored (one packed row per commit, not one per message;
+//!   the newest 65,536 entries per session are kept, which covers every packet id the broker
+//!   can still hold unacknowledged); `checkpoints(source, key, value)` holds other input
+//!   positions that must change in the same transaction as the data they cover; `meta` holds
+//!   the epoch and the cumulative drop count.
 //! * **Sequences** come from `AUTOINCREMENT`, so a number is never reused, even after every row
 //!   was deleted. The **epoch** is a random id made with the database: a new file starts a new
 //!   sequence, and the collector keeps its high-water mark per `(agent, epoch)`.
 //! * **Group commit.** Inputs send [`Ingest`] items through a bounded queue to one writer task
-//!   ([`writer`]). It gathers items for up to `flush_interval` or `flush_points` points and
-//!   commits them in one transaction with `synchronous = FULL`, then runs each item's [`Ack`]:
+//!   ([`writer`]). It gathers items for up to `flush_interval` or `flush_points` points, or
+//!   until the stream pauses for a millisecond (a broker waiting for acks sends nothing more),
+//!   and commits them in one transaction with `synchronous = FULL`, then runs each item's [`Ack`]:
 //!   the MQTT PUBACK goes out only after the commit. Deletes after a confirmed batch run with
 //!   `synchronous = NORMAL`: losing one to a power cut only means the collector sees a retry,
 //!   which its mark absorbs.
@@ -91,11 +95,21 @@ impl NewReject {
 
 /// Input state that must commit atomically with the data it covers.
 #[derive(Debug, Clone)]
-pub struct Checkpoint {
-    /// The input's stable identity, e.g. `mqtt:<client id>@<host>:<port>`.
-    pub source: Arc<str>,
-    pub key: String,
-    pub value: Vec<u8>,
+pub enum Checkpoint {
+    /// A QoS 1 message stored under this packet id, so a redelivery of it is recognised.
+    Delivery {
+        /// The MQTT session, e.g. `mqtt:<client id>@<host>:<port>`.
+        session: Arc<str>,
+        pkid: u16,
+        digest: [u8; 8],
+    },
+    /// Any other input position (e.g. a file offset): the latest value per key wins.
+    State {
+        /// The input's stable identity.
+        source: Arc<str>,
+        key: String,
+        value: Vec<u8>,
+    },
 }
 
 /// Receives acknowledgements after their items committed.

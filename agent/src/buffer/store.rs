@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tributary_wire::Reject;
 
-use super::{Depth, Ingest};
+use super::{Checkpoint, Depth, Ingest};
 use crate::config::WhenFull;
 
 /// Bytes counted per row on top of its payload, for the `max_size` bound: the rowid, the
@@ -19,6 +19,20 @@ pub const ROW_OVERHEAD: usize = 16;
 const REJECTS_PER_BATCH: usize = 100;
 
 const SCHEMA_VERSION: i64 = 1;
+
+/// Delivery entries kept per MQTT session: one per possible packet id, so any message the
+/// broker may still hold unacknowledged is covered.
+const DELIVERIES_KEPT: u64 = 65_536;
+
+/// Bytes of one packed delivery entry: packet id (u16, little endian) and digest.
+const DELIVERY_ENTRY: usize = 10;
+
+/// The delivery rows of one session still in the table, oldest first: (row id, entries).
+#[derive(Debug, Default)]
+struct DeliveryLog {
+    rows: std::collections::VecDeque<(i64, u64)>,
+    entries: u64,
+}
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -36,6 +50,11 @@ CREATE TABLE IF NOT EXISTS quarantine (
     topic       TEXT NOT NULL,
     payload     BLOB NOT NULL,
     reason      TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    session TEXT NOT NULL,
+    entries BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS checkpoints (
     source TEXT NOT NULL,
@@ -120,6 +139,8 @@ pub struct Store {
     max_size: u64,
     when_full: WhenFull,
     depth: Arc<Depth>,
+    /// Per MQTT session, the delivery rows in the table (loaded on first use).
+    delivery_logs: HashMap<Arc<str>, DeliveryLog>,
 }
 
 impl Store {
@@ -212,6 +233,7 @@ impl Store {
             max_size,
             when_full,
             depth,
+            delivery_logs: HashMap::new(),
         })
     }
 
@@ -244,7 +266,29 @@ impl Store {
         bytes == 0 || bytes + incoming <= self.max_size
     }
 
-    /// Every checkpoint an input stored under `source`.
+    /// The latest digest stored for each packet id of an MQTT `session`.
+    pub fn deliveries(&self, session: &str) -> Result<HashMap<u16, [u8; 8]>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT entries FROM deliveries WHERE session = ?1 ORDER BY id")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([session], |r| r.get::<_, Vec<u8>>(0))
+            .map_err(|e| self.sql(e))?;
+        let mut latest = HashMap::new();
+        for entries in rows {
+            let entries = entries.map_err(|e| self.sql(e))?;
+            for entry in entries.chunks_exact(DELIVERY_ENTRY) {
+                let pkid = u16::from_le_bytes([entry[0], entry[1]]);
+                let mut digest = [0u8; 8];
+                digest.copy_from_slice(&entry[2..]);
+                latest.insert(pkid, digest);
+            }
+        }
+        Ok(latest)
+    }
+
+    /// Every state checkpoint an input stored under `source`.
     pub fn checkpoints(&self, source: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let mut stmt = self
             .conn
@@ -310,28 +354,16 @@ impl Store {
                     }
                 }
             }
-            // Only the last value per key matters; write each once.
-            let mut latest: HashMap<(&str, &str), &[u8]> = HashMap::new();
-            for checkpoint in items.iter().filter_map(|i| i.checkpoint.as_ref()) {
-                latest.insert((&checkpoint.source, &checkpoint.key), &checkpoint.value);
-            }
-            if !latest.is_empty() {
-                let mut upsert = tx.prepare_cached(
-                    "INSERT INTO checkpoints (source, key, value) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (source, key) DO UPDATE SET value = excluded.value",
-                )?;
-                for ((source, key), value) in latest {
-                    upsert.execute(params![source, key, value])?;
-                }
-            }
+            write_checkpoints(&tx, items)?;
+            let pruned = write_deliveries(&tx, items, &mut self.delivery_logs)?;
             outcome.last_seq = if outcome.points > 0 {
                 tx.last_insert_rowid() as u64
             } else {
                 last_seq
             };
-            Ok::<_, rusqlite::Error>((outcome, freed))
+            Ok::<_, rusqlite::Error>((outcome, freed, pruned))
         })();
-        let (outcome, freed) = match result {
+        let (outcome, freed, pruned) = match result {
             Ok(done) => done,
             Err(source) => {
                 drop(tx); // rolls back
@@ -343,6 +375,20 @@ impl Store {
             source: e,
         })?;
 
+        for (session, row) in pruned.added {
+            let log = self.delivery_logs.entry(session).or_default();
+            log.entries += row.1;
+            log.rows.push_back(row);
+        }
+        for (session, rows) in pruned.removed {
+            if let Some(log) = self.delivery_logs.get_mut(&session) {
+                for _ in 0..rows {
+                    if let Some((_, entries)) = log.rows.pop_front() {
+                        log.entries -= entries;
+                    }
+                }
+            }
+        }
         self.last_seq = outcome.last_seq;
         self.dropped_total += outcome.dropped;
         self.depth
@@ -394,26 +440,31 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql)?;
-        let (points, point_bytes): (i64, i64) = tx
-            .query_row(
-                &format!("SELECT count(*), coalesce(sum(length(body)), 0) + count(*) * {ROW_OVERHEAD} FROM points WHERE seq <= ?1"),
-                [seq as i64],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .map_err(sql)?;
-        tx.execute("DELETE FROM points WHERE seq <= ?1", [seq as i64])
-            .map_err(sql)?;
-        let reject_bytes: i64 = tx
-            .query_row(
-                &format!("SELECT coalesce(sum(length(payload) + length(topic) + length(reason) + length(source) + {ROW_OVERHEAD}), 0) FROM quarantine WHERE id <= ?1"),
-                [reject_id as i64],
-                |r| r.get(0),
-            )
-            .map_err(sql)?;
-        tx.execute("DELETE FROM quarantine WHERE id <= ?1", [reject_id as i64])
-            .map_err(sql)?;
+        let result = (|| {
+            let (points, point_bytes): (i64, i64) = tx
+                .prepare_cached(
+                    "SELECT count(*), coalesce(sum(length(body)), 0) FROM points WHERE seq <= ?1",
+                )?
+                .query_row([seq as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            tx.prepare_cached("DELETE FROM points WHERE seq <= ?1")?
+                .execute([seq as i64])?;
+            let (rejects, reject_bytes): (i64, i64) = tx
+                .prepare_cached(
+                    "SELECT count(*), coalesce(sum(length(payload) + length(topic) + length(reason) + length(source)), 0)
+                     FROM quarantine WHERE id <= ?1",
+                )?
+                .query_row([reject_id as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            tx.prepare_cached("DELETE FROM quarantine WHERE id <= ?1")?
+                .execute([reject_id as i64])?;
+            let overhead = (points + rejects) as u64 * ROW_OVERHEAD as u64;
+            Ok::<_, rusqlite::Error>((
+                points as u64,
+                (point_bytes + reject_bytes) as u64 + overhead,
+            ))
+        })();
+        let freed = result.map_err(sql)?;
         tx.commit().map_err(sql)?;
-        Ok((points as u64, (point_bytes + reject_bytes) as u64))
+        Ok(freed)
     }
 }
 
@@ -464,6 +515,108 @@ impl Store {
             .store(bytes.saturating_sub(removed as u64), Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// Upserts state checkpoints; only the last value per key is written.
+fn write_checkpoints(tx: &rusqlite::Transaction<'_>, items: &[Ingest]) -> rusqlite::Result<()> {
+    let mut latest: HashMap<(&str, &str), &[u8]> = HashMap::new();
+    for item in items {
+        if let Some(Checkpoint::State { source, key, value }) = &item.checkpoint {
+            latest.insert((source, key), value);
+        }
+    }
+    if latest.is_empty() {
+        return Ok(());
+    }
+    let mut upsert = tx.prepare_cached(
+        "INSERT INTO checkpoints (source, key, value) VALUES (?1, ?2, ?3)
+         ON CONFLICT (source, key) DO UPDATE SET value = excluded.value",
+    )?;
+    for ((source, key), value) in latest {
+        upsert.execute(params![source, key, value])?;
+    }
+    Ok(())
+}
+
+/// Delivery rows written and pruned in a transaction, applied to the in-memory logs only once
+/// it commits.
+#[derive(Default)]
+struct DeliveryChanges {
+    added: Vec<(Arc<str>, (i64, u64))>,
+    /// Session -> number of its oldest rows deleted.
+    removed: Vec<(Arc<str>, usize)>,
+}
+
+/// Writes one packed row of delivery entries per session, and prunes rows no longer needed.
+fn write_deliveries(
+    tx: &rusqlite::Transaction<'_>,
+    items: &[Ingest],
+    logs: &mut HashMap<Arc<str>, DeliveryLog>,
+) -> rusqlite::Result<DeliveryChanges> {
+    let mut packed: Vec<(Arc<str>, Vec<u8>)> = Vec::new();
+    for item in items {
+        if let Some(Checkpoint::Delivery {
+            session,
+            pkid,
+            digest,
+        }) = &item.checkpoint
+        {
+            let entries = match packed.iter_mut().find(|(s, _)| s == session) {
+                Some((_, entries)) => entries,
+                None => {
+                    packed.push((Arc::clone(session), Vec::new()));
+                    &mut packed.last_mut().expect("just pushed").1
+                }
+            };
+            entries.extend_from_slice(&pkid.to_le_bytes());
+            entries.extend_from_slice(digest);
+        }
+    }
+    let mut changes = DeliveryChanges::default();
+    for (session, entries) in packed {
+        if !logs.contains_key(&session) {
+            logs.insert(Arc::clone(&session), load_delivery_log(tx, &session)?);
+        }
+        let count = (entries.len() / DELIVERY_ENTRY) as u64;
+        tx.prepare_cached("INSERT INTO deliveries (session, entries) VALUES (?1, ?2)")?
+            .execute(params![&*session, entries])?;
+        let id = tx.last_insert_rowid();
+        // Keep the newest rows that together hold at least DELIVERIES_KEPT entries.
+        let log = &logs[&session];
+        let mut total = log.entries + count;
+        let mut cut = None;
+        let mut removed = 0;
+        for (row_id, row_entries) in &log.rows {
+            if total - row_entries < DELIVERIES_KEPT {
+                break;
+            }
+            total -= row_entries;
+            cut = Some(*row_id);
+            removed += 1;
+        }
+        if let Some(cut) = cut {
+            tx.prepare_cached("DELETE FROM deliveries WHERE session = ?1 AND id <= ?2")?
+                .execute(params![&*session, cut])?;
+            changes.removed.push((Arc::clone(&session), removed));
+        }
+        changes.added.push((session, (id, count)));
+    }
+    Ok(changes)
+}
+
+fn load_delivery_log(conn: &Connection, session: &str) -> rusqlite::Result<DeliveryLog> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT id, length(entries) / {DELIVERY_ENTRY} FROM deliveries WHERE session = ?1 ORDER BY id"
+    ))?;
+    let mut log = DeliveryLog::default();
+    for row in stmt.query_map([session], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u64))
+    })? {
+        let row = row?;
+        log.entries += row.1;
+        log.rows.push_back(row);
+    }
+    Ok(log)
 }
 
 /// Deletes the oldest points until at least `need` bytes are freed (or none are left).

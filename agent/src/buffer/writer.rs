@@ -14,6 +14,9 @@ use super::{Depth, Ingest};
 use crate::config::{BufferSettings, WhenFull};
 use crate::metrics::Metrics;
 
+/// A group commit stops waiting for more items once none has arrived for this long.
+const IDLE_GAP: Duration = Duration::from_millis(1);
+
 /// Requests from the forwarder.
 pub enum Control {
     /// The collector confirmed points through `seq` and rejects through `reject_id`.
@@ -121,7 +124,9 @@ impl Writer {
         info!("buffer writer stopped");
     }
 
-    /// Takes more items until `flush_points` are waiting or `flush_interval` has passed.
+    /// Takes more items until `flush_points` are waiting, `flush_interval` has passed, or the
+    /// stream pauses for [`IDLE_GAP`]. A pause usually means the source is waiting for our acks
+    /// (an MQTT broker's in-flight window is full), so waiting longer would only add latency.
     async fn gather(&mut self, pending: &mut Pending, ingest_open: &mut bool) {
         let deadline = Instant::now() + self.settings.flush_interval;
         while pending.points < self.settings.flush_points && *ingest_open {
@@ -136,7 +141,8 @@ impl Writer {
                 }
                 Err(mpsc::error::TryRecvError::Empty) => {}
             }
-            match tokio::time::timeout_at(deadline, self.ingest.recv()).await {
+            let wait_until = deadline.min(Instant::now() + IDLE_GAP);
+            match tokio::time::timeout_at(wait_until, self.ingest.recv()).await {
                 Ok(Some(item)) => pending.push(item),
                 Ok(None) => *ingest_open = false,
                 Err(_) => break,

@@ -1,7 +1,9 @@
 //! Building blocks for tests and benchmarks. Every wait is bounded in time.
 
 mod mosquitto;
+pub mod pipelined;
 mod process;
+pub mod procstat;
 mod publisher;
 mod tributary;
 

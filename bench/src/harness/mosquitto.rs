@@ -150,6 +150,11 @@ impl Mosquitto {
         self.launch()
     }
 
+    /// The broker's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Process::pid)
+    }
+
     /// What the broker logged.
     pub fn logs(&self) -> Vec<String> {
         self.process.as_ref().map(Process::logs).unwrap_or_default()

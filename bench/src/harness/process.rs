@@ -11,6 +11,7 @@ pub struct Process {
     name: String,
     child: Child,
     logs: Arc<Mutex<Vec<String>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
     status: Option<ExitStatus>,
 }
 
@@ -25,16 +26,18 @@ impl Process {
             .spawn()
             .map_err(|e| anyhow::anyhow!("cannot start {name} ({command:?}): {e}"))?;
         let logs = Arc::new(Mutex::new(Vec::new()));
+        let mut readers = Vec::new();
         if let Some(out) = child.stdout.take() {
-            capture(out, Arc::clone(&logs));
+            readers.push(capture(out, Arc::clone(&logs)));
         }
         if let Some(err) = child.stderr.take() {
-            capture(err, Arc::clone(&logs));
+            readers.push(capture(err, Arc::clone(&logs)));
         }
         Ok(Process {
             name: name.to_owned(),
             child,
             logs,
+            readers,
             status: None,
         })
     }
@@ -91,7 +94,7 @@ impl Process {
         }
         match self.child.try_wait() {
             Ok(Some(status)) => {
-                self.status = Some(status);
+                self.exited(status);
                 false
             }
             Ok(None) => true,
@@ -99,11 +102,21 @@ impl Process {
         }
     }
 
+    /// Records the exit and collects the rest of the output (the pipes close with the process).
+    fn exited(&mut self, status: ExitStatus) {
+        self.status = Some(status);
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+    }
+
     /// SIGKILL, then reap.
     pub fn kill9(&mut self) {
         if self.is_running() {
             let _ = self.child.kill();
-            self.status = self.child.wait().ok();
+            if let Ok(status) = self.child.wait() {
+                self.exited(status);
+            }
         }
     }
 
@@ -152,7 +165,10 @@ impl Drop for Process {
     }
 }
 
-fn capture(stream: impl std::io::Read + Send + 'static, logs: Arc<Mutex<Vec<String>>>) {
+fn capture(
+    stream: impl std::io::Read + Send + 'static,
+    logs: Arc<Mutex<Vec<String>>>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines() {
             let Ok(line) = line else { break };
@@ -160,5 +176,5 @@ fn capture(stream: impl std::io::Read + Send + 'static, logs: Arc<Mutex<Vec<Stri
                 logs.push(line);
             }
         }
-    });
+    })
 }

@@ -137,7 +137,7 @@ fn rejects_and_checkpoints_commit_with_the_points() {
     let dir = tempfile::tempdir().unwrap();
     let (mut store, depth) = open(&dir, 1 << 30, WhenFull::DropOldest);
     let source: Arc<str> = Arc::from("mqtt:c@h:1");
-    let checkpoint = |key: &str, value: u8| Checkpoint {
+    let checkpoint = |key: &str, value: u8| Checkpoint::State {
         source: Arc::clone(&source),
         key: key.into(),
         value: vec![value],
@@ -282,4 +282,74 @@ fn behaves_like_a_queue_model() {
         }
         assert_eq!(depth.points(), model.len() as u64);
     }
+}
+
+fn delivery(session: &Arc<str>, pkid: u16, digest: u64) -> Ingest {
+    Ingest {
+        checkpoint: Some(Checkpoint::Delivery {
+            session: Arc::clone(session),
+            pkid,
+            digest: digest.to_le_bytes(),
+        }),
+        ..item([i64::from(pkid)])
+    }
+}
+
+#[test]
+fn deliveries_replay_to_the_latest_digest_per_packet_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = open(&dir, 1 << 30, WhenFull::DropOldest);
+    let a: Arc<str> = Arc::from("mqtt:a@h:1");
+    let b: Arc<str> = Arc::from("mqtt:b@h:1");
+    store
+        .append(&[
+            delivery(&a, 1, 10),
+            delivery(&a, 2, 20),
+            delivery(&b, 1, 99),
+        ])
+        .unwrap();
+    store.append(&[delivery(&a, 1, 11)]).unwrap();
+    drop(store);
+    let (store, _) = open(&dir, 1 << 30, WhenFull::DropOldest);
+    let replayed = store.deliveries(&a).unwrap();
+    assert_eq!(replayed.len(), 2);
+    assert_eq!(replayed[&1], 11u64.to_le_bytes());
+    assert_eq!(replayed[&2], 20u64.to_le_bytes());
+    assert_eq!(store.deliveries(&b).unwrap()[&1], 99u64.to_le_bytes());
+    assert!(store.deliveries("mqtt:none").unwrap().is_empty());
+}
+
+/// Old delivery rows are pruned, but never below one entry per possible packet id, so every
+/// packet id keeps its latest digest.
+#[test]
+fn delivery_rows_are_pruned_but_cover_every_packet_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = open(&dir, 1 << 30, WhenFull::DropOldest);
+    let session: Arc<str> = Arc::from("mqtt:c@h:1");
+    // Three rounds over all packet ids, 4096 messages per commit, like a broker cycling ids.
+    let mut n = 0u64;
+    for _round in 0..3 {
+        for chunk in 0..16u64 {
+            let items: Vec<Ingest> = (0..4096u64)
+                .map(|i| {
+                    n += 1;
+                    delivery(&session, (chunk * 4096 + i) as u16, n)
+                })
+                .collect();
+            store.append(&items).unwrap();
+        }
+        // Halfway through, reopen: the in-memory log must be rebuilt from the table.
+        drop(store);
+        store = open(&dir, 1 << 30, WhenFull::DropOldest).0;
+    }
+    let rows: i64 = store
+        .conn
+        .query_row("SELECT count(*) FROM deliveries", [], |r| r.get(0))
+        .unwrap();
+    assert!(rows <= 17, "old rows are pruned ({rows} left)");
+    let replayed = store.deliveries(&session).unwrap();
+    assert_eq!(replayed.len(), 65_536);
+    // The last round wrote digests 2*65536+1 ..= 3*65536, in packet id order.
+    assert_eq!(replayed[&0], (2 * 65_536 + 1u64).to_le_bytes());
+    assert_eq!(replayed[&65_535], (3 * 65_536u64).to_le_bytes());
 }

@@ -7,8 +7,8 @@
 //! still holds the message and redelivers it. A crash *between* the commit and the PUBACK
 //! leaves the message both buffered and unacknowledged, and the broker redelivers it with the
 //! DUP flag and the same packet id. To recognise that case the input stores, in the same
-//! transaction as each message, a checkpoint `packet id -> digest of (topic, payload)` under its
-//! session's key. A redelivery (DUP set) whose packet id maps to the same digest is already in
+//! transaction as each message, a delivery record `packet id -> digest of (topic, payload)`
+//! under its session's key (the buffer packs a commit's records into one row). A redelivery (DUP set) whose packet id maps to the same digest is already in
 //! the buffer: it is acknowledged (after the next commit, so acks stay in order) and not stored
 //! again. A broker reuses a packet id only after it received our PUBACK, so a stored entry can
 //! only be confused with a new message that has the same id, topic and payload, was sent after
@@ -37,7 +37,8 @@ use crate::backoff::Backoff;
 use crate::buffer::{Ack, AckSink, BufferHandle, Checkpoint, Ingest, NewReject};
 use crate::format::{DecodeContext, decode};
 use crate::inputs::add_tags;
-use crate::metrics::{InputLabels, Metrics};
+use crate::metrics::Metrics;
+use prometheus_client::metrics::counter::Counter;
 
 /// Rumqttc's request queue must hold every PUBACK we may owe at once: at most one per packet
 /// id (65535), plus room for subscriptions. Acks are queued with `try_ack` and never wait.
@@ -102,27 +103,34 @@ pub struct MqttInput {
     buffer: BufferHandle,
     metrics: Arc<Metrics>,
     agent_tags: Arc<BTreeMap<String, String>>,
-    /// Packet id -> digest of the last message stored with it (mirrors the checkpoints).
+    /// Packet id -> digest of the last message stored with it (mirrors the delivery records).
     stored: HashMap<u16, [u8; 8]>,
     hooks: TestHooks,
+    received: Counter,
+    rejected: Counter,
+    redeliveries: Counter,
 }
 
 impl MqttInput {
-    /// `checkpoints` are what this input's session stored before (see the module docs).
+    /// `stored` is what this input's session recorded before (see the module docs).
     pub fn new(
         config: MqttConfig,
         buffer: BufferHandle,
         metrics: Arc<Metrics>,
         agent_tags: Arc<BTreeMap<String, String>>,
-        checkpoints: Vec<(String, Vec<u8>)>,
+        stored: HashMap<u16, [u8; 8]>,
         hooks: TestHooks,
     ) -> MqttInput {
-        let stored = checkpoints
-            .into_iter()
-            .filter_map(|(key, value)| Some((key.parse().ok()?, value.try_into().ok()?)))
-            .collect();
+        let label = format!("inputs.mqtt[{}]", config.index);
+        let labels = Metrics::input(&label);
+        let received = metrics.received.get_or_create(&labels).clone();
+        let rejected = metrics.rejected.get_or_create(&labels).clone();
+        let redeliveries = metrics.redeliveries.get_or_create(&labels).clone();
         MqttInput {
-            label: format!("inputs.mqtt[{}]", config.index),
+            received,
+            rejected,
+            redeliveries,
+            label,
             session: config.session_key().into(),
             config,
             buffer,
@@ -131,11 +139,6 @@ impl MqttInput {
             stored,
             hooks,
         }
-    }
-
-    /// The checkpoint source this input reads and writes.
-    pub fn session_key(config: &MqttConfig) -> String {
-        config.session_key()
     }
 
     fn options(&self) -> Result<MqttOptions, String> {
@@ -225,7 +228,7 @@ impl MqttInput {
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    if self.on_publish(publish, &acker, &labels).await.is_err() {
+                    if self.on_publish(publish, &acker).await.is_err() {
                         break;
                     }
                 }
@@ -251,9 +254,8 @@ impl MqttInput {
         &mut self,
         publish: Publish,
         acker: &Arc<dyn AckSink>,
-        labels: &InputLabels,
     ) -> Result<(), crate::buffer::WriterGone> {
-        self.metrics.received.get_or_create(labels).inc();
+        self.received.inc();
         let received_at = tributary_wire::time::now_ns();
         let reliable = publish.qos != QoS::AtMostOnce;
         let ack = reliable.then(|| Ack {
@@ -266,7 +268,7 @@ impl MqttInput {
             // Committed before, not acknowledged: acknowledge it (in order, after the next
             // commit) without storing it twice.
             debug!(input = %self.label, pkid = publish.pkid, topic = %publish.topic, "redelivery of a buffered message");
-            self.metrics.redeliveries.get_or_create(labels).inc();
+            self.redeliveries.inc();
             return self
                 .buffer
                 .send(Ingest {
@@ -280,15 +282,15 @@ impl MqttInput {
         if !ingest.rejects.is_empty() {
             let count = ingest.rejects.len() as u64;
             warn!(input = %self.label, topic = %publish.topic, reason = %ingest.rejects[0].reason, count, "quarantined an undecodable payload");
-            self.metrics.rejected.get_or_create(labels).inc_by(count);
+            self.rejected.inc_by(count);
             self.metrics.error("mqtt", "payload_quarantined");
         }
         if let Some(digest) = digest {
             self.stored.insert(publish.pkid, digest);
-            ingest.checkpoint = Some(Checkpoint {
-                source: Arc::clone(&self.session),
-                key: publish.pkid.to_string(),
-                value: digest.to_vec(),
+            ingest.checkpoint = Some(Checkpoint::Delivery {
+                session: Arc::clone(&self.session),
+                pkid: publish.pkid,
+                digest,
             });
         }
         ingest.ack = ack;
