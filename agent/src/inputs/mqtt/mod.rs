@@ -44,6 +44,9 @@ use prometheus_client::metrics::counter::Counter;
 /// id (65535), plus room for subscriptions. Acks are queued with `try_ack` and never wait.
 const REQUEST_CAPACITY: usize = 65_536 + 64;
 
+/// Requests rumqttc may write before flushing the socket once.
+const MAX_REQUEST_BATCH: usize = 512;
+
 /// The largest packet MQTT allows; larger limits in rumqttc would only reject what the broker
 /// already accepted, and a refused packet would be redelivered forever.
 const MAX_PACKET: usize = 268_435_455;
@@ -153,7 +156,9 @@ impl MqttInput {
             .set_manual_acks(!self.hooks.auto_ack)
             .set_keep_alive(config.keep_alive)
             .set_max_packet_size(MAX_PACKET, MAX_PACKET)
-            .set_request_channel_capacity(REQUEST_CAPACITY);
+            .set_request_channel_capacity(REQUEST_CAPACITY)
+            // PUBACKs queued after a commit go out together (vendor/rumqttc/PATCHES.md).
+            .set_max_request_batch(MAX_REQUEST_BATCH);
         if let Some((user, password)) = &config.credentials {
             options.set_credentials(user.clone(), password.clone());
         }
