@@ -201,7 +201,8 @@ impl Forwarder {
         if batch.is_empty() {
             return Step::Idle;
         }
-        let body = match self.encode(&batch).await {
+        let (batch, body) = self.encode(batch).await;
+        let body = match body {
             Ok(body) => body,
             Err(e) => {
                 error!(error = %e, "cannot encode a batch");
@@ -289,53 +290,56 @@ impl Forwarder {
     }
 
     /// Encodes and compresses off the executor; also looks up the oldest point left behind.
-    async fn encode(&self, batch: &StoredBatch) -> Result<Vec<u8>, String> {
-        let reader = Arc::clone(&self.reader);
-        let last_seq = batch.last_seq();
-        let oldest_unsent_ts = tokio::task::spawn_blocking(move || {
-            reader
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .oldest_ts_after(last_seq)
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+    /// The batch moves into the blocking task and comes back with the body.
+    async fn encode(&self, batch: StoredBatch) -> (StoredBatch, Result<Vec<u8>, String>) {
         let depth = &self.link.depth;
-        let header = BatchHeader {
+        let mut header = BatchHeader {
             agent_id: self.agent_id.clone(),
             epoch: self.epoch.clone(),
             first_seq: batch.first_seq,
-            last_seq,
+            last_seq: batch.last_seq(),
             dropped: depth.dropped_total(),
             sent_at: tributary_wire::time::now_ns(),
             status: AgentStatus {
                 backlog_points: depth.points().saturating_sub(batch.bodies.len() as u64),
                 backlog_bytes: depth.bytes().saturating_sub(batch.buffered_size()),
-                oldest_unsent_ts,
+                oldest_unsent_ts: None,
             },
         };
         let encoding = self.encoding();
         let level = self.settings.compression_level;
-        // The stored batch is cloned into the blocking task: encoding may take milliseconds.
-        let bodies = batch.bodies.clone();
-        let rejects = batch.rejects.clone();
-        tokio::task::spawn_blocking(move || {
-            let body = codec::encode_stored_batch(
-                &header,
-                bodies.iter().map(Vec::as_slice),
-                &rejects,
-                encoding,
-            )?;
-            if level > 0 {
-                codec::compress(&body, level)
-            } else {
-                Ok(body)
-            }
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+        let reader = Arc::clone(&self.reader);
+        let task = tokio::task::spawn_blocking(move || {
+            let oldest = reader
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .oldest_ts_after(header.last_seq);
+            let body = oldest.map_err(|e| e.to_string()).and_then(|oldest| {
+                header.status.oldest_unsent_ts = oldest;
+                let body = codec::encode_stored_batch(
+                    &header,
+                    batch.bodies.iter().map(Vec::as_slice),
+                    &batch.rejects,
+                    encoding,
+                )
+                .map_err(|e| e.to_string())?;
+                if level > 0 {
+                    codec::compress(&body, level).map_err(|e| e.to_string())
+                } else {
+                    Ok(body)
+                }
+            });
+            (batch, body)
+        });
+        match task.await {
+            Ok(done) => done,
+            // The task panicked and took the batch with it; the points are still in the buffer
+            // and are read again on the next attempt.
+            Err(e) => (
+                StoredBatch::default(),
+                Err(format!("encode task failed: {e}")),
+            ),
+        }
     }
 
     async fn confirmed(&mut self, batch: StoredBatch, response: reqwest::Response) -> Step {

@@ -53,6 +53,9 @@ enum Scenario {
         /// Rows per transaction.
         #[arg(long, default_value_t = 1000)]
         batch: u64,
+        /// Rows per INSERT statement (multi-row VALUES).
+        #[arg(long, default_value_t = 1)]
+        rows_per_statement: u64,
     },
     /// Sizes and speeds of candidate wire encodings for a batch.
     Encoding {
@@ -88,7 +91,11 @@ fn main() -> anyhow::Result<()> {
                 rumqttc_publisher,
             ))
         }
-        Scenario::SqliteCeiling { rows, batch } => sqlite_ceiling(rows, batch),
+        Scenario::SqliteCeiling {
+            rows,
+            batch,
+            rows_per_statement,
+        } => sqlite_ceiling(rows, batch, rows_per_statement),
         Scenario::Encoding { points } => encoding(points),
         Scenario::Sizes => sizes(),
     }
@@ -310,7 +317,7 @@ async fn mqtt(
     Ok(())
 }
 
-fn sqlite_ceiling(rows: u64, batch: u64) -> anyhow::Result<()> {
+fn sqlite_ceiling(rows: u64, batch: u64, per_statement: u64) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let conn = rusqlite::Connection::open(dir.path().join("ceiling.db"))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -329,22 +336,30 @@ fn sqlite_ceiling(rows: u64, batch: u64) -> anyhow::Result<()> {
             encode_point(&point)
         })
         .collect();
+    let per_statement = per_statement.clamp(1, batch);
+    let statement = |n: u64| {
+        let values: Vec<String> = (1..=n).map(|i| format!("(?{i})")).collect();
+        format!("INSERT INTO points (body) VALUES {}", values.join(", "))
+    };
     let started = Instant::now();
     let mut inserted = 0u64;
     while inserted < rows {
         let tx = conn.unchecked_transaction()?;
-        {
-            let mut insert = tx.prepare_cached("INSERT INTO points (body) VALUES (?1)")?;
-            for _ in 0..batch.min(rows - inserted) {
-                insert.execute([&bodies[(inserted % 1000) as usize]])?;
-                inserted += 1;
-            }
+        let in_this = batch.min(rows - inserted);
+        let mut done = 0;
+        while done < in_this {
+            let n = per_statement.min(in_this - done);
+            let mut insert = tx.prepare_cached(&statement(n))?;
+            let params = (0..n).map(|i| &bodies[((inserted + i) % 1000) as usize]);
+            insert.execute(rusqlite::params_from_iter(params))?;
+            inserted += n;
+            done += n;
         }
         tx.commit()?;
     }
     let elapsed = started.elapsed().as_secs_f64();
     println!(
-        "## sqlite ceiling: {rows} rows of {} bytes, {batch} per transaction, WAL, synchronous = FULL",
+        "## sqlite ceiling: {rows} rows of {} bytes, {batch} per transaction, {per_statement} per INSERT, WAL, synchronous = FULL",
         bodies[0].len()
     );
     println!();

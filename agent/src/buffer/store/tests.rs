@@ -353,3 +353,23 @@ fn delivery_rows_are_pruned_but_cover_every_packet_id() {
     assert_eq!(replayed[&0], (2 * 65_536 + 1u64).to_le_bytes());
     assert_eq!(replayed[&65_535], (3 * 65_536u64).to_le_bytes());
 }
+
+#[test]
+fn commits_of_any_size_keep_consecutive_sequences_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = open(&dir, 1 << 30, WhenFull::DropOldest);
+    let mut expected = Vec::new();
+    let mut next = 0i64;
+    // Sizes around the statement sizes (64, 32, …, 1) and their sums.
+    for size in [1, 2, 3, 63, 64, 65, 127, 128, 200, 1000] {
+        let values: Vec<i64> = (next..next + size).collect();
+        next += size;
+        expected.extend(values.iter().copied());
+        let outcome = store.append(&[item(values)]).unwrap();
+        assert_eq!(outcome.last_seq, next as u64);
+    }
+    let mut reader = Reader::open(&dir.path().join("buffer.db")).unwrap();
+    let batch = reader.read_batch(0, 0, 10_000, 1 << 30).unwrap();
+    assert_eq!(batch.first_seq, 1);
+    assert_eq!(values(&batch), expected);
+}

@@ -107,7 +107,7 @@ pub struct MqttInput {
     metrics: Arc<Metrics>,
     agent_tags: Arc<BTreeMap<String, String>>,
     /// Packet id -> digest of the last message stored with it (mirrors the delivery records).
-    stored: HashMap<u16, [u8; 8]>,
+    stored: DeliveryMemo,
     hooks: TestHooks,
     received: Counter,
     rejected: Counter,
@@ -139,7 +139,7 @@ impl MqttInput {
             buffer,
             metrics,
             agent_tags,
-            stored,
+            stored: DeliveryMemo::from(stored),
             hooks,
         }
     }
@@ -269,7 +269,7 @@ impl MqttInput {
         });
         let digest = reliable.then(|| digest(&publish.topic, &publish.payload));
 
-        if publish.dup && digest.is_some() && self.stored.get(&publish.pkid) == digest.as_ref() {
+        if publish.dup && digest.is_some() && self.stored.get(publish.pkid) == digest {
             // Committed before, not acknowledged: acknowledge it (in order, after the next
             // commit) without storing it twice.
             debug!(input = %self.label, pkid = publish.pkid, topic = %publish.topic, "redelivery of a buffered message");
@@ -403,6 +403,40 @@ async fn drain_acks(
     let _ = tokio::time::timeout(std::time::Duration::from_secs(3), drain).await;
 }
 
+/// The digest last stored under each packet id, indexed directly by the id: packet ids are
+/// small and reused in sequence, so an array beats a hash map (whose random probes missed the
+/// cache on every message). Allocated zeroed, so pages of ids never used take no memory.
+struct DeliveryMemo {
+    digests: Vec<[u8; 8]>,
+    present: Vec<u64>,
+}
+
+impl DeliveryMemo {
+    fn get(&self, pkid: u16) -> Option<[u8; 8]> {
+        let index = usize::from(pkid);
+        (self.present[index / 64] & (1 << (index % 64)) != 0).then(|| self.digests[index])
+    }
+
+    fn insert(&mut self, pkid: u16, digest: [u8; 8]) {
+        let index = usize::from(pkid);
+        self.present[index / 64] |= 1 << (index % 64);
+        self.digests[index] = digest;
+    }
+}
+
+impl From<HashMap<u16, [u8; 8]>> for DeliveryMemo {
+    fn from(stored: HashMap<u16, [u8; 8]>) -> Self {
+        let mut memo = DeliveryMemo {
+            digests: vec![[0; 8]; 1 << 16],
+            present: vec![0; (1 << 16) / 64],
+        };
+        for (pkid, digest) in stored {
+            memo.insert(pkid, digest);
+        }
+        memo
+    }
+}
+
 /// Identifies a message for redelivery checks: the first 8 bytes of SHA-256 over the topic
 /// and payload (a stable function, since digests outlive the process).
 fn digest(topic: &str, payload: &[u8]) -> [u8; 8] {
@@ -443,6 +477,18 @@ fn tls_config(ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delivery_memo_remembers_the_latest_digest_per_packet_id() {
+        let mut memo = DeliveryMemo::from(HashMap::from([(7, [1; 8])]));
+        assert_eq!(memo.get(7), Some([1; 8]));
+        assert_eq!(memo.get(8), None);
+        memo.insert(7, [2; 8]);
+        memo.insert(65_535, [0; 8]);
+        assert_eq!(memo.get(7), Some([2; 8]));
+        assert_eq!(memo.get(65_535), Some([0; 8]));
+        assert_eq!(memo.get(0), None);
+    }
 
     #[test]
     fn digest_is_stable_and_separates_topic_from_payload() {
