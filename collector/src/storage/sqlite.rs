@@ -6,20 +6,24 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{error, warn};
 use tributary_wire::{BatchAck, FieldValue};
 
+use super::series::{SeriesCache, canonical_tags};
 use super::{
     AgentRecord, EpochMark, QueryResult, RawQuery, SeriesPoints, StorageError, SubmitError,
     WriteJob,
 };
 use crate::metrics::Metrics;
 
-/// `value` has no declared type, so SQLite keeps each value as it was given (a string that
-/// looks like a number stays a string).
+/// `points` is clustered by `(series_id, ts)`: one b-tree insert per value, and a query for a
+/// series and a time range reads neighbouring pages. `n` (from `meta.next_n`) keeps two values
+/// with the same series and timestamp apart: they are two readings, both stored. `value` has
+/// no declared type, so SQLite keeps each value as it was given (a string that looks like a
+/// number stays a string).
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS series (
     id       INTEGER PRIMARY KEY,
@@ -34,9 +38,14 @@ CREATE TABLE IF NOT EXISTS series (
 CREATE TABLE IF NOT EXISTS points (
     series_id INTEGER NOT NULL,
     ts        INTEGER NOT NULL,
+    n         INTEGER NOT NULL,
+    value,
+    PRIMARY KEY (series_id, ts, n)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
     value
 );
-CREATE INDEX IF NOT EXISTS points_by_series_time ON points (series_id, ts);
 CREATE TABLE IF NOT EXISTS marks (
     agent_id    TEXT NOT NULL,
     epoch       TEXT NOT NULL,
@@ -78,6 +87,9 @@ CREATE INDEX IF NOT EXISTS quarantine_by_time ON quarantine (received_at);
 ";
 
 const SCHEMA_VERSION: i64 = 1;
+
+/// Page cache of the writer connection, in KiB.
+const WRITER_CACHE_KIB: u64 = 64 * 1024;
 
 fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
@@ -125,13 +137,23 @@ impl Storage {
         conn.execute_batch(SCHEMA).map_err(sql)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(sql)?;
+        // A transaction touches a leaf page per series it writes to; a cache smaller than that
+        // spills dirty pages to the WAL before the commit, writing them twice.
+        conn.pragma_update(None, "cache_size", -(WRITER_CACHE_KIB as i64))
+            .map_err(sql)?;
+        // A multi-row INSERT into a table with a key keeps a statement journal (to undo just
+        // that statement on a conflict); in a temporary file, that costs a write per page.
+        conn.pragma_update(None, "temp_store", "MEMORY")
+            .map_err(sql)?;
         let series = load_series(&conn).map_err(sql)?;
+        let next_n = load_next_n(&conn).map_err(sql)?;
 
         let (jobs, rx) = mpsc::channel(queue);
         let writer = WriterThread {
             conn,
             path: path.to_owned(),
             series,
+            next_n,
             commit_max_points,
             metrics,
         };
@@ -177,11 +199,8 @@ impl Drop for Storage {
     }
 }
 
-/// Series ids by `name \0 tags-json`, then by field.
-type SeriesCache = HashMap<String, HashMap<String, i64>>;
-
 fn load_series(conn: &Connection) -> rusqlite::Result<SeriesCache> {
-    let mut cache = SeriesCache::new();
+    let mut cache = SeriesCache::default();
     let mut stmt = conn.prepare("SELECT id, name, tags, field FROM series")?;
     let rows = stmt.query_map([], |r| {
         Ok((
@@ -193,37 +212,37 @@ fn load_series(conn: &Connection) -> rusqlite::Result<SeriesCache> {
     })?;
     for row in rows {
         let (id, name, tags, field) = row?;
-        cache
-            .entry(series_key(&name, &tags))
-            .or_default()
-            .insert(field, id);
+        let tags: BTreeMap<String, String> = serde_json::from_str(&tags).unwrap_or_default();
+        cache.insert(&name, &tags, &field, id);
     }
     Ok(cache)
 }
 
-fn series_key(name: &str, tags_json: &str) -> String {
-    let mut key = String::with_capacity(name.len() + tags_json.len() + 1);
-    key.push_str(name);
-    key.push('\0');
-    key.push_str(tags_json);
-    key
+fn load_next_n(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT coalesce((SELECT value FROM meta WHERE key = 'next_n'), 0)",
+        [],
+        |r| r.get(0),
+    )
 }
 
 struct WriterThread {
     conn: Connection,
     path: PathBuf,
     series: SeriesCache,
+    /// The next value of `points.n`.
+    next_n: i64,
     commit_max_points: usize,
     metrics: Arc<Metrics>,
 }
 
-/// What one transaction changed besides rows, undone if it rolls back.
+/// What one transaction builds up besides its rows.
 #[derive(Default)]
 struct GroupState {
-    /// Series created in this transaction: (cache key, field).
-    new_series: Vec<(String, String)>,
     /// Series touched, with the min and max timestamps written.
     touched: HashMap<i64, (i64, i64)>,
+    /// Values to insert: (series id, ts, value).
+    rows: Vec<(i64, i64, rusqlite::types::Value)>,
 }
 
 impl WriterThread {
@@ -283,6 +302,7 @@ impl WriterThread {
 
     fn store_all(&mut self, jobs: &[WriteJob]) -> rusqlite::Result<Vec<BatchAck>> {
         let mut state = GroupState::default();
+        let next_n = self.next_n;
         let result = (|| {
             let tx = self
                 .conn
@@ -291,6 +311,15 @@ impl WriterThread {
             for job in jobs {
                 acks.push(store_batch(&tx, &mut self.series, &mut state, job)?);
             }
+            // In key order, each multi-row INSERT lands in one or two neighbouring leaf pages,
+            // so its statement journal copies those pages instead of one page per series.
+            state.rows.sort_by_key(|(series, ts, _)| (*series, *ts));
+            let inserted = insert_points(&tx, &state.rows, next_n)?;
+            tx.prepare_cached(
+                "INSERT INTO meta (key, value) VALUES ('next_n', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute([next_n + inserted])?;
             {
                 let mut update = tx.prepare_cached(
                     "UPDATE series SET first_ts = min(first_ts, ?2), last_ts = max(last_ts, ?3) WHERE id = ?1",
@@ -300,30 +329,94 @@ impl WriterThread {
                 }
             }
             tx.commit()?;
-            Ok(acks)
+            Ok((acks, inserted))
         })();
-        if result.is_err() {
-            // The rollback removed the series rows; forget their ids too.
-            for (key, field) in state.new_series {
-                if let Some(fields) = self.series.get_mut(&key) {
-                    fields.remove(&field);
+        match result {
+            Ok((acks, inserted)) => {
+                self.next_n += inserted;
+                Ok(acks)
+            }
+            Err(e) => {
+                // The rollback removed any series created in the transaction: forget their ids
+                // by reloading the index (failures are rare; correctness is what matters here).
+                match load_series(&self.conn) {
+                    Ok(series) => self.series = series,
+                    Err(reload) => {
+                        error!(error = %reload, "cannot reload the series index after a failed commit")
+                    }
                 }
+                Err(e)
             }
         }
-        result
     }
 }
 
-struct Sql<'a>(&'a FieldValue);
+/// Values per INSERT statement at most (4 parameters each).
+const ROWS_PER_INSERT: usize = 64;
 
-impl rusqlite::ToSql for Sql<'_> {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(match self.0 {
-            FieldValue::F64(v) => ToSqlOutput::Borrowed(ValueRef::Real(*v)),
-            FieldValue::I64(v) => ToSqlOutput::Borrowed(ValueRef::Integer(*v)),
-            FieldValue::Bool(v) => ToSqlOutput::Borrowed(ValueRef::Integer(i64::from(*v))),
-            FieldValue::Str(v) => ToSqlOutput::Borrowed(ValueRef::Text(v.as_bytes())),
-        })
+/// `INSERT INTO points … VALUES (…), …` for a power-of-two number of rows up to
+/// [`ROWS_PER_INSERT`], so few statements live in the prepared-statement cache.
+fn insert_statement(rows: usize) -> &'static str {
+    static STATEMENTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let statements = STATEMENTS.get_or_init(|| {
+        (0..=ROWS_PER_INSERT.trailing_zeros())
+            .map(|power| {
+                let values: Vec<String> = (0..1usize << power)
+                    .map(|i| {
+                        format!(
+                            "(?{}, ?{}, ?{}, ?{})",
+                            4 * i + 1,
+                            4 * i + 2,
+                            4 * i + 3,
+                            4 * i + 4
+                        )
+                    })
+                    .collect();
+                format!(
+                    "INSERT INTO points (series_id, ts, n, value) VALUES {}",
+                    values.join(", ")
+                )
+            })
+            .collect()
+    });
+    &statements[rows.trailing_zeros() as usize]
+}
+
+/// Inserts the group's values with `n` counting up from `first_n`; returns how many.
+fn insert_points(
+    tx: &rusqlite::Transaction<'_>,
+    rows: &[(i64, i64, rusqlite::types::Value)],
+    first_n: i64,
+) -> rusqlite::Result<i64> {
+    let mut n = first_n;
+    let mut rest = rows;
+    let mut params: Vec<rusqlite::types::Value> = Vec::with_capacity(4 * ROWS_PER_INSERT);
+    while !rest.is_empty() {
+        let count = ROWS_PER_INSERT.min(1 << rest.len().ilog2());
+        let (chunk, tail) = rest.split_at(count);
+        params.clear();
+        for (series, ts, value) in chunk {
+            params.push((*series).into());
+            params.push((*ts).into());
+            params.push(n.into());
+            params.push(value.clone());
+            n += 1;
+        }
+        tx.prepare_cached(insert_statement(count))?
+            .execute(rusqlite::params_from_iter(params.iter()))?;
+        rest = tail;
+    }
+    Ok(n - first_n)
+}
+
+/// A field value as SQLite stores it (booleans as 0 and 1; the series' kind tells them apart).
+fn sql_value(value: &FieldValue) -> rusqlite::types::Value {
+    use rusqlite::types::Value;
+    match value {
+        FieldValue::F64(v) => Value::Real(*v),
+        FieldValue::I64(v) => Value::Integer(*v),
+        FieldValue::Bool(v) => Value::Integer(i64::from(*v)),
+        FieldValue::Str(v) => Value::Text(v.clone()),
     }
 }
 
@@ -355,8 +448,6 @@ fn store_batch(
     let mut duplicates = 0u64;
     let mut quarantined = 0u64;
     {
-        let mut insert_point =
-            tx.prepare_cached("INSERT INTO points (series_id, ts, value) VALUES (?1, ?2, ?3)")?;
         let mut insert_series = tx.prepare_cached(
             "INSERT INTO series (name, tags, field, kind, first_ts, last_ts) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
         )?;
@@ -385,18 +476,14 @@ fn store_batch(
                 continue;
             }
             // The agent tag comes from the token, so a device cannot write as another.
-            let mut tags = point.tags.clone();
-            tags.insert("agent".to_owned(), job.agent_id.clone());
-            let tags_json = serde_json::to_string(&tags).unwrap_or_default();
-            let key = series_key(&point.name, &tags_json);
+            let mut canonical = None;
             for (field, value) in &point.fields {
-                let known = series
-                    .get(&key)
-                    .and_then(|fields| fields.get(field))
-                    .copied();
-                let id = match known {
+                let id = match series.get(&point.name, &point.tags, &job.agent_id, field) {
                     Some(id) => id,
                     None => {
+                        let tags = canonical
+                            .get_or_insert_with(|| canonical_tags(&point.tags, &job.agent_id));
+                        let tags_json = serde_json::to_string(&*tags).unwrap_or_default();
                         insert_series.execute(params![
                             point.name,
                             tags_json,
@@ -405,15 +492,11 @@ fn store_batch(
                             point.ts
                         ])?;
                         let id = tx.last_insert_rowid();
-                        series
-                            .entry(key.clone())
-                            .or_default()
-                            .insert(field.clone(), id);
-                        state.new_series.push((key.clone(), field.clone()));
+                        series.insert(&point.name, tags, field, id);
                         id
                     }
                 };
-                insert_point.execute(params![id, point.ts, Sql(value)])?;
+                state.rows.push((id, point.ts, sql_value(value)));
                 let span = state.touched.entry(id).or_insert((point.ts, point.ts));
                 span.0 = span.0.min(point.ts);
                 span.1 = span.1.max(point.ts);
@@ -592,7 +675,7 @@ pub fn query_raw(conn: &Connection, query: &RawQuery) -> rusqlite::Result<QueryR
 
     let mut points_stmt = conn.prepare_cached(
         "SELECT ts, value FROM points WHERE series_id = ?1 AND ts >= ?2 AND ts < ?3
-         ORDER BY ts, rowid LIMIT ?4",
+         ORDER BY ts, n LIMIT ?4",
     )?;
     let mut result = QueryResult::default();
     let mut remaining = query.limit;
