@@ -342,7 +342,8 @@ impl WriterThread {
                 match load_series(&self.conn) {
                     Ok(series) => self.series = series,
                     Err(reload) => {
-                        error!(error = %reload, "cannot reload the series index after a failed commit")
+                        error!(error = %reload, "cannot reload the series index after a failed commit");
+                        self.metrics.error("storage", "reload_series");
                     }
                 }
                 Err(e)
