@@ -92,6 +92,16 @@ pub fn decode(format: Format, payload: &[u8], ctx: &DecodeContext<'_>) -> Decode
 }
 
 fn decode_json(text: &str, ctx: &DecodeContext<'_>) -> Decoded {
+    // The common case, one object, is flattened as it is parsed, without a `Value` tree.
+    if text.trim_start().starts_with('{') {
+        return match stream::object_to_point(text, ctx) {
+            Ok(point) => Decoded {
+                points: vec![point],
+                rejected: Vec::new(),
+            },
+            Err(reason) => Decoded::reject_all(text.as_bytes(), reason),
+        };
+    }
     let value: Value = match serde_json::from_str(text) {
         Ok(value) => value,
         Err(e) => return Decoded::reject_all(text.as_bytes(), format!("invalid JSON: {e}")),
@@ -136,14 +146,25 @@ fn json_object_to_point(
     let mut ts = ctx.received_at;
     for key in ["ts", "time"] {
         if let Some(value) = object.remove(key) {
-            ts = json_timestamp(&value).ok_or_else(|| {
-                format!("{key}: {value} is not an RFC 3339 time or a Unix timestamp")
-            })?;
+            ts = json_timestamp(&value).ok_or_else(|| bad_timestamp(key, &value))?;
         }
     }
-    let mut point = Point::new(ctx.name, ts);
     let mut flat = BTreeMap::new();
     flatten("", Value::Object(object), &mut flat);
+    fields_to_point(flat, ts, ctx)
+}
+
+fn bad_timestamp(key: &str, value: &Value) -> String {
+    format!("{key}: {value} is not an RFC 3339 time or a Unix timestamp")
+}
+
+/// Makes a point of flattened members: `tag_keys` become tags, the rest fields.
+fn fields_to_point(
+    flat: BTreeMap<String, FieldValue>,
+    ts: i64,
+    ctx: &DecodeContext<'_>,
+) -> Result<Point, String> {
+    let mut point = Point::new(ctx.name, ts);
     for (key, value) in flat {
         if ctx.tag_keys.contains(&key) {
             let text = match value {
@@ -207,6 +228,143 @@ fn flatten(prefix: &str, value: Value, out: &mut BTreeMap<String, FieldValue>) {
             for (key, item) in object {
                 flatten(&join(&key), item, out);
             }
+        }
+    }
+}
+
+/// Flattening a JSON object while it is parsed (same rules as [`flatten`]).
+mod stream {
+    use std::collections::BTreeMap;
+    use std::fmt;
+
+    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+    use serde_json::Value;
+    use tributary_wire::{FieldValue, Point};
+
+    use super::{DecodeContext, bad_timestamp, fields_to_point, json_timestamp};
+
+    pub(super) fn object_to_point(text: &str, ctx: &DecodeContext<'_>) -> Result<Point, String> {
+        let mut fields = BTreeMap::new();
+        let mut ts: Option<Result<i64, String>> = None;
+        let mut de = serde_json::Deserializer::from_str(text);
+        de.deserialize_map(TopLevel {
+            fields: &mut fields,
+            ts: &mut ts,
+        })
+        .and_then(|()| de.end())
+        .map_err(|e| format!("invalid JSON: {e}"))?;
+        let ts = ts.transpose()?.unwrap_or(ctx.received_at);
+        fields_to_point(fields, ts, ctx)
+    }
+
+    struct TopLevel<'a> {
+        fields: &'a mut BTreeMap<String, FieldValue>,
+        ts: &'a mut Option<Result<i64, String>>,
+    }
+
+    impl<'de> Visitor<'de> for TopLevel<'_> {
+        type Value = ();
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(key) = map.next_key::<String>()? {
+                if key == "ts" || key == "time" {
+                    let value: Value = map.next_value()?;
+                    *self.ts =
+                        Some(json_timestamp(&value).ok_or_else(|| bad_timestamp(&key, &value)));
+                } else {
+                    map.next_value_seed(Member {
+                        path: key,
+                        out: self.fields,
+                    })?;
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// One member at `path`: a scalar becomes a field, an object or array recurses.
+    struct Member<'a> {
+        path: String,
+        out: &'a mut BTreeMap<String, FieldValue>,
+    }
+
+    impl<'de> DeserializeSeed<'de> for Member<'_> {
+        type Value = ();
+
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+            deserializer.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Member<'_> {
+        type Value = ();
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON value")
+        }
+
+        fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+            self.out.insert(self.path, FieldValue::Bool(v));
+            Ok(())
+        }
+
+        fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+            self.out.insert(self.path, FieldValue::I64(v));
+            Ok(())
+        }
+
+        fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+            // Above i64::MAX: a float, as JSON numbers carry no other type.
+            let value = i64::try_from(v).map_or(FieldValue::F64(v as f64), FieldValue::I64);
+            self.out.insert(self.path, value);
+            Ok(())
+        }
+
+        fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+            self.out.insert(self.path, FieldValue::F64(v));
+            Ok(())
+        }
+
+        fn visit_str<E>(self, v: &str) -> Result<(), E> {
+            self.out.insert(self.path, FieldValue::Str(v.to_owned()));
+            Ok(())
+        }
+
+        fn visit_string<E>(self, v: String) -> Result<(), E> {
+            self.out.insert(self.path, FieldValue::Str(v));
+            Ok(())
+        }
+
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value_seed(Member {
+                    path: format!("{}.{key}", self.path),
+                    out: &mut *self.out,
+                })?;
+            }
+            Ok(())
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let mut index = 0usize;
+            while seq
+                .next_element_seed(Member {
+                    path: format!("{}.{index}", self.path),
+                    out: &mut *self.out,
+                })?
+                .is_some()
+            {
+                index += 1;
+            }
+            Ok(())
         }
     }
 }
@@ -353,6 +511,26 @@ mod tests {
                 "{payload:?}: {}",
                 decoded.rejected[0].reason
             );
+        }
+    }
+
+    /// The streaming path (objects) and the tree path (array elements) flatten alike.
+    #[test]
+    fn objects_decode_the_same_alone_and_in_an_array() {
+        let keys = vec!["meta.room".to_owned()];
+        let ctx = DecodeContext {
+            tag_keys: &keys,
+            ..ctx()
+        };
+        for object in [
+            r#"{"a": 1, "b": {"c": [1.5, {"d": true}], "e": null}, "s": "x", "big": 18446744073709551615, "meta": {"room": 4}, "time": 1700000000}"#,
+            r#"{"only": -3, "ts": "2026-01-01T00:00:00Z"}"#,
+            r#"{"v": 1, "v": 2}"#,
+        ] {
+            let alone = decode(Format::Json, object.as_bytes(), &ctx);
+            let in_array = decode(Format::Json, format!("[{object}]").as_bytes(), &ctx);
+            assert_eq!(alone, in_array, "{object}");
+            assert_eq!(alone.points.len(), 1);
         }
     }
 

@@ -31,8 +31,9 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// What one attempt achieved.
 #[derive(Debug, PartialEq)]
 pub enum Step {
-    /// A batch was confirmed and deleted.
-    Sent { points: usize },
+    /// A batch was confirmed and deleted. `full`: it was as large as batches may be, so more
+    /// data is likely waiting.
+    Sent { points: usize, full: bool },
     /// Nothing to send.
     Idle,
     /// Try again after this long.
@@ -146,7 +147,10 @@ impl Forwarder {
                 step = self.step() => step,
             };
             let wait = match step {
-                Step::Sent { .. } => continue,
+                Step::Sent { full: true, .. } => continue,
+                // A partial batch: wait for more, so a steady stream travels in batches of
+                // about `linger` worth of data instead of one per round trip.
+                Step::Sent { full: false, .. } => self.settings.linger,
                 Step::Retry(delay) => delay,
                 Step::Idle => {
                     tokio::select! {
@@ -371,8 +375,10 @@ impl Forwarder {
         self.confirmed_seq = self.confirmed_seq.max(last_seq);
         self.confirmed_reject = reject_id;
         self.backoff.reset();
+        let limit = self.max_points;
         self.max_points = (self.max_points * 2).min(self.settings.batch_max_points);
         let points = batch.bodies.len();
+        let full = points >= limit || batch.bytes * 10 >= self.settings.batch_max_bytes * 9;
         self.metrics.points_sent.inc_by(points as u64);
         self.metrics.send_outcome("ok");
         self.metrics
@@ -386,7 +392,7 @@ impl Forwarder {
             through = last_seq,
             "batch confirmed"
         );
-        Step::Sent { points }
+        Step::Sent { points, full }
     }
 
     async fn delete(&self, seq: u64, reject_id: u64) -> Result<(), StoreError> {

@@ -39,6 +39,7 @@ enum LogFormat {
 }
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let Some(path) = cli.config else {
@@ -94,6 +95,21 @@ fn run(config: Config) -> ExitCode {
     })
 }
 
+/// glibc gives threads their own malloc arenas, each holding on to memory it has freed; with
+/// SQLite working on blocking-pool threads that cost the agent about 5 MiB of RSS. One arena is
+/// enough for a process whose threads rarely allocate at the same time. (musl has no arenas.)
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only changes allocator tuning; it is called before any other thread
+        // exists, and a failure (return value 0) leaves the default in place.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+        }
+    }
+}
+
 /// The first SIGTERM or SIGINT starts an orderly shutdown; a second one exits at once.
 async fn wait_for_signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
@@ -117,15 +133,26 @@ async fn wait_for_signals(shutdown: CancellationToken) {
     std::process::exit(130);
 }
 
+/// Logs to stderr at `info`, or as `RUST_LOG` says (`warn`, `tributary_agent=debug,info`, …).
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|text| text.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let layer = tracing_subscriber::fmt::layer()
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => tracing_subscriber::registry()
+            .with(layer)
+            .with(filter)
+            .init(),
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(layer.json())
+            .with(filter)
+            .init(),
     }
 }

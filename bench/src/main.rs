@@ -46,6 +46,15 @@ enum Scenario {
         #[arg(long)]
         rumqttc_publisher: bool,
     },
+    /// The agent's two halves measured apart: intake (a broker queue filled while the agent
+    /// was stopped, drained into its buffer with no collector running), then forwarding (the
+    /// collector starts and the buffer drains).
+    AgentSplit {
+        #[arg(long, default_value_t = 300_000)]
+        messages: u64,
+        #[arg(long, default_value_t = 1000)]
+        broker_inflight: u32,
+    },
     /// The same rows as the agent's buffer, inserted by a bare loop: the SQLite ceiling.
     SqliteCeiling {
         #[arg(long, default_value_t = 1_000_000)]
@@ -90,6 +99,15 @@ fn main() -> anyhow::Result<()> {
                 &agent,
                 rumqttc_publisher,
             ))
+        }
+        Scenario::AgentSplit {
+            messages,
+            broker_inflight,
+        } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(agent_split(messages, broker_inflight))
         }
         Scenario::SqliteCeiling {
             rows,
@@ -314,6 +332,117 @@ async fn mqtt(
     );
     drop(agent);
     drop(broker);
+    Ok(())
+}
+
+async fn agent_split(messages: u64, broker_inflight: u32) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (token, _) = token_pair("bench");
+    let broker = Mosquitto::start(
+        &dir.path().join("broker"),
+        &MosquittoOptions {
+            max_inflight: broker_inflight,
+            ..MosquittoOptions::default()
+        },
+    )?;
+    // The collector's port is chosen now; nothing listens there until the second phase.
+    let collector_dir = dir.path().join("collector");
+    let collector_port = free_port();
+    let config = agent_config(
+        "bench",
+        &dir.path().join("agent/data"),
+        &format!("http://127.0.0.1:{collector_port}"),
+        &broker.url(),
+        free_port(),
+        "",
+        "",
+    )
+    .replace("linger = \"20ms\"\n", "")
+    .replace("backoff_max = \"1s\"\n", "backoff_max = \"2s\"\n");
+    // First start: the agent's session and subscription exist; then it stops and messages
+    // queue at the broker.
+    let arena = std::env::var("BENCH_ARENA").unwrap_or_default();
+    let mut env = vec![("TRIBUTARY_TOKEN", token.as_str())];
+    if !arena.is_empty() {
+        env.push(("MALLOC_ARENA_MAX", arena.as_str()));
+    }
+    let mut agent = AgentProcess::start(&dir.path().join("agent"), &config, &env)?;
+    agent.terminate(Duration::from_secs(10));
+    pipelined::publish_pipelined(broker.port, "bench-publisher", messages, 1000, message).await?;
+
+    agent.restart()?;
+    let pid = agent.pid().expect("agent running");
+    let cpu_start = cpu_seconds(pid).unwrap_or(0.0);
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if agent
+            .metric("tributary_agent_points_buffered_total")
+            .await
+            .unwrap_or(0.0)
+            >= messages as f64
+        {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "intake did not finish"
+        );
+    }
+    let intake_time = started.elapsed().as_secs_f64();
+    let intake_cpu = cpu_seconds(pid).unwrap_or(0.0) - cpu_start;
+    let commits = agent
+        .metric("tributary_agent_commits_total")
+        .await
+        .unwrap_or(0.0);
+
+    let collector =
+        CollectorProcess::start_on(&collector_dir, collector_port, &[("bench", &token)])?;
+    let cpu_start = cpu_seconds(pid).unwrap_or(0.0);
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if agent
+            .metric("tributary_agent_points_sent_total")
+            .await
+            .unwrap_or(0.0)
+            >= messages as f64
+        {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "forwarding did not finish"
+        );
+    }
+    let forward_time = started.elapsed().as_secs_f64();
+    let forward_cpu = cpu_seconds(pid).unwrap_or(0.0) - cpu_start;
+    let batches = agent
+        .metric("tributary_agent_sends_total{outcome=\"ok\"}")
+        .await
+        .unwrap_or(0.0);
+    let peak = peak_rss_kib(pid).unwrap_or(0);
+    let millions = messages as f64 / 1e6;
+    println!(
+        "## agent split: {messages} QoS 1 messages queued at Mosquitto (max_inflight_messages {broker_inflight}), then forwarded"
+    );
+    println!();
+    println!("| phase | events/s | agent CPU s per million | notes |");
+    println!("|---|---|---|---|");
+    println!(
+        "| intake (broker -> buffer) | {:.0} | {:.2} | {commits:.0} commits, {:.0} points each |",
+        messages as f64 / intake_time,
+        intake_cpu / millions,
+        messages as f64 / commits.max(1.0)
+    );
+    println!(
+        "| forwarding (buffer -> collector) | {:.0} | {:.2} | {batches:.0} batches, {:.0} points each |",
+        messages as f64 / forward_time,
+        forward_cpu / millions,
+        messages as f64 / batches.max(1.0)
+    );
+    println!("| agent peak RSS | | | {:.1} MiB |", peak as f64 / 1024.0);
+    drop(collector);
     Ok(())
 }
 

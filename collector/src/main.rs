@@ -142,15 +142,26 @@ async fn wait_for_signals(shutdown: CancellationToken) {
     std::process::exit(130);
 }
 
+/// Logs to stderr at `info`, or as `RUST_LOG` says (`warn`, `tributary_agent=debug,info`, …).
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|text| text.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let layer = tracing_subscriber::fmt::layer()
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => tracing_subscriber::registry()
+            .with(layer)
+            .with(filter)
+            .init(),
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(layer.json())
+            .with(filter)
+            .init(),
     }
 }

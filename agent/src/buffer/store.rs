@@ -15,6 +15,9 @@ use crate::config::WhenFull;
 /// record header and the b-tree cell pointer.
 pub const ROW_OVERHEAD: usize = 16;
 
+/// Page cache per connection, in KiB.
+const CACHE_KIB: u64 = 512;
+
 /// Most rejects carried in one batch.
 const REJECTS_PER_BATCH: usize = 100;
 
@@ -700,6 +703,10 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(sql)?;
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
+        .map_err(sql)?;
+    // The writer appends and the reader scans forward: neither gains from SQLite's default
+    // 2 MiB page cache, and the agent's memory is small on purpose.
+    conn.pragma_update(None, "cache_size", -(CACHE_KIB as i64))
         .map_err(sql)?;
     Ok(conn)
 }

@@ -69,8 +69,25 @@ impl CollectorProcess {
         agents: &[(&str, &str)],
         server_extra: &str,
     ) -> anyhow::Result<CollectorProcess> {
+        Self::configure_and_launch(dir, free_port(), agents, server_extra)
+    }
+
+    /// Like [`CollectorProcess::start`], on a given port.
+    pub fn start_on(
+        dir: &Path,
+        port: u16,
+        agents: &[(&str, &str)],
+    ) -> anyhow::Result<CollectorProcess> {
+        Self::configure_and_launch(dir, port, agents, "")
+    }
+
+    fn configure_and_launch(
+        dir: &Path,
+        port: u16,
+        agents: &[(&str, &str)],
+        server_extra: &str,
+    ) -> anyhow::Result<CollectorProcess> {
         std::fs::create_dir_all(dir)?;
-        let port = free_port();
         let mut text = format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\n{server_extra}\n[storage]\npath = \"{}\"\n",
             dir.join("collector.db").display()
