@@ -1,5 +1,5 @@
 //! The agent's configuration: raw structs as read from TOML (first stage, through
-//! `tributary-settings`), and the checked [`Config`] the agent runs on (second stage).
+//! `tributary-common`), and the checked [`Config`] the agent runs on (second stage).
 //!
 //! Every default lives in the resolve functions here, and `config/agent.toml` documents each
 //! key with the same default; a test loads that file so the two cannot drift apart.
@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use tributary_settings::values::{RawSize, parse_duration};
-use tributary_settings::{ConfigError, Source};
+use tributary_common::config::values::{RawSize, parse_duration};
+use tributary_common::config::{ConfigError, Resolve, Source};
 use url::Url;
 
 use crate::inputs::mqtt::config::{MqttConfig, RawMqtt};
@@ -215,18 +215,22 @@ pub enum InputConfig {
 impl Config {
     /// Loads and checks the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let (raw, source) = tributary_settings::load::<RawConfig>(path, ENV_PREFIX)?;
-        Config::resolve(raw, &source)
+        tributary_common::config::load_file::<RawConfig>(path)
     }
 
     /// Loads and checks configuration text; `path` names it in messages.
     pub fn load_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let (raw, source) = tributary_settings::load_str::<RawConfig>(text, path, ENV_PREFIX)?;
-        Config::resolve(raw, &source)
+        tributary_common::config::load_text::<RawConfig>(text, path)
     }
+}
+
+impl Resolve for RawConfig {
+    type Checked = Config;
+    const ENV_PREFIX: &'static str = ENV_PREFIX;
 
     /// The second stage: checks every value and fills in defaults.
-    pub fn resolve(raw: RawConfig, source: &Source) -> Result<Config, ConfigError> {
+    fn resolve(self, source: &Source) -> Result<Config, ConfigError> {
+        let raw = self;
         let agent = resolve_agent(raw.agent, source)?;
         let buffer = resolve_buffer(raw.buffer, source)?;
         let forward = resolve_forward(raw.forward, source)?;

@@ -3,9 +3,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tributary_agent::config::Config;
+use tributary_common::logging::{self, LogFormat};
+use tributary_common::signals;
 
 #[derive(Parser)]
 #[command(
@@ -32,16 +34,10 @@ enum Command {
     Check,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    logging::init(cli.log_format);
     let Some(path) = cli.config else {
         eprintln!("error: --config FILE is required (see config/agent.toml for every key)");
         return ExitCode::from(2);
@@ -84,7 +80,7 @@ fn run(config: Config) -> ExitCode {
     };
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(wait_for_signals(shutdown.clone()));
+        tokio::spawn(signals::cancel_on_signal(shutdown.clone()));
         match tributary_agent::run(config, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -107,52 +103,5 @@ fn limit_malloc_arenas() {
         unsafe {
             libc::mallopt(libc::M_ARENA_MAX, 1);
         }
-    }
-}
-
-/// The first SIGTERM or SIGINT starts an orderly shutdown; a second one exits at once.
-async fn wait_for_signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
-    shutdown.cancel();
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::warn!("second signal: exiting immediately");
-    std::process::exit(130);
-}
-
-/// Logs to stderr at `info`, or as `RUST_LOG` says (`warn`, `tributary_agent=debug,info`, …).
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::filter::Targets;
-    use tracing_subscriber::prelude::*;
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|text| text.parse::<Targets>().ok())
-        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let layer = tracing_subscriber::fmt::layer()
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => tracing_subscriber::registry()
-            .with(layer)
-            .with(filter)
-            .init(),
-        LogFormat::Json => tracing_subscriber::registry()
-            .with(layer.json())
-            .with(filter)
-            .init(),
     }
 }

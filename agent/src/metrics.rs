@@ -10,6 +10,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
+use tributary_common::errors::ErrorCounter;
 
 /// Labels naming an input.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -21,13 +22,6 @@ pub struct InputLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: String,
-}
-
-/// Labels of an error: which part of the agent, and what kind.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ErrorLabels {
-    pub component: String,
-    pub kind: String,
 }
 
 /// Every figure the agent keeps.
@@ -58,7 +52,7 @@ pub struct Metrics {
     /// 1 while the input's MQTT connection is up.
     pub mqtt_connected: Family<InputLabels, Gauge>,
     /// Errors and warnings logged, by component and kind.
-    pub errors: Family<ErrorLabels, Counter>,
+    pub errors: ErrorCounter,
 }
 
 impl Metrics {
@@ -128,12 +122,8 @@ impl Metrics {
             "1 while the MQTT connection is up",
             mqtt_connected.clone(),
         );
-        let errors = Family::default();
-        registry.register(
-            "errors",
-            "Errors and warnings logged, by component and kind",
-            errors.clone(),
-        );
+        let errors = ErrorCounter::default();
+        errors.register(&mut registry);
         Metrics {
             registry,
             received,
@@ -154,12 +144,7 @@ impl Metrics {
 
     /// Counts one logged error or warning.
     pub fn error(&self, component: &str, kind: &str) {
-        self.errors
-            .get_or_create(&ErrorLabels {
-                component: component.to_owned(),
-                kind: kind.to_owned(),
-            })
-            .inc();
+        self.errors.count(component, kind);
     }
 
     /// Counts one forward attempt.

@@ -11,8 +11,8 @@ use clap::{Parser, Subcommand};
 use tributary_bench::harness::pipelined;
 use tributary_bench::harness::procstat::{cpu_seconds, peak_rss_kib, rss_kib};
 use tributary_bench::harness::{
-    AgentProcess, CollectorProcess, Mosquitto, MosquittoOptions, Publisher, agent_config, bin_dir,
-    free_port, query_json, token_pair,
+    AgentProcess, CollectorProcess, Mosquitto, MosquittoOptions, Publisher, Supervised,
+    agent_config, bin_dir, free_port, query_json, token_pair,
 };
 use tributary_wire::codec::encode_point;
 use tributary_wire::{FieldValue, Point};
@@ -335,6 +335,19 @@ async fn mqtt(
     Ok(())
 }
 
+/// Waits (up to ten minutes) until the agent's counter `series` reaches `target`.
+async fn wait_for_metric(agent: &AgentProcess, series: &str, target: u64) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while agent.metric(series).await.unwrap_or(0.0) < target as f64 {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "{series} did not reach {target}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
 async fn agent_split(messages: u64, broker_inflight: u32) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (token, _) = token_pair("bench");
@@ -374,21 +387,7 @@ async fn agent_split(messages: u64, broker_inflight: u32) -> anyhow::Result<()> 
     let pid = agent.pid().expect("agent running");
     let cpu_start = cpu_seconds(pid).unwrap_or(0.0);
     let started = Instant::now();
-    loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        if agent
-            .metric("tributary_agent_points_buffered_total")
-            .await
-            .unwrap_or(0.0)
-            >= messages as f64
-        {
-            break;
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(600),
-            "intake did not finish"
-        );
-    }
+    wait_for_metric(&agent, "tributary_agent_points_buffered_total", messages).await?;
     let intake_time = started.elapsed().as_secs_f64();
     let intake_cpu = cpu_seconds(pid).unwrap_or(0.0) - cpu_start;
     let commits = agent
@@ -400,21 +399,7 @@ async fn agent_split(messages: u64, broker_inflight: u32) -> anyhow::Result<()> 
         CollectorProcess::start_on(&collector_dir, collector_port, &[("bench", &token)])?;
     let cpu_start = cpu_seconds(pid).unwrap_or(0.0);
     let started = Instant::now();
-    loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        if agent
-            .metric("tributary_agent_points_sent_total")
-            .await
-            .unwrap_or(0.0)
-            >= messages as f64
-        {
-            break;
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(600),
-            "forwarding did not finish"
-        );
-    }
+    wait_for_metric(&agent, "tributary_agent_points_sent_total", messages).await?;
     let forward_time = started.elapsed().as_secs_f64();
     let forward_cpu = cpu_seconds(pid).unwrap_or(0.0) - cpu_start;
     let batches = agent

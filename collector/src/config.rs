@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use tributary_settings::values::{RawSize, parse_duration};
-use tributary_settings::{ConfigError, Source};
+use tributary_common::config::values::{RawSize, parse_duration};
+use tributary_common::config::{ConfigError, Resolve, Source};
 
 use crate::auth::TokenHash;
 
@@ -95,18 +95,22 @@ pub struct Config {
 impl Config {
     /// Loads and checks the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let (raw, source) = tributary_settings::load::<RawConfig>(path, ENV_PREFIX)?;
-        Config::resolve(raw, &source)
+        tributary_common::config::load_file::<RawConfig>(path)
     }
 
     /// Loads and checks configuration text; `path` names it in messages.
     pub fn load_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let (raw, source) = tributary_settings::load_str::<RawConfig>(text, path, ENV_PREFIX)?;
-        Config::resolve(raw, &source)
+        tributary_common::config::load_text::<RawConfig>(text, path)
     }
+}
+
+impl Resolve for RawConfig {
+    type Checked = Config;
+    const ENV_PREFIX: &'static str = ENV_PREFIX;
 
     /// The second stage: checks every value and fills in defaults.
-    pub fn resolve(raw: RawConfig, source: &Source) -> Result<Config, ConfigError> {
+    fn resolve(self, source: &Source) -> Result<Config, ConfigError> {
+        let raw = self;
         let listen_text = raw.server.listen.as_deref().unwrap_or("127.0.0.1:8080");
         let listen = listen_text.parse().map_err(|e| {
             source.error(

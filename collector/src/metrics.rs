@@ -8,13 +8,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-
-/// Labels of an error.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ErrorLabels {
-    pub component: String,
-    pub kind: String,
-}
+use tributary_common::errors::ErrorCounter;
 
 /// Labels of an ingest request's outcome (its HTTP status).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -38,8 +32,8 @@ pub struct Metrics {
     pub commits: Counter,
     /// Time per storage transaction.
     pub commit_seconds: Histogram,
-    /// Errors and warnings logged.
-    pub errors: Family<ErrorLabels, Counter>,
+    /// Errors and warnings logged, by component and kind.
+    pub errors: ErrorCounter,
 }
 
 impl Metrics {
@@ -83,12 +77,8 @@ impl Metrics {
             "Time per storage transaction",
             commit_seconds.clone(),
         );
-        let errors = Family::default();
-        registry.register(
-            "errors",
-            "Errors and warnings logged, by component and kind",
-            errors.clone(),
-        );
+        let errors = ErrorCounter::default();
+        errors.register(&mut registry);
         Metrics {
             registry,
             batches,
@@ -104,12 +94,7 @@ impl Metrics {
 
     /// Counts one logged error or warning.
     pub fn error(&self, component: &str, kind: &str) {
-        self.errors
-            .get_or_create(&ErrorLabels {
-                component: component.to_owned(),
-                kind: kind.to_owned(),
-            })
-            .inc();
+        self.errors.count(component, kind);
     }
 
     /// Counts one batch request by its answer.

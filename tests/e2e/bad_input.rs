@@ -3,39 +3,24 @@
 use std::time::Duration;
 
 use tributary_bench::harness::{
-    AgentProcess, CollectorProcess, Mosquitto, MosquittoOptions, Publisher, agent_config,
-    free_port, http, query_json, token_pair,
+    CollectorProcess, MosquittoOptions, Publisher, Supervised, http, query_json, token_pair,
 };
 use tributary_wire::codec::{self, Encoding};
 use tributary_wire::{AgentStatus, Batch, Point};
 
-use crate::{NAME, blocking, payload, settle, topic};
+use crate::{NAME, Setup, blocking, payload, settle, setup, topic};
 
 /// Non-JSON on a JSON topic is quarantined with its reason and counted, at the agent and at the
 /// collector, while the good messages around it are stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_json_is_quarantined_and_counted_while_its_neighbours_are_stored() {
-    let dir = tempfile::tempdir().unwrap();
-    let (token, _) = token_pair("edge-1");
-    let broker =
-        Mosquitto::start(&dir.path().join("broker"), &MosquittoOptions::default()).unwrap();
-    let collector =
-        CollectorProcess::start(&dir.path().join("collector"), &[("edge-1", &token)]).unwrap();
-    let config = agent_config(
-        "edge-1",
-        &dir.path().join("agent/data"),
-        &collector.url(),
-        &broker.url(),
-        free_port(),
-        "",
-        "",
-    );
-    let agent = AgentProcess::start(
-        &dir.path().join("agent"),
-        &config,
-        &[("TRIBUTARY_TOKEN", &token)],
-    )
-    .unwrap();
+    let Setup {
+        dir: _dir,
+        broker,
+        collector,
+        agent,
+        ..
+    } = setup(&MosquittoOptions::default(), "", &[]);
 
     let publisher = Publisher::connect(broker.port, "publisher", 10).await;
     publisher.publish(0, &topic(0), payload(0)).await;
@@ -85,27 +70,17 @@ async fn non_json_is_quarantined_and_counted_while_its_neighbours_are_stored() {
 /// everything once the token is fixed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_token_keeps_the_buffer_until_it_is_fixed() {
-    let dir = tempfile::tempdir().unwrap();
-    let (token, _) = token_pair("edge-1");
-    let broker =
-        Mosquitto::start(&dir.path().join("broker"), &MosquittoOptions::default()).unwrap();
-    let collector =
-        CollectorProcess::start(&dir.path().join("collector"), &[("edge-1", &token)]).unwrap();
-    let config = agent_config(
-        "edge-1",
-        &dir.path().join("agent/data"),
-        &collector.url(),
-        &broker.url(),
-        free_port(),
+    let Setup {
+        dir: _dir,
+        broker,
+        collector,
+        mut agent,
+        token,
+    } = setup(
+        &MosquittoOptions::default(),
         "",
-        "",
-    );
-    let mut agent = AgentProcess::start(
-        &dir.path().join("agent"),
-        &config,
         &[("TRIBUTARY_TOKEN", "not-the-token")],
-    )
-    .unwrap();
+    );
 
     let publisher = Publisher::connect(broker.port, "publisher", 50).await;
     for id in 0..50 {

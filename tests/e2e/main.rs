@@ -10,10 +10,14 @@ mod config_check;
 mod spine;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tributary_bench::harness::{AgentProcess, Oracle, Publisher, Verdict};
+use tributary_bench::harness::{
+    AgentProcess, CollectorProcess, Mosquitto, MosquittoOptions, Oracle, Publisher, Verdict,
+    agent_config, free_port, token_pair,
+};
 
 /// The point name the test messages get from the topic template.
 pub const NAME: &str = "reading";
@@ -93,4 +97,98 @@ pub async fn settle(
 /// Runs blocking harness work (process starts and stops) without stalling the runtime.
 pub fn blocking<T>(work: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(work)
+}
+
+/// A broker, a collector and an agent subscribed to `sensors/#`, in one temporary directory.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub broker: Mosquitto,
+    pub collector: CollectorProcess,
+    pub agent: AgentProcess,
+    /// The agent's valid token.
+    pub token: String,
+}
+
+/// Starts the three. `extra` is appended to the agent's configuration; `env` adds to (or, for
+/// `TRIBUTARY_TOKEN`, replaces) the agent's environment.
+pub fn setup(broker_options: &MosquittoOptions, extra: &str, env: &[(&str, &str)]) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let (token, _) = token_pair("edge-1");
+    let broker = Mosquitto::start(&dir.path().join("broker"), broker_options).unwrap();
+    let collector =
+        CollectorProcess::start(&dir.path().join("collector"), &[("edge-1", &token)]).unwrap();
+    let config = agent_config(
+        "edge-1",
+        &dir.path().join("agent/data"),
+        &collector.url(),
+        &broker.url(),
+        free_port(),
+        "",
+        extra,
+    );
+    let mut all_env: Vec<(&str, &str)> = env.to_vec();
+    if !env.iter().any(|(k, _)| *k == "TRIBUTARY_TOKEN") {
+        all_env.push(("TRIBUTARY_TOKEN", &token));
+    }
+    let agent = AgentProcess::start(&dir.path().join("agent"), &config, &all_env).unwrap();
+    Setup {
+        dir,
+        broker,
+        collector,
+        agent,
+        token,
+    }
+}
+
+/// A publisher sending a range of ids in the background.
+pub struct Background {
+    publisher: Arc<Publisher>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Background {
+    /// Connects to the broker and starts publishing `range` at `per_second`.
+    pub async fn start(port: u16, range: std::ops::Range<u64>, per_second: u64) -> Background {
+        let publisher = Arc::new(Publisher::connect(port, "publisher", 100).await);
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = {
+            let (publisher, stop) = (Arc::clone(&publisher), Arc::clone(&stop));
+            tokio::spawn(async move { publish_until(&publisher, range, per_second, &stop).await })
+        };
+        Background {
+            publisher,
+            stop,
+            task,
+        }
+    }
+
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
+    /// Lets the range finish (or stops it early), then waits for acks in flight.
+    pub async fn finish(self, stop_early: bool) -> Published {
+        if stop_early {
+            self.stop.store(true, Ordering::Relaxed);
+        }
+        self.task.await.expect("the publishing task ends");
+        let publisher = Arc::try_unwrap(self.publisher)
+            .unwrap_or_else(|_| panic!("the publishing task is gone"));
+        assert!(
+            !publisher.session_lost(),
+            "the broker kept the publisher's session"
+        );
+        let connections = publisher.connections();
+        let acked = publisher.finish(Duration::from_secs(30)).await;
+        Published { acked, connections }
+    }
+}
+
+/// What a background publisher achieved.
+pub struct Published {
+    /// Ids the broker acknowledged.
+    pub acked: HashSet<u64>,
+    /// Times it connected (more than once if the broker went away).
+    pub connections: u64,
 }

@@ -1,53 +1,11 @@
 //! The spine: MQTT -> agent buffer -> collector, exactly once, through crashes and outages.
 
-use std::collections::HashSet;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rand::RngExt;
-use tributary_bench::harness::{
-    AgentProcess, CollectorProcess, Mosquitto, MosquittoOptions, Publisher, Verdict, agent_config,
-    free_port, query_json,
-};
+use tributary_bench::harness::{MosquittoOptions, Publisher, Supervised, Verdict, query_json};
 
-use crate::{NAME, blocking, publish, publish_until, settle};
-
-const TOKEN_ENV: &str = "TRIBUTARY_TOKEN";
-
-struct Setup {
-    _dir: tempfile::TempDir,
-    broker: Mosquitto,
-    collector: CollectorProcess,
-    agent: AgentProcess,
-}
-
-/// A broker, a collector and an agent subscribed to `sensors/#`.
-fn setup(broker_options: &MosquittoOptions, extra: &str, env: &[(&str, &str)]) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let (token, _) = tributary_bench::harness::token_pair("edge-1");
-    let broker = Mosquitto::start(&dir.path().join("broker"), broker_options).unwrap();
-    let collector =
-        CollectorProcess::start(&dir.path().join("collector"), &[("edge-1", &token)]).unwrap();
-    let config = agent_config(
-        "edge-1",
-        &dir.path().join("agent/data"),
-        &collector.url(),
-        &broker.url(),
-        free_port(),
-        "",
-        extra,
-    );
-    let mut all_env = vec![(TOKEN_ENV, token.as_str())];
-    all_env.extend_from_slice(env);
-    let agent = AgentProcess::start(&dir.path().join("agent"), &config, &all_env).unwrap();
-    Setup {
-        _dir: dir,
-        broker,
-        collector,
-        agent,
-    }
-}
+use crate::{Background, NAME, blocking, publish, settle, setup};
 
 fn assert_exactly_once(verdict: &Verdict) {
     assert!(
@@ -87,9 +45,8 @@ async fn ten_thousand_messages_are_stored_exactly_once_with_their_values() {
     )
     .await
     .unwrap();
-    let mut values: Vec<f64> = answer["series"]
-        .as_array()
-        .unwrap()
+    let series = answer["series"].as_array().unwrap();
+    let mut values: Vec<f64> = series
         .iter()
         .flat_map(|s| {
             s["points"]
@@ -103,7 +60,6 @@ async fn ten_thousand_messages_are_stored_exactly_once_with_their_values() {
     let expected: Vec<f64> = (0..10_000).map(|id| id as f64 + 0.5).collect();
     assert_eq!(values, expected);
     // Four devices from the topic template, plus the agent tag from the token.
-    let series = answer["series"].as_array().unwrap();
     assert_eq!(series.len(), 4);
     assert!(series.iter().all(|s| s["tags"]["agent"] == "edge-1"
         && s["tags"]["device"].as_str().unwrap().starts_with("dev")));
@@ -119,12 +75,7 @@ async fn kill_scenario(env: &[(&str, &str)], kills: usize) -> Verdict {
     // A 20 ms group commit makes the window between receipt and commit wide enough that a
     // kill inside it is certain; with manual acks that window is harmless.
     let mut s = setup(&broker, "[buffer]\nflush_interval = \"20ms\"\n", env);
-    let publisher = Arc::new(Publisher::connect(s.broker.port, "publisher", 200).await);
-    let stop = Arc::new(AtomicBool::new(false));
-    let publishing = {
-        let (publisher, stop) = (Arc::clone(&publisher), Arc::clone(&stop));
-        tokio::spawn(async move { publish_until(&publisher, 0..1_000_000, 2_000, &stop).await })
-    };
+    let background = Background::start(s.broker.port, 0..1_000_000, 2_000).await;
     let mut rng = rand::rng();
     for _ in 0..kills {
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..1200))).await;
@@ -132,20 +83,16 @@ async fn kill_scenario(env: &[(&str, &str)], kills: usize) -> Verdict {
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
         blocking(|| s.agent.restart()).unwrap();
     }
-    stop.store(true, Ordering::Relaxed);
-    publishing.await.unwrap();
-    let publisher =
-        Arc::try_unwrap(publisher).unwrap_or_else(|_| panic!("the publishing task is gone"));
-    let acked = publisher.finish(Duration::from_secs(30)).await;
+    let published = background.finish(true).await;
     assert!(
-        acked.len() > 5_000,
+        published.acked.len() > 5_000,
         "only {} messages were acknowledged",
-        acked.len()
+        published.acked.len()
     );
     settle(
         &s.collector.url(),
         Some(&s.agent),
-        &acked,
+        &published.acked,
         Duration::from_secs(90),
     )
     .await
@@ -229,11 +176,7 @@ async fn redelivery_of_committed_but_unacknowledged_messages_is_stored_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collector_down_for_twenty_seconds_the_agent_buffers_and_drains() {
     let mut s = setup(&MosquittoOptions::default(), "", &[]);
-    let publisher = Arc::new(Publisher::connect(s.broker.port, "publisher", 100).await);
-    let publishing = {
-        let publisher = Arc::clone(&publisher);
-        tokio::spawn(async move { publish(&publisher, 0..13_000, 500).await })
-    };
+    let background = Background::start(s.broker.port, 0..13_000, 500).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     blocking(|| s.collector.kill9());
     tokio::time::sleep(Duration::from_secs(20)).await;
@@ -254,15 +197,12 @@ async fn collector_down_for_twenty_seconds_the_agent_buffers_and_drains() {
     assert!(retries >= 5.0, "the agent retried {retries} times");
     blocking(|| s.collector.restart()).unwrap();
 
-    publishing.await.unwrap();
-    let publisher =
-        Arc::try_unwrap(publisher).unwrap_or_else(|_| panic!("the publishing task is gone"));
-    let acked = publisher.finish(Duration::from_secs(30)).await;
-    assert_eq!(acked.len(), 13_000);
+    let published = background.finish(false).await;
+    assert_eq!(published.acked.len(), 13_000);
     let verdict = settle(
         &s.collector.url(),
         Some(&s.agent),
-        &acked,
+        &published.acked,
         Duration::from_secs(90),
     )
     .await;
@@ -278,32 +218,21 @@ async fn broker_restart_the_agent_reconnects_and_resumes() {
         ..MosquittoOptions::default()
     };
     let mut s = setup(&options, "", &[]);
-    let publisher = Arc::new(Publisher::connect(s.broker.port, "publisher", 100).await);
-    let publishing = {
-        let publisher = Arc::clone(&publisher);
-        tokio::spawn(async move { publish(&publisher, 0..6_000, 1_000).await })
-    };
+    let background = Background::start(s.broker.port, 0..6_000, 1_000).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let acked_before = publisher.acked_count();
+    let acked_before = background.publisher().acked_count();
     blocking(|| s.broker.restart()).unwrap();
-    publishing.await.unwrap();
-    let publisher =
-        Arc::try_unwrap(publisher).unwrap_or_else(|_| panic!("the publishing task is gone"));
+    let published = background.finish(false).await;
+    assert!(published.connections >= 2, "the publisher reconnected");
     assert!(
-        !publisher.session_lost(),
-        "the broker kept the publisher's session"
-    );
-    assert!(publisher.connections() >= 2, "the publisher reconnected");
-    let acked = publisher.finish(Duration::from_secs(30)).await;
-    assert!(
-        acked.len() > acked_before + 1_000,
+        published.acked.len() > acked_before + 1_000,
         "messages after the restart were acknowledged"
     );
 
     let verdict = settle(
         &s.collector.url(),
         Some(&s.agent),
-        &acked,
+        &published.acked,
         Duration::from_secs(60),
     )
     .await;
@@ -319,11 +248,7 @@ async fn broker_restart_the_agent_reconnects_and_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_commits_forwards_and_exits_zero() {
     let mut s = setup(&MosquittoOptions::default(), "", &[]);
-    let publisher = Arc::new(Publisher::connect(s.broker.port, "publisher", 100).await);
-    let publishing = {
-        let publisher = Arc::clone(&publisher);
-        tokio::spawn(async move { publish(&publisher, 0..3_000, 2_000).await })
-    };
+    let background = Background::start(s.broker.port, 0..3_000, 2_000).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     let status = blocking(|| s.agent.terminate(Duration::from_secs(20)));
     assert_eq!(
@@ -332,16 +257,13 @@ async fn sigterm_commits_forwards_and_exits_zero() {
         "the agent exits 0 on SIGTERM"
     );
     assert!(s.agent.process().logged("final forward attempt"));
-    publishing.await.unwrap();
+    let published = background.finish(false).await;
     blocking(|| s.agent.restart()).unwrap();
-    let publisher =
-        Arc::try_unwrap(publisher).unwrap_or_else(|_| panic!("the publishing task is gone"));
-    let acked: HashSet<u64> = publisher.finish(Duration::from_secs(30)).await;
-    assert_eq!(acked.len(), 3_000);
+    assert_eq!(published.acked.len(), 3_000);
     let verdict = settle(
         &s.collector.url(),
         Some(&s.agent),
-        &acked,
+        &published.acked,
         Duration::from_secs(60),
     )
     .await;

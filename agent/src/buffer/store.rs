@@ -309,19 +309,13 @@ impl Store {
         let incoming: u64 = items.iter().map(Ingest::size).sum();
         let bytes_before = self.depth.bytes();
         let (max_size, when_full, last_seq) = (self.max_size, self.when_full, self.last_seq);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| StoreError::Sqlite {
-                path: self.path.clone(),
-                source: e,
-            })?;
-        let result = (|| {
+        let logs = &mut self.delivery_logs;
+        let (outcome, freed, pruned) = in_transaction(&mut self.conn, &self.path, |tx| {
             let mut outcome = AppendOutcome::default();
             let mut freed = 0u64;
             if when_full == WhenFull::DropOldest && bytes_before + incoming > max_size {
                 let need = bytes_before + incoming - max_size;
-                let (count, bytes) = drop_oldest(&tx, need)?;
+                let (count, bytes) = drop_oldest(tx, need)?;
                 outcome.dropped = count;
                 freed = bytes;
                 if count > 0 {
@@ -332,44 +326,32 @@ impl Store {
                 }
             }
             let bodies: Vec<&Vec<u8>> = items.iter().flat_map(|item| &item.points).collect();
-            insert_points(&tx, &bodies)?;
+            insert_points(tx, &bodies)?;
             outcome.points = bodies.len() as u64;
-            {
-                let mut insert = tx.prepare_cached(
-                    "INSERT INTO quarantine (received_at, source, topic, payload, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
-                )?;
-                for item in items {
-                    for reject in &item.rejects {
-                        insert.execute(params![
-                            reject.received_at,
-                            reject.source,
-                            reject.topic,
-                            reject.payload,
-                            reject.reason
-                        ])?;
-                        outcome.rejects += 1;
-                    }
-                }
-            }
-            write_checkpoints(&tx, items)?;
-            let pruned = write_deliveries(&tx, items, &mut self.delivery_logs)?;
+            // Read now: the inserts below have rowids of their own.
             outcome.last_seq = if outcome.points > 0 {
                 tx.last_insert_rowid() as u64
             } else {
                 last_seq
             };
-            Ok::<_, rusqlite::Error>((outcome, freed, pruned))
-        })();
-        let (outcome, freed, pruned) = match result {
-            Ok(done) => done,
-            Err(source) => {
-                drop(tx); // rolls back
-                return Err(self.sql(source));
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO quarantine (received_at, source, topic, payload, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                for reject in items.iter().flat_map(|item| &item.rejects) {
+                    insert.execute(params![
+                        reject.received_at,
+                        reject.source,
+                        reject.topic,
+                        reject.payload,
+                        reject.reason
+                    ])?;
+                    outcome.rejects += 1;
+                }
             }
-        };
-        tx.commit().map_err(|e| StoreError::Sqlite {
-            path: self.path.clone(),
-            source: e,
+            write_checkpoints(tx, items)?;
+            let pruned = write_deliveries(tx, items, logs)?;
+            Ok((outcome, freed, pruned))
         })?;
 
         for (session, row) in pruned.added {
@@ -428,16 +410,7 @@ impl Store {
         seq: u64,
         reject_id: u64,
     ) -> Result<(u64, u64), StoreError> {
-        let path = self.path.clone();
-        let sql = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql)?;
-        let result = (|| {
+        in_transaction(&mut self.conn, &self.path, |tx| {
             let (points, point_bytes): (i64, i64) = tx
                 .prepare_cached(
                     "SELECT count(*), coalesce(sum(length(body)), 0) FROM points WHERE seq <= ?1",
@@ -454,53 +427,43 @@ impl Store {
             tx.prepare_cached("DELETE FROM quarantine WHERE id <= ?1")?
                 .execute([reject_id as i64])?;
             let overhead = (points + rejects) as u64 * ROW_OVERHEAD as u64;
-            Ok::<_, rusqlite::Error>((
+            Ok((
                 points as u64,
                 (point_bytes + reject_bytes) as u64 + overhead,
             ))
-        })();
-        let freed = result.map_err(sql)?;
-        tx.commit().map_err(sql)?;
-        Ok(freed)
+        })
     }
 }
 
 impl Store {
     /// Moves the point at `seq` to the quarantine (as line protocol) with `reason`.
     pub fn quarantine_point(&mut self, seq: u64, reason: &str) -> Result<(), StoreError> {
-        let path = self.path.clone();
-        let sql = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql)?;
-        let body: Option<Vec<u8>> = tx
-            .query_row(
-                "SELECT body FROM points WHERE seq = ?1",
-                [seq as i64],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(sql)?;
-        let Some(body) = body else {
+        let topic = format!("buffer seq {seq}");
+        let moved = in_transaction(&mut self.conn, &self.path, |tx| {
+            let body: Option<Vec<u8>> = tx
+                .query_row(
+                    "SELECT body FROM points WHERE seq = ?1",
+                    [seq as i64],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(body) = body else {
+                return Ok(None);
+            };
+            let payload = match tributary_wire::codec::decode_point(&body) {
+                Ok(point) => tributary_wire::line_protocol::format_point(&point).into_bytes(),
+                Err(_) => body.clone(),
+            };
+            tx.execute(
+                "INSERT INTO quarantine (received_at, source, topic, payload, reason) VALUES (?1, 'forward', ?2, ?3, ?4)",
+                params![tributary_wire::time::now_ns(), topic, payload, reason],
+            )?;
+            tx.execute("DELETE FROM points WHERE seq = ?1", [seq as i64])?;
+            Ok(Some((body, payload)))
+        })?;
+        let Some((body, payload)) = moved else {
             return Ok(());
         };
-        let payload = match tributary_wire::codec::decode_point(&body) {
-            Ok(point) => tributary_wire::line_protocol::format_point(&point).into_bytes(),
-            Err(_) => body.clone(),
-        };
-        let topic = format!("buffer seq {seq}");
-        tx.execute(
-            "INSERT INTO quarantine (received_at, source, topic, payload, reason) VALUES (?1, 'forward', ?2, ?3, ?4)",
-            params![tributary_wire::time::now_ns(), topic, payload, reason],
-        )
-        .map_err(sql)?;
-        tx.execute("DELETE FROM points WHERE seq = ?1", [seq as i64])
-            .map_err(sql)?;
-        tx.commit().map_err(sql)?;
         let added = payload.len() + topic.len() + reason.len() + "forward".len() + ROW_OVERHEAD;
         let removed = body.len() + ROW_OVERHEAD;
         self.depth
@@ -649,6 +612,26 @@ fn load_delivery_log(conn: &Connection, session: &str) -> rusqlite::Result<Deliv
         log.rows.push_back(row);
     }
     Ok(log)
+}
+
+/// Runs `work` in an immediate (write-locking) transaction and commits it; an error rolls it
+/// back and names the file.
+fn in_transaction<T>(
+    conn: &mut Connection,
+    path: &Path,
+    work: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+) -> Result<T, StoreError> {
+    let sql = |source| StoreError::Sqlite {
+        path: path.to_owned(),
+        source,
+    };
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql)?;
+    // Dropping `tx` on an error rolls it back.
+    let value = work(&tx).map_err(sql)?;
+    tx.commit().map_err(sql)?;
+    Ok(value)
 }
 
 /// Deletes the oldest points until at least `need` bytes are freed (or none are left).

@@ -11,7 +11,8 @@ pub use mosquitto::{Mosquitto, MosquittoOptions};
 pub use process::Process;
 pub use publisher::Publisher;
 pub use tributary::{
-    AgentProcess, CollectorProcess, Oracle, Verdict, agent_config, bin_dir, query_json, token_pair,
+    AgentProcess, CollectorProcess, Oracle, Supervised, Verdict, agent_config, bin_dir, query_json,
+    token_pair,
 };
 
 use std::net::TcpListener;

@@ -49,6 +49,38 @@ pub fn token_pair(agent: &str) -> (String, String) {
     (token, hash)
 }
 
+/// A program the harness starts, kills and restarts with the same files.
+pub trait Supervised {
+    /// Where the running process is kept.
+    fn slot(&mut self) -> &mut Option<Process>;
+
+    /// Starts the process and waits until it is ready.
+    fn launch(&mut self) -> anyhow::Result<()>;
+
+    /// SIGKILL.
+    fn kill9(&mut self) {
+        if let Some(process) = self.slot().as_mut() {
+            process.kill9();
+        }
+    }
+
+    /// Starts it again after a kill or stop.
+    fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill9();
+        self.launch()
+    }
+
+    /// SIGTERM, and waits up to `timeout` for the exit.
+    fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.slot().as_mut().and_then(|p| p.terminate(timeout))
+    }
+
+    /// The running process (its logs, its status).
+    fn process(&mut self) -> &mut Process {
+        self.slot().as_mut().expect("the process was started")
+    }
+}
+
 /// A collector process on a fixed port (so it can be restarted where agents expect it).
 pub struct CollectorProcess {
     pub port: u16,
@@ -108,24 +140,6 @@ impl CollectorProcess {
         };
         collector.launch()?;
         Ok(collector)
-    }
-
-    fn launch(&mut self) -> anyhow::Result<()> {
-        let mut command = Command::new(binary("tributary-collector"));
-        command.arg("--config").arg(&self.config);
-        let mut process = Process::spawn("tributary-collector", command)?;
-        let port = self.port;
-        if !wait_until(Duration::from_secs(20), || {
-            port_open(port) || !process.is_running()
-        }) || !process.is_running()
-        {
-            anyhow::bail!(
-                "the collector did not start:\n{}",
-                process.logs().join("\n")
-            );
-        }
-        self.process = Some(process);
-        Ok(())
     }
 
     pub fn url(&self) -> String {
@@ -237,6 +251,68 @@ impl AgentProcess {
         Ok(agent)
     }
 
+    /// Replaces (or adds) an environment variable for the next start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
+    }
+
+    /// Removes an environment variable for the next start.
+    pub fn remove_env(&mut self, key: &str) {
+        self.env.retain(|(k, _)| k != key);
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Process::pid)
+    }
+
+    /// A value from the agent's `/metrics`: the first sample whose line starts with `series`.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = super::http()
+            .get(format!("http://127.0.0.1:{}/metrics", self.metrics_port))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+}
+
+impl Supervised for CollectorProcess {
+    fn slot(&mut self) -> &mut Option<Process> {
+        &mut self.process
+    }
+
+    fn launch(&mut self) -> anyhow::Result<()> {
+        let mut command = Command::new(binary("tributary-collector"));
+        command.arg("--config").arg(&self.config);
+        let mut process = Process::spawn("tributary-collector", command)?;
+        let port = self.port;
+        if !wait_until(Duration::from_secs(20), || {
+            port_open(port) || !process.is_running()
+        }) || !process.is_running()
+        {
+            anyhow::bail!(
+                "the collector did not start:\n{}",
+                process.logs().join("\n")
+            );
+        }
+        self.process = Some(process);
+        Ok(())
+    }
+}
+
+impl Supervised for AgentProcess {
+    fn slot(&mut self) -> &mut Option<Process> {
+        &mut self.process
+    }
+
     fn launch(&mut self) -> anyhow::Result<()> {
         let mut command = Command::new(binary("tributary-agent"));
         command.arg("--config").arg(&self.config);
@@ -260,59 +336,6 @@ impl AgentProcess {
         }
         self.process = Some(process);
         Ok(())
-    }
-
-    /// Replaces (or adds) an environment variable for the next start.
-    pub fn set_env(&mut self, key: &str, value: &str) {
-        self.env.retain(|(k, _)| k != key);
-        self.env.push((key.to_owned(), value.to_owned()));
-    }
-
-    /// Removes an environment variable for the next start.
-    pub fn remove_env(&mut self, key: &str) {
-        self.env.retain(|(k, _)| k != key);
-    }
-
-    pub fn kill9(&mut self) {
-        if let Some(process) = self.process.as_mut() {
-            process.kill9();
-        }
-    }
-
-    /// Starts it again (after a kill or stop), with the same files.
-    pub fn restart(&mut self) -> anyhow::Result<()> {
-        self.kill9();
-        self.launch()
-    }
-
-    /// SIGTERM and wait for the exit.
-    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        self.process.as_mut().and_then(|p| p.terminate(timeout))
-    }
-
-    pub fn process(&mut self) -> &mut Process {
-        self.process.as_mut().expect("the agent was started")
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.process.as_ref().map(Process::pid)
-    }
-
-    /// A value from the agent's `/metrics`: the first sample whose line starts with `series`.
-    pub async fn metric(&self, series: &str) -> Option<f64> {
-        let text = super::http()
-            .get(format!("http://127.0.0.1:{}/metrics", self.metrics_port))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find(|l| l.starts_with(series))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
     }
 }
 

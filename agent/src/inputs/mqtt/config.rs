@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
-use tributary_settings::values::RawSize;
-use tributary_settings::{ConfigError, Source};
+use tributary_common::config::values::RawSize;
+use tributary_common::config::{ConfigError, Source};
 use url::Url;
 
 use super::topic::{TopicTemplate, validate_filter};

@@ -1,4 +1,4 @@
-//! Loading configuration files, the first of the two configuration stages.
+//! Loading configuration files: the first of the two configuration stages.
 //!
 //! Both programs read TOML the same way:
 //!
@@ -98,6 +98,28 @@ pub fn load<T: DeserializeOwned>(
         message: format!("cannot read the file: {e}"),
     })?;
     load_str(&text, path, env_prefix)
+}
+
+/// A raw configuration (first stage) that knows how to become the checked one (second stage).
+pub trait Resolve: DeserializeOwned {
+    /// The checked configuration.
+    type Checked;
+    /// Prefix of environment overrides, e.g. `TRIBUTARY_AGENT`.
+    const ENV_PREFIX: &'static str;
+    /// Checks every value and fills in defaults, reporting problems through `source`.
+    fn resolve(self, source: &Source) -> Result<Self::Checked, ConfigError>;
+}
+
+/// Loads the file at `path` through both stages.
+pub fn load_file<R: Resolve>(path: &Path) -> Result<R::Checked, ConfigError> {
+    let (raw, source) = load::<R>(path, R::ENV_PREFIX)?;
+    raw.resolve(&source)
+}
+
+/// Like [`load_file`], for text already in memory; `path` is used in messages.
+pub fn load_text<R: Resolve>(text: &str, path: &Path) -> Result<R::Checked, ConfigError> {
+    let (raw, source) = load_str::<R>(text, path, R::ENV_PREFIX)?;
+    raw.resolve(&source)
 }
 
 /// Like [`load`], for text already in memory; `path` is used in messages.

@@ -2,7 +2,7 @@
 
 use config::{Value, ValueKind};
 
-use crate::ConfigError;
+use super::ConfigError;
 
 /// Replaces `${VAR}` in every string below `value`. `path` is the key path so far.
 pub(crate) fn substitute(

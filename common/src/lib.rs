@@ -1,0 +1,11 @@
+//! What both Tributary programs need from their surroundings, written once: loading
+//! configuration ([`config`]), logging ([`logging`]), signals ([`signals`]) and the error
+//! counter behind the rule "every error that is logged is counted" ([`errors`]).
+//!
+//! Only process plumbing belongs here. The data model and wire format live in
+//! `tributary-wire`; anything specific to one program lives in that program.
+
+pub mod config;
+pub mod errors;
+pub mod logging;
+pub mod signals;
