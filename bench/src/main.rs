@@ -55,6 +55,14 @@ enum Scenario {
         #[arg(long, default_value_t = 1000)]
         broker_inflight: u32,
     },
+    /// Publisher -> Mosquitto -> a subscriber that only acknowledges: what the broker alone
+    /// can deliver on this machine, the ceiling of the mqtt scenario.
+    BrokerCeiling {
+        #[arg(long, default_value_t = 1_000_000)]
+        messages: u64,
+        #[arg(long, default_value_t = 1000)]
+        broker_inflight: u32,
+    },
     /// The same rows as the agent's buffer, inserted by a bare loop: the SQLite ceiling.
     SqliteCeiling {
         #[arg(long, default_value_t = 1_000_000)]
@@ -108,6 +116,13 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             runtime.block_on(agent_split(messages, broker_inflight))
+        }
+        Scenario::BrokerCeiling {
+            messages,
+            broker_inflight,
+        } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(broker_ceiling(messages, broker_inflight))
         }
         Scenario::SqliteCeiling {
             rows,
@@ -335,6 +350,33 @@ async fn mqtt(
     Ok(())
 }
 
+async fn broker_ceiling(messages: u64, broker_inflight: u32) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = Mosquitto::start(
+        &dir.path().join("broker"),
+        &MosquittoOptions {
+            max_inflight: broker_inflight,
+            ..MosquittoOptions::default()
+        },
+    )?;
+    let subscriber = tokio::spawn(pipelined::subscribe_and_discard(broker.port, "sensors/#", messages));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let broker_pid = broker.pid().expect("broker running");
+    let broker_cpu_start = cpu_seconds(broker_pid).unwrap_or(0.0);
+    let started = Instant::now();
+    pipelined::publish_pipelined(broker.port, "bench-publisher", messages, 1000, message).await?;
+    subscriber.await??;
+    let elapsed = started.elapsed().as_secs_f64();
+    let broker_cpu = cpu_seconds(broker_pid).unwrap_or(0.0) - broker_cpu_start;
+    println!("## broker ceiling: {messages} QoS 1 messages, Mosquitto max_inflight_messages {broker_inflight}, a subscriber that only acknowledges");
+    println!();
+    println!("| figure | value |");
+    println!("|---|---|");
+    println!("| events/s through the broker | {:.0} |", messages as f64 / elapsed);
+    println!("| Mosquitto CPU seconds per million events | {:.2} |", broker_cpu / (messages as f64 / 1e6));
+    Ok(())
+}
+
 /// Waits (up to ten minutes) until the agent's counter `series` reaches `target`.
 async fn wait_for_metric(agent: &AgentProcess, series: &str, target: u64) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -488,17 +530,27 @@ fn sqlite_ceiling(rows: u64, batch: u64, per_statement: u64) -> anyhow::Result<(
 }
 
 fn encoding(count: usize) -> anyhow::Result<()> {
+    // Readings like a sensor's: a slowly varying temperature with noise at full float
+    // precision, a counter, a status, timestamps about a second apart with jitter.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut noise = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
     let points: Vec<Point> = (0..count as u64)
         .map(|id| {
-            Point::new("reading", 1_700_000_000_000_000_000 + id as i64 * 1_000_000)
+            let jitter = (noise() * 2e7) as i64;
+            Point::new("reading", 1_700_000_000_000_000_000 + id as i64 * 1_000_000_000 + jitter)
                 .with_tag("device", format!("dev{}", id % 16))
                 .with_tag("site", "plant-1")
-                .with_field("id", FieldValue::I64(id as i64))
-                .with_field("value", (id % 1000) as f64 * 0.25)
-                .with_field("status", "ok")
+                .with_field("counter", FieldValue::I64(id as i64 * 7))
+                .with_field("temperature", 21.0 + (id as f64 / 500.0).sin() * 3.0 + noise() * 0.1)
+                .with_field("status", if noise() < 0.99 { "ok" } else { "check" })
         })
         .collect();
-    println!("## wire encoding: a batch of {count} points (2 tags, 3 fields each)");
+    println!("## wire encoding: a batch of {count} sensor-like points (2 tags; an integer, a noisy float and a string field)");
     println!();
     println!(
         "| encoding | bytes/point | zstd-1 bytes/point | zstd-3 bytes/point | encode ns/point | decode ns/point |"

@@ -1,5 +1,7 @@
 //! A load generator that speaks just enough MQTT 3.1.1 to publish QoS 1 messages fast: it
 //! writes many PUBLISH packets per syscall, within an in-flight window, and counts PUBACKs.
+//! Its counterpart [`subscribe_and_discard`] is the cheapest possible QoS 1 subscriber, to
+//! measure what the broker alone can deliver.
 //!
 //! rumqttc (used by [`super::Publisher`] for the tests, where reconnects and exact ack
 //! bookkeeping matter) writes one packet per syscall, which makes the publisher and the broker
@@ -29,6 +31,79 @@ fn put_remaining_length(out: &mut Vec<u8>, mut length: usize) {
 fn put_string(out: &mut Vec<u8>, text: &[u8]) {
     out.extend_from_slice(&(text.len() as u16).to_be_bytes());
     out.extend_from_slice(text);
+}
+
+/// Connects as `client_id` with a clean session: the handshake both tools share.
+async fn connect(port: u16, client_id: &str) -> anyhow::Result<TcpStream> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    stream.set_nodelay(true)?;
+    let mut body = Vec::new();
+    put_string(&mut body, b"MQTT");
+    body.extend_from_slice(&[4, 0x02, 0, 60]);
+    put_string(&mut body, client_id.as_bytes());
+    let mut packet = vec![0x10];
+    put_remaining_length(&mut packet, body.len());
+    packet.extend_from_slice(&body);
+    stream.write_all(&packet).await?;
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack).await?;
+    anyhow::ensure!(connack[0] == 0x20 && connack[3] == 0, "CONNECT refused: {connack:?}");
+    Ok(stream)
+}
+
+/// Subscribes to `filter` at QoS 1 and acknowledges every message at once, storing nothing,
+/// until `count` have arrived. Acks for everything read in one go leave in one write.
+pub async fn subscribe_and_discard(port: u16, filter: &str, count: u64) -> anyhow::Result<()> {
+    let mut stream = connect(port, "bench-null-subscriber").await?;
+    let mut body = vec![0, 1];
+    put_string(&mut body, filter.as_bytes());
+    body.push(1);
+    let mut packet = vec![0x82];
+    put_remaining_length(&mut packet, body.len());
+    packet.extend_from_slice(&body);
+    stream.write_all(&packet).await?;
+    let mut input = vec![0u8; 1 << 16];
+    let mut pending: Vec<u8> = Vec::new();
+    let mut acks = Vec::new();
+    let mut received = 0u64;
+    while received < count {
+        let read = tokio::time::timeout(Duration::from_secs(60), stream.read(&mut input)).await??;
+        anyhow::ensure!(read > 0, "the broker closed the connection");
+        pending.extend_from_slice(&input[..read]);
+        let mut at = 0;
+        acks.clear();
+        loop {
+            // Fixed header: type byte, then the remaining length (1 to 4 bytes).
+            let mut length = 0usize;
+            let mut shift = 0;
+            let mut header = 1;
+            let complete = loop {
+                let Some(&byte) = pending.get(at + header) else { break false };
+                length |= usize::from(byte & 0x7f) << shift;
+                shift += 7;
+                header += 1;
+                if byte & 0x80 == 0 {
+                    break true;
+                }
+            };
+            if !complete || pending.len() < at + header + length {
+                break;
+            }
+            let kind = pending[at] >> 4;
+            if kind == 3 {
+                let topic_length = usize::from(u16::from_be_bytes([pending[at + header], pending[at + header + 1]]));
+                let id_at = at + header + 2 + topic_length;
+                acks.extend_from_slice(&[0x40, 2, pending[id_at], pending[id_at + 1]]);
+                received += 1;
+            }
+            at += header + length;
+        }
+        pending.drain(..at);
+        if !acks.is_empty() {
+            stream.write_all(&acks).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Publishes `count` QoS 1 messages made by `message(i)` with at most `window` unacknowledged;
