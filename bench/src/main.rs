@@ -121,7 +121,9 @@ fn main() -> anyhow::Result<()> {
             messages,
             broker_inflight,
         } => {
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(broker_ceiling(messages, broker_inflight))
         }
         Scenario::SqliteCeiling {
@@ -359,7 +361,11 @@ async fn broker_ceiling(messages: u64, broker_inflight: u32) -> anyhow::Result<(
             ..MosquittoOptions::default()
         },
     )?;
-    let subscriber = tokio::spawn(pipelined::subscribe_and_discard(broker.port, "sensors/#", messages));
+    let subscriber = tokio::spawn(pipelined::subscribe_and_discard(
+        broker.port,
+        "sensors/#",
+        messages,
+    ));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let broker_pid = broker.pid().expect("broker running");
     let broker_cpu_start = cpu_seconds(broker_pid).unwrap_or(0.0);
@@ -368,12 +374,20 @@ async fn broker_ceiling(messages: u64, broker_inflight: u32) -> anyhow::Result<(
     subscriber.await??;
     let elapsed = started.elapsed().as_secs_f64();
     let broker_cpu = cpu_seconds(broker_pid).unwrap_or(0.0) - broker_cpu_start;
-    println!("## broker ceiling: {messages} QoS 1 messages, Mosquitto max_inflight_messages {broker_inflight}, a subscriber that only acknowledges");
+    println!(
+        "## broker ceiling: {messages} QoS 1 messages, Mosquitto max_inflight_messages {broker_inflight}, a subscriber that only acknowledges"
+    );
     println!();
     println!("| figure | value |");
     println!("|---|---|");
-    println!("| events/s through the broker | {:.0} |", messages as f64 / elapsed);
-    println!("| Mosquitto CPU seconds per million events | {:.2} |", broker_cpu / (messages as f64 / 1e6));
+    println!(
+        "| events/s through the broker | {:.0} |",
+        messages as f64 / elapsed
+    );
+    println!(
+        "| Mosquitto CPU seconds per million events | {:.2} |",
+        broker_cpu / (messages as f64 / 1e6)
+    );
     Ok(())
 }
 
@@ -542,15 +556,23 @@ fn encoding(count: usize) -> anyhow::Result<()> {
     let points: Vec<Point> = (0..count as u64)
         .map(|id| {
             let jitter = (noise() * 2e7) as i64;
-            Point::new("reading", 1_700_000_000_000_000_000 + id as i64 * 1_000_000_000 + jitter)
-                .with_tag("device", format!("dev{}", id % 16))
-                .with_tag("site", "plant-1")
-                .with_field("counter", FieldValue::I64(id as i64 * 7))
-                .with_field("temperature", 21.0 + (id as f64 / 500.0).sin() * 3.0 + noise() * 0.1)
-                .with_field("status", if noise() < 0.99 { "ok" } else { "check" })
+            Point::new(
+                "reading",
+                1_700_000_000_000_000_000 + id as i64 * 1_000_000_000 + jitter,
+            )
+            .with_tag("device", format!("dev{}", id % 16))
+            .with_tag("site", "plant-1")
+            .with_field("counter", FieldValue::I64(id as i64 * 7))
+            .with_field(
+                "temperature",
+                21.0 + (id as f64 / 500.0).sin() * 3.0 + noise() * 0.1,
+            )
+            .with_field("status", if noise() < 0.99 { "ok" } else { "check" })
         })
         .collect();
-    println!("## wire encoding: a batch of {count} sensor-like points (2 tags; an integer, a noisy float and a string field)");
+    println!(
+        "## wire encoding: a batch of {count} sensor-like points (2 tags; an integer, a noisy float and a string field)"
+    );
     println!();
     println!(
         "| encoding | bytes/point | zstd-1 bytes/point | zstd-3 bytes/point | encode ns/point | decode ns/point |"

@@ -7,7 +7,9 @@
 
 mod bad_input;
 mod config_check;
+mod overflow;
 mod spine;
+mod transport;
 
 use std::collections::HashSet;
 use std::sync::Arc;

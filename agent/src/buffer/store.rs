@@ -15,6 +15,9 @@ use crate::config::WhenFull;
 /// record header and the b-tree cell pointer.
 pub const ROW_OVERHEAD: usize = 16;
 
+/// How much of a point the collector refused is kept in the quarantine.
+const REFUSED_KEPT: usize = 4096;
+
 /// Page cache per connection, in KiB.
 const CACHE_KIB: u64 = 512;
 
@@ -450,10 +453,13 @@ impl Store {
             let Some(body) = body else {
                 return Ok(None);
             };
-            let payload = match tributary_wire::codec::decode_point(&body) {
+            let mut payload = match tributary_wire::codec::decode_point(&body) {
                 Ok(point) => tributary_wire::line_protocol::format_point(&point).into_bytes(),
                 Err(_) => body.clone(),
             };
+            // The collector refused the point, possibly for its size: keep a copy that can
+            // still travel to the collector's quarantine.
+            payload.truncate(REFUSED_KEPT);
             tx.execute(
                 "INSERT INTO quarantine (received_at, source, topic, payload, reason) VALUES (?1, 'forward', ?2, ?3, ?4)",
                 params![tributary_wire::time::now_ns(), topic, payload, reason],

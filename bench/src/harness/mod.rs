@@ -5,9 +5,10 @@ pub mod pipelined;
 mod process;
 pub mod procstat;
 mod publisher;
+pub mod tls;
 mod tributary;
 
-pub use mosquitto::{Mosquitto, MosquittoOptions};
+pub use mosquitto::{Mosquitto, MosquittoOptions, TlsListener};
 pub use process::Process;
 pub use publisher::Publisher;
 pub use tributary::{

@@ -17,8 +17,18 @@ pub struct MosquittoOptions {
     /// 1000 drops messages it has already acknowledged to the publisher, which would break
     /// delivery for an agent that is offline for long.
     pub max_queued: u32,
-    /// Serve TLS with these PEM files (CA, certificate, key) instead of plain TCP.
-    pub tls: Option<(PathBuf, PathBuf, PathBuf)>,
+    /// A second listener with TLS (and maybe passwords), beside the plain one.
+    pub tls: Option<TlsListener>,
+}
+
+/// A TLS listener's files.
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Require this user and password on the TLS listener.
+    pub credentials: Option<(String, String)>,
 }
 
 impl Default for MosquittoOptions {
@@ -34,7 +44,10 @@ impl Default for MosquittoOptions {
 
 /// A running broker. Dropping it kills the process.
 pub struct Mosquitto {
+    /// The plain listener.
     pub port: u16,
+    /// The TLS listener, if configured.
+    pub tls_port: Option<u16>,
     dir: PathBuf,
     options: MosquittoOptions,
     process: Option<Process>,
@@ -68,6 +81,7 @@ impl Mosquitto {
         for _ in 0..3 {
             let mut broker = Mosquitto {
                 port: free_port(),
+                tls_port: options.tls.as_ref().map(|_| free_port()),
                 dir: dir.to_owned(),
                 options: options.clone(),
                 process: None,
@@ -82,12 +96,13 @@ impl Mosquitto {
 
     fn launch(&mut self) -> anyhow::Result<()> {
         let conf = self.dir.join("mosquitto.conf");
-        let mut text = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages {inflight}\nmax_queued_messages {queued}\nmax_queued_bytes 0\nlog_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n",
-            port = self.port,
-            inflight = self.options.max_inflight,
-            queued = self.options.max_queued,
+        let mut text = String::from(
+            "per_listener_settings true\nlog_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n",
         );
+        text.push_str(&format!(
+            "max_inflight_messages {}\nmax_queued_messages {}\nmax_queued_bytes 0\n",
+            self.options.max_inflight, self.options.max_queued
+        ));
         // Run as whoever runs the tests: as root, Mosquitto would otherwise switch to the
         // `mosquitto` user, which cannot write the test's persistence directory.
         if let Some(user) = current_user() {
@@ -101,22 +116,43 @@ impl Mosquitto {
         } else {
             text.push_str("persistence false\n");
         }
-        if let Some((ca, cert, key)) = &self.options.tls {
+        text.push_str(&format!(
+            "listener {} 127.0.0.1\nallow_anonymous true\n",
+            self.port
+        ));
+        if let (Some(tls), Some(tls_port)) = (&self.options.tls, self.tls_port) {
             text.push_str(&format!(
-                "cafile {}\ncertfile {}\nkeyfile {}\n",
-                ca.display(),
-                cert.display(),
-                key.display()
+                "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n",
+                tls.ca.display(),
+                tls.cert.display(),
+                tls.key.display()
             ));
+            match &tls.credentials {
+                Some((user, password)) => {
+                    let file = self.dir.join("passwords");
+                    std::fs::write(&file, format!("{user}:{password}\n"))?;
+                    let status = Command::new("mosquitto_passwd")
+                        .arg("-U")
+                        .arg(&file)
+                        .status()?;
+                    anyhow::ensure!(status.success(), "mosquitto_passwd -U failed");
+                    text.push_str(&format!(
+                        "allow_anonymous false\npassword_file {}\n",
+                        file.display()
+                    ));
+                }
+                None => text.push_str("allow_anonymous true\n"),
+            }
         }
         std::fs::write(&conf, text)?;
         let mut command = Command::new(mosquitto_binary());
         command.arg("-c").arg(&conf);
         let mut process = Process::spawn("mosquitto", command)?;
         let port = self.port;
-        if !wait_until(Duration::from_secs(10), || {
-            port_open(port) || !process.is_running()
-        }) || !process.is_running()
+        let tls_port = self.tls_port;
+        let ready = || port_open(port) && tls_port.is_none_or(port_open);
+        if !wait_until(Duration::from_secs(10), || ready() || !process.is_running())
+            || !process.is_running()
         {
             let logs = process.logs().join("\n");
             anyhow::bail!("mosquitto did not start on port {port}:\n{logs}");
@@ -125,14 +161,15 @@ impl Mosquitto {
         Ok(())
     }
 
-    /// `mqtt://127.0.0.1:<port>` (or `mqtts://` with TLS).
+    /// `mqtt://127.0.0.1:<port>`, the plain listener.
     pub fn url(&self) -> String {
-        let scheme = if self.options.tls.is_some() {
-            "mqtts"
-        } else {
-            "mqtt"
-        };
-        format!("{scheme}://127.0.0.1:{}", self.port)
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// `mqtts://127.0.0.1:<tls port>`, if there is a TLS listener.
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls_port
+            .map(|port| format!("mqtts://127.0.0.1:{port}"))
     }
 
     /// Stops the broker with SIGTERM, so it saves its persistence file.

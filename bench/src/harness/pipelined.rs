@@ -47,7 +47,10 @@ async fn connect(port: u16, client_id: &str) -> anyhow::Result<TcpStream> {
     stream.write_all(&packet).await?;
     let mut connack = [0u8; 4];
     stream.read_exact(&mut connack).await?;
-    anyhow::ensure!(connack[0] == 0x20 && connack[3] == 0, "CONNECT refused: {connack:?}");
+    anyhow::ensure!(
+        connack[0] == 0x20 && connack[3] == 0,
+        "CONNECT refused: {connack:?}"
+    );
     Ok(stream)
 }
 
@@ -78,7 +81,9 @@ pub async fn subscribe_and_discard(port: u16, filter: &str, count: u64) -> anyho
             let mut shift = 0;
             let mut header = 1;
             let complete = loop {
-                let Some(&byte) = pending.get(at + header) else { break false };
+                let Some(&byte) = pending.get(at + header) else {
+                    break false;
+                };
                 length |= usize::from(byte & 0x7f) << shift;
                 shift += 7;
                 header += 1;
@@ -91,7 +96,10 @@ pub async fn subscribe_and_discard(port: u16, filter: &str, count: u64) -> anyho
             }
             let kind = pending[at] >> 4;
             if kind == 3 {
-                let topic_length = usize::from(u16::from_be_bytes([pending[at + header], pending[at + header + 1]]));
+                let topic_length = usize::from(u16::from_be_bytes([
+                    pending[at + header],
+                    pending[at + header + 1],
+                ]));
                 let id_at = at + header + 2 + topic_length;
                 acks.extend_from_slice(&[0x40, 2, pending[id_at], pending[id_at + 1]]);
                 received += 1;

@@ -40,6 +40,7 @@ impl Publisher {
         options
             .set_keep_alive(Duration::from_secs(30))
             .set_inflight(inflight)
+            .set_max_packet_size(1 << 20, 1 << 20)
             .set_clean_session(false);
         let (client, mut eventloop) = AsyncClient::new(options, 10_000);
         let tracking = Arc::new(Mutex::new(Tracking::default()));
