@@ -123,9 +123,7 @@ impl Process {
     /// SIGTERM, then wait up to `timeout` for the exit; SIGKILL if it does not come.
     pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
         if self.is_running() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.pid().to_string()])
-                .status();
+            send_sigterm(self.pid());
             let deadline = Instant::now() + timeout;
             while Instant::now() < deadline && self.is_running() {
                 std::thread::sleep(Duration::from_millis(20));
@@ -162,6 +160,19 @@ impl Drop for Process {
                 eprintln!("{line}");
             }
         }
+    }
+}
+
+/// Sends SIGTERM to `pid`.
+fn send_sigterm(pid: u32) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    // SAFETY: kill(2) only sends a signal; `pid` is our own child, not yet reaped (so its id
+    // cannot have been reused), and a failure is harmless here.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
     }
 }
 
