@@ -96,6 +96,16 @@ pub async fn settle(
         .verdict(acked)
 }
 
+/// Waits (bounded) until `needle` has been logged at least `times` times.
+pub fn wait_until_logged(
+    process: &mut tributary_bench::harness::Process,
+    needle: &str,
+    times: usize,
+    timeout: Duration,
+) -> bool {
+    tributary_bench::harness::wait_until(timeout, || process.count_logged(needle) >= times)
+}
+
 /// Runs blocking harness work (process starts and stops) without stalling the runtime.
 pub fn blocking<T>(work: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(work)

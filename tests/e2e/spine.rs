@@ -269,3 +269,35 @@ async fn sigterm_commits_forwards_and_exits_zero() {
     .await;
     assert_exactly_once(&verdict);
 }
+
+/// A broker restarted without persistence has forgotten the agent's session: the agent gets a
+/// CONNACK without a session, subscribes again, and what is published afterwards arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_forgot_the_session_gets_the_subscription_again() {
+    let mut s = setup(&MosquittoOptions::default(), "", &[]);
+    blocking(|| s.broker.restart()).unwrap();
+    assert!(
+        blocking(|| {
+            let agent = s.agent.process();
+            crate::wait_until_logged(agent, "subscribed", 2, Duration::from_secs(30))
+        }),
+        "the agent subscribed again"
+    );
+    assert_eq!(
+        s.agent.process().count_logged("session_present=false"),
+        2,
+        "both connections found no session"
+    );
+    let publisher = Publisher::connect(s.broker.port, "publisher", 100).await;
+    publish(&publisher, 0..500, 0).await;
+    let acked = publisher.finish(Duration::from_secs(20)).await;
+    let verdict = settle(
+        &s.collector.url(),
+        Some(&s.agent),
+        &acked,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_exactly_once(&verdict);
+    assert_eq!(verdict.stored_points, 500);
+}

@@ -127,26 +127,34 @@ impl Writer {
     /// Takes more items until `flush_points` are waiting, `flush_interval` has passed, or the
     /// stream pauses for [`IDLE_GAP`]. A pause usually means the source is waiting for our acks
     /// (an MQTT broker's in-flight window is full), so waiting longer would only add latency.
+    ///
+    /// It drains the queue, sleeps for the gap and looks again, rather than waiting for each
+    /// item: sleeping with no waker registered, it is not woken once per message.
     async fn gather(&mut self, pending: &mut Pending, ingest_open: &mut bool) {
         let deadline = Instant::now() + self.settings.flush_interval;
-        while pending.points < self.settings.flush_points && *ingest_open {
-            match self.ingest.try_recv() {
-                Ok(item) => {
-                    pending.push(item);
-                    continue;
+        let mut first_look = true;
+        loop {
+            let mut taken = 0;
+            while pending.points < self.settings.flush_points {
+                match self.ingest.try_recv() {
+                    Ok(item) => {
+                        pending.push(item);
+                        taken += 1;
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        *ingest_open = false;
+                        return;
+                    }
                 }
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    *ingest_open = false;
-                    break;
-                }
-                Err(mpsc::error::TryRecvError::Empty) => {}
             }
-            let wait_until = deadline.min(Instant::now() + IDLE_GAP);
-            match tokio::time::timeout_at(wait_until, self.ingest.recv()).await {
-                Ok(Some(item)) => pending.push(item),
-                Ok(None) => *ingest_open = false,
-                Err(_) => break,
+            let now = Instant::now();
+            let paused = !first_look && taken == 0;
+            if pending.points >= self.settings.flush_points || paused || now >= deadline {
+                return;
             }
+            first_look = false;
+            tokio::time::sleep_until(deadline.min(now + IDLE_GAP)).await;
         }
     }
 
