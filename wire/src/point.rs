@@ -57,16 +57,6 @@ pub enum FieldValue {
 }
 
 impl FieldValue {
-    /// The value as a float, for numeric fields (booleans count as 0 and 1).
-    pub fn as_f64(&self) -> Option<f64> {
-        match self {
-            FieldValue::F64(v) => Some(*v),
-            FieldValue::I64(v) => Some(*v as f64),
-            FieldValue::Bool(v) => Some(f64::from(u8::from(*v))),
-            FieldValue::Str(_) => None,
-        }
-    }
-
     /// A short name of the type, as used in error messages and the storage schema.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -127,12 +127,6 @@ impl StoredBatch {
     pub fn is_empty(&self) -> bool {
         self.bodies.is_empty() && self.rejects.is_empty()
     }
-
-    /// Keeps only the first `count` points (and all rejects), for splitting a batch.
-    pub fn truncate(&mut self, count: usize) {
-        self.bodies.truncate(count);
-        self.bytes = self.bodies.iter().map(Vec::len).sum();
-    }
 }
 
 /// The writing side of the buffer file. One per agent; used by the writer task only.

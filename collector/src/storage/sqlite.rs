@@ -781,28 +781,5 @@ pub fn ping(conn: &Connection) -> rusqlite::Result<()> {
     conn.query_row("SELECT count(*) FROM marks", [], |_| Ok(()))
 }
 
-impl Storage {
-    /// Convenience for callers that hold the store: a queued job answered through a channel.
-    pub async fn store(
-        &self,
-        agent_id: &str,
-        batch: tributary_wire::Batch,
-        received_at: i64,
-    ) -> Result<BatchAck, StorageError> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.try_submit(WriteJob {
-            agent_id: agent_id.to_owned(),
-            batch,
-            received_at,
-            reply,
-        })
-        .map_err(|e| match e {
-            SubmitError::Busy => StorageError::Other("the ingest queue is full".into()),
-            SubmitError::Closed => StorageError::Closed,
-        })?;
-        answer.await.map_err(|_| StorageError::Closed)?
-    }
-}
-
 #[cfg(test)]
 mod tests;
