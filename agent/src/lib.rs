@@ -95,6 +95,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     drop(buffer);
     if config.inputs.is_empty() {
         warn!("no inputs are configured; the agent only forwards what is already buffered");
+        metrics.error("agent", "no_inputs");
     }
 
     // The writer ends once inputs and forwarder have let go of it.

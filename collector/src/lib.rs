@@ -52,6 +52,7 @@ pub async fn serve(
     };
     if config.agents.is_empty() {
         warn!("no [[agents]] are configured: every batch will be refused with 401");
+        metrics.error("config", "no_agents");
     }
     let state = Arc::new(AppState {
         storage,
@@ -74,14 +75,18 @@ pub async fn serve(
         Ok(result) => result.context("server task")?.context("server")?,
         Err(_) => {
             warn!(timeout = ?config.shutdown_timeout, "requests still in flight at the shutdown deadline");
+            state.metrics.error("server", "shutdown_timeout");
         }
     }
     // Every handler is done with the state now; close storage so the writer finishes.
     match Arc::try_unwrap(state) {
         Ok(mut state) => tokio::task::spawn_blocking(move || state.storage.close()).await?,
-        Err(_) => warn!(
-            "storage still in use at shutdown; queued batches will be retried by their agents"
-        ),
+        Err(state) => {
+            warn!(
+                "storage still in use at shutdown; queued batches will be retried by their agents"
+            );
+            state.metrics.error("server", "storage_in_use");
+        }
     }
     info!("collector stopped");
     Ok(())

@@ -104,6 +104,7 @@ pub struct Storage {
     jobs: Option<mpsc::Sender<WriteJob>>,
     writer: Option<JoinHandle<()>>,
     reads: Arc<ReadPool>,
+    metrics: Arc<Metrics>,
 }
 
 impl Storage {
@@ -155,7 +156,7 @@ impl Storage {
             series,
             next_n,
             commit_max_points,
-            metrics,
+            metrics: Arc::clone(&metrics),
         };
         let writer = std::thread::Builder::new()
             .name("storage-writer".into())
@@ -165,6 +166,7 @@ impl Storage {
             jobs: Some(jobs),
             writer: Some(writer),
             reads: Arc::new(ReadPool::new(path, readers)),
+            metrics,
         })
     }
 
@@ -189,6 +191,7 @@ impl Storage {
             && writer.join().is_err()
         {
             error!("the storage writer thread panicked");
+            self.metrics.error("storage", "writer_panicked");
         }
     }
 }
@@ -309,7 +312,13 @@ impl WriterThread {
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut acks = Vec::with_capacity(jobs.len());
             for job in jobs {
-                acks.push(store_batch(&tx, &mut self.series, &mut state, job)?);
+                acks.push(store_batch(
+                    &tx,
+                    &mut self.series,
+                    &mut state,
+                    job,
+                    &self.metrics,
+                )?);
             }
             // In key order, each multi-row INSERT lands in one or two neighbouring leaf pages,
             // so its statement journal copies those pages instead of one page per series.
@@ -428,6 +437,7 @@ fn store_batch(
     series: &mut SeriesCache,
     state: &mut GroupState,
     job: &WriteJob,
+    metrics: &Metrics,
 ) -> rusqlite::Result<BatchAck> {
     let batch = &job.batch;
     let (mark, reject_mark, dropped_before): (u64, u64, u64) = tx
@@ -536,6 +546,7 @@ fn store_batch(
         gaps = missing.saturating_sub(explained);
         if gaps > 0 {
             warn!(agent = %job.agent_id, epoch = %batch.epoch, mark, first_seq = batch.first_seq, gaps, "sequences missing from an agent without a drop count to explain them");
+            metrics.error("storage", "sequence_gap");
         }
     }
 

@@ -185,9 +185,11 @@ impl MqttInput {
         };
         if self.hooks.auto_ack {
             warn!(input = %self.label, "TEST HOOK: acknowledging MQTT messages before they are committed; data WILL be lost on a crash");
+            self.metrics.error("mqtt", "test_hook");
         }
         if self.hooks.withhold_acks {
             warn!(input = %self.label, "TEST HOOK: never acknowledging MQTT messages");
+            self.metrics.error("mqtt", "test_hook");
         }
         let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
         let acker: Arc<dyn AckSink> = Arc::new(Acker {
