@@ -33,7 +33,8 @@ fn put_string(out: &mut Vec<u8>, text: &[u8]) {
     out.extend_from_slice(text);
 }
 
-/// Connects as `client_id` with a clean session: the handshake both tools share.
+/// Connects as `client_id` with a clean session and a 60 s keep-alive: the handshake both
+/// tools share.
 async fn connect(port: u16, client_id: &str) -> anyhow::Result<TcpStream> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
     stream.set_nodelay(true)?;
@@ -123,24 +124,7 @@ pub async fn publish_pipelined(
     window: u16,
     message: impl Fn(u64) -> (String, Vec<u8>),
 ) -> anyhow::Result<()> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
-    stream.set_nodelay(true)?;
-    // CONNECT, clean session, keep-alive 60 s.
-    let mut body = Vec::new();
-    put_string(&mut body, b"MQTT");
-    body.extend_from_slice(&[4, 0x02, 0, 60]);
-    put_string(&mut body, client_id.as_bytes());
-    let mut packet = vec![0x10];
-    put_remaining_length(&mut packet, body.len());
-    packet.extend_from_slice(&body);
-    stream.write_all(&packet).await?;
-    let mut connack = [0u8; 4];
-    stream.read_exact(&mut connack).await?;
-    anyhow::ensure!(
-        connack[0] == 0x20 && connack[3] == 0,
-        "CONNECT refused: {connack:?}"
-    );
-
+    let stream = connect(port, client_id).await?;
     let (mut reader, mut writer) = stream.into_split();
     // The reader counts PUBACKs; the writer refills the window a quarter at a time, so each
     // write carries many packets. Packet ids cycle through 1..=window*2, which stays clear of
