@@ -416,7 +416,8 @@ fn decode_lines(text: &str, ctx: &DecodeContext<'_>) -> Decoded {
     }
 }
 
-fn truncate(text: &str, max: usize) -> &str {
+/// At most the first `max` characters of `text`.
+pub(crate) fn truncate(text: &str, max: usize) -> &str {
     match text.char_indices().nth(max) {
         Some((index, _)) => &text[..index],
         None => text,

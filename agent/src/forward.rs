@@ -23,6 +23,7 @@ use tributary_wire::{AgentStatus, BatchAck};
 use crate::backoff::Backoff;
 use crate::buffer::{Control, ForwarderLink, Reader, StoreError, StoredBatch};
 use crate::config::{ForwardSettings, WireEncoding};
+use crate::format::truncate;
 use crate::metrics::Metrics;
 
 /// Longest `Retry-After` honoured; a larger value is taken as this.
@@ -471,13 +472,6 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-fn truncate(text: &str, max: usize) -> &str {
-    match text.char_indices().nth(max) {
-        Some((index, _)) => &text[..index],
-        None => text,
-    }
 }
 
 #[cfg(test)]

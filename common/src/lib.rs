@@ -1,6 +1,7 @@
 //! What both Tributary programs need from their surroundings, written once: loading
-//! configuration ([`config`]), logging ([`logging`]), signals ([`signals`]) and the error
-//! counter behind the rule "every error that is logged is counted" ([`errors`]).
+//! configuration ([`config`]), logging ([`logging`]), signals ([`signals`]), the error
+//! counter behind the rule "every error that is logged is counted" ([`errors`]), and the
+//! multi-row INSERT statements both SQLite stores use ([`sqlite`]).
 //!
 //! Only process plumbing belongs here. The data model and wire format live in
 //! `tributary-wire`; anything specific to one program lives in that program.
@@ -9,3 +10,4 @@ pub mod config;
 pub mod errors;
 pub mod logging;
 pub mod signals;
+pub mod sqlite;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use tributary_common::sqlite::MultiRowInsert;
 use tributary_wire::Reject;
 
 use super::{Checkpoint, Depth, Ingest};
@@ -477,37 +478,15 @@ impl Store {
     }
 }
 
-/// Rows per INSERT statement at most: multi-row statements make SQLite update the
-/// AUTOINCREMENT counter once per statement instead of once per row, which halves the cost of
-/// an insert (see BENCHMARKS.md, "SQLite ceiling").
-const ROWS_PER_INSERT: usize = 64;
-
-/// `INSERT INTO points (body) VALUES (?1), …, (?n)` for n a power of two up to
-/// [`ROWS_PER_INSERT`], so only seven statements live in the prepared-statement cache.
-fn insert_statement(rows: usize) -> &'static str {
-    static STATEMENTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let statements = STATEMENTS.get_or_init(|| {
-        (0..=ROWS_PER_INSERT.trailing_zeros())
-            .map(|power| {
-                let values: Vec<String> =
-                    (1..=1usize << power).map(|i| format!("(?{i})")).collect();
-                format!("INSERT INTO points (body) VALUES {}", values.join(", "))
-            })
-            .collect()
-    });
-    &statements[rows.trailing_zeros() as usize]
-}
+/// Multi-row INSERTs of points, up to 64 rows a statement (`tributary_common::sqlite`).
+static INSERT_POINTS: std::sync::LazyLock<MultiRowInsert> =
+    std::sync::LazyLock::new(|| MultiRowInsert::new("points", &["body"], 64));
 
 /// Inserts the bodies in order, so they get consecutive sequences.
 fn insert_points(tx: &rusqlite::Transaction<'_>, bodies: &[&Vec<u8>]) -> rusqlite::Result<()> {
-    let mut rest = bodies;
-    while !rest.is_empty() {
-        // The largest power of two that fits, at most ROWS_PER_INSERT.
-        let rows = ROWS_PER_INSERT.min(1 << rest.len().ilog2());
-        let (chunk, tail) = rest.split_at(rows);
-        tx.prepare_cached(insert_statement(rows))?
+    for (statement, chunk) in INSERT_POINTS.chunks(bodies) {
+        tx.prepare_cached(statement)?
             .execute(rusqlite::params_from_iter(chunk))?;
-        rest = tail;
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{error, warn};
+use tributary_common::sqlite::MultiRowInsert;
 use tributary_wire::{BatchAck, FieldValue};
 
 use super::series::{SeriesCache, canonical_tags};
@@ -361,36 +362,10 @@ impl WriterThread {
     }
 }
 
-/// Values per INSERT statement at most (4 parameters each).
-const ROWS_PER_INSERT: usize = 64;
-
-/// `INSERT INTO points … VALUES (…), …` for a power-of-two number of rows up to
-/// [`ROWS_PER_INSERT`], so few statements live in the prepared-statement cache.
-fn insert_statement(rows: usize) -> &'static str {
-    static STATEMENTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let statements = STATEMENTS.get_or_init(|| {
-        (0..=ROWS_PER_INSERT.trailing_zeros())
-            .map(|power| {
-                let values: Vec<String> = (0..1usize << power)
-                    .map(|i| {
-                        format!(
-                            "(?{}, ?{}, ?{}, ?{})",
-                            4 * i + 1,
-                            4 * i + 2,
-                            4 * i + 3,
-                            4 * i + 4
-                        )
-                    })
-                    .collect();
-                format!(
-                    "INSERT INTO points (series_id, ts, n, value) VALUES {}",
-                    values.join(", ")
-                )
-            })
-            .collect()
-    });
-    &statements[rows.trailing_zeros() as usize]
-}
+/// Multi-row INSERTs of values, up to 64 rows a statement (`tributary_common::sqlite`).
+static INSERT_POINTS: std::sync::LazyLock<MultiRowInsert> = std::sync::LazyLock::new(|| {
+    MultiRowInsert::new("points", &["series_id", "ts", "n", "value"], 64)
+});
 
 /// Inserts the group's values with `n` counting up from `first_n`; returns how many.
 fn insert_points(
@@ -399,11 +374,8 @@ fn insert_points(
     first_n: i64,
 ) -> rusqlite::Result<i64> {
     let mut n = first_n;
-    let mut rest = rows;
-    let mut params: Vec<rusqlite::types::Value> = Vec::with_capacity(4 * ROWS_PER_INSERT);
-    while !rest.is_empty() {
-        let count = ROWS_PER_INSERT.min(1 << rest.len().ilog2());
-        let (chunk, tail) = rest.split_at(count);
+    let mut params: Vec<rusqlite::types::Value> = Vec::with_capacity(4 * 64);
+    for (statement, chunk) in INSERT_POINTS.chunks(rows) {
         params.clear();
         for (series, ts, value) in chunk {
             params.push((*series).into());
@@ -412,9 +384,8 @@ fn insert_points(
             params.push(value.clone());
             n += 1;
         }
-        tx.prepare_cached(insert_statement(count))?
+        tx.prepare_cached(statement)?
             .execute(rusqlite::params_from_iter(params.iter()))?;
-        rest = tail;
     }
     Ok(n - first_n)
 }
