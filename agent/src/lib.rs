@@ -53,13 +53,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let path = data_dir.join(BUFFER_FILE);
 
     let depth = Arc::new(Depth::default());
-    let store = {
+    // Opening the file and reading what the MQTT sessions recorded is SQLite work: off the
+    // executor, like all of it.
+    let sessions: Vec<String> = config
+        .inputs
+        .iter()
+        .map(|InputConfig::Mqtt(mqtt)| mqtt.session_key())
+        .collect();
+    let (store, reader, deliveries) = {
         let (path, depth) = (path.clone(), Arc::clone(&depth));
         let (max_size, when_full) = (config.buffer.max_size, config.buffer.when_full);
-        tokio::task::spawn_blocking(move || Store::open(&path, max_size, when_full, depth))
-            .await??
+        tokio::task::spawn_blocking(move || {
+            let store = Store::open(&path, max_size, when_full, depth)?;
+            let reader = Reader::open(&path)?;
+            let deliveries = sessions
+                .iter()
+                .map(|session| store.deliveries(session))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok::<_, crate::buffer::StoreError>((store, reader, deliveries))
+        })
+        .await??
     };
-    let reader = Reader::open(&path)?;
     let epoch = store.epoch().to_owned();
     info!(agent = %config.agent.id, path = %path.display(), %epoch, points = depth.points(), bytes = depth.bytes(), "buffer opened");
 
@@ -75,10 +89,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let inputs = TaskTracker::new();
     let agent_tags = Arc::new(config.agent.tags.clone());
     let hooks = TestHooks::from_env();
-    for input in &config.inputs {
+    for (input, stored) in config.inputs.iter().zip(deliveries) {
         match input {
             InputConfig::Mqtt(mqtt) => {
-                let stored = store.deliveries(&mqtt.session_key())?;
                 let task = MqttInput::new(
                     mqtt.clone(),
                     buffer.clone(),
