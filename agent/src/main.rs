@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use tributary_agent::config::Config;
+use tributary_agent::config::{Config, RawConfig};
+use tributary_common::config::load_for_main;
 use tributary_common::logging::{self, LogFormat};
 use tributary_common::signals;
 
@@ -38,22 +39,15 @@ fn main() -> ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();
     logging::init(cli.log_format);
-    let Some(path) = cli.config else {
-        eprintln!("error: --config FILE is required (see config/agent.toml for every key)");
-        return ExitCode::from(2);
-    };
-    let config = match Config::load(&path) {
+    let config = match load_for_main::<RawConfig>(cli.config.as_deref(), "config/agent.toml") {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(status) => return status,
     };
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => {
             println!(
                 "{}: ok (agent {:?}, {} input(s), collector {})",
-                path.display(),
+                cli.config.unwrap_or_default().display(),
                 config.agent.id,
                 config.inputs.len(),
                 config.forward.batches_url

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use tributary_collector::config::Config;
+use tributary_collector::config::{Config, RawConfig};
+use tributary_common::config::load_for_main;
 use tributary_common::logging::{self, LogFormat};
 use tributary_common::signals;
 
@@ -58,22 +59,15 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     logging::init(cli.log_format);
-    let Some(path) = cli.config else {
-        eprintln!("error: --config FILE is required (see config/collector.toml for every key)");
-        return ExitCode::from(2);
-    };
-    let config = match Config::load(&path) {
+    let config = match load_for_main::<RawConfig>(cli.config.as_deref(), "config/collector.toml") {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(status) => return status,
     };
     match command {
         Command::Check => {
             println!(
                 "{}: ok (listen {}, storage {}, {} agent(s))",
-                path.display(),
+                cli.config.unwrap_or_default().display(),
                 config.listen,
                 config.storage_path.display(),
                 config.agents.len()

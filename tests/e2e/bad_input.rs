@@ -8,7 +8,7 @@ use tributary_bench::harness::{
 use tributary_wire::codec::{self, Encoding};
 use tributary_wire::{AgentStatus, Batch, Point};
 
-use crate::{NAME, Setup, blocking, payload, settle, setup, topic};
+use crate::{NAME, Setup, blocking, payload, publish_all, settle, setup, topic, wait_metric};
 
 /// Non-JSON on a JSON topic is quarantined with its reason and counted, at the agent and at the
 /// collector, while the good messages around it are stored.
@@ -82,28 +82,14 @@ async fn a_wrong_token_keeps_the_buffer_until_it_is_fixed() {
         &[("TRIBUTARY_TOKEN", "not-the-token")],
     );
 
-    let publisher = Publisher::connect(broker.port, "publisher", 50).await;
-    for id in 0..50 {
-        publisher.publish(id, &topic(id), payload(id)).await;
-    }
-    let acked = publisher.finish(Duration::from_secs(10)).await;
-    assert_eq!(acked.len(), 50);
-
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let refused = agent
-            .metric("tributary_agent_sends_total{outcome=\"unauthorized\"}")
-            .await
-            .unwrap_or(0.0);
-        if refused >= 3.0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the agent was not refused 3 times"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let acked = publish_all(broker.port, 0..50).await;
+    wait_metric(
+        &agent,
+        "tributary_agent_sends_total{outcome=\"unauthorized\"}",
+        3.0,
+        Duration::from_secs(20),
+    )
+    .await;
     assert_eq!(
         agent.metric("tributary_agent_buffer_points").await,
         Some(50.0)

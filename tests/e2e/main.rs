@@ -96,6 +96,36 @@ pub async fn settle(
         .verdict(acked)
 }
 
+/// Publishes ids `range` as fast as the broker takes them; asserts the broker acknowledged
+/// every one, and returns their ids.
+pub async fn publish_all(port: u16, range: std::ops::Range<u64>) -> HashSet<u64> {
+    let publisher = Publisher::connect(port, "publisher", 100).await;
+    publish(&publisher, range.clone(), 0).await;
+    let acked = publisher.finish(Duration::from_secs(60)).await;
+    assert_eq!(
+        acked.len() as u64,
+        range.end - range.start,
+        "the broker acknowledged every message"
+    );
+    acked
+}
+
+/// Waits (bounded) until the agent's metric `series` reaches `target`.
+pub async fn wait_metric(agent: &AgentProcess, series: &str, target: f64, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let value = agent.metric(series).await.unwrap_or(0.0);
+        if value >= target {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} is {value}, not {target}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits (bounded) until `needle` has been logged at least `times` times.
 pub fn wait_until_logged(
     process: &mut tributary_bench::harness::Process,

@@ -8,23 +8,7 @@ use tributary_bench::harness::{
     free_port, query_json,
 };
 
-use crate::{NAME, Setup, blocking, publish, settle, setup, topic};
-
-/// Waits (bounded) until the agent's `series` reaches `target`.
-async fn wait_metric(agent: &AgentProcess, series: &str, target: f64, timeout: Duration) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let value = agent.metric(series).await.unwrap_or(0.0);
-        if value >= target {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{series} is {value}, not {target}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use crate::{NAME, Setup, blocking, publish, publish_all, settle, setup, topic, wait_metric};
 
 /// With `drop_oldest`, a full buffer drops its oldest points, counts them, and the count
 /// reaches the collector: what is stored plus what was dropped is everything.
@@ -36,10 +20,7 @@ async fn drop_oldest_counts_what_it_drops_and_the_collector_hears_of_it() {
         &[],
     );
     blocking(|| s.collector.kill9());
-    let publisher = Publisher::connect(s.broker.port, "publisher", 100).await;
-    publish(&publisher, 0..25_000, 0).await;
-    let acked = publisher.finish(Duration::from_secs(60)).await;
-    assert_eq!(acked.len(), 25_000);
+    let acked = publish_all(s.broker.port, 0..25_000).await;
     wait_metric(
         &s.agent,
         "tributary_agent_points_buffered_total",
@@ -99,10 +80,7 @@ async fn block_stops_acknowledging_and_loses_nothing() {
         &[],
     );
     blocking(|| s.collector.kill9());
-    let publisher = Publisher::connect(s.broker.port, "publisher", 100).await;
-    publish(&publisher, 0..25_000, 0).await;
-    let acked = publisher.finish(Duration::from_secs(60)).await;
-    assert_eq!(acked.len(), 25_000);
+    let acked = publish_all(s.broker.port, 0..25_000).await;
     assert!(
         blocking(|| s
             .agent

@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use rand::RngExt;
-use tributary_bench::harness::{MosquittoOptions, Publisher, Supervised, Verdict, query_json};
+use tributary_bench::harness::{MosquittoOptions, Supervised, Verdict, query_json};
 
-use crate::{Background, NAME, blocking, publish, settle, setup};
+use crate::{Background, NAME, blocking, publish_all, settle, setup, wait_metric};
 
 fn assert_exactly_once(verdict: &Verdict) {
     assert!(
@@ -23,10 +23,7 @@ fn assert_exactly_once(verdict: &Verdict) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_messages_are_stored_exactly_once_with_their_values() {
     let s = setup(&MosquittoOptions::default(), "", &[]);
-    let publisher = Publisher::connect(s.broker.port, "publisher", 100).await;
-    publish(&publisher, 0..10_000, 0).await;
-    let acked = publisher.finish(Duration::from_secs(60)).await;
-    assert_eq!(acked.len(), 10_000, "the broker acknowledged every message");
+    let acked = publish_all(s.broker.port, 0..10_000).await;
 
     let verdict = settle(
         &s.collector.url(),
@@ -133,23 +130,14 @@ async fn redelivery_of_committed_but_unacknowledged_messages_is_stored_once() {
         &[("TRIBUTARY_TEST_WITHHOLD_ACKS", "1")],
     );
     // Exactly the broker's in-flight window: all 100 are delivered, committed, never acked.
-    let publisher = Publisher::connect(s.broker.port, "publisher", 100).await;
-    publish(&publisher, 0..100, 0).await;
-    let acked = publisher.finish(Duration::from_secs(20)).await;
-    assert_eq!(acked.len(), 100);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while s
-        .agent
-        .metric("tributary_agent_points_buffered_total")
-        .await
-        != Some(100.0)
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the agent did not commit the messages"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let acked = publish_all(s.broker.port, 0..100).await;
+    wait_metric(
+        &s.agent,
+        "tributary_agent_points_buffered_total",
+        100.0,
+        Duration::from_secs(20),
+    )
+    .await;
     blocking(|| s.agent.kill9());
     s.agent.remove_env("TRIBUTARY_TEST_WITHHOLD_ACKS");
     blocking(|| s.agent.restart()).unwrap();
@@ -288,9 +276,7 @@ async fn a_broker_that_forgot_the_session_gets_the_subscription_again() {
         2,
         "both connections found no session"
     );
-    let publisher = Publisher::connect(s.broker.port, "publisher", 100).await;
-    publish(&publisher, 0..500, 0).await;
-    let acked = publisher.finish(Duration::from_secs(20)).await;
+    let acked = publish_all(s.broker.port, 0..500).await;
     let verdict = settle(
         &s.collector.url(),
         Some(&s.agent),

@@ -116,6 +116,23 @@ pub fn load_file<R: Resolve>(path: &Path) -> Result<R::Checked, ConfigError> {
     raw.resolve(&source)
 }
 
+/// For a program's `main`: the checked configuration from `--config`, or, when the option is
+/// missing or the file is wrong, a message on stderr and exit status 2. `example` names the
+/// documented example file, e.g. `config/agent.toml`.
+pub fn load_for_main<R: Resolve>(
+    path: Option<&Path>,
+    example: &str,
+) -> Result<R::Checked, std::process::ExitCode> {
+    let Some(path) = path else {
+        eprintln!("error: --config FILE is required (see {example} for every key)");
+        return Err(std::process::ExitCode::from(2));
+    };
+    load_file::<R>(path).map_err(|e| {
+        eprintln!("error: {e}");
+        std::process::ExitCode::from(2)
+    })
+}
+
 /// Like [`load_file`], for text already in memory; `path` is used in messages.
 pub fn load_text<R: Resolve>(text: &str, path: &Path) -> Result<R::Checked, ConfigError> {
     let (raw, source) = load_str::<R>(text, path, R::ENV_PREFIX)?;
