@@ -14,7 +14,12 @@ use tributary_common::config::values::{RawSize, parse_duration};
 use tributary_common::config::{ConfigError, Resolve, Source};
 use url::Url;
 
+use crate::inputs::exec::{ExecConfig, RawExec};
+use crate::inputs::file::{FileConfig, RawFile};
+use crate::inputs::http::{HttpConfig, RawHttp};
 use crate::inputs::mqtt::config::{MqttConfig, RawMqtt};
+use crate::inputs::sql::{RawSql, SqlConfig};
+use crate::inputs::system::{RawSystem, SystemConfig};
 
 /// Prefix of environment overrides: `TRIBUTARY_AGENT__FORWARD__URL=…`.
 pub const ENV_PREFIX: &str = "TRIBUTARY_AGENT";
@@ -110,6 +115,21 @@ pub struct RawInputs {
     /// `[[inputs.mqtt]]`
     #[serde(default)]
     pub mqtt: Vec<RawMqtt>,
+    /// `[[inputs.exec]]`
+    #[serde(default)]
+    pub exec: Vec<RawExec>,
+    /// `[[inputs.http]]`
+    #[serde(default)]
+    pub http: Vec<RawHttp>,
+    /// `[[inputs.file]]`
+    #[serde(default)]
+    pub file: Vec<RawFile>,
+    /// `[[inputs.system]]`
+    #[serde(default)]
+    pub system: Vec<RawSystem>,
+    /// `[[inputs.sql]]`
+    #[serde(default)]
+    pub sql: Vec<RawSql>,
 }
 
 /// Declares how a configuration enum is spelled, so a wrong value gets a message listing the
@@ -210,6 +230,34 @@ pub struct ForwardSettings {
 #[derive(Debug, Clone)]
 pub enum InputConfig {
     Mqtt(MqttConfig),
+    Exec(ExecConfig),
+    Http(HttpConfig),
+    File(FileConfig),
+    System(SystemConfig),
+    Sql(SqlConfig),
+}
+
+impl InputConfig {
+    /// `inputs.<kind>[<index>]`.
+    pub fn label(&self) -> String {
+        match self {
+            InputConfig::Mqtt(c) => format!("inputs.mqtt[{}]", c.index),
+            InputConfig::Exec(c) => c.common.label.clone(),
+            InputConfig::Http(c) => c.common.label.clone(),
+            InputConfig::File(c) => c.label.clone(),
+            InputConfig::System(c) => c.common.label.clone(),
+            InputConfig::Sql(c) => c.common.label.clone(),
+        }
+    }
+
+    /// The source id under which the input keeps checkpoints in the buffer, if it does.
+    pub fn state_source(&self) -> Option<String> {
+        match self {
+            InputConfig::File(c) => Some(c.id.clone()),
+            InputConfig::Sql(c) => Some(c.id.clone()),
+            _ => None,
+        }
+    }
 }
 
 impl Config {
@@ -240,7 +288,23 @@ impl Resolve for RawConfig {
             let input = mqtt.resolve(index, mqtt_count, &agent.id, source)?;
             inputs.push(InputConfig::Mqtt(input));
         }
+        for (index, raw) in raw.inputs.exec.into_iter().enumerate() {
+            inputs.push(InputConfig::Exec(raw.resolve(index, source)?));
+        }
+        for (index, raw) in raw.inputs.http.into_iter().enumerate() {
+            inputs.push(InputConfig::Http(raw.resolve(index, source)?));
+        }
+        for (index, raw) in raw.inputs.file.into_iter().enumerate() {
+            inputs.push(InputConfig::File(raw.resolve(index, source)?));
+        }
+        for (index, raw) in raw.inputs.system.into_iter().enumerate() {
+            inputs.push(InputConfig::System(raw.resolve(index, source)?));
+        }
+        for (index, raw) in raw.inputs.sql.into_iter().enumerate() {
+            inputs.push(InputConfig::Sql(raw.resolve(index, source)?));
+        }
         check_unique_sessions(&inputs, source)?;
+        check_unique_state(&inputs, source)?;
         Ok(Config {
             agent,
             buffer,
@@ -452,7 +516,9 @@ pub(crate) fn read_pem(source: &Source, key: &str, path: &Path) -> Result<Vec<u8
 fn check_unique_sessions(inputs: &[InputConfig], source: &Source) -> Result<(), ConfigError> {
     let mut seen = BTreeMap::new();
     for input in inputs {
-        let InputConfig::Mqtt(mqtt) = input;
+        let InputConfig::Mqtt(mqtt) = input else {
+            continue;
+        };
         let key = (
             mqtt.broker.host.clone(),
             mqtt.broker.port,
@@ -465,6 +531,22 @@ fn check_unique_sessions(inputs: &[InputConfig], source: &Source) -> Result<(), 
                     "client id {:?} is already used by inputs.mqtt[{first}] on the same broker; each input needs its own session",
                     mqtt.client_id
                 ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Two inputs that keep positions under one id would overwrite each other's.
+fn check_unique_state(inputs: &[InputConfig], source: &Source) -> Result<(), ConfigError> {
+    let mut seen = BTreeMap::new();
+    for input in inputs {
+        if let Some(id) = input.state_source()
+            && let Some(first) = seen.insert(id.clone(), input.label())
+        {
+            return Err(source.error(
+                format!("{}.id", input.label()),
+                format!("{id:?} is already the id of {first}; give each input its own id"),
             ));
         }
     }

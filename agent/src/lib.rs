@@ -27,13 +27,15 @@ use anyhow::Context;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::buffer::{BufferHandle, Depth, ForwarderLink, Reader, Store, Writer};
 use crate::config::{Config, InputConfig};
 use crate::forward::Forwarder;
+use crate::inputs::file::FileInput;
 use crate::inputs::mqtt::{MqttInput, TestHooks};
 use crate::metrics::Metrics;
+use tokio_cron_scheduler::JobScheduler;
 
 /// The name of the buffer file inside `data_dir`.
 pub const BUFFER_FILE: &str = "buffer.db";
@@ -53,24 +55,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let path = data_dir.join(BUFFER_FILE);
 
     let depth = Arc::new(Depth::default());
-    // Opening the file and reading what the MQTT sessions recorded is SQLite work: off the
-    // executor, like all of it.
-    let sessions: Vec<String> = config
-        .inputs
-        .iter()
-        .map(|InputConfig::Mqtt(mqtt)| mqtt.session_key())
-        .collect();
-    let (store, reader, deliveries) = {
+    // Opening the file and reading what the inputs recorded (MQTT deliveries, file offsets,
+    // SQL tracking values) is SQLite work: off the executor, like all of it.
+    let (store, reader, mut saved) = {
         let (path, depth) = (path.clone(), Arc::clone(&depth));
         let (max_size, when_full) = (config.buffer.max_size, config.buffer.when_full);
+        let wanted: Vec<Saved> = config.inputs.iter().map(Saved::wanted).collect();
         tokio::task::spawn_blocking(move || {
             let store = Store::open(&path, max_size, when_full, depth)?;
             let reader = Reader::open(&path)?;
-            let deliveries = sessions
-                .iter()
-                .map(|session| store.deliveries(session))
+            let saved = wanted
+                .into_iter()
+                .map(|wanted| wanted.load(&store))
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok::<_, crate::buffer::StoreError>((store, reader, deliveries))
+            Ok::<_, crate::buffer::StoreError>((store, reader, saved))
         })
         .await??
     };
@@ -89,9 +87,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let inputs = TaskTracker::new();
     let agent_tags = Arc::new(config.agent.tags.clone());
     let hooks = TestHooks::from_env();
-    for (input, stored) in config.inputs.iter().zip(deliveries) {
+    // One scheduler for every polled input, made only if there is one.
+    let mut scheduler = None;
+    for (input, saved) in config.inputs.iter().zip(saved.iter_mut()) {
+        let saved = std::mem::take(saved);
         match input {
             InputConfig::Mqtt(mqtt) => {
+                let Saved::Deliveries(_, stored) = saved else {
+                    unreachable!("MQTT inputs load deliveries")
+                };
                 let task = MqttInput::new(
                     mqtt.clone(),
                     buffer.clone(),
@@ -101,6 +105,45 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                     hooks,
                 );
                 inputs.spawn(task.run(intake.clone(), drained.clone()));
+            }
+            InputConfig::File(file) => {
+                let task = FileInput::new(
+                    file.clone(),
+                    saved.checkpoints(),
+                    buffer.clone(),
+                    Arc::clone(&metrics),
+                    Arc::clone(&agent_tags),
+                );
+                inputs.spawn(task.run(intake.clone()));
+            }
+            other => {
+                let polled = match inputs::polled(other, &saved.checkpoints()) {
+                    Some(Ok(polled)) => polled,
+                    Some(Err(e)) => {
+                        error!(error = %e, "input disabled");
+                        metrics.error("agent", "input_setup");
+                        continue;
+                    }
+                    None => continue,
+                };
+                if scheduler.is_none() {
+                    let created = JobScheduler::new()
+                        .await
+                        .context("cannot create the scheduler")?;
+                    created
+                        .start()
+                        .await
+                        .context("cannot start the scheduler")?;
+                    scheduler = Some(created);
+                }
+                let scheduler = scheduler.clone().expect("created above");
+                inputs.spawn(polled.run(
+                    scheduler,
+                    buffer.clone(),
+                    Arc::clone(&metrics),
+                    Arc::clone(&agent_tags),
+                    intake.clone(),
+                ));
             }
         }
     }
@@ -155,6 +198,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let deadline = tokio::time::Instant::now() + config.agent.shutdown_timeout;
     intake.cancel();
     stop_forwarding.cancel();
+    if let Some(mut scheduler) = scheduler {
+        let _ = scheduler.shutdown().await;
+    }
     let order = async {
         inputs.wait().await;
         info!("inputs stopped; committing what they handed over");
@@ -175,4 +221,49 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     info!(backlog = depth.points(), "agent stopped");
     Ok(())
+}
+
+/// What an input kept in the buffer from earlier runs.
+#[derive(Default)]
+enum Saved {
+    #[default]
+    Nothing,
+    /// An MQTT session's delivery records.
+    Deliveries(String, std::collections::HashMap<u16, [u8; 8]>),
+    /// Checkpoints under a source id.
+    Checkpoints(String, Vec<(String, Vec<u8>)>),
+}
+
+impl Saved {
+    /// What `input` needs loaded (not loaded yet).
+    fn wanted(input: &InputConfig) -> Saved {
+        match input {
+            InputConfig::Mqtt(mqtt) => Saved::Deliveries(mqtt.session_key(), Default::default()),
+            other => match other.state_source() {
+                Some(source) => Saved::Checkpoints(source, Vec::new()),
+                None => Saved::Nothing,
+            },
+        }
+    }
+
+    fn load(self, store: &Store) -> Result<Saved, crate::buffer::StoreError> {
+        Ok(match self {
+            Saved::Nothing => Saved::Nothing,
+            Saved::Deliveries(session, _) => {
+                let stored = store.deliveries(&session)?;
+                Saved::Deliveries(session, stored)
+            }
+            Saved::Checkpoints(source, _) => {
+                let saved = store.checkpoints(&source)?;
+                Saved::Checkpoints(source, saved)
+            }
+        })
+    }
+
+    fn checkpoints(self) -> Vec<(String, Vec<u8>)> {
+        match self {
+            Saved::Checkpoints(_, saved) => saved,
+            _ => Vec::new(),
+        }
+    }
 }

@@ -51,6 +51,10 @@ pub struct Metrics {
     pub last_send_success: Gauge<f64, AtomicU64>,
     /// 1 while the input's MQTT connection is up.
     pub mqtt_connected: Family<InputLabels, Gauge>,
+    /// Scheduled runs skipped because the previous run of the input was still busy.
+    pub skipped_runs: Family<InputLabels, Counter>,
+    /// Tailed files found truncated (copytruncate rotation) and read again from the start.
+    pub file_truncations: Counter,
     /// Errors and warnings logged, by component and kind.
     pub errors: ErrorCounter,
 }
@@ -122,6 +126,18 @@ impl Metrics {
             "1 while the MQTT connection is up",
             mqtt_connected.clone(),
         );
+        let skipped_runs = Family::default();
+        registry.register(
+            "skipped_runs",
+            "Scheduled runs skipped because the previous run was still busy",
+            skipped_runs.clone(),
+        );
+        let file_truncations = Counter::default();
+        registry.register(
+            "file_truncations",
+            "Tailed files found truncated and read again from the start",
+            file_truncations.clone(),
+        );
         let errors = ErrorCounter::default();
         errors.register(&mut registry);
         Metrics {
@@ -138,6 +154,8 @@ impl Metrics {
             points_sent,
             last_send_success,
             mqtt_connected,
+            skipped_runs,
+            file_truncations,
             errors,
         }
     }

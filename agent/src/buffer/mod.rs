@@ -103,7 +103,8 @@ pub enum Checkpoint {
         pkid: u16,
         digest: [u8; 8],
     },
-    /// Any other input position (e.g. a file offset): the latest value per key wins.
+    /// Any other input position (e.g. a file offset): the latest value per key wins; an
+    /// empty value removes the key.
     State {
         /// The input's stable identity.
         source: Arc<str>,

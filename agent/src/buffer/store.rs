@@ -506,8 +506,13 @@ fn write_checkpoints(tx: &rusqlite::Transaction<'_>, items: &[Ingest]) -> rusqli
         "INSERT INTO checkpoints (source, key, value) VALUES (?1, ?2, ?3)
          ON CONFLICT (source, key) DO UPDATE SET value = excluded.value",
     )?;
+    let mut delete = tx.prepare_cached("DELETE FROM checkpoints WHERE source = ?1 AND key = ?2")?;
     for ((source, key), value) in latest {
-        upsert.execute(params![source, key, value])?;
+        if value.is_empty() {
+            delete.execute(params![source, key])?;
+        } else {
+            upsert.execute(params![source, key, value])?;
+        }
     }
     Ok(())
 }

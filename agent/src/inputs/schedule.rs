@@ -1,0 +1,434 @@
+//! When polled inputs run: `interval = "10s"` or `schedule = "<cron>"` (in UTC, or in
+//! `timezone`), with optional `jitter`, driven by tokio-cron-scheduler.
+//!
+//! # Cron expressions
+//!
+//! Six fields (`sec min hour day-of-month month day-of-week`), five fields (taken as second 0),
+//! or one of `@yearly`, `@annually`, `@monthly`, `@weekly`, `@daily`, `@midnight`, `@hourly`.
+//! The expression is checked here, so a mistake is reported with its key and the reason, not
+//! the scheduler's bare "ParseSchedule".
+//!
+//! # Daylight saving
+//!
+//! tokio-cron-scheduler 0.15 computes a zoned job's next run with the UTC offset that held
+//! when the job was created (`FixedOffset` in its `scheduler.rs`), so a schedule in
+//! `Europe/Berlin` would run an hour off after the next DST change. A cron input therefore
+//! computes each occurrence itself, with croner in the real zone (chrono-tz), and hands the
+//! scheduler a one-shot job for that instant, re-armed after every run. croner skips a wall
+//! time that a spring-forward gap removes to the first valid instant after it, and runs a
+//! wall time that the fall-back fold repeats once. Interval inputs use the scheduler's
+//! repeated jobs, which count whole seconds.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use croner::parser::{CronParser, Seconds, Year};
+use croner::{Cron, CronIterator};
+use tokio::sync::mpsc;
+use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
+use tracing::error;
+
+/// The nicknames accepted in place of fields.
+const NICKNAMES: [&str; 7] = [
+    "@yearly",
+    "@annually",
+    "@monthly",
+    "@weekly",
+    "@daily",
+    "@midnight",
+    "@hourly",
+];
+
+/// When an input runs.
+#[derive(Debug, Clone)]
+pub enum Timing {
+    /// Every so many whole seconds, from the agent's start.
+    Every(Duration),
+    /// At each occurrence of a cron expression in a time zone.
+    Cron {
+        /// As written, for messages.
+        text: String,
+        cron: Box<Cron>,
+        zone: Tz,
+    },
+}
+
+/// A checked schedule.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub timing: Timing,
+    /// Each run waits a random delay up to this long, so devices do not poll in step.
+    pub jitter: Duration,
+}
+
+impl Schedule {
+    /// Checks `interval`, `schedule`, `timezone` and `jitter` as written in an input's table.
+    /// The `Err` names the key at fault (relative to the table) and the problem.
+    pub fn resolve(
+        interval: Option<&str>,
+        schedule: Option<&str>,
+        timezone: Option<&str>,
+        jitter: Option<&str>,
+        default_interval: &str,
+    ) -> Result<Schedule, (&'static str, String)> {
+        let zone = match timezone {
+            None => None,
+            Some(name) => Some(name.parse::<Tz>().map_err(|_| {
+                (
+                    "timezone",
+                    format!("{name:?} is not an IANA time zone name such as \"Europe/Berlin\" or \"UTC\""),
+                )
+            })?),
+        };
+        let timing = match (interval, schedule) {
+            (Some(_), Some(_)) => {
+                return Err((
+                    "schedule",
+                    "set either interval or schedule, not both".to_owned(),
+                ));
+            }
+            (_, Some(text)) => Timing::Cron {
+                text: text.to_owned(),
+                cron: Box::new(parse_cron(text).map_err(|m| ("schedule", m))?),
+                zone: zone.unwrap_or(Tz::UTC),
+            },
+            (interval, None) => {
+                if zone.is_some() {
+                    return Err((
+                        "timezone",
+                        "applies only to a cron schedule, not to an interval".to_owned(),
+                    ));
+                }
+                Timing::Every(parse_interval(interval.unwrap_or(default_interval))?)
+            }
+        };
+        let jitter = match jitter {
+            None => Duration::ZERO,
+            Some(text) => {
+                tributary_common::config::values::parse_duration(text).map_err(|m| ("jitter", m))?
+            }
+        };
+        if let Timing::Every(every) = &timing
+            && jitter >= *every
+        {
+            return Err((
+                "jitter",
+                format!("{jitter:?} must be shorter than the interval ({every:?})"),
+            ));
+        }
+        Ok(Schedule { timing, jitter })
+    }
+
+    /// The runs strictly after `after`, in UTC. Ends if the expression never matches again
+    /// (e.g. a past year). An iterator rather than a "next after" function: in a fall-back
+    /// fold an hourly job runs at both 02:00s, which a search from the last run cannot see.
+    pub fn runs_after(&self, after: DateTime<Utc>) -> Runs {
+        match &self.timing {
+            Timing::Every(every) => Runs::Every {
+                next: after,
+                every: chrono::Duration::from_std(*every).unwrap_or(chrono::Duration::MAX),
+            },
+            Timing::Cron { cron, zone, .. } => {
+                Runs::Cron(Box::new(cron.iter_after(after.with_timezone(zone))))
+            }
+        }
+    }
+
+    /// Describes the schedule for logs.
+    pub fn describe(&self) -> String {
+        match &self.timing {
+            Timing::Every(every) => format!("every {}", humantime::format_duration(*every)),
+            Timing::Cron { text, zone, .. } => format!("cron {text:?} in {zone}"),
+        }
+    }
+
+    /// Registers this schedule with `scheduler`: at each run, `fire` is called. `fire` must
+    /// return at once; the input's own task does the work.
+    pub async fn register(
+        &self,
+        scheduler: &JobScheduler,
+        fire: Arc<dyn Fn() + Send + Sync>,
+    ) -> Result<(), JobSchedulerError> {
+        match &self.timing {
+            Timing::Every(every) => {
+                let job = Job::new_repeated_async(*every, move |_, _| {
+                    fire();
+                    Box::pin(async {})
+                })?;
+                scheduler.add(job).await?;
+            }
+            Timing::Cron { .. } => {
+                let runs = Arc::new(std::sync::Mutex::new(self.runs_after(Utc::now())));
+                arm(scheduler.clone(), runs, fire).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The run times of a schedule.
+pub enum Runs {
+    Every {
+        next: DateTime<Utc>,
+        every: chrono::Duration,
+    },
+    Cron(Box<CronIterator<Tz>>),
+}
+
+impl Iterator for Runs {
+    type Item = DateTime<Utc>;
+
+    fn next(&mut self) -> Option<DateTime<Utc>> {
+        match self {
+            Runs::Every { next, every } => {
+                *next = next.checked_add_signed(*every)?;
+                Some(*next)
+            }
+            Runs::Cron(runs) => runs.next().map(|at| at.with_timezone(&Utc)),
+        }
+    }
+}
+
+/// Adds a one-shot job for the next of `runs` that is not already past; when it runs, it
+/// calls `fire` and arms the one after.
+fn arm(
+    scheduler: JobScheduler,
+    runs: Arc<std::sync::Mutex<Runs>>,
+    fire: Arc<dyn Fn() + Send + Sync>,
+) -> std::pin::Pin<Box<dyn Future<Output = Result<(), JobSchedulerError>> + Send>> {
+    Box::pin(async move {
+        // After a suspend or a clock step, runs already missed are skipped, not replayed.
+        let now = Utc::now() - chrono::Duration::seconds(1);
+        let next = runs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .find(|at| *at >= now);
+        let Some(at) = next else {
+            error!("the cron schedule has no further occurrence; the input will not run again");
+            return Ok(());
+        };
+        let wait = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        let instant = std::time::Instant::now() + wait;
+        let job = Job::new_one_shot_at_instant_async(instant, move |_, scheduler| {
+            fire();
+            let (runs, fire) = (Arc::clone(&runs), Arc::clone(&fire));
+            Box::pin(async move {
+                if let Err(e) = arm(scheduler, runs, fire).await {
+                    error!(error = %e, "could not schedule the next run");
+                }
+            })
+        })?;
+        scheduler.add(job).await?;
+        Ok(())
+    })
+}
+
+/// Parses a cron expression in the forms the module docs list.
+pub fn parse_cron(text: &str) -> Result<Cron, String> {
+    let trimmed = text.trim();
+    if trimmed.starts_with('@') {
+        if !NICKNAMES.iter().any(|n| n.eq_ignore_ascii_case(trimmed)) {
+            return Err(format!(
+                "{text:?} is not a known nickname; use one of {}",
+                NICKNAMES.join(", ")
+            ));
+        }
+    } else {
+        let fields = trimmed.split_whitespace().count();
+        if fields != 5 && fields != 6 {
+            return Err(format!(
+                "{text:?} has {fields} fields; a cron expression has 6 (sec min hour day-of-month month day-of-week), 5 (min hour day-of-month month day-of-week, at second 0), or is a nickname like @hourly"
+            ));
+        }
+    }
+    CronParser::builder()
+        .seconds(Seconds::Optional)
+        .year(Year::Disallowed)
+        .build()
+        .parse(trimmed)
+        .map_err(|e| format!("{text:?} is not a valid cron expression: {e}"))
+}
+
+/// An interval: a whole number of seconds, at least one (the scheduler counts seconds).
+fn parse_interval(text: &str) -> Result<Duration, (&'static str, String)> {
+    let every =
+        tributary_common::config::values::parse_duration(text).map_err(|m| ("interval", m))?;
+    if every < Duration::from_secs(1) || every.subsec_nanos() != 0 {
+        return Err((
+            "interval",
+            format!("{text:?} must be a whole number of seconds, at least 1s"),
+        ));
+    }
+    Ok(every)
+}
+
+/// Runs of one input: `fire` hands a run to the input's task, or counts it as skipped when the
+/// previous run is still busy (runs never overlap and are never queued behind a slow one).
+pub struct Trigger {
+    tx: mpsc::Sender<DateTime<Utc>>,
+    busy: Arc<std::sync::atomic::AtomicBool>,
+    skipped: prometheus_client::metrics::counter::Counter,
+}
+
+impl Trigger {
+    /// A trigger and the receiving end the input's task waits on.
+    pub fn new(
+        skipped: prometheus_client::metrics::counter::Counter,
+    ) -> (Trigger, mpsc::Receiver<DateTime<Utc>>, Busy) {
+        let (tx, rx) = mpsc::channel(1);
+        let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        (
+            Trigger {
+                tx,
+                busy: Arc::clone(&busy),
+                skipped,
+            },
+            rx,
+            Busy(busy),
+        )
+    }
+
+    /// Called by the scheduler at each due time.
+    pub fn fire(&self) {
+        if self.busy.load(std::sync::atomic::Ordering::Acquire)
+            || self.tx.try_send(Utc::now()).is_err()
+        {
+            self.skipped.inc();
+        }
+    }
+}
+
+/// Held by the input's task: marks a run in progress.
+pub struct Busy(Arc<std::sync::atomic::AtomicBool>);
+
+impl Busy {
+    pub fn set(&self, busy: bool) {
+        self.0.store(busy, std::sync::atomic::Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn cron(text: &str, zone: Option<&str>) -> Schedule {
+        Schedule::resolve(None, Some(text), zone, None, "10s").unwrap()
+    }
+
+    fn next(schedule: &Schedule, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        schedule.runs_after(after).next()
+    }
+
+    fn utc(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn five_fields_run_at_second_zero_and_six_fields_have_seconds() {
+        let five = cron("*/5 * * * *", None);
+        assert_eq!(
+            next(&five, utc("2026-03-01T10:01:30Z")),
+            Some(utc("2026-03-01T10:05:00Z"))
+        );
+        let six = cron("15 */5 * * * *", None);
+        assert_eq!(
+            next(&six, utc("2026-03-01T10:05:15Z")),
+            Some(utc("2026-03-01T10:10:15Z"))
+        );
+        let hourly = cron("@hourly", None);
+        assert_eq!(
+            next(&hourly, utc("2026-03-01T10:00:00Z")),
+            Some(utc("2026-03-01T11:00:00Z"))
+        );
+        assert_eq!(
+            next(&cron("@DAILY", None), utc("2026-03-01T10:00:00Z")),
+            Some(utc("2026-03-02T00:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn bad_expressions_say_why() {
+        let error = |text: &str| {
+            Schedule::resolve(None, Some(text), None, None, "10s")
+                .unwrap_err()
+                .1
+        };
+        assert!(
+            error("* * *").contains("has 3 fields"),
+            "{}",
+            error("* * *")
+        );
+        assert!(error("0 0 0 * * * 2030").contains("has 7 fields"));
+        assert!(error("@fortnightly").contains("not a known nickname"));
+        assert!(error("61 * * * *").contains("not a valid cron expression"));
+        assert!(error("* * * * mon-foo").contains("not a valid cron expression"));
+        let both = Schedule::resolve(Some("10s"), Some("@hourly"), None, None, "10s");
+        assert_eq!(both.unwrap_err().0, "schedule");
+        let zone = Schedule::resolve(None, Some("@hourly"), Some("Mars/Olympus"), None, "10s");
+        assert_eq!(zone.unwrap_err().0, "timezone");
+        let fraction = Schedule::resolve(Some("1500ms"), None, None, None, "10s");
+        assert_eq!(fraction.unwrap_err().0, "interval");
+        let jitter = Schedule::resolve(Some("10s"), None, None, Some("10s"), "10s");
+        assert_eq!(jitter.unwrap_err().0, "jitter");
+    }
+
+    #[test]
+    fn zoned_schedules_follow_daylight_saving() {
+        // 02:30 every day in Berlin. Winter: UTC+1, summer: UTC+2.
+        let daily = cron("0 30 2 * * *", Some("Europe/Berlin"));
+        assert_eq!(
+            next(&daily, utc("2026-03-27T12:00:00Z")),
+            Some(utc("2026-03-28T01:30:00Z"))
+        );
+        // 2026-03-29: clocks jump 02:00 -> 03:00; 02:30 does not exist and runs at the first
+        // instant after the gap, once.
+        let spring = next(&daily, utc("2026-03-28T01:30:00Z")).unwrap();
+        assert_eq!(spring, utc("2026-03-29T01:00:00Z"));
+        // The day after: 02:30 summer time.
+        assert_eq!(next(&daily, spring), Some(utc("2026-03-30T00:30:00Z")));
+        // 2026-10-25: clocks fall back 03:00 -> 02:00; 02:30 happens twice and runs once.
+        let before = utc("2026-10-24T12:00:00Z");
+        let first = next(&daily, before).unwrap();
+        assert_eq!(first, utc("2026-10-25T00:30:00Z"));
+        let next = next(&daily, first).unwrap();
+        assert_eq!(next, utc("2026-10-26T01:30:00Z"));
+
+        // An hourly job keeps one run per real hour through both changes.
+        let hourly = cron("0 0 * * * *", Some("Europe/Berlin"));
+        let runs: Vec<_> = hourly
+            .runs_after(utc("2026-10-24T23:30:00Z"))
+            .take(5)
+            .collect();
+        let expected: Vec<_> = (0..5)
+            .map(|h| utc("2026-10-25T00:00:00Z") + chrono::Duration::hours(h))
+            .collect();
+        assert_eq!(runs, expected);
+        let runs: Vec<_> = hourly
+            .runs_after(utc("2026-03-28T23:30:00Z"))
+            .take(3)
+            .collect();
+        assert_eq!(
+            runs,
+            [
+                utc("2026-03-29T00:00:00Z"),
+                utc("2026-03-29T01:00:00Z"),
+                utc("2026-03-29T02:00:00Z")
+            ]
+        );
+    }
+
+    #[test]
+    fn utc_is_the_default_zone() {
+        let daily = cron("0 0 6 * * *", None);
+        let at = Utc.with_ymd_and_hms(2026, 7, 1, 0, 0, 0).unwrap();
+        assert_eq!(
+            next(&daily, at),
+            Some(Utc.with_ymd_and_hms(2026, 7, 1, 6, 0, 0).unwrap())
+        );
+    }
+}

@@ -1,0 +1,590 @@
+//! The system input: the device's own vital signs, named as Telegraf's system inputs name them
+//! (the README's "System input reference" lists every measurement, tag, field and unit).
+//!
+//! | measurement | tags | fields |
+//! |---|---|---|
+//! | `cpu` | `cpu` (`cpu-total`, `cpu0`, …) | `usage_user`, `usage_system`, `usage_idle`, `usage_nice`, `usage_iowait`, `usage_irq`, `usage_softirq`, `usage_steal`, `usage_guest`, `usage_guest_nice` (percent of the time since the last poll) |
+//! | `mem` | | `total`, `available`, `used`, `free`, `cached`, `buffered` (bytes), `used_percent`, `available_percent` |
+//! | `swap` | | `total`, `used`, `free` (bytes), `used_percent` |
+//! | `system` | | `load1`, `load5`, `load15`, `n_cpus`, `uptime` (seconds) |
+//! | `disk` | `path`, `device`, `fstype` | `total`, `free`, `used` (bytes), `used_percent`, `inodes_total`, `inodes_free`, `inodes_used` |
+//! | `diskio` | `name` | `reads`, `writes`, `read_bytes`, `write_bytes`, `read_time`, `write_time`, `io_time` (ms), `iops_in_progress` (counters since boot) |
+//! | `net` | `interface` | `bytes_sent`, `bytes_recv`, `packets_sent`, `packets_recv`, `err_in`, `err_out`, `drop_in`, `drop_out` (counters since boot) |
+//! | `temp` | `sensor` | `temp` (°C, from `/sys/class/thermal`) |
+//! | `procstat` | `process_name` = `tributary-agent` | `memory_rss` (bytes), `cpu_time_user`, `cpu_time_system` (seconds), `cpu_usage` (percent of one core since the last poll) |
+//!
+//! Everything comes from `/proc` (through the procfs crate) and `/sys`; a source that cannot be
+//! read (no swap, no thermal zones, a container without `/proc/diskstats`) is left out, and
+//! the first failure of each is logged and counted.
+
+use std::collections::BTreeMap;
+use std::collections::HashSet;
+
+use procfs::{Current, CurrentSI};
+use serde::Deserialize;
+use tributary_common::config::{ConfigError, Source};
+use tributary_wire::{FieldValue, Point};
+
+use super::polled::{Common, PollError, Polled, RawTiming};
+
+/// The groups of readings, in the order they are taken.
+pub const GROUPS: [&str; 9] = [
+    "cpu", "mem", "swap", "system", "disk", "diskio", "net", "temp", "process",
+];
+
+/// File systems without a disk behind them, left out of `disk` unless `ignore_fs` is set.
+const VIRTUAL_FS: [&str; 27] = [
+    "tmpfs",
+    "devtmpfs",
+    "devfs",
+    "iso9660",
+    "overlay",
+    "aufs",
+    "squashfs",
+    "proc",
+    "sysfs",
+    "cgroup",
+    "cgroup2",
+    "devpts",
+    "mqueue",
+    "debugfs",
+    "tracefs",
+    "securityfs",
+    "pstore",
+    "bpf",
+    "configfs",
+    "fusectl",
+    "hugetlbfs",
+    "autofs",
+    "binfmt_misc",
+    "rpc_pipefs",
+    "nsfs",
+    "efivarfs",
+    "ramfs",
+];
+
+/// `[[inputs.system]]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSystem {
+    /// Not used for names (each reading has its measurement); accepted for symmetry.
+    pub name: Option<String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    pub interval: Option<String>,
+    pub schedule: Option<String>,
+    pub timezone: Option<String>,
+    pub jitter: Option<String>,
+    /// Which groups to read. Default: all of them.
+    pub collect: Option<Vec<String>>,
+    /// Per-core CPU points besides `cpu-total`. Default: true.
+    pub percpu: Option<bool>,
+    /// File system types left out of `disk`. Default: the virtual ones (tmpfs, overlay, …).
+    pub ignore_fs: Option<Vec<String>>,
+}
+
+/// A checked `[[inputs.system]]`.
+#[derive(Debug, Clone)]
+pub struct SystemConfig {
+    pub common: Common,
+    pub collect: HashSet<&'static str>,
+    pub percpu: bool,
+    pub ignore_fs: HashSet<String>,
+}
+
+impl RawSystem {
+    pub fn resolve(self, index: usize, source: &Source) -> Result<SystemConfig, ConfigError> {
+        let timing = RawTiming {
+            interval: self.interval.as_deref(),
+            schedule: self.schedule.as_deref(),
+            timezone: self.timezone.as_deref(),
+            jitter: self.jitter.as_deref(),
+        };
+        let common = Common::resolve("system", index, self.name, self.tags, &timing, source)?;
+        let collect = match self.collect {
+            None => GROUPS.into_iter().collect(),
+            Some(groups) => {
+                let mut chosen = HashSet::new();
+                for (i, group) in groups.iter().enumerate() {
+                    let known = GROUPS.iter().find(|g| **g == group).ok_or_else(|| {
+                        source.error(
+                            common.key(&format!("collect[{i}]")),
+                            format!(
+                                "{group:?} is not a group; choose from {}",
+                                GROUPS.join(", ")
+                            ),
+                        )
+                    })?;
+                    chosen.insert(*known);
+                }
+                chosen
+            }
+        };
+        Ok(SystemConfig {
+            common,
+            collect,
+            percpu: self.percpu.unwrap_or(true),
+            ignore_fs: self
+                .ignore_fs
+                .unwrap_or_else(|| VIRTUAL_FS.iter().map(|s| (*s).to_owned()).collect())
+                .into_iter()
+                .collect(),
+        })
+    }
+}
+
+/// CPU and process times from the previous poll, for percentages.
+#[derive(Default)]
+struct Previous {
+    cpus: Vec<(String, procfs::CpuTime)>,
+    process: Option<(u64, u64, std::time::Instant)>,
+}
+
+/// Reads the system for one `[[inputs.system]]`.
+pub struct SystemPoller {
+    config: SystemConfig,
+    previous: Option<Previous>,
+    /// Sources already reported as unreadable (each is logged once).
+    failed: HashSet<&'static str>,
+    ticks: f64,
+    page_size: u64,
+}
+
+impl SystemPoller {
+    pub fn new(config: SystemConfig) -> SystemPoller {
+        SystemPoller {
+            config,
+            previous: None,
+            failed: HashSet::new(),
+            ticks: procfs::ticks_per_second() as f64,
+            page_size: procfs::page_size(),
+        }
+    }
+
+    pub async fn poll(&mut self, at: i64) -> Result<Polled, PollError> {
+        if self.previous.is_none() && self.wants("cpu") | self.wants("process") {
+            // Percentages need two readings: the very first poll takes a baseline first.
+            self.previous = Some(self.sample_times());
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+        let mut polled = Polled {
+            origin: "/proc".to_owned(),
+            ..Polled::default()
+        };
+        let mut points = Vec::new();
+        let mut warn = |group: &'static str, error: String, failed: &mut HashSet<&'static str>| {
+            if failed.insert(group) {
+                polled.warnings.push((
+                    "unreadable",
+                    format!("cannot read {group} figures ({error}); leaving them out"),
+                ));
+            }
+        };
+        let mut failed = std::mem::take(&mut self.failed);
+        let now = self.sample_times();
+        if self.wants("cpu") {
+            self.cpu(&now, at, &mut points);
+        }
+        if self.wants("process") {
+            self.process(&now, at, &mut points);
+        }
+        self.previous = Some(now);
+        if self.wants("mem") || self.wants("swap") {
+            match procfs::Meminfo::current() {
+                Ok(info) => memory(
+                    &info,
+                    self.wants("mem"),
+                    self.wants("swap"),
+                    at,
+                    &mut points,
+                ),
+                Err(e) => warn("mem", e.to_string(), &mut failed),
+            }
+        }
+        if self.wants("system") {
+            match system(at) {
+                Ok(point) => points.push(point),
+                Err(e) => warn("system", e, &mut failed),
+            }
+        }
+        if self.wants("disk") {
+            match procfs::mounts() {
+                Ok(mounts) => self.disks(&mounts, at, &mut points),
+                Err(e) => warn("disk", e.to_string(), &mut failed),
+            }
+        }
+        if self.wants("diskio") {
+            match procfs::diskstats() {
+                Ok(stats) => diskio(&stats, at, &mut points),
+                Err(e) => warn("diskio", e.to_string(), &mut failed),
+            }
+        }
+        if self.wants("net") {
+            match procfs::net::dev_status() {
+                Ok(devices) => net(devices, at, &mut points),
+                Err(e) => warn("net", e.to_string(), &mut failed),
+            }
+        }
+        if self.wants("temp") {
+            temperatures(at, &mut points);
+        }
+        self.failed = failed;
+        polled.points = points;
+        Ok(polled)
+    }
+
+    fn wants(&self, group: &str) -> bool {
+        self.config.collect.contains(group)
+    }
+
+    fn sample_times(&self) -> Previous {
+        let cpus = match procfs::KernelStats::current() {
+            Ok(stats) => {
+                let mut cpus = vec![("cpu-total".to_owned(), stats.total)];
+                if self.config.percpu {
+                    cpus.extend(
+                        stats
+                            .cpu_time
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, time)| (format!("cpu{i}"), time)),
+                    );
+                }
+                cpus
+            }
+            Err(_) => Vec::new(),
+        };
+        let process = procfs::process::Process::myself()
+            .and_then(|p| p.stat())
+            .ok()
+            .map(|stat| (stat.utime, stat.stime, std::time::Instant::now()));
+        Previous { cpus, process }
+    }
+
+    fn cpu(&self, now: &Previous, at: i64, points: &mut Vec<Point>) {
+        let Some(previous) = &self.previous else {
+            return;
+        };
+        for ((name, time), (previous_name, before)) in now.cpus.iter().zip(&previous.cpus) {
+            if name != previous_name {
+                continue;
+            }
+            let parts = |t: &procfs::CpuTime| {
+                [
+                    // The kernel counts guest time inside user and nice; Telegraf takes it out.
+                    t.user.saturating_sub(t.guest.unwrap_or(0)),
+                    t.system,
+                    t.idle,
+                    t.nice.saturating_sub(t.guest_nice.unwrap_or(0)),
+                    t.iowait.unwrap_or(0),
+                    t.irq.unwrap_or(0),
+                    t.softirq.unwrap_or(0),
+                    t.steal.unwrap_or(0),
+                    t.guest.unwrap_or(0),
+                    t.guest_nice.unwrap_or(0),
+                ]
+            };
+            let (a, b) = (parts(before), parts(time));
+            let deltas: Vec<f64> = a
+                .iter()
+                .zip(&b)
+                .map(|(a, b)| b.saturating_sub(*a) as f64)
+                .collect();
+            let total: f64 = deltas.iter().sum();
+            if total <= 0.0 {
+                continue;
+            }
+            let names = [
+                "usage_user",
+                "usage_system",
+                "usage_idle",
+                "usage_nice",
+                "usage_iowait",
+                "usage_irq",
+                "usage_softirq",
+                "usage_steal",
+                "usage_guest",
+                "usage_guest_nice",
+            ];
+            let mut point = Point::new("cpu", at).with_tag("cpu", name.clone());
+            for (field, delta) in names.iter().zip(&deltas) {
+                point
+                    .fields
+                    .insert((*field).to_owned(), FieldValue::F64(delta / total * 100.0));
+            }
+            points.push(point);
+        }
+    }
+
+    fn process(&self, now: &Previous, at: i64, points: &mut Vec<Point>) {
+        let Some((user, system, when)) = now.process else {
+            return;
+        };
+        let mut point = Point::new("procstat", at)
+            .with_tag("process_name", "tributary-agent")
+            .with_field("cpu_time_user", user as f64 / self.ticks)
+            .with_field("cpu_time_system", system as f64 / self.ticks);
+        if let Ok(stat) = procfs::process::Process::myself().and_then(|p| p.stat()) {
+            point = point.with_field("memory_rss", (stat.rss * self.page_size) as i64);
+        }
+        if let Some((before_user, before_system, before)) =
+            self.previous.as_ref().and_then(|p| p.process)
+        {
+            let seconds = when.duration_since(before).as_secs_f64();
+            if seconds > 0.0 {
+                let ticks = (user + system).saturating_sub(before_user + before_system) as f64;
+                point = point.with_field("cpu_usage", ticks / self.ticks / seconds * 100.0);
+            }
+        }
+        points.push(point);
+    }
+
+    fn disks(&self, mounts: &[procfs::MountEntry], at: i64, points: &mut Vec<Point>) {
+        let mut seen = HashSet::new();
+        for mount in mounts {
+            if self.config.ignore_fs.contains(&mount.fs_vfstype) || !seen.insert(&mount.fs_file) {
+                continue;
+            }
+            let Ok(stat) = rustix::fs::statvfs(mount.fs_file.as_str()) else {
+                continue;
+            };
+            if stat.f_blocks == 0 {
+                continue;
+            }
+            let total = stat.f_blocks * stat.f_frsize;
+            let free = stat.f_bavail * stat.f_frsize;
+            let used = (stat.f_blocks - stat.f_bfree) * stat.f_frsize;
+            // As df and Telegraf: space reserved for root counts as neither used nor free.
+            let used_percent = if used + free > 0 {
+                used as f64 / (used + free) as f64 * 100.0
+            } else {
+                0.0
+            };
+            points.push(
+                Point::new("disk", at)
+                    .with_tag("path", mount.fs_file.clone())
+                    .with_tag(
+                        "device",
+                        mount.fs_spec.trim_start_matches("/dev/").to_owned(),
+                    )
+                    .with_tag("fstype", mount.fs_vfstype.clone())
+                    .with_field("total", total as i64)
+                    .with_field("free", free as i64)
+                    .with_field("used", used as i64)
+                    .with_field("used_percent", used_percent)
+                    .with_field("inodes_total", stat.f_files as i64)
+                    .with_field("inodes_free", stat.f_ffree as i64)
+                    .with_field(
+                        "inodes_used",
+                        stat.f_files.saturating_sub(stat.f_ffree) as i64,
+                    ),
+            );
+        }
+    }
+}
+
+fn memory(info: &procfs::Meminfo, mem: bool, swap: bool, at: i64, points: &mut Vec<Point>) {
+    if mem {
+        let total = info.mem_total;
+        let available = info
+            .mem_available
+            .unwrap_or(info.mem_free + info.buffers + info.cached);
+        let used = total.saturating_sub(available);
+        let percent = |part: u64| {
+            if total > 0 {
+                part as f64 / total as f64 * 100.0
+            } else {
+                0.0
+            }
+        };
+        points.push(
+            Point::new("mem", at)
+                .with_field("total", total as i64)
+                .with_field("available", available as i64)
+                .with_field("used", used as i64)
+                .with_field("free", info.mem_free as i64)
+                .with_field("cached", info.cached as i64)
+                .with_field("buffered", info.buffers as i64)
+                .with_field("used_percent", percent(used))
+                .with_field("available_percent", percent(available)),
+        );
+    }
+    if swap {
+        let used = info.swap_total.saturating_sub(info.swap_free);
+        let percent = if info.swap_total > 0 {
+            used as f64 / info.swap_total as f64 * 100.0
+        } else {
+            0.0
+        };
+        points.push(
+            Point::new("swap", at)
+                .with_field("total", info.swap_total as i64)
+                .with_field("used", used as i64)
+                .with_field("free", info.swap_free as i64)
+                .with_field("used_percent", percent),
+        );
+    }
+}
+
+fn system(at: i64) -> Result<Point, String> {
+    let load = procfs::LoadAverage::current().map_err(|e| e.to_string())?;
+    let uptime = procfs::Uptime::current().map_err(|e| e.to_string())?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Ok(Point::new("system", at)
+        .with_field("load1", f64::from(load.one))
+        .with_field("load5", f64::from(load.five))
+        .with_field("load15", f64::from(load.fifteen))
+        .with_field("n_cpus", cpus as i64)
+        .with_field("uptime", uptime.uptime as i64))
+}
+
+fn diskio(stats: &[procfs::DiskStat], at: i64, points: &mut Vec<Point>) {
+    for disk in stats {
+        if disk.reads == 0 && disk.writes == 0 {
+            continue;
+        }
+        points.push(
+            Point::new("diskio", at)
+                .with_tag("name", disk.name.clone())
+                .with_field("reads", disk.reads as i64)
+                .with_field("writes", disk.writes as i64)
+                // /proc/diskstats counts 512-byte sectors whatever the device's sector size.
+                .with_field("read_bytes", (disk.sectors_read * 512) as i64)
+                .with_field("write_bytes", (disk.sectors_written * 512) as i64)
+                .with_field("read_time", disk.time_reading as i64)
+                .with_field("write_time", disk.time_writing as i64)
+                .with_field("io_time", disk.time_in_progress as i64)
+                .with_field("iops_in_progress", disk.in_progress as i64),
+        );
+    }
+}
+
+fn net(
+    devices: std::collections::HashMap<String, procfs::net::DeviceStatus>,
+    at: i64,
+    points: &mut Vec<Point>,
+) {
+    let mut devices: Vec<_> = devices.into_values().filter(|d| d.name != "lo").collect();
+    devices.sort_by(|a, b| a.name.cmp(&b.name));
+    for device in devices {
+        points.push(
+            Point::new("net", at)
+                .with_tag("interface", device.name)
+                .with_field("bytes_sent", device.sent_bytes as i64)
+                .with_field("bytes_recv", device.recv_bytes as i64)
+                .with_field("packets_sent", device.sent_packets as i64)
+                .with_field("packets_recv", device.recv_packets as i64)
+                .with_field("err_in", device.recv_errs as i64)
+                .with_field("err_out", device.sent_errs as i64)
+                .with_field("drop_in", device.recv_drop as i64)
+                .with_field("drop_out", device.sent_drop as i64),
+        );
+    }
+}
+
+/// `/sys/class/thermal/thermal_zone*/temp` holds millidegrees Celsius; `type` names the sensor.
+fn temperatures(at: i64, points: &mut Vec<Point>) {
+    let Ok(zones) = std::fs::read_dir("/sys/class/thermal") else {
+        return;
+    };
+    let mut zones: Vec<_> = zones
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("thermal_zone"))
+        })
+        .collect();
+    zones.sort();
+    for zone in zones {
+        let Some(millis) = std::fs::read_to_string(zone.join("temp"))
+            .ok()
+            .and_then(|t| t.trim().parse::<i64>().ok())
+        else {
+            continue;
+        };
+        let zone_name = zone
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let kind = std::fs::read_to_string(zone.join("type"))
+            .map(|t| t.trim().to_owned())
+            .unwrap_or_default();
+        let sensor = if kind.is_empty() {
+            zone_name
+        } else {
+            format!("{kind}_{zone_name}")
+        };
+        points.push(
+            Point::new("temp", at)
+                .with_tag("sensor", sensor)
+                .with_field("temp", millis as f64 / 1000.0),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn poller(table: &str) -> SystemPoller {
+        match crate::config::tests::one_input(&format!("[[inputs.system]]\n{table}")) {
+            crate::config::InputConfig::System(config) => SystemPoller::new(config),
+            _ => unreachable!(),
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_this_machine_with_telegraf_names() {
+        let mut poller = poller("interval = \"10s\"\n");
+        let polled = poller.poll(7).await.unwrap();
+        let names: HashSet<&str> = polled.points.iter().map(|p| p.name.as_str()).collect();
+        for expected in ["cpu", "mem", "swap", "system", "disk", "net", "procstat"] {
+            assert!(
+                names.contains(expected),
+                "{expected} missing from {names:?}"
+            );
+        }
+        let total = polled
+            .points
+            .iter()
+            .find(|p| p.name == "cpu" && p.tags["cpu"] == "cpu-total")
+            .expect("cpu-total");
+        let sum: f64 = total
+            .fields
+            .values()
+            .map(|v| match v {
+                FieldValue::F64(v) => *v,
+                _ => 0.0,
+            })
+            .sum();
+        // Guest time is taken out of user and nice, so the parts add up to 100%.
+        assert!((sum - 100.0).abs() < 0.01, "{sum}");
+        let mem = polled.points.iter().find(|p| p.name == "mem").unwrap();
+        assert!(matches!(mem.fields["total"], FieldValue::I64(t) if t > 0));
+        let root = polled.points.iter().find(|p| p.name == "disk").unwrap();
+        assert!(root.tags.contains_key("fstype") && root.fields.contains_key("used_percent"));
+        let me = polled.points.iter().find(|p| p.name == "procstat").unwrap();
+        assert!(matches!(me.fields["memory_rss"], FieldValue::I64(rss) if rss > 1 << 20));
+        assert!(polled.points.iter().all(|p| p.ts == 7));
+    }
+
+    #[tokio::test]
+    async fn collects_only_the_chosen_groups() {
+        let mut poller = poller("collect = [\"mem\", \"system\"]\n");
+        let polled = poller.poll(1).await.unwrap();
+        let names: HashSet<&str> = polled.points.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, HashSet::from(["mem", "system"]));
+    }
+
+    #[test]
+    fn unknown_groups_are_named() {
+        let error = crate::config::tests::error(
+            "[[inputs.system]]\n[[inputs.system]]\n[[inputs.system]]\ncollect = [\"cpu\", \"gpu\"]\n",
+        );
+        assert!(
+            error.contains("inputs.system[2].collect[1]") && error.contains("\"gpu\""),
+            "{error}"
+        );
+    }
+}
