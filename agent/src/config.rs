@@ -563,4 +563,4 @@ fn host_name() -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -13,6 +13,7 @@
 
 pub mod backoff;
 pub mod buffer;
+pub mod commands;
 pub mod config;
 pub mod format;
 pub mod forward;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use tributary_agent::config::{Config, RawConfig};
+use tributary_agent::config::RawConfig;
 use tributary_common::config::load_for_main;
 use tributary_common::logging::{self, LogFormat};
 use tributary_common::signals;
@@ -33,12 +33,37 @@ enum Command {
     Run,
     /// Validate the configuration and exit: 0 if valid, 2 with the file, key and reason if not.
     Check,
+    /// Run every input once and print the points it would buffer, as line protocol; nothing
+    /// is buffered or forwarded.
+    Test,
+    /// Start a collector and an agent on this machine (SQLite, the system input, no broker)
+    /// and print where to query the live data. Ctrl-C stops both.
+    Quickstart {
+        /// Directory for the configuration files and data.
+        #[arg(long, default_value = "tributary-quickstart")]
+        dir: PathBuf,
+        /// The collector's port on 127.0.0.1.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
 }
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();
     logging::init(cli.log_format);
+    if let Some(Command::Quickstart { dir, port }) = cli.command {
+        let options = tributary_agent::commands::Quickstart { dir, port };
+        return block_on(|shutdown| async move {
+            match tributary_agent::commands::quickstart(&options, shutdown).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        });
+    }
     let config = match load_for_main::<RawConfig>(cli.config.as_deref(), "config/agent.toml") {
         Ok(config) => config,
         Err(status) => return status,
@@ -54,11 +79,26 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Run => run(config),
+        Command::Test => block_on(|_| async move { tributary_agent::commands::test(&config).await }),
+        Command::Quickstart { .. } => unreachable!("handled above"),
+        Command::Run => block_on(|shutdown| async move {
+            match tributary_agent::run(config, shutdown).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "agent failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }),
     }
 }
 
-fn run(config: Config) -> ExitCode {
+/// Runs `main` on the agent's runtime, with a token cancelled by SIGTERM or SIGINT.
+fn block_on<F, Fut>(main: F) -> ExitCode
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: Future<Output = ExitCode>,
+{
     // One thread runs every task: the agent's work is mostly waiting, and keeping its tasks on
     // one thread avoids a cross-thread wakeup per message. SQLite runs on the blocking pool.
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -75,13 +115,7 @@ fn run(config: Config) -> ExitCode {
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(signals::cancel_on_signal(shutdown.clone()));
-        match tributary_agent::run(config, shutdown).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!(error = format!("{e:#}"), "agent failed");
-                ExitCode::FAILURE
-            }
-        }
+        main(shutdown).await
     })
 }
 

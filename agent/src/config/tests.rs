@@ -6,6 +6,18 @@ fn load(text: &str) -> Result<Config, ConfigError> {
     Config::load_str(text, Path::new("agent.toml"))
 }
 
+/// The one input `text` configures (for the inputs' own tests).
+pub(crate) fn one_input(text: &str) -> InputConfig {
+    let mut config = load(&format!("[agent]\nid = \"test\"\n{text}")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.inputs.len(), 1);
+    config.inputs.remove(0)
+}
+
+/// The message of the error `text` causes.
+pub(crate) fn error(text: &str) -> String {
+    load(&format!("[agent]\nid = \"test\"\n{text}")).unwrap_err().to_string()
+}
+
 /// The documented example must load, and every default in it must match the code.
 #[test]
 fn documented_example_loads_with_the_defaults_it_states() {
@@ -78,7 +90,10 @@ fn documented_example_loads_with_the_defaults_it_states() {
         )
     );
 
-    let (InputConfig::Mqtt(m), InputConfig::Mqtt(d)) = (&config.inputs[0], &defaults.inputs[0]);
+    let (InputConfig::Mqtt(m), InputConfig::Mqtt(d)) = (&config.inputs[0], &defaults.inputs[0])
+    else {
+        panic!("the first input of both is MQTT")
+    };
     assert_eq!(
         (m.qos, m.format, &m.topic_tag, &m.name, &m.client_id),
         (d.qos, d.format, &d.topic_tag, &d.name, &d.client_id)
@@ -127,7 +142,9 @@ topic_tags = "sensors/{device}/{name}"
         config.forward.token.as_deref(),
         std::env::var("PATH").ok().as_deref()
     );
-    let InputConfig::Mqtt(mqtt) = &config.inputs[0];
+    let InputConfig::Mqtt(mqtt) = &config.inputs[0] else {
+        panic!("the first input is MQTT")
+    };
     assert_eq!(mqtt.qos, rumqttc::QoS::AtLeastOnce);
     assert!(mqtt.template.is_some());
     assert_eq!(mqtt.topic_tag, None);
@@ -192,10 +209,16 @@ fn bad_values_name_their_key_and_line() {
             "TRIBUTARY_SURELY_UNSET_VAR",
         ),
         (
-            "[[inputs.exec]]\ncommand = [\"x\"]\n",
-            "inputs.exec",
+            "[[inputs.modbus]]\nport = 502\n",
+            "inputs.modbus",
             1,
             "unknown field",
+        ),
+        (
+            "[[inputs.exec]]\ncommand = [\"x-not-a-program\"]\n",
+            "inputs.exec[0].command",
+            2,
+            "not found in PATH",
         ),
     ];
     for (text, key, line, words) in cases {
@@ -216,7 +239,10 @@ fn two_inputs_may_not_share_a_session() {
     let ids: Vec<_> = config
         .inputs
         .iter()
-        .map(|InputConfig::Mqtt(m)| m.client_id.clone())
+        .filter_map(|input| match input {
+            InputConfig::Mqtt(m) => Some(m.client_id.clone()),
+            _ => None,
+        })
         .collect();
     assert_eq!(ids, vec!["tributary-a-0", "tributary-a-1"]);
 }

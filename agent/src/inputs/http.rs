@@ -290,6 +290,7 @@ pub struct HttpPoller {
 
 impl HttpPoller {
     pub fn new(config: HttpConfig) -> Result<HttpPoller, reqwest::Error> {
+        crate::install_crypto_provider();
         let mut builder = reqwest::Client::builder()
             .timeout(config.timeout)
             .user_agent(concat!("tributary-agent/", env!("CARGO_PKG_VERSION")))
@@ -321,7 +322,7 @@ impl HttpPoller {
         }
         let mut response = request.send().await.map_err(|e| {
             let kind = if e.is_timeout() { "timeout" } else { "request" };
-            PollError::new(kind, format!("GET {url}: {e}"))
+            PollError::new(kind, format!("{url}: {e}"))
         })?;
         let status = response.status();
         let ok = if config.success_status.is_empty() {

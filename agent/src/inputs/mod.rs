@@ -41,7 +41,7 @@ pub fn polled(
             Poller::Exec(exec::ExecPoller::new(c.clone())),
         ),
         InputConfig::Http(c) => match http::HttpPoller::new(c.clone()) {
-            Ok(poller) => (c.common.clone(), Poller::Http(poller)),
+            Ok(poller) => (c.common.clone(), Poller::Http(Box::new(poller))),
             Err(e) => {
                 return Some(Err(format!(
                     "{}: cannot set up the HTTP client: {e}",

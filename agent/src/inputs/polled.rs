@@ -123,7 +123,7 @@ impl PollError {
 /// The polled input kinds.
 pub enum Poller {
     Exec(ExecPoller),
-    Http(HttpPoller),
+    Http(Box<HttpPoller>),
     System(SystemPoller),
     Sql(SqlPoller),
 }

@@ -134,7 +134,7 @@ impl RawSql {
             let statement = connection
                 .prepare(&query)
                 .map_err(|e| source.error(key("query"), format!("does not prepare: {e}")))?;
-            let columns: Vec<&str> = statement.column_names().into_iter().collect();
+            let columns: Vec<&str> = statement.column_names().collect();
             let named = std::iter::once(("tracking_column", &tracking_column))
                 .chain(self.time_column.iter().map(|c| ("time_column", c)))
                 .chain(self.tag_columns.iter().map(|c| ("tag_columns", c)))
@@ -215,7 +215,7 @@ impl SqlPoller {
     pub async fn poll(&mut self, at: i64) -> Result<Polled, PollError> {
         let config = Arc::clone(&self.config);
         let last = self.last.clone();
-        let (polled, newest) = tokio::task::spawn_blocking(move || read(&config, last, at))
+        let (polled, newest) = tokio::task::spawn_blocking(move || read(&config, &last, at))
             .await
             .map_err(|e| PollError::new("panicked", format!("the query task failed: {e}")))??;
         if let Some(newest) = newest {
@@ -230,7 +230,7 @@ impl SqlPoller {
 /// Runs the query once; returns the points and the tracking value of the last row.
 fn read(
     config: &SqlConfig,
-    last: SqlValue,
+    last: &SqlValue,
     at: i64,
 ) -> Result<(Polled, Option<SqlValue>), PollError> {
     let path = config.path.display();
@@ -241,7 +241,6 @@ fn read(
         .map_err(|e| PollError::new("query", format!("{path}: the query does not prepare: {e}")))?;
     let columns: Vec<String> = statement
         .column_names()
-        .into_iter()
         .map(str::to_owned)
         .collect();
     let tracking = columns

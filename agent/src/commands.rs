@@ -1,0 +1,175 @@
+//! The agent's helper commands: `test` (run every input once and print what it would buffer)
+//! and `quickstart` (a collector and an agent on this machine, with embedded defaults).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+use tributary_wire::line_protocol::format_point;
+
+use crate::config::{Config, InputConfig};
+use crate::inputs;
+
+/// `tributary-agent test`: runs every input once and prints the points it would buffer, as
+/// line protocol on stdout; rejects, errors and notes go to stderr. Nothing is buffered or
+/// forwarded. Exits 1 if any input failed.
+pub async fn test(config: &Config) -> ExitCode {
+    let mut failed = false;
+    let stdout = std::io::stdout();
+    for input in &config.inputs {
+        let label = input.label();
+        match input {
+            InputConfig::Mqtt(_) => {
+                eprintln!("# {label}: skipped: MQTT is event-driven; subscribe with mosquitto_sub to see what arrives");
+            }
+            InputConfig::File(file) => {
+                let (points, notes) = inputs::file::sample(file, &config.agent.tags, SAMPLE_RECORDS);
+                for note in notes {
+                    eprintln!("# {label}: {note}");
+                }
+                let mut out = stdout.lock();
+                for point in points {
+                    let _ = writeln!(out, "{}", format_point(&point));
+                }
+            }
+            other => {
+                let mut polled_input = match inputs::polled(other, &[]) {
+                    Some(Ok(polled)) => polled,
+                    Some(Err(e)) => {
+                        eprintln!("# {label}: error: {e}");
+                        failed = true;
+                        continue;
+                    }
+                    None => continue,
+                };
+                let at = tributary_wire::time::now_ns();
+                match polled_input.poller.poll(at).await {
+                    Ok(mut polled) => {
+                        polled_input.finish(&mut polled, &config.agent.tags, None);
+                        for (_, warning) in &polled.warnings {
+                            eprintln!("# {label}: warning: {warning}");
+                        }
+                        for rejected in &polled.rejected {
+                            eprintln!(
+                                "# {label}: would quarantine: {}: {}",
+                                rejected.reason,
+                                crate::format::truncate(&String::from_utf8_lossy(&rejected.payload), 200)
+                            );
+                        }
+                        let mut out = stdout.lock();
+                        for point in &polled.points {
+                            let _ = writeln!(out, "{}", format_point(point));
+                        }
+                        eprintln!("# {label}: {} point(s)", polled.points.len());
+                    }
+                    Err(e) => {
+                        eprintln!("# {label}: error ({}): {e}", e.kind);
+                        failed = true;
+                    }
+                }
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Records `test` shows per tailed file.
+const SAMPLE_RECORDS: usize = 20;
+
+/// Options of `tributary-agent quickstart`.
+pub struct Quickstart {
+    /// Where the configuration, the buffer and the collector's database go.
+    pub dir: PathBuf,
+    /// The collector's port on 127.0.0.1.
+    pub port: u16,
+}
+
+/// `tributary-agent quickstart`: writes a collector and an agent configuration into `dir`,
+/// starts `tributary-collector` (found next to this program, or in PATH), and runs the agent
+/// with the system input until Ctrl-C, then stops both.
+pub async fn quickstart(options: &Quickstart, shutdown: CancellationToken) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let dir = &options.dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let dir = std::fs::canonicalize(dir)?;
+    let token = hex::encode(rand::random::<[u8; 32]>());
+    let hash = hex::encode(Sha256::digest(token.as_bytes()));
+    let collector_toml = dir.join("collector.toml");
+    let agent_toml = dir.join("agent.toml");
+    let url = format!("http://127.0.0.1:{}", options.port);
+    std::fs::write(
+        &collector_toml,
+        format!(
+            "# Written by `tributary-agent quickstart`. See config/collector.toml for every key.\n[server]\nlisten = \"127.0.0.1:{port}\"\n\n[storage]\npath = {db:?}\n\n[[agents]]\nid = \"quickstart\"\ntoken_sha256 = \"{hash}\"\n",
+            port = options.port,
+            db = dir.join("collector.db"),
+        ),
+    )?;
+    std::fs::write(
+        &agent_toml,
+        format!(
+            "# Written by `tributary-agent quickstart`. See config/agent.toml for every key.\n[agent]\nid = \"quickstart\"\ndata_dir = {data:?}\nlisten = \"\"\n\n[forward]\nurl = \"{url}\"\ntoken = \"{token}\"\nlinger = \"1s\"\n\n[[inputs.system]]\ninterval = \"10s\"\n",
+            data = dir.join("agent"),
+        ),
+    )?;
+    let collector = collector_program();
+    let mut child = tokio::process::Command::new(&collector)
+        .arg("--config")
+        .arg(&collector_toml)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {} (build it with `cargo build --release`)", collector.display()))?;
+    wait_for_collector(&url, &mut child).await?;
+    let config = Config::load(&agent_toml).map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!(
+        "\nTributary is running: a collector at {url} and an agent reading this machine every 10 s.\n\
+         Configuration and data: {dir}\n\n\
+         Query the live data (the first points arrive within a few seconds):\n  \
+         curl '{url}/api/v1/query?name=cpu&field=usage_idle&tag.cpu=cpu-total'\n  \
+         curl '{url}/api/v1/query?name=mem&field=used_percent&format=csv'\n  \
+         curl '{url}/api/v1/agents'\n\n\
+         Press Ctrl-C to stop both.\n",
+        dir = dir.display()
+    );
+    let result = crate::run(config, shutdown).await;
+    if let Some(pid) = child.id().and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
+    result
+}
+
+/// `tributary-collector` next to this program, else the one in PATH.
+fn collector_program() -> PathBuf {
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("tributary-collector")));
+    match sibling {
+        Some(path) if path.is_file() => path,
+        _ => PathBuf::from("tributary-collector"),
+    }
+}
+
+async fn wait_for_collector(url: &str, child: &mut tokio::process::Child) -> anyhow::Result<()> {
+    crate::install_crypto_provider();
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(1)).build()?;
+    let health = format!("{url}/healthz");
+    for _ in 0..100 {
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("the collector exited ({status}); is port {url} already in use?");
+        }
+        if client.get(&health).send().await.is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("the collector did not answer {health} within 10 s")
+}
