@@ -9,6 +9,7 @@ mod bad_input;
 mod config_check;
 mod overflow;
 mod spine;
+mod tail;
 mod transport;
 
 use std::collections::HashSet;

@@ -260,10 +260,10 @@ impl Saved {
 }
 
 /// The fingerprint of `file`: a hash of its first `len` bytes (at most [`FINGERPRINT`]).
-fn fingerprint(file: &mut File, len: u64) -> std::io::Result<[u8; 8]> {
+fn fingerprint(file: &File, len: u64) -> std::io::Result<[u8; 8]> {
+    use std::os::unix::fs::FileExt;
     let mut head = vec![0u8; len as usize];
-    file.seek(SeekFrom::Start(0))?;
-    file.read_exact(&mut head)?;
+    file.read_exact_at(&mut head, 0)?;
     let digest = Sha256::digest(&head);
     Ok(digest[..8].try_into().expect("8 bytes"))
 }
@@ -485,7 +485,7 @@ impl FileInput {
         loop {
             if Instant::now() >= next_scan {
                 let start_at_end = first_scan && first_run && self.config.start_at == StartAt::End;
-                if self.scan(start_at_end).await.is_err() {
+                if self.scan(first_scan, start_at_end).await.is_err() {
                     return;
                 }
                 first_scan = false;
@@ -596,7 +596,7 @@ impl FileInput {
 
     /// Matches the globs, opens new files, notices rotation and truncation, and closes files
     /// that are gone. `start_at_end`: files found now without a checkpoint start at their end.
-    async fn scan(&mut self, start_at_end: bool) -> Result<(), crate::buffer::WriterGone> {
+    async fn scan(&mut self, first_scan: bool, start_at_end: bool) -> Result<(), crate::buffer::WriterGone> {
         let mut found: Vec<PathBuf> = Vec::new();
         for pattern in &self.config.patterns {
             match glob::glob(pattern) {
@@ -641,6 +641,9 @@ impl FileInput {
                 }
             }
         }
+        if first_scan {
+            self.find_rotated();
+        }
         for item in initial {
             self.buffer.send(item).await?;
         }
@@ -651,7 +654,12 @@ impl FileInput {
                 continue;
             };
             let tail = &self.tails[index];
-            if meta.len() < tail.offset + tail.buf.len() as u64 {
+            // Shorter than what was read, or rewritten from the start (a truncation followed
+            // by new data before this scan): read it again from the start.
+            let rewritten = tail.fingerprint_len > 0
+                && meta.len() >= tail.fingerprint_len
+                && fingerprint(&tail.file, tail.fingerprint_len).is_ok_and(|f| f != tail.fingerprint);
+            if meta.len() < tail.offset + tail.buf.len() as u64 || rewritten {
                 info!(input = %self.config.label, path = %tail.path.display(), "file was truncated; reading it again from the start");
                 self.metrics.file_truncations.inc();
                 let item = self.restart(index);
@@ -664,6 +672,13 @@ impl FileInput {
             }
         }
         for index in closed.into_iter().rev() {
+            // An unterminated last line (or a pending multi-line record) ends with the file.
+            if !self.tails[index].buf.is_empty() {
+                self.tails[index].buf.push(b'\n');
+                if let Some(item) = self.cut(index, true) {
+                    self.buffer.send(item).await?;
+                }
+            }
             let tail = self.tails.remove(index);
             debug!(input = %self.config.label, path = %tail.path.display(), "closing a file that no longer matches (rotated away or deleted)");
             // Forget its position: the file is gone from the input's view.
@@ -690,15 +705,15 @@ impl FileInput {
         key: String,
         start_at_end: bool,
     ) -> std::io::Result<(Tail, bool)> {
-        let mut file = File::open(path)?;
+        let file = File::open(path)?;
         let len = meta.len();
         let head = len.min(FINGERPRINT);
-        let print = fingerprint(&mut file, head)?;
+        let print = fingerprint(&file, head)?;
         let (offset, fingerprint_len, fingerprint, announce) = match self.saved.get(&key) {
             Some(saved)
                 if saved.offset <= len
                     && (saved.fingerprint_len == 0
-                        || fingerprint(&mut file, saved.fingerprint_len).ok()
+                        || fingerprint(&file, saved.fingerprint_len).ok()
                             == Some(saved.fingerprint)) =>
             {
                 debug!(input = %self.config.label, path = %path.display(), offset = saved.offset, "resuming");
@@ -721,6 +736,53 @@ impl FileInput {
         Ok((tail, announce))
     }
 
+    /// At start: a file with a checkpoint that no glob matches any more was renamed by a
+    /// rotation while the agent was down; it is looked for (by inode) in the directories of
+    /// the globs and read to its end, so the lines written before the rotation are not lost.
+    fn find_rotated(&mut self) {
+        let missing: Vec<&String> = self
+            .saved
+            .keys()
+            .filter(|key| !self.tails.iter().any(|t| &t.key == *key))
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        let mut dirs: Vec<PathBuf> = self
+            .config
+            .patterns
+            .iter()
+            .filter_map(|p| Path::new(p).parent().map(Path::to_path_buf))
+            .filter(|dir| !dir.to_string_lossy().contains(['*', '?', '[']))
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        let mut found = Vec::new();
+        for dir in dirs {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.filter_map(Result::ok) {
+                let Ok(meta) = entry.metadata() else { continue };
+                let key = format!("{}:{}", meta.dev(), meta.ino());
+                if meta.is_file() && missing.contains(&&key) {
+                    found.push((entry.path(), meta, key));
+                }
+            }
+        }
+        for (path, meta, key) in found {
+            match self.open(&path, &meta, key, false) {
+                Ok((mut tail, _)) => {
+                    info!(input = %self.config.label, path = %path.display(), "finishing a file rotated away while the agent was stopped");
+                    tail.matched = false;
+                    self.tails.push(tail);
+                }
+                Err(e) => {
+                    warn!(input = %self.config.label, path = %path.display(), error = %e, "cannot open file");
+                    self.metrics.error("file", "open");
+                }
+            }
+        }
+    }
+
     /// After a truncation: emits what was read before it (an unterminated last line ends where
     /// the truncation cut it) and moves the tail to the start, in one buffer item.
     fn restart(&mut self, index: usize) -> Ingest {
@@ -736,7 +798,7 @@ impl FileInput {
         tail.offset = 0;
         let head = tail.file.metadata().map_or(0, |m| m.len().min(FINGERPRINT));
         tail.fingerprint_len = head;
-        tail.fingerprint = fingerprint(&mut tail.file, head).unwrap_or([0; 8]);
+        tail.fingerprint = fingerprint(&tail.file, head).unwrap_or([0; 8]);
         if let Err(e) = tail.file.seek(SeekFrom::Start(0)) {
             warn!(input = %self.config.label, path = %tail.path.display(), error = %e, "cannot seek");
             self.metrics.error("file", "read");

@@ -12,7 +12,8 @@ pub use mosquitto::{Mosquitto, MosquittoOptions, TlsListener};
 pub use process::Process;
 pub use publisher::Publisher;
 pub use tributary::{
-    AgentProcess, CollectorProcess, Oracle, Supervised, Verdict, agent_config, bin_dir, query_json,
+    AgentProcess, CollectorProcess, Oracle, Supervised, Verdict, agent_config, agent_config_with,
+    bin_dir, query_json,
     token_pair,
 };
 

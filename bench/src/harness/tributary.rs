@@ -195,6 +195,32 @@ pub fn agent_config(
     input_extra: &str,
     extra: &str,
 ) -> String {
+    let mqtt = format!(
+        r#"[[inputs.mqtt]]
+broker = "{broker_url}"
+topics = ["sensors/#"]
+qos = 1
+format = "json"
+topic_tags = "sensors/{{device}}/{{name}}"
+reconnect_initial = "100ms"
+reconnect_max = "1s"
+{input_extra}
+
+{extra}
+"#
+    );
+    agent_config_with(id, data_dir, collector_url, metrics_port, &mqtt)
+}
+
+/// An agent configuration with the test defaults for `[agent]` and `[forward]`, and `rest`
+/// (inputs and other sections) as given.
+pub fn agent_config_with(
+    id: &str,
+    data_dir: &Path,
+    collector_url: &str,
+    metrics_port: u16,
+    rest: &str,
+) -> String {
     format!(
         r#"[agent]
 id = "{id}"
@@ -209,17 +235,7 @@ linger = "20ms"
 backoff_initial = "100ms"
 backoff_max = "1s"
 
-[[inputs.mqtt]]
-broker = "{broker_url}"
-topics = ["sensors/#"]
-qos = 1
-format = "json"
-topic_tags = "sensors/{{device}}/{{name}}"
-reconnect_initial = "100ms"
-reconnect_max = "1s"
-{input_extra}
-
-{extra}
+{rest}
 "#,
         data_dir = data_dir.display()
     )
