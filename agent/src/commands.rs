@@ -23,10 +23,13 @@ pub async fn test(config: &Config) -> ExitCode {
         let label = input.label();
         match input {
             InputConfig::Mqtt(_) => {
-                eprintln!("# {label}: skipped: MQTT is event-driven; subscribe with mosquitto_sub to see what arrives");
+                eprintln!(
+                    "# {label}: skipped: MQTT is event-driven; subscribe with mosquitto_sub to see what arrives"
+                );
             }
             InputConfig::File(file) => {
-                let (points, notes) = inputs::file::sample(file, &config.agent.tags, SAMPLE_RECORDS);
+                let (points, notes) =
+                    inputs::file::sample(file, &config.agent.tags, SAMPLE_RECORDS);
                 for note in notes {
                     eprintln!("# {label}: {note}");
                 }
@@ -56,7 +59,10 @@ pub async fn test(config: &Config) -> ExitCode {
                             eprintln!(
                                 "# {label}: would quarantine: {}: {}",
                                 rejected.reason,
-                                crate::format::truncate(&String::from_utf8_lossy(&rejected.payload), 200)
+                                crate::format::truncate(
+                                    &String::from_utf8_lossy(&rejected.payload),
+                                    200
+                                )
                             );
                         }
                         let mut out = stdout.lock();
@@ -126,7 +132,12 @@ pub async fn quickstart(options: &Quickstart, shutdown: CancellationToken) -> an
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("cannot start {} (build it with `cargo build --release`)", collector.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot start {} (build it with `cargo build --release`)",
+                collector.display()
+            )
+        })?;
     wait_for_collector(&url, &mut child).await?;
     let config = Config::load(&agent_toml).map_err(|e| anyhow::anyhow!("{e}"))?;
     println!(
@@ -140,7 +151,10 @@ pub async fn quickstart(options: &Quickstart, shutdown: CancellationToken) -> an
         dir = dir.display()
     );
     let result = crate::run(config, shutdown).await;
-    if let Some(pid) = child.id().and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+    if let Some(pid) = child
+        .id()
+        .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+    {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
     }
     let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
@@ -160,13 +174,20 @@ fn collector_program() -> PathBuf {
 
 async fn wait_for_collector(url: &str, child: &mut tokio::process::Child) -> anyhow::Result<()> {
     crate::install_crypto_provider();
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(1)).build()?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()?;
     let health = format!("{url}/healthz");
     for _ in 0..100 {
         if let Some(status) = child.try_wait()? {
             anyhow::bail!("the collector exited ({status}); is port {url} already in use?");
         }
-        if client.get(&health).send().await.is_ok_and(|r| r.status().is_success()) {
+        if client
+            .get(&health)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -36,7 +36,6 @@ use crate::forward::Forwarder;
 use crate::inputs::file::FileInput;
 use crate::inputs::mqtt::{MqttInput, TestHooks};
 use crate::metrics::Metrics;
-use tokio_cron_scheduler::JobScheduler;
 
 /// The name of the buffer file inside `data_dir`.
 pub const BUFFER_FILE: &str = "buffer.db";
@@ -88,8 +87,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let inputs = TaskTracker::new();
     let agent_tags = Arc::new(config.agent.tags.clone());
     let hooks = TestHooks::from_env();
-    // One scheduler for every polled input, made only if there is one.
-    let mut scheduler = None;
     for (input, saved) in config.inputs.iter().zip(saved.iter_mut()) {
         let saved = std::mem::take(saved);
         match input {
@@ -127,19 +124,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                     }
                     None => continue,
                 };
-                if scheduler.is_none() {
-                    let created = JobScheduler::new()
-                        .await
-                        .context("cannot create the scheduler")?;
-                    created
-                        .start()
-                        .await
-                        .context("cannot start the scheduler")?;
-                    scheduler = Some(created);
-                }
-                let scheduler = scheduler.clone().expect("created above");
                 inputs.spawn(polled.run(
-                    scheduler,
                     buffer.clone(),
                     Arc::clone(&metrics),
                     Arc::clone(&agent_tags),
@@ -199,9 +184,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let deadline = tokio::time::Instant::now() + config.agent.shutdown_timeout;
     intake.cancel();
     stop_forwarding.cancel();
-    if let Some(mut scheduler) = scheduler {
-        let _ = scheduler.shutdown().await;
-    }
     let order = async {
         inputs.wait().await;
         info!("inputs stopped; committing what they handed over");

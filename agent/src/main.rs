@@ -79,7 +79,9 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Test => block_on(|_| async move { tributary_agent::commands::test(&config).await }),
+        Command::Test => {
+            block_on(|_| async move { tributary_agent::commands::test(&config).await })
+        }
         Command::Quickstart { .. } => unreachable!("handled above"),
         Command::Run => block_on(|shutdown| async move {
             match tributary_agent::run(config, shutdown).await {

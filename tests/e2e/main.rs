@@ -8,6 +8,7 @@
 mod bad_input;
 mod config_check;
 mod overflow;
+mod scheduled;
 mod spine;
 mod tail;
 mod transport;

@@ -25,8 +25,15 @@ fn start(dir: &Path, glob: &str, start_at: &str) -> (CollectorProcess, AgentProc
         "[[inputs.file]]\npaths = [\"{}/{glob}\"]\nformat = \"json\"\nname = \"{NAME}\"\nstart_at = \"{start_at}\"\npoll_interval = \"20ms\"\nscan_interval = \"200ms\"\n",
         logs.display()
     );
-    let config = agent_config_with("edge-1", &dir.join("agent/data"), &collector.url(), free_port(), &inputs);
-    let agent = AgentProcess::start(&dir.join("agent"), &config, &[("TRIBUTARY_TOKEN", &token)]).unwrap();
+    let config = agent_config_with(
+        "edge-1",
+        &dir.join("agent/data"),
+        &collector.url(),
+        free_port(),
+        &inputs,
+    );
+    let agent =
+        AgentProcess::start(&dir.join("agent"), &config, &[("TRIBUTARY_TOKEN", &token)]).unwrap();
     (collector, agent, logs)
 }
 
@@ -36,9 +43,20 @@ fn line(id: u64) -> String {
 
 /// Appends numbered lines to `logs/app.log`, sometimes in two writes (a partial line first),
 /// and rotates it by rename every `rotate_every` lines (to a name the glob does not match).
-fn writer(logs: PathBuf, total: u64, per_tick: u64, rotate_every: u64, written: Arc<AtomicU64>, stop: Arc<AtomicBool>) {
+fn writer(
+    logs: &Path,
+    total: u64,
+    per_tick: u64,
+    rotate_every: u64,
+    written: &AtomicU64,
+    stop: &AtomicBool,
+) {
     let path = logs.join("app.log");
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap();
     let mut rng = rand::rng();
     let mut rotations = 0;
     let mut id = 0;
@@ -58,7 +76,11 @@ fn writer(logs: PathBuf, total: u64, per_tick: u64, rotate_every: u64, written: 
             if id % rotate_every == 0 {
                 rotations += 1;
                 std::fs::rename(&path, logs.join(format!("app.log.{rotations}"))).unwrap();
-                file = std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
+                file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .unwrap();
             }
         }
         written.store(id, Ordering::Relaxed);
@@ -76,7 +98,7 @@ async fn tailing_survives_kill9_and_rotation_exactly_once() {
     let stop = Arc::new(AtomicBool::new(false));
     let handle = {
         let (written, stop) = (Arc::clone(&written), Arc::clone(&stop));
-        std::thread::spawn(move || writer(logs, total, 30, 3_000, written, stop))
+        std::thread::spawn(move || writer(&logs, total, 30, 3_000, &written, &stop))
     };
     // Five kills at random moments while the file grows and rotates.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -92,8 +114,19 @@ async fn tailing_survives_kill9_and_rotation_exactly_once() {
     assert_eq!(written.load(Ordering::Relaxed), total);
 
     let all: HashSet<u64> = (0..total).collect();
-    let verdict = settle(&collector.url(), Some(&agent), &all, Duration::from_secs(60)).await;
-    assert!(verdict.exactly_once(), "{:?} missing, {:?} duplicated", &verdict.missing[..verdict.missing.len().min(20)], &verdict.duplicated[..verdict.duplicated.len().min(20)]);
+    let verdict = settle(
+        &collector.url(),
+        Some(&agent),
+        &all,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(
+        verdict.exactly_once(),
+        "{:?} missing, {:?} duplicated",
+        &verdict.missing[..verdict.missing.len().min(20)],
+        &verdict.duplicated[..verdict.duplicated.len().min(20)]
+    );
     assert_eq!(verdict.stored_points, total as usize);
 }
 
@@ -108,24 +141,48 @@ async fn tailing_follows_truncation_and_new_files_and_starts_at_the_end() {
     let (collector, agent, logs) = start(dir.path(), "*.log", "end");
 
     let append = |path: &Path, ids: std::ops::Range<u64>| {
-        let mut file = std::fs::OpenOptions::new().append(true).create(true).open(path).unwrap();
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .unwrap();
         let text: String = ids.map(line).collect();
         file.write_all(text.as_bytes()).unwrap();
     };
     let app = logs.join("app.log");
     append(&app, 0..100);
     let first: HashSet<u64> = (0..100).collect();
-    let verdict = settle(&collector.url(), Some(&agent), &first, Duration::from_secs(30)).await;
-    assert!(verdict.exactly_once() && verdict.stored_points == 100, "{verdict:?}");
+    let verdict = settle(
+        &collector.url(),
+        Some(&agent),
+        &first,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(
+        verdict.exactly_once() && verdict.stored_points == 100,
+        "{verdict:?}"
+    );
 
     // copytruncate: the file is emptied in place and written again from the start.
-    std::fs::OpenOptions::new().write(true).open(&app).unwrap().set_len(0).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&app)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     append(&app, 100..150);
     // A file that appears later is read from its beginning.
     append(&logs.join("other.log"), 150..180);
     let all: HashSet<u64> = (0..180).collect();
-    let verdict = settle(&collector.url(), Some(&agent), &all, Duration::from_secs(30)).await;
+    let verdict = settle(
+        &collector.url(),
+        Some(&agent),
+        &all,
+        Duration::from_secs(30),
+    )
+    .await;
     assert!(verdict.exactly_once(), "{verdict:?}");
     assert_eq!(verdict.stored_points, 180, "the old lines must not be sent");
     assert!(agent.metric("tributary_agent_file_truncations_total").await >= Some(1.0));

@@ -8,14 +8,17 @@ fn load(text: &str) -> Result<Config, ConfigError> {
 
 /// The one input `text` configures (for the inputs' own tests).
 pub(crate) fn one_input(text: &str) -> InputConfig {
-    let mut config = load(&format!("[agent]\nid = \"test\"\n{text}")).unwrap_or_else(|e| panic!("{e}"));
+    let mut config =
+        load(&format!("[agent]\nid = \"test\"\n{text}")).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.inputs.len(), 1);
     config.inputs.remove(0)
 }
 
 /// The message of the error `text` causes.
 pub(crate) fn error(text: &str) -> String {
-    load(&format!("[agent]\nid = \"test\"\n{text}")).unwrap_err().to_string()
+    load(&format!("[agent]\nid = \"test\"\n{text}"))
+        .unwrap_err()
+        .to_string()
 }
 
 /// The documented example must load, and every default in it must match the code.

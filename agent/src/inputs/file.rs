@@ -596,7 +596,11 @@ impl FileInput {
 
     /// Matches the globs, opens new files, notices rotation and truncation, and closes files
     /// that are gone. `start_at_end`: files found now without a checkpoint start at their end.
-    async fn scan(&mut self, first_scan: bool, start_at_end: bool) -> Result<(), crate::buffer::WriterGone> {
+    async fn scan(
+        &mut self,
+        first_scan: bool,
+        start_at_end: bool,
+    ) -> Result<(), crate::buffer::WriterGone> {
         let mut found: Vec<PathBuf> = Vec::new();
         for pattern in &self.config.patterns {
             match glob::glob(pattern) {
@@ -658,7 +662,8 @@ impl FileInput {
             // by new data before this scan): read it again from the start.
             let rewritten = tail.fingerprint_len > 0
                 && meta.len() >= tail.fingerprint_len
-                && fingerprint(&tail.file, tail.fingerprint_len).is_ok_and(|f| f != tail.fingerprint);
+                && fingerprint(&tail.file, tail.fingerprint_len)
+                    .is_ok_and(|f| f != tail.fingerprint);
             if meta.len() < tail.offset + tail.buf.len() as u64 || rewritten {
                 info!(input = %self.config.label, path = %tail.path.display(), "file was truncated; reading it again from the start");
                 self.metrics.file_truncations.inc();
@@ -759,7 +764,9 @@ impl FileInput {
         dirs.dedup();
         let mut found = Vec::new();
         for dir in dirs {
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for entry in entries.filter_map(Result::ok) {
                 let Ok(meta) = entry.metadata() else { continue };
                 let key = format!("{}:{}", meta.dev(), meta.ino());
@@ -822,12 +829,18 @@ impl FileInput {
 
 /// For `tributary-agent test`: the first `limit` records of each matching file, read from the
 /// start, as the points they would become; and notes on what was found.
-pub fn sample(config: &FileConfig, agent_tags: &BTreeMap<String, String>, limit: usize) -> (Vec<Point>, Vec<String>) {
+pub fn sample(
+    config: &FileConfig,
+    agent_tags: &BTreeMap<String, String>,
+    limit: usize,
+) -> (Vec<Point>, Vec<String>) {
     let mut points = Vec::new();
     let mut notes = Vec::new();
     let mut found = 0;
     for pattern in &config.patterns {
-        let Ok(paths) = glob::glob(pattern) else { continue };
+        let Ok(paths) = glob::glob(pattern) else {
+            continue;
+        };
         for path in paths.filter_map(Result::ok).filter(|p| p.is_file()) {
             found += 1;
             let file = match File::open(&path) {
@@ -837,15 +850,27 @@ pub fn sample(config: &FileConfig, agent_tags: &BTreeMap<String, String>, limit:
                     continue;
                 }
             };
-            let Ok(mut tail) = Tail::open(&path, file, 0, (0, [0; 8]), String::new()) else { continue };
+            let Ok(mut tail) = Tail::open(&path, file, 0, (0, [0; 8]), String::new()) else {
+                continue;
+            };
             let mut records = Vec::new();
             while records.len() < limit {
                 match tail.read_chunk() {
                     Ok(0) | Err(_) => {
-                        tail.records(config.multiline.as_ref(), config.max_line, true, &mut records);
+                        tail.records(
+                            config.multiline.as_ref(),
+                            config.max_line,
+                            true,
+                            &mut records,
+                        );
                         break;
                     }
-                    Ok(_) => tail.records(config.multiline.as_ref(), config.max_line, false, &mut records),
+                    Ok(_) => tail.records(
+                        config.multiline.as_ref(),
+                        config.max_line,
+                        false,
+                        &mut records,
+                    ),
                 }
             }
             records.truncate(limit);
@@ -856,14 +881,30 @@ pub fn sample(config: &FileConfig, agent_tags: &BTreeMap<String, String>, limit:
             for record in records {
                 match record {
                     Ok(record) => maker.push(&record.bytes, at, &mut ingest),
-                    Err(record) => notes.push(format!("{}: would quarantine a record longer than max_line ({} bytes)", path.display(), record.bytes.len())),
+                    Err(record) => notes.push(format!(
+                        "{}: would quarantine a record longer than max_line ({} bytes)",
+                        path.display(),
+                        record.bytes.len()
+                    )),
                 }
             }
             for reject in ingest.rejects {
-                notes.push(format!("{}: would quarantine: {}", path.display(), reject.reason));
+                notes.push(format!(
+                    "{}: would quarantine: {}",
+                    path.display(),
+                    reject.reason
+                ));
             }
-            points.extend(ingest.points.iter().filter_map(|bytes| tributary_wire::codec::decode_point(bytes).ok()));
-            notes.push(format!("{}: showing up to {limit} records from the start", path.display()));
+            points.extend(
+                ingest
+                    .points
+                    .iter()
+                    .filter_map(|bytes| tributary_wire::codec::decode_point(bytes).ok()),
+            );
+            notes.push(format!(
+                "{}: showing up to {limit} records from the start",
+                path.display()
+            ));
         }
     }
     if found == 0 {

@@ -1,7 +1,7 @@
 //! What every polled input (exec, http, system, sql) shares: its common settings, the task
 //! that runs it on its schedule, and the step that turns a poll's result into buffer items.
 //!
-//! A run is triggered by the scheduler ([`super::schedule`]); a run still busy when the next
+//! An input sleeps until its next run ([`super::schedule`]); a run still busy when the next
 //! is due makes that next one skipped and counted (`tributary_agent_skipped_runs`). The
 //! timestamp of points that carry none is taken when the poll starts. A failed poll (non-zero
 //! exit, timeout, HTTP error, …) is logged and counted; what a poll could not decode is
@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_cron_scheduler::JobScheduler;
+use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 use tributary_common::config::{ConfigError, Source};
@@ -20,7 +20,7 @@ use tributary_wire::codec::encode_point;
 
 use super::exec::ExecPoller;
 use super::http::HttpPoller;
-use super::schedule::{Schedule, Trigger};
+use super::schedule::Schedule;
 use super::sql::SqlPoller;
 use super::system::SystemPoller;
 use crate::buffer::{BufferHandle, Checkpoint, Ingest, NewReject};
@@ -186,10 +186,10 @@ impl PolledInput {
         }
     }
 
-    /// Runs on the schedule until `shutdown`.
+    /// Runs on the schedule until `shutdown`. Runs are sequential: the ones that fall due
+    /// while a poll is still busy are skipped and counted, never overlapped or queued.
     pub async fn run(
         mut self,
-        scheduler: JobScheduler,
         buffer: BufferHandle,
         metrics: Arc<Metrics>,
         agent_tags: Arc<BTreeMap<String, String>>,
@@ -198,30 +198,30 @@ impl PolledInput {
         let labels = Metrics::input(&self.common.label);
         let skipped = metrics.skipped_runs.get_or_create(&labels).clone();
         let received = metrics.received.get_or_create(&labels).clone();
-        let (trigger, mut runs, busy) = Trigger::new(skipped);
-        let trigger = Arc::new(trigger);
-        let fire = Arc::new(move || trigger.fire());
-        if let Err(e) = self.common.schedule.register(&scheduler, fire).await {
-            error!(input = %self.common.label, error = %e, "could not schedule the input; it will not run");
-            metrics.error(self.common.kind, "schedule");
-            return;
-        }
-        debug!(input = %self.common.label, schedule = %self.common.schedule.describe(), "input scheduled");
         let source = self.poller.state_source();
+        let mut runs = self.common.schedule.runs_after(Utc::now());
+        debug!(input = %self.common.label, schedule = %self.common.schedule.describe(), "input scheduled");
         loop {
+            let Some(due) = runs.next() else {
+                error!(input = %self.common.label, "the schedule has no further occurrence; the input stops");
+                metrics.error(self.common.kind, "schedule_ended");
+                return;
+            };
+            let now = Utc::now();
+            if due < now - chrono::Duration::seconds(1) {
+                // Fell due while the previous run was busy (or the machine slept).
+                skipped.inc();
+                continue;
+            }
+            let mut wait = (due - now).to_std().unwrap_or(Duration::ZERO);
+            let jitter = self.common.schedule.jitter;
+            if !jitter.is_zero() {
+                wait += Duration::from_nanos(rand::random_range(0..=jitter.as_nanos() as u64));
+            }
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                run = runs.recv() => if run.is_none() { break },
-            }
-            busy.set(true);
-            let jitter = self.common.schedule.jitter;
-            if !jitter.is_zero() {
-                let delay = Duration::from_nanos(rand::random_range(0..=jitter.as_nanos() as u64));
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(delay) => {}
-                }
+                _ = tokio::time::sleep(wait) => {}
             }
             let at = tributary_wire::time::now_ns();
             received.inc();
@@ -231,7 +231,6 @@ impl PolledInput {
                 _ = shutdown.cancelled() => break,
                 polled = self.poller.poll(at) => polled,
             };
-            busy.set(false);
             let mut polled = match polled {
                 Ok(polled) => polled,
                 Err(e) => {

@@ -1,34 +1,37 @@
 //! When polled inputs run: `interval = "10s"` or `schedule = "<cron>"` (in UTC, or in
-//! `timezone`), with optional `jitter`, driven by tokio-cron-scheduler.
+//! `timezone`), with optional `jitter`.
 //!
 //! # Cron expressions
 //!
 //! Six fields (`sec min hour day-of-month month day-of-week`), five fields (taken as second 0),
 //! or one of `@yearly`, `@annually`, `@monthly`, `@weekly`, `@daily`, `@midnight`, `@hourly`.
-//! The expression is checked here, so a mistake is reported with its key and the reason, not
-//! the scheduler's bare "ParseSchedule".
+//! The expression is checked here, so a mistake is reported with its key and the reason.
+//! Occurrences come from croner (the parser tokio-cron-scheduler itself uses) evaluated in the
+//! real zone with chrono-tz. Intervals are aligned to the clock, like Telegraf's
+//! `round_interval`: `10s` runs at :00, :10, :20, …
 //!
 //! # Daylight saving
 //!
-//! tokio-cron-scheduler 0.15 computes a zoned job's next run with the UTC offset that held
-//! when the job was created (`FixedOffset` in its `scheduler.rs`), so a schedule in
-//! `Europe/Berlin` would run an hour off after the next DST change. A cron input therefore
-//! computes each occurrence itself, with croner in the real zone (chrono-tz), and hands the
-//! scheduler a one-shot job for that instant, re-armed after every run. croner skips a wall
-//! time that a spring-forward gap removes to the first valid instant after it, and runs a
-//! wall time that the fall-back fold repeats once. Interval inputs use the scheduler's
-//! repeated jobs, which count whole seconds.
+//! croner moves a wall time that a spring-forward gap removes to the first valid instant
+//! after it, runs a fixed-time job once in the fall-back fold, and an hourly (wildcard) job in
+//! both of its hours; a test pins all three.
+//!
+//! # Why not tokio-cron-scheduler's clock
+//!
+//! It was the planned driver; its source (0.15.1) shows why it is not used: zoned cron jobs
+//! compute the next run with the UTC offset that held when the job was created
+//! (`FixedOffset` in its `scheduler.rs`), so they run an hour off after a DST change; one-shot
+//! jobs round their delay down to whole seconds; intervals are whole seconds from the job's
+//! creation; and its ticker wakes every 500 ms even when nothing is due, on a device that
+//! should sleep. Each input instead sleeps on a tokio timer until its next occurrence: exact
+//! to the millisecond, DST-correct, and free while idle.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
+use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
-use croner::{Cron, CronIterator};
-use tokio::sync::mpsc;
-use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
-use tracing::error;
 
 /// The nicknames accepted in place of fields.
 const NICKNAMES: [&str; 7] = [
@@ -44,7 +47,7 @@ const NICKNAMES: [&str; 7] = [
 /// When an input runs.
 #[derive(Debug, Clone)]
 pub enum Timing {
-    /// Every so many whole seconds, from the agent's start.
+    /// Every so many whole seconds, aligned to the clock.
     Every(Duration),
     /// At each occurrence of a cron expression in a time zone.
     Cron {
@@ -126,12 +129,22 @@ impl Schedule {
     /// fold an hourly job runs at both 02:00s, which a search from the last run cannot see.
     pub fn runs_after(&self, after: DateTime<Utc>) -> Runs {
         match &self.timing {
-            Timing::Every(every) => Runs::Every {
-                next: after,
-                every: chrono::Duration::from_std(*every).unwrap_or(chrono::Duration::MAX),
-            },
+            Timing::Every(every) => {
+                // Aligned to the clock: the last multiple of the interval since the epoch.
+                let step = i64::try_from(every.as_nanos()).unwrap_or(i64::MAX);
+                let now = after.timestamp_nanos_opt().unwrap_or(0);
+                Runs::Every {
+                    next: DateTime::from_timestamp_nanos(now - now.rem_euclid(step)),
+                    every: chrono::Duration::nanoseconds(step),
+                }
+            }
             Timing::Cron { cron, zone, .. } => {
-                Runs::Cron(Box::new(cron.iter_after(after.with_timezone(zone))))
+                Runs::Cron {
+                    cron: cron.clone(),
+                    zone: *zone,
+                    // Cron times are whole seconds.
+                    last: DateTime::from_timestamp(after.timestamp(), 0).unwrap_or(after),
+                }
             }
         }
     }
@@ -143,29 +156,6 @@ impl Schedule {
             Timing::Cron { text, zone, .. } => format!("cron {text:?} in {zone}"),
         }
     }
-
-    /// Registers this schedule with `scheduler`: at each run, `fire` is called. `fire` must
-    /// return at once; the input's own task does the work.
-    pub async fn register(
-        &self,
-        scheduler: &JobScheduler,
-        fire: Arc<dyn Fn() + Send + Sync>,
-    ) -> Result<(), JobSchedulerError> {
-        match &self.timing {
-            Timing::Every(every) => {
-                let job = Job::new_repeated_async(*every, move |_, _| {
-                    fire();
-                    Box::pin(async {})
-                })?;
-                scheduler.add(job).await?;
-            }
-            Timing::Cron { .. } => {
-                let runs = Arc::new(std::sync::Mutex::new(self.runs_after(Utc::now())));
-                arm(scheduler.clone(), runs, fire).await?;
-            }
-        }
-        Ok(())
-    }
 }
 
 /// The run times of a schedule.
@@ -174,7 +164,37 @@ pub enum Runs {
         next: DateTime<Utc>,
         every: chrono::Duration,
     },
-    Cron(Box<CronIterator<Tz>>),
+    Cron {
+        cron: Box<Cron>,
+        zone: Tz,
+        last: DateTime<Utc>,
+    },
+}
+
+/// The first occurrence of `cron` after `last`, in `zone`.
+///
+/// croner's own iterator skips every other second of a per-second pattern (it adds a second
+/// after each find, and its next search is exclusive too), so each step is a fresh search. A
+/// fresh search from inside a fall-back fold cannot see the fold's second hour, so when the
+/// UTC offset changes before the found time, croner's iterator is run from two hours earlier
+/// (it does yield both hours of the fold) and the earliest occurrence after `last` wins.
+fn next_cron(cron: &Cron, zone: Tz, last: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    use chrono::Offset;
+    let found = cron
+        .find_next_occurrence(&last.with_timezone(&zone), false)
+        .ok()?
+        .with_timezone(&Utc);
+    let offset = |at: DateTime<Utc>| at.with_timezone(&zone).offset().fix();
+    if offset(last) == offset(found) {
+        return Some(found);
+    }
+    let earlier = cron
+        .iter_after((last - chrono::Duration::hours(2)).with_timezone(&zone))
+        .map(|at| at.with_timezone(&Utc))
+        .take_while(|at| *at <= found)
+        .take(20_000)
+        .find(|at| *at > last);
+    Some(earlier.map_or(found, |at| at.min(found)))
 }
 
 impl Iterator for Runs {
@@ -186,43 +206,13 @@ impl Iterator for Runs {
                 *next = next.checked_add_signed(*every)?;
                 Some(*next)
             }
-            Runs::Cron(runs) => runs.next().map(|at| at.with_timezone(&Utc)),
+            Runs::Cron { cron, zone, last } => {
+                let next = next_cron(cron, *zone, *last)?;
+                *last = next;
+                Some(next)
+            }
         }
     }
-}
-
-/// Adds a one-shot job for the next of `runs` that is not already past; when it runs, it
-/// calls `fire` and arms the one after.
-fn arm(
-    scheduler: JobScheduler,
-    runs: Arc<std::sync::Mutex<Runs>>,
-    fire: Arc<dyn Fn() + Send + Sync>,
-) -> std::pin::Pin<Box<dyn Future<Output = Result<(), JobSchedulerError>> + Send>> {
-    Box::pin(async move {
-        // After a suspend or a clock step, runs already missed are skipped, not replayed.
-        let now = Utc::now() - chrono::Duration::seconds(1);
-        let next = runs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .find(|at| *at >= now);
-        let Some(at) = next else {
-            error!("the cron schedule has no further occurrence; the input will not run again");
-            return Ok(());
-        };
-        let wait = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-        let instant = std::time::Instant::now() + wait;
-        let job = Job::new_one_shot_at_instant_async(instant, move |_, scheduler| {
-            fire();
-            let (runs, fire) = (Arc::clone(&runs), Arc::clone(&fire));
-            Box::pin(async move {
-                if let Err(e) = arm(scheduler, runs, fire).await {
-                    error!(error = %e, "could not schedule the next run");
-                }
-            })
-        })?;
-        scheduler.add(job).await?;
-        Ok(())
-    })
 }
 
 /// Parses a cron expression in the forms the module docs list.
@@ -251,7 +241,7 @@ pub fn parse_cron(text: &str) -> Result<Cron, String> {
         .map_err(|e| format!("{text:?} is not a valid cron expression: {e}"))
 }
 
-/// An interval: a whole number of seconds, at least one (the scheduler counts seconds).
+/// An interval: a whole number of seconds, at least one.
 fn parse_interval(text: &str) -> Result<Duration, (&'static str, String)> {
     let every =
         tributary_common::config::values::parse_duration(text).map_err(|m| ("interval", m))?;
@@ -262,51 +252,6 @@ fn parse_interval(text: &str) -> Result<Duration, (&'static str, String)> {
         ));
     }
     Ok(every)
-}
-
-/// Runs of one input: `fire` hands a run to the input's task, or counts it as skipped when the
-/// previous run is still busy (runs never overlap and are never queued behind a slow one).
-pub struct Trigger {
-    tx: mpsc::Sender<DateTime<Utc>>,
-    busy: Arc<std::sync::atomic::AtomicBool>,
-    skipped: prometheus_client::metrics::counter::Counter,
-}
-
-impl Trigger {
-    /// A trigger and the receiving end the input's task waits on.
-    pub fn new(
-        skipped: prometheus_client::metrics::counter::Counter,
-    ) -> (Trigger, mpsc::Receiver<DateTime<Utc>>, Busy) {
-        let (tx, rx) = mpsc::channel(1);
-        let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        (
-            Trigger {
-                tx,
-                busy: Arc::clone(&busy),
-                skipped,
-            },
-            rx,
-            Busy(busy),
-        )
-    }
-
-    /// Called by the scheduler at each due time.
-    pub fn fire(&self) {
-        if self.busy.load(std::sync::atomic::Ordering::Acquire)
-            || self.tx.try_send(Utc::now()).is_err()
-        {
-            self.skipped.inc();
-        }
-    }
-}
-
-/// Held by the input's task: marks a run in progress.
-pub struct Busy(Arc<std::sync::atomic::AtomicBool>);
-
-impl Busy {
-    pub fn set(&self, busy: bool) {
-        self.0.store(busy, std::sync::atomic::Ordering::Release);
-    }
 }
 
 #[cfg(test)]
@@ -419,6 +364,36 @@ mod tests {
                 utc("2026-03-29T01:00:00Z"),
                 utc("2026-03-29T02:00:00Z")
             ]
+        );
+    }
+
+    #[test]
+    fn a_per_second_schedule_runs_every_second() {
+        let every = cron("* * * * * *", None);
+        let runs: Vec<_> = every
+            .runs_after(utc("2026-03-01T10:00:00.5Z"))
+            .take(3)
+            .collect();
+        assert_eq!(
+            runs,
+            [
+                utc("2026-03-01T10:00:01Z"),
+                utc("2026-03-01T10:00:02Z"),
+                utc("2026-03-01T10:00:03Z")
+            ]
+        );
+    }
+
+    #[test]
+    fn intervals_are_aligned_to_the_clock() {
+        let every = Schedule::resolve(Some("10s"), None, None, None, "10s").unwrap();
+        let runs: Vec<_> = every
+            .runs_after(utc("2026-03-01T10:00:03.5Z"))
+            .take(2)
+            .collect();
+        assert_eq!(
+            runs,
+            [utc("2026-03-01T10:00:10Z"), utc("2026-03-01T10:00:20Z")]
         );
     }
 

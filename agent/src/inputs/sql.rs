@@ -239,10 +239,7 @@ fn read(
     let mut statement = connection
         .prepare(&config.query)
         .map_err(|e| PollError::new("query", format!("{path}: the query does not prepare: {e}")))?;
-    let columns: Vec<String> = statement
-        .column_names()
-        .map(str::to_owned)
-        .collect();
+    let columns: Vec<String> = statement.column_names().map(str::to_owned).collect();
     let tracking = columns
         .iter()
         .position(|c| *c == config.tracking_column)

@@ -31,7 +31,10 @@ async fn parses_json_from_a_command_with_env_and_dir() {
     assert_eq!(point.fields["temp"], FieldValue::F64(21.5));
     assert_eq!(point.fields["where"], FieldValue::Str("roof".into()));
     let pwd = std::fs::canonicalize(dir.path()).unwrap();
-    assert_eq!(point.fields["dir"], FieldValue::Str(pwd.display().to_string()));
+    assert_eq!(
+        point.fields["dir"],
+        FieldValue::Str(pwd.display().to_string())
+    );
 }
 
 #[tokio::test]
@@ -47,7 +50,11 @@ async fn a_hanging_command_is_killed_with_its_children() {
     let error = exec.poll(0).await.unwrap_err();
     assert_eq!(error.kind, "timeout", "{error}");
     assert!(started.elapsed() < Duration::from_secs(5));
-    let pid: i32 = std::fs::read_to_string(&marker).unwrap().trim().parse().unwrap();
+    let pid: i32 = std::fs::read_to_string(&marker)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     // The grandchild is gone too (killed with the group, reaped by init).
     let deadline = Instant::now() + Duration::from_secs(5);
     while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
@@ -58,7 +65,10 @@ async fn a_hanging_command_is_killed_with_its_children() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let status = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    assert!(status.is_empty() || status.split_whitespace().nth(2) == Some("Z"), "sleep {pid} still runs: {status}");
+    assert!(
+        status.is_empty() || status.split_whitespace().nth(2) == Some("Z"),
+        "sleep {pid} still runs: {status}"
+    );
 }
 
 #[tokio::test]
@@ -67,22 +77,33 @@ async fn garbage_is_quarantined_with_its_reason() {
     let polled = exec.poll(0).await.unwrap();
     assert!(polled.points.is_empty());
     assert_eq!(polled.rejected.len(), 1);
-    assert!(polled.rejected[0].reason.contains("JSON"), "{}", polled.rejected[0].reason);
+    assert!(
+        polled.rejected[0].reason.contains("JSON"),
+        "{}",
+        polled.rejected[0].reason
+    );
     assert_eq!(polled.rejected[0].payload, b"this is {not json\n");
     assert_eq!(polled.origin, "/bin/echo this is {not json");
 }
 
 #[tokio::test]
 async fn a_failing_command_reports_the_end_of_stderr() {
-    let mut exec = poller("command = [\"/bin/sh\", \"-c\", \"echo 'meter offline' >&2; echo 42; exit 3\"]\nformat = \"value\"\n");
+    let mut exec = poller(
+        "command = [\"/bin/sh\", \"-c\", \"echo 'meter offline' >&2; echo 42; exit 3\"]\nformat = \"value\"\n",
+    );
     let error = exec.poll(0).await.unwrap_err();
     assert_eq!(error.kind, "exit_status");
-    assert!(error.message.contains("meter offline") && error.message.contains('3'), "{error}");
+    assert!(
+        error.message.contains("meter offline") && error.message.contains('3'),
+        "{error}"
+    );
 }
 
 #[tokio::test]
 async fn output_over_the_limit_is_cut_at_a_line_and_reported() {
-    let mut exec = poller("command = [\"/bin/sh\", \"-c\", \"i=0; while [ $i -lt 200 ]; do echo \\\"m,k=v x=$i\\\"; i=$((i+1)); done\"]\nformat = \"influx\"\nmax_output = \"1KiB\"\n");
+    let mut exec = poller(
+        "command = [\"/bin/sh\", \"-c\", \"i=0; while [ $i -lt 200 ]; do echo \\\"m,k=v x=$i\\\"; i=$((i+1)); done\"]\nformat = \"influx\"\nmax_output = \"1KiB\"\n",
+    );
     let polled = exec.poll(0).await.unwrap();
     assert!(polled.rejected.is_empty(), "{:?}", polled.rejected);
     assert!(!polled.points.is_empty() && polled.points.len() < 200);
@@ -93,9 +114,15 @@ async fn output_over_the_limit_is_cut_at_a_line_and_reported() {
 #[test]
 fn check_names_a_missing_command() {
     let message = error("[[inputs.exec]]\ncommand = [\"/no/such/meter\"]\n");
-    assert!(message.contains("inputs.exec[0].command") && message.contains("does not exist"), "{message}");
+    assert!(
+        message.contains("inputs.exec[0].command") && message.contains("does not exist"),
+        "{message}"
+    );
     let message = error("[[inputs.exec]]\ncommand = [\"no-such-program-here\"]\n");
     assert!(message.contains("not found in PATH"), "{message}");
     let message = error("[[inputs.exec]]\ncommand = [\"/bin/true\"]\nschedule = \"*/5 * *\"\n");
-    assert!(message.contains("inputs.exec[0].schedule") && message.contains("3 fields"), "{message}");
+    assert!(
+        message.contains("inputs.exec[0].schedule") && message.contains("3 fields"),
+        "{message}"
+    );
 }

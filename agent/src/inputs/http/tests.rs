@@ -45,14 +45,20 @@ fn poller(table: &str) -> HttpPoller {
 #[tokio::test]
 async fn scrapes_a_prometheus_endpoint_and_quarantines_bad_lines() {
     let base = server().await;
-    let mut http = poller(&format!("url = \"{base}/metrics\"\nformat = \"prometheus\"\n"));
+    let mut http = poller(&format!(
+        "url = \"{base}/metrics\"\nformat = \"prometheus\"\n"
+    ));
     let polled = http.poll(5).await.unwrap();
     assert_eq!(polled.points.len(), 2, "{:?}", polled.points);
     assert_eq!(polled.points[0].name, "node_load1");
     assert_eq!(polled.points[0].fields["gauge"], FieldValue::F64(0.25));
     assert_eq!(polled.points[1].tags["path"], "/a,b");
     assert_eq!(polled.rejected.len(), 1);
-    assert!(polled.rejected[0].reason.starts_with("line 5"), "{}", polled.rejected[0].reason);
+    assert!(
+        polled.rejected[0].reason.starts_with("line 5"),
+        "{}",
+        polled.rejected[0].reason
+    );
 }
 
 #[tokio::test]
@@ -69,10 +75,16 @@ async fn selects_json_fields_and_tags_by_pointer_with_bearer_auth() {
     assert_eq!(point.fields["second"], FieldValue::I64(22));
     assert_eq!(point.fields["ok"], FieldValue::Bool(true));
     assert_eq!(point.tags["device"], "pump-7");
-    assert_eq!(point.ts, tributary_wire::time::parse_rfc3339("2026-11-21T10:00:00Z").unwrap());
+    assert_eq!(
+        point.ts,
+        tributary_wire::time::parse_rfc3339("2026-11-21T10:00:00Z").unwrap()
+    );
 
     // Without the token the device answers 401, which fails the poll.
-    let error = poller(&format!("url = \"{base}/device\"\n")).poll(5).await.unwrap_err();
+    let error = poller(&format!("url = \"{base}/device\"\n"))
+        .poll(5)
+        .await
+        .unwrap_err();
     assert_eq!(error.kind, "status");
     assert!(error.message.contains("401"), "{error}");
 }
@@ -80,19 +92,29 @@ async fn selects_json_fields_and_tags_by_pointer_with_bearer_auth() {
 #[tokio::test]
 async fn posts_a_body_and_checks_the_status() {
     let base = server().await;
-    let polled = poller(&format!("url = \"{base}/echo\"\nmethod = \"POST\"\nbody = \"{{\\\"v\\\": 3}}\"\n"))
+    let polled = poller(&format!(
+        "url = \"{base}/echo\"\nmethod = \"POST\"\nbody = \"{{\\\"v\\\": 3}}\"\n"
+    ))
+    .poll(5)
+    .await
+    .unwrap();
+    assert_eq!(polled.points[0].fields["echoed.v"], FieldValue::I64(3));
+    let error = poller(&format!("url = \"{base}/down\"\n"))
         .poll(5)
         .await
-        .unwrap();
-    assert_eq!(polled.points[0].fields["echoed.v"], FieldValue::I64(3));
-    let error = poller(&format!("url = \"{base}/down\"\n")).poll(5).await.unwrap_err();
+        .unwrap_err();
     assert!(error.message.contains("503"), "{error}");
     // A status the configuration accepts is parsed.
-    let polled = poller(&format!("url = \"{base}/down\"\nformat = \"lines\"\nsuccess_status = [503]\n"))
-        .poll(5)
-        .await
-        .unwrap();
-    assert_eq!(polled.points[0].fields["message"], FieldValue::Str("maintenance".into()));
+    let polled = poller(&format!(
+        "url = \"{base}/down\"\nformat = \"lines\"\nsuccess_status = [503]\n"
+    ))
+    .poll(5)
+    .await
+    .unwrap();
+    assert_eq!(
+        polled.points[0].fields["message"],
+        FieldValue::Str("maintenance".into())
+    );
 }
 
 #[tokio::test]
@@ -100,14 +122,20 @@ async fn a_refused_connection_fails_the_poll() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     drop(listener);
-    let error = poller(&format!("url = \"http://127.0.0.1:{port}/\"\n")).poll(0).await.unwrap_err();
+    let error = poller(&format!("url = \"http://127.0.0.1:{port}/\"\n"))
+        .poll(0)
+        .await
+        .unwrap_err();
     assert_eq!(error.kind, "request");
 }
 
 #[test]
 fn check_names_bad_pointers_and_urls() {
     let message = error("[[inputs.http]]\nurl = \"http://x/\"\njson_fields = { t = \"temp\" }\n");
-    assert!(message.contains("inputs.http[0].json_fields.t") && message.contains("must start with '/'"), "{message}");
+    assert!(
+        message.contains("inputs.http[0].json_fields.t") && message.contains("must start with '/'"),
+        "{message}"
+    );
     let message = error("[[inputs.http]]\nurl = \"http://x/\"\njson_fields = { t = \"/a~2b\" }\n");
     assert!(message.contains("~0"), "{message}");
     let message = error("[[inputs.http]]\nurl = \"ftp://x/\"\n");

@@ -43,7 +43,11 @@ async fn reads_new_rows_once_and_resumes_from_the_committed_value() {
     let mut sql = SqlPoller::new(config(&path), None);
 
     let first = sql.poll(0).await.unwrap();
-    let ids: Vec<i64> = first.points.iter().map(|p| p.ts / 1_000_000_000 - 1_700_000_000).collect();
+    let ids: Vec<i64> = first
+        .points
+        .iter()
+        .map(|p| p.ts / 1_000_000_000 - 1_700_000_000)
+        .collect();
     assert_eq!(ids, [1, 2, 3]);
     let point = &first.points[0];
     assert_eq!(point.name, "gateway");
@@ -73,16 +77,33 @@ async fn bad_rows_are_quarantined_and_unordered_results_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.db");
     let db = database(&path);
-    db.execute("INSERT INTO readings VALUES (1, 'yesterday', 'd1', 1.0, NULL)", []).unwrap();
-    db.execute("INSERT INTO readings VALUES (2, 1700000000, 'd1', NULL, NULL)", []).unwrap();
+    db.execute(
+        "INSERT INTO readings VALUES (1, 'yesterday', 'd1', 1.0, NULL)",
+        [],
+    )
+    .unwrap();
+    db.execute(
+        "INSERT INTO readings VALUES (2, 1700000000, 'd1', NULL, NULL)",
+        [],
+    )
+    .unwrap();
     let polled = SqlPoller::new(config(&path), None).poll(0).await.unwrap();
     assert!(polled.points.is_empty());
     assert_eq!(polled.rejected.len(), 2);
-    assert!(polled.rejected[0].reason.contains("not a time"), "{:?}", polled.rejected);
-    assert!(polled.rejected[1].reason.contains("no non-NULL field"), "{:?}", polled.rejected);
+    assert!(
+        polled.rejected[0].reason.contains("not a time"),
+        "{:?}",
+        polled.rejected
+    );
+    assert!(
+        polled.rejected[1].reason.contains("no non-NULL field"),
+        "{:?}",
+        polled.rejected
+    );
 
     let mut unordered = config(&path);
-    unordered.query = "SELECT id, ts, device, temp FROM readings WHERE id > :last ORDER BY id DESC".into();
+    unordered.query =
+        "SELECT id, ts, device, temp FROM readings WHERE id > :last ORDER BY id DESC".into();
     let error = SqlPoller::new(unordered, None).poll(0).await.unwrap_err();
     assert_eq!(error.kind, "unordered");
 }
@@ -92,10 +113,22 @@ fn check_prepares_the_query_against_an_existing_database() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.db");
     drop(database(&path));
-    let message = error(&format!("[[inputs.sql]]\npath = {path:?}\nquery = \"SELECT * FROM nope WHERE id > :last\"\ntracking_column = \"id\"\n"));
-    assert!(message.contains("inputs.sql[0].query") && message.contains("no such table"), "{message}");
-    let message = error(&format!("[[inputs.sql]]\npath = {path:?}\nquery = \"SELECT id FROM readings WHERE id > :last\"\ntracking_column = \"rowid_x\"\n"));
-    assert!(message.contains("inputs.sql[0].tracking_column"), "{message}");
-    let message = error(&format!("[[inputs.sql]]\npath = {path:?}\nquery = \"SELECT id FROM readings\"\ntracking_column = \"id\"\n"));
+    let message = error(&format!(
+        "[[inputs.sql]]\npath = {path:?}\nquery = \"SELECT * FROM nope WHERE id > :last\"\ntracking_column = \"id\"\n"
+    ));
+    assert!(
+        message.contains("inputs.sql[0].query") && message.contains("no such table"),
+        "{message}"
+    );
+    let message = error(&format!(
+        "[[inputs.sql]]\npath = {path:?}\nquery = \"SELECT id FROM readings WHERE id > :last\"\ntracking_column = \"rowid_x\"\n"
+    ));
+    assert!(
+        message.contains("inputs.sql[0].tracking_column"),
+        "{message}"
+    );
+    let message = error(&format!(
+        "[[inputs.sql]]\npath = {path:?}\nquery = \"SELECT id FROM readings\"\ntracking_column = \"id\"\n"
+    ));
     assert!(message.contains(":last"), "{message}");
 }
