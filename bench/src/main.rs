@@ -12,7 +12,7 @@ use tributary_bench::harness::pipelined;
 use tributary_bench::harness::procstat::{cpu_seconds, peak_rss_kib, rss_kib};
 use tributary_bench::harness::{
     AgentProcess, CollectorProcess, Mosquitto, MosquittoOptions, Publisher, Supervised,
-    agent_config, bin_dir, free_port, query_json, token_pair,
+    agent_config, agent_config_with, bin_dir, free_port, query_json, token_pair,
 };
 use tributary_wire::codec::encode_point;
 use tributary_wire::{FieldValue, Point};
@@ -81,6 +81,18 @@ enum Scenario {
     },
     /// Stripped sizes of the release binaries.
     Sizes,
+    /// A file grows at full speed (a writer thread appends log lines) while the agent tails
+    /// it into the collector: end-to-end lines/s, agent CPU s per million, peak RSS.
+    Tail {
+        #[arg(long, default_value_t = 1_000_000)]
+        lines: u64,
+    },
+    /// Ten scheduled inputs (exec, system, http, sql) every 10 s for `seconds`: CPU % and RSS
+    /// of an agent that is mostly waiting.
+    Idle {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -133,7 +145,108 @@ fn main() -> anyhow::Result<()> {
         } => sqlite_ceiling(rows, batch, rows_per_statement),
         Scenario::Encoding { points } => encoding(points),
         Scenario::Sizes => sizes(),
+        Scenario::Tail { lines } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(tail(lines))
+        }
+        Scenario::Idle { seconds } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(idle(seconds))
+        }
     }
+}
+
+/// Starts a collector and an agent whose inputs are `inputs`, with the default forwarding.
+fn start_pair(dir: &Path, inputs: &str) -> anyhow::Result<(CollectorProcess, AgentProcess)> {
+    let (token, _) = token_pair("bench");
+    let collector = CollectorProcess::start(&dir.join("collector"), &[("bench", &token)])?;
+    let config = agent_config_with("bench", &dir.join("agent/data"), &collector.url(), free_port(), inputs)
+        .replace("linger = \"20ms\"\n", "")
+        .replace("backoff_initial = \"100ms\"\nbackoff_max = \"1s\"\n", "");
+    let agent = AgentProcess::start(&dir.join("agent"), &config, &[("TRIBUTARY_TOKEN", &token)])?;
+    Ok((collector, agent))
+}
+
+async fn tail(lines: u64) -> anyhow::Result<()> {
+    use std::io::Write;
+    let dir = tempfile::tempdir()?;
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let path = logs.join("app.log");
+    std::fs::write(&path, "")?;
+    let inputs = format!(
+        "[[inputs.file]]\npaths = [\"{}\"]\nstart_at = \"beginning\"\n",
+        path.display()
+    );
+    let (mut collector, agent) = start_pair(dir.path(), &inputs)?;
+    let agent_pid = agent.pid().expect("agent running");
+    let collector_pid = collector.process().pid();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_rss = rss_kib(agent_pid).unwrap_or(0);
+    let agent_cpu = cpu_seconds(agent_pid).unwrap_or(0.0);
+    let collector_cpu = cpu_seconds(collector_pid).unwrap_or(0.0);
+    let started = Instant::now();
+    let writer = std::thread::spawn(move || -> std::io::Result<Duration> {
+        let started = Instant::now();
+        let mut file = std::io::BufWriter::with_capacity(1 << 16, std::fs::OpenOptions::new().append(true).open(&path)?);
+        for id in 0..lines {
+            writeln!(file, "2026-11-21T10:00:00.000Z INFO request id={id} path=/api/v1/items status=200 took_ms=3")?;
+        }
+        file.flush()?;
+        Ok(started.elapsed())
+    });
+    let stored = loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let agents = query_json(&collector.url(), "/api/v1/agents").await?;
+        let stored = agents["agents"][0]["points_received"].as_u64().unwrap_or(0);
+        if stored >= lines || started.elapsed() > Duration::from_secs(600) {
+            break stored;
+        }
+    };
+    let elapsed = started.elapsed();
+    let written = writer.join().expect("writer thread")?;
+    let agent_cpu = cpu_seconds(agent_pid).unwrap_or(0.0) - agent_cpu;
+    let collector_cpu = cpu_seconds(collector_pid).unwrap_or(0.0) - collector_cpu;
+    let millions = lines as f64 / 1e6;
+    println!("tail: {lines} lines of {} bytes, file written in {:.2} s", 90, written.as_secs_f64());
+    println!("  stored {stored} in {:.2} s: {:.0} lines/s end to end", elapsed.as_secs_f64(), stored as f64 / elapsed.as_secs_f64());
+    println!("  agent: {:.2} CPU s per million lines, peak RSS {:.1} MiB (idle before: {:.1} MiB)", agent_cpu / millions, peak_rss_kib(agent_pid).unwrap_or(0) as f64 / 1024.0, idle_rss as f64 / 1024.0);
+    println!("  collector: {:.2} CPU s per million lines", collector_cpu / millions);
+    Ok(())
+}
+
+async fn idle(seconds: u64) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("gateway.db");
+    let connection = rusqlite::Connection::open(&db)?;
+    connection.execute_batch("CREATE TABLE readings (id INTEGER PRIMARY KEY, temp REAL); INSERT INTO readings (temp) VALUES (21.5);")?;
+    drop(connection);
+    let mut inputs = String::new();
+    for i in 0..6 {
+        inputs.push_str(&format!("[[inputs.exec]]\nname = \"meter{i}\"\ncommand = [\"/bin/echo\", \"{{\\\"v\\\": {i}}}\"]\ninterval = \"10s\"\n\n"));
+    }
+    inputs.push_str("[[inputs.system]]\ninterval = \"10s\"\n\n[[inputs.system]]\ninterval = \"10s\"\ncollect = [\"mem\"]\n\n");
+    inputs.push_str(&format!("[[inputs.sql]]\npath = {db:?}\nquery = \"SELECT id, temp FROM readings WHERE id > :last ORDER BY id\"\ntracking_column = \"id\"\ninterval = \"10s\"\n\n"));
+    inputs.push_str("[[inputs.http]]\nurl = \"http://127.0.0.1:1/\"\ninterval = \"10s\"\ntimeout = \"1s\"\n");
+    let (_collector, agent) = start_pair(dir.path(), &inputs)?;
+    let pid = agent.pid().expect("agent running");
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let cpu = cpu_seconds(pid).unwrap_or(0.0);
+    let mut peak = 0;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(seconds) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        peak = peak.max(rss_kib(pid).unwrap_or(0));
+    }
+    let cpu = cpu_seconds(pid).unwrap_or(0.0) - cpu;
+    println!("idle: 10 inputs every 10 s for {seconds} s");
+    println!("  agent CPU {:.3} % of one core; RSS now {:.1} MiB, highest {:.1} MiB",
+        cpu / seconds as f64 * 100.0, rss_kib(pid).unwrap_or(0) as f64 / 1024.0, peak as f64 / 1024.0);
+    Ok(())
 }
 
 fn message(id: u64) -> (String, Vec<u8>) {
