@@ -250,6 +250,14 @@ impl InputConfig {
         }
     }
 
+    /// Problems that do not stop the agent but fail `check` (a command not installed yet).
+    pub fn check_problems(&self) -> Vec<&ConfigError> {
+        match self {
+            InputConfig::Exec(c) => c.missing_program.iter().collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The source id under which the input keeps checkpoints in the buffer, if it does.
     pub fn state_source(&self) -> Option<String> {
         match self {

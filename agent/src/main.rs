@@ -70,6 +70,17 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => {
+            let problems: Vec<_> = config
+                .inputs
+                .iter()
+                .flat_map(|i| i.check_problems())
+                .collect();
+            if !problems.is_empty() {
+                for problem in problems {
+                    eprintln!("error: {problem}");
+                }
+                return ExitCode::from(2);
+            }
             println!(
                 "{}: ok (agent {:?}, {} input(s), collector {})",
                 cli.config.unwrap_or_default().display(),

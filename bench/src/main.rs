@@ -164,9 +164,15 @@ fn main() -> anyhow::Result<()> {
 fn start_pair(dir: &Path, inputs: &str) -> anyhow::Result<(CollectorProcess, AgentProcess)> {
     let (token, _) = token_pair("bench");
     let collector = CollectorProcess::start(&dir.join("collector"), &[("bench", &token)])?;
-    let config = agent_config_with("bench", &dir.join("agent/data"), &collector.url(), free_port(), inputs)
-        .replace("linger = \"20ms\"\n", "")
-        .replace("backoff_initial = \"100ms\"\nbackoff_max = \"1s\"\n", "");
+    let config = agent_config_with(
+        "bench",
+        &dir.join("agent/data"),
+        &collector.url(),
+        free_port(),
+        inputs,
+    )
+    .replace("linger = \"20ms\"\n", "")
+    .replace("backoff_initial = \"100ms\"\nbackoff_max = \"1s\"\n", "");
     let agent = AgentProcess::start(&dir.join("agent"), &config, &[("TRIBUTARY_TOKEN", &token)])?;
     Ok((collector, agent))
 }
@@ -192,9 +198,15 @@ async fn tail(lines: u64) -> anyhow::Result<()> {
     let started = Instant::now();
     let writer = std::thread::spawn(move || -> std::io::Result<Duration> {
         let started = Instant::now();
-        let mut file = std::io::BufWriter::with_capacity(1 << 16, std::fs::OpenOptions::new().append(true).open(&path)?);
+        let mut file = std::io::BufWriter::with_capacity(
+            1 << 16,
+            std::fs::OpenOptions::new().append(true).open(&path)?,
+        );
         for id in 0..lines {
-            writeln!(file, "2026-11-21T10:00:00.000Z INFO request id={id} path=/api/v1/items status=200 took_ms=3")?;
+            writeln!(
+                file,
+                "2026-11-21T10:00:00.000Z INFO request id={id} path=/api/v1/items status=200 took_ms=3"
+            )?;
         }
         file.flush()?;
         Ok(started.elapsed())
@@ -212,10 +224,26 @@ async fn tail(lines: u64) -> anyhow::Result<()> {
     let agent_cpu = cpu_seconds(agent_pid).unwrap_or(0.0) - agent_cpu;
     let collector_cpu = cpu_seconds(collector_pid).unwrap_or(0.0) - collector_cpu;
     let millions = lines as f64 / 1e6;
-    println!("tail: {lines} lines of {} bytes, file written in {:.2} s", 90, written.as_secs_f64());
-    println!("  stored {stored} in {:.2} s: {:.0} lines/s end to end", elapsed.as_secs_f64(), stored as f64 / elapsed.as_secs_f64());
-    println!("  agent: {:.2} CPU s per million lines, peak RSS {:.1} MiB (idle before: {:.1} MiB)", agent_cpu / millions, peak_rss_kib(agent_pid).unwrap_or(0) as f64 / 1024.0, idle_rss as f64 / 1024.0);
-    println!("  collector: {:.2} CPU s per million lines", collector_cpu / millions);
+    println!(
+        "tail: {lines} lines of {} bytes, file written in {:.2} s",
+        90,
+        written.as_secs_f64()
+    );
+    println!(
+        "  stored {stored} in {:.2} s: {:.0} lines/s end to end",
+        elapsed.as_secs_f64(),
+        stored as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "  agent: {:.2} CPU s per million lines, peak RSS {:.1} MiB (idle before: {:.1} MiB)",
+        agent_cpu / millions,
+        peak_rss_kib(agent_pid).unwrap_or(0) as f64 / 1024.0,
+        idle_rss as f64 / 1024.0
+    );
+    println!(
+        "  collector: {:.2} CPU s per million lines",
+        collector_cpu / millions
+    );
     Ok(())
 }
 
@@ -231,7 +259,9 @@ async fn idle(seconds: u64) -> anyhow::Result<()> {
     }
     inputs.push_str("[[inputs.system]]\ninterval = \"10s\"\n\n[[inputs.system]]\ninterval = \"10s\"\ncollect = [\"mem\"]\n\n");
     inputs.push_str(&format!("[[inputs.sql]]\npath = {db:?}\nquery = \"SELECT id, temp FROM readings WHERE id > :last ORDER BY id\"\ntracking_column = \"id\"\ninterval = \"10s\"\n\n"));
-    inputs.push_str("[[inputs.http]]\nurl = \"http://127.0.0.1:1/\"\ninterval = \"10s\"\ntimeout = \"1s\"\n");
+    inputs.push_str(
+        "[[inputs.http]]\nurl = \"http://127.0.0.1:1/\"\ninterval = \"10s\"\ntimeout = \"1s\"\n",
+    );
     let (_collector, agent) = start_pair(dir.path(), &inputs)?;
     let pid = agent.pid().expect("agent running");
     tokio::time::sleep(Duration::from_secs(12)).await;
@@ -244,8 +274,12 @@ async fn idle(seconds: u64) -> anyhow::Result<()> {
     }
     let cpu = cpu_seconds(pid).unwrap_or(0.0) - cpu;
     println!("idle: 10 inputs every 10 s for {seconds} s");
-    println!("  agent CPU {:.3} % of one core; RSS now {:.1} MiB, highest {:.1} MiB",
-        cpu / seconds as f64 * 100.0, rss_kib(pid).unwrap_or(0) as f64 / 1024.0, peak as f64 / 1024.0);
+    println!(
+        "  agent CPU {:.3} % of one core; RSS now {:.1} MiB, highest {:.1} MiB",
+        cpu / seconds as f64 * 100.0,
+        rss_kib(pid).unwrap_or(0) as f64 / 1024.0,
+        peak as f64 / 1024.0
+    );
     Ok(())
 }
 

@@ -57,6 +57,9 @@ pub struct Ingest {
     pub checkpoint: Option<Checkpoint>,
     /// What to do once the transaction has committed.
     pub ack: Option<Ack>,
+    /// The item's share of the queue's byte budget, returned when the item is dropped
+    /// (after its commit). Set by [`BufferHandle::send`].
+    pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Ingest {
@@ -146,11 +149,18 @@ impl Depth {
     }
 }
 
-/// The inputs' side of the buffer: a bounded queue into the writer.
+/// The inputs' side of the buffer: a queue into the writer, bounded in items
+/// (`queue_capacity`) and in bytes ([`QUEUE_BYTES`]), so a fast reader (a file tail) cannot
+/// hold hundreds of megabytes in memory while the writer commits.
 #[derive(Clone)]
 pub struct BufferHandle {
     tx: mpsc::Sender<Ingest>,
+    bytes: Arc<tokio::sync::Semaphore>,
 }
+
+/// Bytes of points and rejects that may wait in the queue and in the writer's current
+/// transaction at once.
+pub const QUEUE_BYTES: usize = 8 << 20;
 
 /// The writer is gone; the agent is shutting down.
 #[derive(Debug, thiserror::Error)]
@@ -159,11 +169,20 @@ pub struct WriterGone;
 
 impl BufferHandle {
     pub fn new(tx: mpsc::Sender<Ingest>) -> BufferHandle {
-        BufferHandle { tx }
+        BufferHandle {
+            tx,
+            bytes: Arc::new(tokio::sync::Semaphore::new(QUEUE_BYTES)),
+        }
     }
 
-    /// Queues an item, waiting while the queue is full.
-    pub async fn send(&self, item: Ingest) -> Result<(), WriterGone> {
+    /// Queues an item, waiting while the queue is full (in items or in bytes).
+    pub async fn send(&self, mut item: Ingest) -> Result<(), WriterGone> {
+        let size = (item.size() as usize).clamp(1, QUEUE_BYTES) as u32;
+        let permit = Arc::clone(&self.bytes)
+            .acquire_many_owned(size)
+            .await
+            .map_err(|_| WriterGone)?;
+        item.permit = Some(permit);
         self.tx.send(item).await.map_err(|_| WriterGone)
     }
 }

@@ -218,10 +218,10 @@ fn bad_values_name_their_key_and_line() {
             "unknown field",
         ),
         (
-            "[[inputs.exec]]\ncommand = [\"x-not-a-program\"]\n",
-            "inputs.exec[0].command",
-            2,
-            "not found in PATH",
+            "[[inputs.exec]]\ncommand = [\"/bin/true\"]\ninterval = \"1500ms\"\n",
+            "inputs.exec[0].interval",
+            3,
+            "whole number of seconds",
         ),
     ];
     for (text, key, line, words) in cases {

@@ -70,6 +70,10 @@ pub struct ExecConfig {
     pub format: Format,
     pub tag_keys: Vec<String>,
     pub max_output: usize,
+    /// The program is not there (yet). `check` reports it as an error naming the key; the
+    /// running agent starts anyway (the program may be installed later) and counts every
+    /// failed run.
+    pub missing_program: Option<ConfigError>,
 }
 
 impl RawExec {
@@ -103,8 +107,9 @@ impl RawExec {
         } else {
             self.command
         };
-        find_program(&argv[0], self.env.get("PATH").map(String::as_str))
-            .map_err(|m| source.error(key("command"), m))?;
+        let missing_program = find_program(&argv[0], self.env.get("PATH").map(String::as_str))
+            .err()
+            .map(|m| source.error(key("command"), m));
         if let Some(dir) = &self.dir
             && !dir.is_dir()
         {
@@ -124,6 +129,7 @@ impl RawExec {
             format: self.format.unwrap_or_default(),
             tag_keys: self.tag_keys,
             max_output: usize::try_from(max_output).unwrap_or(usize::MAX),
+            missing_program,
         })
     }
 }
@@ -167,6 +173,11 @@ impl ExecPoller {
     pub fn new(config: ExecConfig) -> ExecPoller {
         let origin = config.argv.join(" ");
         ExecPoller { config, origin }
+    }
+
+    /// Why the program cannot run, if it is missing.
+    pub fn missing_program(&self) -> Option<&ConfigError> {
+        self.config.missing_program.as_ref()
     }
 
     pub async fn poll(&mut self, at: i64) -> Result<Polled, PollError> {

@@ -199,6 +199,12 @@ impl PolledInput {
         let skipped = metrics.skipped_runs.get_or_create(&labels).clone();
         let received = metrics.received.get_or_create(&labels).clone();
         let source = self.poller.state_source();
+        if let Poller::Exec(exec) = &self.poller
+            && let Some(problem) = exec.missing_program()
+        {
+            warn!(input = %self.common.label, "{problem}; every run will fail until it is installed");
+            metrics.error(self.common.kind, "missing_program");
+        }
         let mut runs = self.common.schedule.runs_after(Utc::now());
         debug!(input = %self.common.label, schedule = %self.common.schedule.describe(), "input scheduled");
         loop {
@@ -271,7 +277,7 @@ impl PolledInput {
                 })
                 .collect(),
             checkpoint,
-            ack: None,
+            ..Ingest::default()
         }
     }
 }

@@ -113,13 +113,21 @@ async fn output_over_the_limit_is_cut_at_a_line_and_reported() {
 
 #[test]
 fn check_names_a_missing_command() {
-    let message = error("[[inputs.exec]]\ncommand = [\"/no/such/meter\"]\n");
+    let problem = |table: &str| match one_input(table) {
+        InputConfig::Exec(config) => config
+            .missing_program
+            .map(|e| e.to_string())
+            .unwrap_or_default(),
+        _ => unreachable!(),
+    };
+    let message = problem("[[inputs.exec]]\ncommand = [\"/no/such/meter\"]\n");
     assert!(
         message.contains("inputs.exec[0].command") && message.contains("does not exist"),
         "{message}"
     );
-    let message = error("[[inputs.exec]]\ncommand = [\"no-such-program-here\"]\n");
+    let message = problem("[[inputs.exec]]\ncommand = [\"no-such-program-here\"]\n");
     assert!(message.contains("not found in PATH"), "{message}");
+    assert!(problem("[[inputs.exec]]\ncommand = [\"/bin/true\"]\n").is_empty());
     let message = error("[[inputs.exec]]\ncommand = [\"/bin/true\"]\nschedule = \"*/5 * *\"\n");
     assert!(
         message.contains("inputs.exec[0].schedule") && message.contains("3 fields"),
