@@ -66,7 +66,8 @@ pub struct Decoded {
 }
 
 impl Decoded {
-    fn reject_all(payload: &[u8], reason: impl Into<String>) -> Decoded {
+    /// Nothing decoded: the whole payload is rejected with `reason`.
+    pub fn reject_all(payload: &[u8], reason: impl Into<String>) -> Decoded {
         Decoded {
             points: Vec::new(),
             rejected: vec![Rejected {

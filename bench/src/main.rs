@@ -105,14 +105,11 @@ fn main() -> anyhow::Result<()> {
             forward_extra,
             rumqttc_publisher,
         } => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
             let agent = AgentTuning {
                 extra: agent_extra,
                 forward: forward_extra,
             };
-            runtime.block_on(mqtt(
+            block_on(mqtt(
                 messages,
                 broker_inflight,
                 publisher_inflight,
@@ -123,21 +120,11 @@ fn main() -> anyhow::Result<()> {
         Scenario::AgentSplit {
             messages,
             broker_inflight,
-        } => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(agent_split(messages, broker_inflight))
-        }
+        } => block_on(agent_split(messages, broker_inflight)),
         Scenario::BrokerCeiling {
             messages,
             broker_inflight,
-        } => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(broker_ceiling(messages, broker_inflight))
-        }
+        } => block_on(broker_ceiling(messages, broker_inflight)),
         Scenario::SqliteCeiling {
             rows,
             batch,
@@ -145,19 +132,17 @@ fn main() -> anyhow::Result<()> {
         } => sqlite_ceiling(rows, batch, rows_per_statement),
         Scenario::Encoding { points } => encoding(points),
         Scenario::Sizes => sizes(),
-        Scenario::Tail { lines } => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(tail(lines))
-        }
-        Scenario::Idle { seconds } => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(idle(seconds))
-        }
+        Scenario::Tail { lines } => block_on(tail(lines)),
+        Scenario::Idle { seconds } => block_on(idle(seconds)),
     }
+}
+
+/// Runs a scenario on a multi-thread runtime.
+fn block_on(scenario: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(scenario)
 }
 
 /// Starts a collector and an agent whose inputs are `inputs`, with the default forwarding.

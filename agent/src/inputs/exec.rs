@@ -18,9 +18,9 @@ use tokio::process::Command;
 use tributary_common::config::values::RawSize;
 use tributary_common::config::{ConfigError, Source};
 
-use super::polled::{Common, PollError, Polled, RawTiming};
+use super::polled::{Common, PollError, Polled, raw_timing};
 use crate::config::{duration, size};
-use crate::format::{DecodeContext, Format, decode, truncate};
+use crate::format::{DecodeContext, Format, decode};
 
 /// How much of stderr is kept for the log line of a failed run.
 const STDERR_TAIL: usize = 2048;
@@ -78,12 +78,7 @@ pub struct ExecConfig {
 
 impl RawExec {
     pub fn resolve(self, index: usize, source: &Source) -> Result<ExecConfig, ConfigError> {
-        let timing = RawTiming {
-            interval: self.interval.as_deref(),
-            schedule: self.schedule.as_deref(),
-            timezone: self.timezone.as_deref(),
-            jitter: self.jitter.as_deref(),
-        };
+        let timing = raw_timing!(self);
         let common = Common::resolve("exec", index, self.name, self.tags, &timing, source)?;
         let key = |name: &str| common.key(name);
         if self.command.is_empty() || self.command[0].is_empty() {
@@ -317,11 +312,6 @@ async fn read_tail(mut reader: impl AsyncRead + Unpin, keep: usize) -> Vec<u8> {
         tail.drain(..tail.len() - keep);
     }
     tail
-}
-
-/// For messages: a command's output, shortened.
-pub fn preview(bytes: &[u8]) -> String {
-    truncate(&String::from_utf8_lossy(bytes), 200).to_owned()
 }
 
 #[cfg(test)]

@@ -466,11 +466,6 @@ impl FileInput {
         }
     }
 
-    /// The checkpoint source id.
-    pub fn source(config: &FileConfig) -> String {
-        config.id.clone()
-    }
-
     /// Tails until `shutdown`. Records already read but not yet sent are dropped then; their
     /// offsets were not committed, so the next run reads them again.
     pub async fn run(mut self, shutdown: CancellationToken) {

@@ -21,9 +21,9 @@ use tributary_wire::time::{parse_rfc3339, unix_to_ns};
 use tributary_wire::{FieldValue, Point};
 use url::Url;
 
-use super::polled::{Common, PollError, Polled, RawTiming};
+use super::polled::{Common, PollError, Polled, raw_timing};
 use crate::config::{choices, duration, read_pem, size};
-use crate::format::{DecodeContext, Decoded, Format, Rejected, decode};
+use crate::format::{DecodeContext, Decoded, Format, decode};
 
 /// `[[inputs.http]]` as written.
 #[derive(Debug, Default, Deserialize)]
@@ -121,12 +121,7 @@ pub struct HttpConfig {
 
 impl RawHttp {
     pub fn resolve(self, index: usize, source: &Source) -> Result<HttpConfig, ConfigError> {
-        let timing = RawTiming {
-            interval: self.interval.as_deref(),
-            schedule: self.schedule.as_deref(),
-            timezone: self.timezone.as_deref(),
-            jitter: self.jitter.as_deref(),
-        };
+        let timing = raw_timing!(self);
         let common = Common::resolve("http", index, self.name, self.tags, &timing, source)?;
         let key = |name: &str| common.key(name);
         let text = self.url.ok_or_else(|| {
@@ -371,7 +366,7 @@ impl HttpPoller {
             HttpFormat::Prometheus => {
                 return match std::str::from_utf8(body) {
                     Ok(text) => super::prometheus::parse(text, at),
-                    Err(e) => reject_all(body, format!("body is not UTF-8: {e}")),
+                    Err(e) => Decoded::reject_all(body, format!("body is not UTF-8: {e}")),
                 };
             }
             HttpFormat::Json => match &config.selection {
@@ -391,21 +386,11 @@ impl HttpPoller {
     }
 }
 
-fn reject_all(body: &[u8], reason: String) -> Decoded {
-    Decoded {
-        points: Vec::new(),
-        rejected: vec![Rejected {
-            payload: body.to_vec(),
-            reason,
-        }],
-    }
-}
-
 /// One point from the members `selection` points at.
 fn select(body: &[u8], selection: &JsonSelection, name: &str, at: i64) -> Decoded {
     let document: Value = match serde_json::from_slice(body) {
         Ok(document) => document,
-        Err(e) => return reject_all(body, format!("invalid JSON: {e}")),
+        Err(e) => return Decoded::reject_all(body, format!("invalid JSON: {e}")),
     };
     let mut point = Point::new(name, at);
     let mut missing = Vec::new();
@@ -422,7 +407,7 @@ fn select(body: &[u8], selection: &JsonSelection, name: &str, at: i64) -> Decode
                 continue;
             }
             Some(_) => {
-                return reject_all(
+                return Decoded::reject_all(
                     body,
                     format!(
                         "json_fields.{field} ({pointer}) selects an object or array, not a value"
@@ -433,7 +418,7 @@ fn select(body: &[u8], selection: &JsonSelection, name: &str, at: i64) -> Decode
         point.fields.insert(field.clone(), value);
     }
     if point.fields.is_empty() {
-        return reject_all(
+        return Decoded::reject_all(
             body,
             format!(
                 "none of json_fields was found (missing: {})",
@@ -459,7 +444,7 @@ fn select(body: &[u8], selection: &JsonSelection, name: &str, at: i64) -> Decode
         match ts {
             Some(ts) => point.ts = ts,
             None => {
-                return reject_all(
+                return Decoded::reject_all(
                     body,
                     format!("json_time ({pointer}) is missing or not a time"),
                 );

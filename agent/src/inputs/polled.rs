@@ -49,6 +49,20 @@ pub struct RawTiming<'a> {
     pub jitter: Option<&'a str>,
 }
 
+/// The schedule keys of a raw input table that has the fields `interval`, `schedule`,
+/// `timezone` and `jitter` (every polled input's table does).
+macro_rules! raw_timing {
+    ($raw:expr) => {
+        $crate::inputs::polled::RawTiming {
+            interval: $raw.interval.as_deref(),
+            schedule: $raw.schedule.as_deref(),
+            timezone: $raw.timezone.as_deref(),
+            jitter: $raw.jitter.as_deref(),
+        }
+    };
+}
+pub(crate) use raw_timing;
+
 impl Common {
     /// Checks the settings every polled input shares, at `inputs.<kind>[<index>]`.
     pub fn resolve(

@@ -28,7 +28,7 @@ use tributary_common::config::{ConfigError, Source};
 use tributary_wire::time::{parse_rfc3339, unix_int_to_ns, unix_to_ns};
 use tributary_wire::{FieldValue, Point};
 
-use super::polled::{Common, PollError, Polled, RawTiming};
+use super::polled::{Common, PollError, Polled, raw_timing};
 use crate::config::duration;
 use crate::format::Rejected;
 
@@ -90,12 +90,7 @@ pub struct SqlConfig {
 
 impl RawSql {
     pub fn resolve(self, index: usize, source: &Source) -> Result<SqlConfig, ConfigError> {
-        let timing = RawTiming {
-            interval: self.interval.as_deref(),
-            schedule: self.schedule.as_deref(),
-            timezone: self.timezone.as_deref(),
-            jitter: self.jitter.as_deref(),
-        };
+        let timing = raw_timing!(self);
         let common = Common::resolve("sql", index, self.name, self.tags, &timing, source)?;
         let key = |name: &str| common.key(name);
         let path = self

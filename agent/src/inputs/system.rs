@@ -25,7 +25,7 @@ use serde::Deserialize;
 use tributary_common::config::{ConfigError, Source};
 use tributary_wire::{FieldValue, Point};
 
-use super::polled::{Common, PollError, Polled, RawTiming};
+use super::polled::{Common, PollError, Polled, raw_timing};
 
 /// The groups of readings, in the order they are taken.
 pub const GROUPS: [&str; 9] = [
@@ -94,12 +94,7 @@ pub struct SystemConfig {
 
 impl RawSystem {
     pub fn resolve(self, index: usize, source: &Source) -> Result<SystemConfig, ConfigError> {
-        let timing = RawTiming {
-            interval: self.interval.as_deref(),
-            schedule: self.schedule.as_deref(),
-            timezone: self.timezone.as_deref(),
-            jitter: self.jitter.as_deref(),
-        };
+        let timing = raw_timing!(self);
         let common = Common::resolve("system", index, self.name, self.tags, &timing, source)?;
         let collect = match self.collect {
             None => GROUPS.into_iter().collect(),
@@ -137,7 +132,8 @@ impl RawSystem {
 #[derive(Default)]
 struct Previous {
     cpus: Vec<(String, procfs::CpuTime)>,
-    process: Option<(u64, u64, std::time::Instant)>,
+    /// utime, stime (ticks), RSS (pages), when read.
+    process: Option<(u64, u64, u64, std::time::Instant)>,
 }
 
 /// Reads the system for one `[[inputs.system]]`.
@@ -257,7 +253,7 @@ impl SystemPoller {
         let process = procfs::process::Process::myself()
             .and_then(|p| p.stat())
             .ok()
-            .map(|stat| (stat.utime, stat.stime, std::time::Instant::now()));
+            .map(|stat| (stat.utime, stat.stime, stat.rss, std::time::Instant::now()));
         Previous { cpus, process }
     }
 
@@ -317,17 +313,15 @@ impl SystemPoller {
     }
 
     fn process(&self, now: &Previous, at: i64, points: &mut Vec<Point>) {
-        let Some((user, system, when)) = now.process else {
+        let Some((user, system, rss, when)) = now.process else {
             return;
         };
         let mut point = Point::new("procstat", at)
             .with_tag("process_name", "tributary-agent")
             .with_field("cpu_time_user", user as f64 / self.ticks)
-            .with_field("cpu_time_system", system as f64 / self.ticks);
-        if let Ok(stat) = procfs::process::Process::myself().and_then(|p| p.stat()) {
-            point = point.with_field("memory_rss", (stat.rss * self.page_size) as i64);
-        }
-        if let Some((before_user, before_system, before)) =
+            .with_field("cpu_time_system", system as f64 / self.ticks)
+            .with_field("memory_rss", (rss * self.page_size) as i64);
+        if let Some((before_user, before_system, _, before)) =
             self.previous.as_ref().and_then(|p| p.process)
         {
             let seconds = when.duration_since(before).as_secs_f64();
