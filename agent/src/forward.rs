@@ -306,7 +306,7 @@ impl Forwarder {
             dropped: depth.dropped_total(),
             sent_at: tributary_wire::time::now_ns(),
             status: AgentStatus {
-                backlog_points: depth.points().saturating_sub(batch.bodies.len() as u64),
+                backlog_points: depth.points().saturating_sub(batch.points.len() as u64),
                 backlog_bytes: depth.bytes().saturating_sub(batch.buffered_size()),
                 oldest_unsent_ts: None,
             },
@@ -323,7 +323,7 @@ impl Forwarder {
                 header.status.oldest_unsent_ts = oldest;
                 let body = codec::encode_stored_batch(
                     &header,
-                    batch.bodies.iter().map(Vec::as_slice),
+                    batch.points.iter(),
                     &batch.rejects,
                     encoding,
                 )
@@ -359,7 +359,7 @@ impl Forwarder {
             }
         };
         let last_seq = batch.last_seq();
-        if !batch.bodies.is_empty() && ack.committed_through < last_seq {
+        if !batch.points.is_empty() && ack.committed_through < last_seq {
             let delay = self.backoff.next_random();
             error!(committed_through = ack.committed_through, last_seq, retry_in = ?delay, "the collector confirmed less than the batch; keeping it");
             self.metrics.error("forward", "short_ack");
@@ -378,8 +378,10 @@ impl Forwarder {
         self.backoff.reset();
         let limit = self.max_points;
         self.max_points = (self.max_points * 2).min(self.settings.batch_max_points);
-        let points = batch.bodies.len();
-        let full = points >= limit || batch.bytes * 10 >= self.settings.batch_max_bytes * 9;
+        let points = batch.points.len();
+        let full = batch.more
+            || points >= limit
+            || batch.points.byte_len() * 10 >= self.settings.batch_max_bytes * 9;
         self.metrics.points_sent.inc_by(points as u64);
         self.metrics.send_outcome("ok");
         self.metrics
@@ -421,7 +423,7 @@ impl Forwarder {
     /// to the quarantine so the points behind it can flow.
     async fn refused(&mut self, batch: StoredBatch, status: StatusCode, reason: String) -> Step {
         self.metrics.send_outcome("refused");
-        let points = batch.bodies.len();
+        let points = batch.points.len();
         if points > 1 {
             self.max_points = (points / 2).max(1);
             warn!(%status, reason = %truncate(&reason, 300), points, next = self.max_points, "the collector refused a batch; splitting it");

@@ -6,15 +6,19 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use tributary_common::sqlite::MultiRowInsert;
 use tributary_wire::Reject;
 
-use super::{Checkpoint, Depth, Ingest};
+use super::{Checkpoint, Depth, Ingest, Points};
 use crate::config::WhenFull;
 
-/// Bytes counted per row on top of its payload, for the `max_size` bound: the rowid, the
-/// record header and the b-tree cell pointer.
+/// Bytes counted per point or reject on top of its payload, for the `max_size` bound (points
+/// share rows, so this over-counts a little: the offset, and a share of the row's header).
 pub const ROW_OVERHEAD: usize = 16;
+
+/// A row of `points` is closed once it holds this many points...
+const BLOCK_POINTS: usize = 1024;
+/// ...or this many bytes.
+const BLOCK_BYTES: usize = 64 << 10;
 
 /// How much of a point the collector refused is kept in the quarantine.
 const REFUSED_KEPT: usize = 4096;
@@ -25,7 +29,9 @@ const CACHE_KIB: u64 = 512;
 /// Most rejects carried in one batch.
 const REJECTS_PER_BATCH: usize = 100;
 
-const SCHEMA_VERSION: i64 = 1;
+/// 1: one point per row, sequences from AUTOINCREMENT. 2: blocks of points, sequences kept
+/// in `meta`.
+const SCHEMA_VERSION: i64 = 2;
 
 /// Delivery entries kept per MQTT session: one per possible packet id, so any message the
 /// broker may still hold unacknowledged is covered.
@@ -47,8 +53,10 @@ CREATE TABLE IF NOT EXISTS meta (
     value
 );
 CREATE TABLE IF NOT EXISTS points (
-    seq  INTEGER PRIMARY KEY AUTOINCREMENT,
-    body BLOB NOT NULL
+    seq   INTEGER PRIMARY KEY,
+    count INTEGER NOT NULL,
+    ends  BLOB NOT NULL,
+    body  BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS quarantine (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -98,23 +106,23 @@ pub struct AppendOutcome {
 /// Points and rejects read for one batch.
 #[derive(Debug, Default)]
 pub struct StoredBatch {
-    /// Sequence of `bodies[0]`; the bodies have consecutive sequences.
+    /// Sequence of the first point; the points have consecutive sequences.
     pub first_seq: u64,
-    pub bodies: Vec<Vec<u8>>,
-    /// Bytes of the bodies.
-    pub bytes: usize,
+    pub points: Points,
+    /// More points follow right after these, left out by the count or byte limit.
+    pub more: bool,
     pub rejects: Vec<Reject>,
 }
 
 impl StoredBatch {
-    /// Sequence of the last body (`first_seq - 1` when there are none).
+    /// Sequence of the last point (`first_seq - 1` when there are none).
     pub fn last_seq(&self) -> u64 {
-        self.first_seq + self.bodies.len() as u64 - 1
+        self.first_seq + self.points.len() as u64 - 1
     }
 
     /// The bytes this batch takes in the buffer, as counted against `max_size`.
     pub fn buffered_size(&self) -> u64 {
-        let points = self.bytes + self.bodies.len() * ROW_OVERHEAD;
+        let points = self.points.byte_len() + self.points.len() * ROW_OVERHEAD;
         let rejects: usize = self
             .rejects
             .iter()
@@ -126,7 +134,7 @@ impl StoredBatch {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.bodies.is_empty() && self.rejects.is_empty()
+        self.points.is_empty() && self.rejects.is_empty()
     }
 }
 
@@ -168,6 +176,10 @@ impl Store {
                 ),
             });
         }
+        let mut conn = conn;
+        if version == 1 {
+            migrate_from_v1(&mut conn).map_err(sql)?;
+        }
         conn.execute_batch(SCHEMA).map_err(sql)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(sql)?;
@@ -199,7 +211,7 @@ impl Store {
             .map_err(sql)?;
         let (points, point_bytes): (i64, i64) = conn
             .query_row(
-                &format!("SELECT count(*), coalesce(sum(length(body)), 0) + count(*) * {ROW_OVERHEAD} FROM points"),
+                &format!("SELECT coalesce(sum(count), 0), coalesce(sum(length(body) + count * {ROW_OVERHEAD}), 0) FROM points"),
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
@@ -211,9 +223,11 @@ impl Store {
                 |r| r.get(0),
             )
             .map_err(sql)?;
+        // The mark in `meta` survives deletes; the rows are a second opinion.
         let last_seq: i64 = conn
             .query_row(
-                "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'points'), 0)",
+                "SELECT max(coalesce((SELECT value FROM meta WHERE key = 'last_seq'), 0),
+                            coalesce((SELECT max(seq + count - 1) FROM points), 0))",
                 [],
                 |r| r.get(0),
             )
@@ -323,15 +337,8 @@ impl Store {
                     )?;
                 }
             }
-            let bodies: Vec<&Vec<u8>> = items.iter().flat_map(|item| &item.points).collect();
-            insert_points(tx, &bodies)?;
-            outcome.points = bodies.len() as u64;
-            // Read now: the inserts below have rowids of their own.
-            outcome.last_seq = if outcome.points > 0 {
-                tx.last_insert_rowid() as u64
-            } else {
-                last_seq
-            };
+            outcome.last_seq = insert_points(tx, last_seq, items.iter().map(|item| &item.points))?;
+            outcome.points = outcome.last_seq - last_seq;
             {
                 let mut insert = tx.prepare_cached(
                     "INSERT INTO quarantine (received_at, source, topic, payload, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -409,11 +416,22 @@ impl Store {
         reject_id: u64,
     ) -> Result<(u64, u64), StoreError> {
         in_transaction(&mut self.conn, &self.path, |tx| {
+            // The row holding `seq` may go on past it: it keeps the rest, under a new key.
+            let mut kept = (0, 0);
+            if let Some(block) = block_holding(tx, seq)?
+                && block.last_seq() > seq
+            {
+                let cut = (seq + 1 - block.seq) as usize;
+                let rest = block.points.slice(cut..block.points.len());
+                replace_block(tx, block.seq, seq + 1, &rest)?;
+                kept = (cut as i64, block.points.span_len(0..cut) as i64);
+            }
             let (points, point_bytes): (i64, i64) = tx
                 .prepare_cached(
-                    "SELECT count(*), coalesce(sum(length(body)), 0) FROM points WHERE seq <= ?1",
+                    "SELECT coalesce(sum(count), 0), coalesce(sum(length(body)), 0) FROM points WHERE seq <= ?1",
                 )?
                 .query_row([seq as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let (points, point_bytes) = (points + kept.0, point_bytes + kept.1);
             tx.prepare_cached("DELETE FROM points WHERE seq <= ?1")?
                 .execute([seq as i64])?;
             let (rejects, reject_bytes): (i64, i64) = tx
@@ -438,16 +456,15 @@ impl Store {
     pub fn quarantine_point(&mut self, seq: u64, reason: &str) -> Result<(), StoreError> {
         let topic = format!("buffer seq {seq}");
         let moved = in_transaction(&mut self.conn, &self.path, |tx| {
-            let body: Option<Vec<u8>> = tx
-                .query_row(
-                    "SELECT body FROM points WHERE seq = ?1",
-                    [seq as i64],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            let Some(body) = body else {
+            let Some(block) = block_holding(tx, seq)? else {
                 return Ok(None);
             };
+            // The row keeps the points before and after this one, as two rows.
+            let index = (seq - block.seq) as usize;
+            let body = block.points.get(index).to_vec();
+            replace_block(tx, block.seq, block.seq, &block.points.slice(0..index))?;
+            let after = block.points.slice(index + 1..block.points.len());
+            replace_block(tx, seq + 1, seq + 1, &after)?;
             let mut payload = match tributary_wire::codec::decode_point(&body) {
                 Ok(point) => tributary_wire::line_protocol::format_point(&point).into_bytes(),
                 Err(_) => body.clone(),
@@ -459,7 +476,6 @@ impl Store {
                 "INSERT INTO quarantine (received_at, source, topic, payload, reason) VALUES (?1, 'forward', ?2, ?3, ?4)",
                 params![tributary_wire::time::now_ns(), topic, payload, reason],
             )?;
-            tx.execute("DELETE FROM points WHERE seq = ?1", [seq as i64])?;
             Ok(Some((body, payload)))
         })?;
         let Some((body, payload)) = moved else {
@@ -478,17 +494,153 @@ impl Store {
     }
 }
 
-/// Multi-row INSERTs of points, up to 64 rows a statement (`tributary_common::sqlite`).
-static INSERT_POINTS: std::sync::LazyLock<MultiRowInsert> =
-    std::sync::LazyLock::new(|| MultiRowInsert::new("points", &["body"], 64));
+/// Inserts the runs of points in order, in rows of up to [`BLOCK_POINTS`] points and about
+/// [`BLOCK_BYTES`], with sequences following `last_seq`. Returns the new last sequence.
+fn insert_points<'a>(
+    tx: &rusqlite::Transaction<'_>,
+    last_seq: u64,
+    runs: impl Iterator<Item = &'a Points>,
+) -> rusqlite::Result<u64> {
+    let mut next = last_seq + 1;
+    let mut block = Points::new();
+    for run in runs {
+        let mut start = 0;
+        while start < run.len() {
+            let mut end = start;
+            let mut bytes = block.byte_len();
+            while end < run.len() && block.len() + (end - start) < BLOCK_POINTS && bytes < BLOCK_BYTES
+            {
+                bytes += run.get(end).len();
+                end += 1;
+            }
+            block.extend_from(run, start..end);
+            start = end;
+            if block.len() >= BLOCK_POINTS || block.byte_len() >= BLOCK_BYTES {
+                insert_block(tx, next, &block)?;
+                next += block.len() as u64;
+                block = Points::new();
+            }
+        }
+    }
+    if !block.is_empty() {
+        insert_block(tx, next, &block)?;
+        next += block.len() as u64;
+    }
+    if next > last_seq + 1 {
+        tx.prepare_cached(
+            "INSERT INTO meta (key, value) VALUES ('last_seq', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )?
+        .execute([(next - 1) as i64])?;
+    }
+    Ok(next - 1)
+}
 
-/// Inserts the bodies in order, so they get consecutive sequences.
-fn insert_points(tx: &rusqlite::Transaction<'_>, bodies: &[&Vec<u8>]) -> rusqlite::Result<()> {
-    for (statement, chunk) in INSERT_POINTS.chunks(bodies) {
-        tx.prepare_cached(statement)?
-            .execute(rusqlite::params_from_iter(chunk))?;
+/// One row of `points`: consecutive sequences from `seq`.
+struct Block {
+    seq: u64,
+    points: Points,
+}
+
+impl Block {
+    fn last_seq(&self) -> u64 {
+        self.seq + self.points.len() as u64 - 1
+    }
+}
+
+fn insert_block(conn: &Connection, seq: u64, points: &Points) -> rusqlite::Result<()> {
+    conn.prepare_cached("INSERT INTO points (seq, count, ends, body) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![
+            seq as i64,
+            points.len() as i64,
+            points.ends_blob(),
+            points.bytes()
+        ])?;
+    Ok(())
+}
+
+/// Replaces the row at `old_seq` by `points` at `new_seq` (by nothing if `points` is empty).
+fn replace_block(
+    conn: &Connection,
+    old_seq: u64,
+    new_seq: u64,
+    points: &Points,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached("DELETE FROM points WHERE seq = ?1")?
+        .execute([old_seq as i64])?;
+    if !points.is_empty() {
+        insert_block(conn, new_seq, points)?;
     }
     Ok(())
+}
+
+/// Reads a row selected as `seq, ends, body`.
+fn block_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Block> {
+    let seq = row.get::<_, i64>(0)? as u64;
+    let ends = row.get_ref(1)?.as_blob()?;
+    let body: Vec<u8> = row.get(2)?;
+    let points = Points::from_stored(body, ends).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Blob, Box::new(e))
+    })?;
+    if points.is_empty() {
+        return Err(rusqlite::Error::FromSqlConversionFailure(
+            1,
+            rusqlite::types::Type::Blob,
+            "a stored row holds no points".into(),
+        ));
+    }
+    Ok(Block { seq, points })
+}
+
+/// The first sequence and count of the row holding `seq`, if one does.
+fn row_holding(conn: &Connection, seq: u64) -> rusqlite::Result<Option<(u64, u64)>> {
+    let row: Option<(i64, i64)> = conn
+        .prepare_cached("SELECT seq, count FROM points WHERE seq <= ?1 ORDER BY seq DESC LIMIT 1")?
+        .query_row([seq as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(row
+        .map(|(first, count)| (first as u64, count as u64))
+        .filter(|&(first, count)| first + count > seq))
+}
+
+/// The row holding `seq`, if one does.
+fn block_holding(conn: &Connection, seq: u64) -> rusqlite::Result<Option<Block>> {
+    let Some((first, _)) = row_holding(conn, seq)? else {
+        return Ok(None);
+    };
+    conn.prepare_cached("SELECT seq, ends, body FROM points WHERE seq = ?1")?
+        .query_row([first as i64], block_from_row)
+        .optional()
+}
+
+/// Moves a version 1 buffer (one point per row, sequences from AUTOINCREMENT) to rows of
+/// points, keeping every point and its sequence.
+fn migrate_from_v1(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let last_seq: i64 = tx.query_row(
+        "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'points'), 0)",
+        [],
+        |r| r.get(0),
+    )?;
+    tx.execute_batch("ALTER TABLE points RENAME TO points_v1")?;
+    tx.execute_batch(SCHEMA)?;
+    {
+        let mut select = tx.prepare("SELECT seq, body FROM points_v1 ORDER BY seq")?;
+        let mut rows = select.query([])?;
+        while let Some(row) = rows.next()? {
+            let mut points = Points::new();
+            points.push_encoded(row.get_ref(1)?.as_blob()?);
+            insert_block(&tx, row.get::<_, i64>(0)? as u64, &points)?;
+        }
+    }
+    tx.execute_batch("DROP TABLE points_v1")?;
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES ('last_seq', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+        [last_seq],
+    )?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()
 }
 
 /// Upserts state checkpoints; only the last value per key is written.
@@ -624,19 +776,35 @@ fn drop_oldest(tx: &rusqlite::Transaction<'_>, need: u64) -> Result<(u64, u64), 
     let mut count = 0u64;
     let mut cut = None;
     let mut stmt = tx.prepare_cached(
-        "SELECT seq, length(body) FROM points WHERE seq > ?1 ORDER BY seq LIMIT 1024",
+        "SELECT seq, count, length(body) FROM points WHERE seq > ?1 ORDER BY seq LIMIT 256",
     )?;
     let mut after = 0i64;
     'scan: loop {
-        let rows: Vec<(i64, i64)> = stmt
-            .query_map([after], |r| Ok((r.get(0)?, r.get(1)?)))?
+        let rows: Vec<(i64, i64, i64)> = stmt
+            .query_map([after], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<Result<_, _>>()?;
         if rows.is_empty() {
             break;
         }
-        for (seq, len) in rows {
-            freed += len as u64 + ROW_OVERHEAD as u64;
-            count += 1;
+        for (seq, n, len) in rows {
+            let size = (len + n * ROW_OVERHEAD as i64) as u64;
+            if freed + size > need && n > 1 {
+                // Only part of this row has to go: it keeps the rest.
+                let block = tx
+                    .prepare_cached("SELECT seq, ends, body FROM points WHERE seq = ?1")?
+                    .query_row([seq], block_from_row)?;
+                let mut k = 0;
+                while freed < need {
+                    freed += (block.points.get(k).len() + ROW_OVERHEAD) as u64;
+                    k += 1;
+                }
+                let rest = block.points.slice(k..block.points.len());
+                replace_block(tx, block.seq, block.seq + k as u64, &rest)?;
+                count += k as u64;
+                break 'scan;
+            }
+            freed += size;
+            count += n as u64;
             cut = Some(seq);
             after = seq;
             if freed >= need {
@@ -714,19 +882,26 @@ impl Reader {
 
     /// Event time of the first point after `seq`, if any.
     pub fn oldest_ts_after(&mut self, seq: u64) -> Result<Option<i64>, StoreError> {
-        let body: Option<Vec<u8>> = self
-            .conn
-            .query_row(
-                "SELECT body FROM points WHERE seq > ?1 ORDER BY seq LIMIT 1",
-                [seq as i64],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|source| StoreError::Sqlite {
-                path: self.path.clone(),
-                source,
-            })?;
-        Ok(body.and_then(|b| tributary_wire::codec::decode_point(&b).ok().map(|p| p.ts)))
+        let from = seq + 1;
+        let block = (|| {
+            let start = row_holding(&self.conn, from)?.map_or(from, |(first, _)| first);
+            self.conn
+                .prepare_cached(
+                    "SELECT seq, ends, body FROM points WHERE seq >= ?1 ORDER BY seq LIMIT 1",
+                )?
+                .query_row([start as i64], block_from_row)
+                .optional()
+        })()
+        .map_err(|source| StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        })?;
+        Ok(block.and_then(|block| {
+            let index = from.saturating_sub(block.seq) as usize;
+            tributary_wire::codec::decode_point(block.points.get(index))
+                .ok()
+                .map(|p| p.ts)
+        }))
     }
 }
 
@@ -738,25 +913,48 @@ fn read_batch(
     max_bytes: usize,
 ) -> rusqlite::Result<StoredBatch> {
     let mut batch = StoredBatch::default();
+    let from = after_seq + 1;
+    let start = row_holding(conn, from)?.map_or(from, |(first, _)| first);
     let mut stmt =
-        conn.prepare_cached("SELECT seq, body FROM points WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
-    let mut rows = stmt.query(params![after_seq as i64, max_points as i64])?;
+        conn.prepare_cached("SELECT seq, ends, body FROM points WHERE seq >= ?1 ORDER BY seq")?;
+    let mut rows = stmt.query([start as i64])?;
+    let max_points = max_points.max(1);
     while let Some(row) = rows.next()? {
-        let seq = row.get::<_, i64>(0)? as u64;
-        let body: Vec<u8> = row.get(1)?;
-        if batch.bodies.is_empty() {
-            batch.first_seq = seq;
-        } else if seq != batch.first_seq + batch.bodies.len() as u64
-            || batch.bytes + body.len() > max_bytes
-        {
-            // A gap (points dropped under the reader) or the size limit ends the batch.
+        let block = block_from_row(row)?;
+        let skip = from.saturating_sub(block.seq) as usize;
+        let all = skip..block.points.len();
+        let points = &mut batch.points;
+        if points.is_empty() {
+            batch.first_seq = block.seq + skip as u64;
+        } else if block.seq + skip as u64 != batch.first_seq + points.len() as u64 {
+            // A gap (points dropped under the reader) ends the batch.
             break;
         }
-        batch.bytes += body.len();
-        batch.bodies.push(body);
+        if points.len() + all.len() <= max_points
+            && points.byte_len() + block.points.span_len(all.clone()) <= max_bytes
+        {
+            points.extend_from(&block.points, all);
+            continue;
+        }
+        // The limits end the batch inside this row. The first point always goes, even past
+        // the byte limit, or a big point would stall; otherwise the batch ends at a row, so the
+        // delete after it removes whole rows.
+        if points.is_empty() {
+            let mut end = skip + 1;
+            while end < all.end
+                && end - skip < max_points
+                && block.points.span_len(skip..end + 1) <= max_bytes
+            {
+                end += 1;
+            }
+            points.extend_from(&block.points, skip..end);
+        }
+        batch.more = true;
+        break;
     }
     drop(rows);
-    if batch.bodies.is_empty() {
+    let bytes = batch.points.byte_len();
+    if batch.points.is_empty() {
         // No points: the next sequence keeps the empty batch's arithmetic valid.
         batch.first_seq = after_seq + 1;
     }
@@ -778,7 +976,7 @@ fn read_batch(
             })
         },
     )?;
-    let mut bytes = batch.bytes;
+    let mut bytes = bytes;
     for reject in rejects {
         let reject = reject?;
         let size = reject.payload.len() + reject.reason.len() + reject.topic.len();

@@ -50,8 +50,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use tributary_common::config::values::RawSize;
 use tributary_common::config::{ConfigError, Source};
-use tributary_wire::codec::encode_point;
-use tributary_wire::{FieldValue, Point};
+use tributary_wire::codec::TextPointEncoder;
+use tributary_wire::Point;
 
 use crate::buffer::{BufferHandle, Checkpoint, Ingest, NewReject};
 use crate::config::{choices, duration, size};
@@ -913,8 +913,8 @@ struct PointMaker<'a> {
     config: &'a FileConfig,
     path: &'a str,
     agent_tags: &'a BTreeMap<String, String>,
-    /// Tags every point of this file gets.
-    tags: BTreeMap<String, String>,
+    /// Encodes `lines` records: every point of this file has the same name and tags.
+    lines: TextPointEncoder,
 }
 
 impl<'a> PointMaker<'a> {
@@ -934,7 +934,7 @@ impl<'a> PointMaker<'a> {
             config,
             path,
             agent_tags,
-            tags,
+            lines: TextPointEncoder::new(&config.name, &tags, "message"),
         }
     }
 
@@ -944,16 +944,12 @@ impl<'a> PointMaker<'a> {
                 if record.is_empty() {
                     return;
                 }
-                let point = Point {
-                    name: self.config.name.clone(),
-                    tags: self.tags.clone(),
-                    fields: BTreeMap::from([(
-                        "message".to_owned(),
-                        FieldValue::Str(String::from_utf8_lossy(record).into_owned()),
-                    )]),
-                    ts: at,
+                // Checked first with the fast validator; bad bytes become U+FFFD.
+                let message = match std::str::from_utf8(record) {
+                    Ok(text) => std::borrow::Cow::Borrowed(text),
+                    Err(_) => String::from_utf8_lossy(record),
                 };
-                ingest.points.push(encode_point(&point));
+                ingest.points.push_text(&self.lines, &message, at);
                 return;
             }
             FileFormat::Json => Format::Json,
@@ -977,7 +973,7 @@ impl<'a> PointMaker<'a> {
             }
             add_tags(&mut point, &self.config.tags);
             add_tags(&mut point, self.agent_tags);
-            ingest.points.push(encode_point(&point));
+            ingest.points.push(&point);
         }
         for rejected in decoded.rejected {
             ingest.rejects.push(NewReject {

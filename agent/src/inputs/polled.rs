@@ -16,7 +16,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 use tributary_common::config::{ConfigError, Source};
 use tributary_wire::Point;
-use tributary_wire::codec::encode_point;
 
 use super::exec::ExecPoller;
 use super::http::HttpPoller;
@@ -278,7 +277,7 @@ impl PolledInput {
             _ => None,
         };
         Ingest {
-            points: polled.points.iter().map(encode_point).collect(),
+            points: polled.points.iter().collect(),
             rejects: polled
                 .rejected
                 .into_iter()

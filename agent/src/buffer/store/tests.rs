@@ -12,8 +12,12 @@ fn point(n: i64) -> Vec<u8> {
 }
 
 fn item(points: impl IntoIterator<Item = i64>) -> Ingest {
+    let points: Vec<Point> = points
+        .into_iter()
+        .map(|n| Point::new("m", n).with_field("v", n))
+        .collect();
     Ingest {
-        points: points.into_iter().map(point).collect(),
+        points: points.iter().collect(),
         ..Ingest::default()
     }
 }
@@ -32,7 +36,7 @@ fn open(dir: &tempfile::TempDir, max_size: u64, when_full: WhenFull) -> (Store, 
 
 fn values(batch: &StoredBatch) -> Vec<i64> {
     batch
-        .bodies
+        .points
         .iter()
         .map(|b| decode_point(b).unwrap().ts)
         .collect()
@@ -82,7 +86,7 @@ fn reads_respect_count_and_byte_limits() {
     let mut reader = Reader::open(&dir.path().join("buffer.db")).unwrap();
     let batch = reader.read_batch(0, 0, 4, 1 << 20).unwrap();
     assert_eq!(values(&batch), vec![0, 1, 2, 3]);
-    let one = batch.bodies[0].len();
+    let one = batch.points.get(0).len();
     let batch = reader.read_batch(4, 0, 100, one * 3).unwrap();
     assert_eq!(values(&batch), vec![4, 5, 6]);
     // The first point always goes, even past the byte limit, or a big point would stall.
@@ -250,7 +254,7 @@ fn behaves_like_a_queue_model() {
                 store.append(&items).unwrap();
                 for value in items
                     .iter()
-                    .flat_map(|i| &i.points)
+                    .flat_map(|i| i.points.iter())
                     .map(|b| decode_point(b).unwrap().ts)
                 {
                     model.push_back((next_seq, value));
@@ -260,12 +264,18 @@ fn behaves_like_a_queue_model() {
             5..=7 => {
                 let max = 1 + random(8) as usize;
                 let batch = reader.read_batch(confirmed, 0, max, 1 << 20).unwrap();
-                let expected: Vec<i64> = model.iter().take(max).map(|(_, v)| *v).collect();
-                assert_eq!(values(&batch), expected);
+                // The oldest points in order; a batch may end early at a row, but then says
+                // that more follow.
+                let got = values(&batch);
+                let expected: Vec<i64> = model.iter().take(got.len()).map(|(_, v)| *v).collect();
+                assert_eq!(got, expected);
+                assert!(got.len() <= max);
+                assert_eq!(got.is_empty(), model.is_empty());
+                assert_eq!(batch.more, got.len() < model.len());
                 if let Some((seq, _)) = model.front() {
                     assert_eq!(batch.first_seq, *seq);
                 }
-                if !batch.bodies.is_empty() && random(2) == 0 {
+                if !batch.points.is_empty() && random(2) == 0 {
                     store.delete_through(batch.last_seq(), 0).unwrap();
                     confirmed = batch.last_seq();
                     model.retain(|(seq, _)| *seq > confirmed);
@@ -372,4 +382,87 @@ fn commits_of_any_size_keep_consecutive_sequences_in_order() {
     let batch = reader.read_batch(0, 0, 10_000, 1 << 30).unwrap();
     assert_eq!(batch.first_seq, 1);
     assert_eq!(values(&batch), expected);
+}
+
+#[test]
+fn large_appends_span_rows_and_reads_cross_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, depth) = open(&dir, 1 << 30, WhenFull::DropOldest);
+    let total = BLOCK_POINTS as i64 * 2 + 500;
+    store.append(&[item(0..1000), item(1000..total)]).unwrap();
+    let rows: i64 = store
+        .conn
+        .query_row("SELECT count(*) FROM points", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 3, "rows of at most BLOCK_POINTS points");
+    let mut reader = Reader::open(&dir.path().join("buffer.db")).unwrap();
+    let all = reader.read_batch(0, 0, 100_000, 1 << 30).unwrap();
+    assert_eq!(values(&all), (0..total).collect::<Vec<_>>());
+    assert!(!all.more);
+    // A limit inside the second row ends the batch at the first row, saying more follow.
+    let first = reader.read_batch(0, 0, BLOCK_POINTS + 10, 1 << 30).unwrap();
+    assert_eq!(first.points.len(), BLOCK_POINTS);
+    assert!(first.more);
+    // A confirmed sequence inside a row keeps the rest of the row, across a reopen.
+    store.delete_through(1500, 0).unwrap();
+    assert_eq!(depth.points(), total as u64 - 1500);
+    drop(store);
+    let (_store, depth) = open(&dir, 1 << 30, WhenFull::DropOldest);
+    assert_eq!(depth.points(), total as u64 - 1500);
+    let rest = reader.read_batch(1500, 0, 100_000, 1 << 30).unwrap();
+    assert_eq!(rest.first_seq, 1501);
+    assert_eq!(values(&rest), (1500..total).collect::<Vec<_>>());
+    assert_eq!(reader.oldest_ts_after(1700).unwrap(), Some(1700));
+    assert_eq!(reader.oldest_ts_after(total as u64).unwrap(), None);
+}
+
+#[test]
+fn a_version_1_buffer_is_migrated_with_its_points_and_sequences() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("buffer.db");
+    {
+        // The version 1 layout: one point per row, sequences from AUTOINCREMENT.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value);
+             CREATE TABLE points (seq INTEGER PRIMARY KEY AUTOINCREMENT, body BLOB NOT NULL);
+             INSERT INTO meta VALUES ('epoch', 'e1'), ('created_at', 0), ('dropped_total', 4);
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        for n in 0..10 {
+            conn.execute("INSERT INTO points (body) VALUES (?1)", [point(n)])
+                .unwrap();
+        }
+        // Confirmed and deleted: the sequence must not be handed out again.
+        conn.execute("DELETE FROM points WHERE seq <= 3 OR seq = 10", [])
+            .unwrap();
+    }
+    let (mut store, depth) = open(&dir, 1 << 30, WhenFull::DropOldest);
+    assert_eq!(store.epoch(), "e1");
+    assert_eq!(store.dropped_total(), 4);
+    assert_eq!(store.last_seq(), 10);
+    assert_eq!(depth.points(), 6);
+    assert_eq!(store.append(&[item([99])]).unwrap().last_seq, 11);
+    let mut reader = Reader::open(&path).unwrap();
+    let batch = reader.read_batch(0, 0, 100, 1 << 20).unwrap();
+    assert_eq!(batch.first_seq, 4);
+    // seq 10 was deleted: the gap ends the batch.
+    assert_eq!(values(&batch), vec![3, 4, 5, 6, 7, 8]);
+    let next = reader.read_batch(9, 0, 100, 1 << 20).unwrap();
+    assert_eq!((next.first_seq, values(&next)), (11, vec![99]));
+}
+
+#[test]
+fn damaged_rows_are_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = open(&dir, 1 << 30, WhenFull::DropOldest);
+    store.append(&[item(0..5)]).unwrap();
+    store
+        .conn
+        .execute("UPDATE points SET ends = x'0100'", [])
+        .unwrap();
+    let mut reader = Reader::open(&dir.path().join("buffer.db")).unwrap();
+    let error = reader.read_batch(0, 0, 100, 1 << 20).unwrap_err();
+    assert!(error.to_string().contains("damaged"), "{error}");
 }

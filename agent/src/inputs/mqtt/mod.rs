@@ -30,7 +30,6 @@ use rumqttc::{
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
-use tributary_wire::codec::encode_point;
 
 use self::config::MqttConfig;
 use crate::backoff::Backoff;
@@ -365,7 +364,7 @@ impl MqttInput {
             }
             add_tags(&mut point, &config.tags);
             add_tags(&mut point, &self.agent_tags);
-            ingest.points.push(encode_point(&point));
+            ingest.points.push(&point);
         }
         for rejected in decoded.rejected {
             ingest
