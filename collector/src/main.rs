@@ -42,6 +42,11 @@ enum Command {
     },
 }
 
+/// mimalloc: ingest allocates and frees many small strings per point (decoded batches), where
+/// glibc's allocator took a quarter of the writer's time; measured in BENCHMARKS.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Run);

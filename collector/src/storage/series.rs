@@ -5,7 +5,7 @@
 //! the id its token belongs to (a point cannot choose its agent tag).
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 
 /// The tag the collector sets from the token.
 pub const AGENT_TAG: &str = "agent";
@@ -14,6 +14,9 @@ pub const AGENT_TAG: &str = "agent";
 #[derive(Debug, Default)]
 pub struct SeriesCache {
     by_hash: HashMap<u64, Vec<Entry>>,
+    /// foldhash, seeded per process: several times faster than SipHash on short tag strings,
+    /// and still not predictable by an agent that would like to collide series.
+    hasher: foldhash::fast::RandomState,
 }
 
 #[derive(Debug)]
@@ -27,11 +30,12 @@ struct Entry {
 /// Hashes a series identity from a point's tags and its agent: the tags in order with any
 /// `agent` tag skipped, then the agent. Canonical tags hash the same way, so both meet.
 fn identity_hash<'a>(
+    state: &foldhash::fast::RandomState,
     name: &str,
     tags: impl Iterator<Item = (&'a String, &'a String)>,
     agent: &str,
 ) -> u64 {
-    let mut hasher = DefaultHasher::new();
+    let mut hasher = state.build_hasher();
     name.hash(&mut hasher);
     for (key, value) in tags.filter(|(k, _)| *k != AGENT_TAG) {
         key.hash(&mut hasher);
@@ -69,7 +73,7 @@ impl SeriesCache {
         agent: &str,
         field: &str,
     ) -> Option<i64> {
-        let hash = identity_hash(name, point_tags.iter(), agent);
+        let hash = identity_hash(&self.hasher, name, point_tags.iter(), agent);
         self.by_hash
             .get(&hash)?
             .iter()
@@ -88,7 +92,7 @@ impl SeriesCache {
         id: i64,
     ) {
         let agent = canonical.get(AGENT_TAG).map(String::as_str).unwrap_or("");
-        let hash = identity_hash(name, canonical.iter(), agent);
+        let hash = identity_hash(&self.hasher, name, canonical.iter(), agent);
         let entries = self.by_hash.entry(hash).or_default();
         let entry = match entries
             .iter()

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rusqlite::types::ValueRef;
+use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{error, warn};
@@ -242,11 +242,11 @@ struct WriterThread {
 
 /// What one transaction builds up besides its rows.
 #[derive(Default)]
-struct GroupState {
+struct GroupState<'a> {
     /// Series touched, with the min and max timestamps written.
     touched: HashMap<i64, (i64, i64)>,
-    /// Values to insert: (series id, ts, value).
-    rows: Vec<(i64, i64, rusqlite::types::Value)>,
+    /// Values to insert: (series id, ts, value), the value borrowed from its batch.
+    rows: Vec<(i64, i64, ValueRef<'a>)>,
 }
 
 impl WriterThread {
@@ -370,18 +370,18 @@ static INSERT_POINTS: std::sync::LazyLock<MultiRowInsert> = std::sync::LazyLock:
 /// Inserts the group's values with `n` counting up from `first_n`; returns how many.
 fn insert_points(
     tx: &rusqlite::Transaction<'_>,
-    rows: &[(i64, i64, rusqlite::types::Value)],
+    rows: &[(i64, i64, ValueRef<'_>)],
     first_n: i64,
 ) -> rusqlite::Result<i64> {
     let mut n = first_n;
-    let mut params: Vec<rusqlite::types::Value> = Vec::with_capacity(4 * 64);
+    let mut params: Vec<ToSqlOutput<'_>> = Vec::with_capacity(4 * 64);
     for (statement, chunk) in INSERT_POINTS.chunks(rows) {
         params.clear();
         for (series, ts, value) in chunk {
-            params.push((*series).into());
-            params.push((*ts).into());
-            params.push(n.into());
-            params.push(value.clone());
+            params.push(ToSqlOutput::Borrowed(ValueRef::Integer(*series)));
+            params.push(ToSqlOutput::Borrowed(ValueRef::Integer(*ts)));
+            params.push(ToSqlOutput::Borrowed(ValueRef::Integer(n)));
+            params.push(ToSqlOutput::Borrowed(*value));
             n += 1;
         }
         tx.prepare_cached(statement)?
@@ -391,23 +391,22 @@ fn insert_points(
 }
 
 /// A field value as SQLite stores it (booleans as 0 and 1; the series' kind tells them apart).
-fn sql_value(value: &FieldValue) -> rusqlite::types::Value {
-    use rusqlite::types::Value;
+fn sql_value(value: &FieldValue) -> ValueRef<'_> {
     match value {
-        FieldValue::F64(v) => Value::Real(*v),
-        FieldValue::I64(v) => Value::Integer(*v),
-        FieldValue::Bool(v) => Value::Integer(i64::from(*v)),
-        FieldValue::Str(v) => Value::Text(v.clone()),
+        FieldValue::F64(v) => ValueRef::Real(*v),
+        FieldValue::I64(v) => ValueRef::Integer(*v),
+        FieldValue::Bool(v) => ValueRef::Integer(i64::from(*v)),
+        FieldValue::Str(v) => ValueRef::Text(v.as_bytes()),
     }
 }
 
 /// Stores one batch inside the group's transaction: points above the mark, rejects above the
 /// reject mark, the marks themselves, and the agent's figures.
-fn store_batch(
+fn store_batch<'a>(
     tx: &rusqlite::Transaction<'_>,
     series: &mut SeriesCache,
-    state: &mut GroupState,
-    job: &WriteJob,
+    state: &mut GroupState<'a>,
+    job: &'a WriteJob,
     metrics: &Metrics,
 ) -> rusqlite::Result<BatchAck> {
     let batch = &job.batch;
