@@ -163,7 +163,7 @@ pub struct BufferHandle {
 
 /// Bytes of points and rejects that may wait in the queue and in the writer's current
 /// transaction at once.
-pub const QUEUE_BYTES: usize = 8 << 20;
+pub const QUEUE_BYTES: usize = 2 << 20;
 
 /// The writer is gone; the agent is shutting down.
 #[derive(Debug, thiserror::Error)]
