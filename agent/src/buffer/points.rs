@@ -123,7 +123,7 @@ impl Points {
     /// Rebuilds a run from the bytes and offsets [`Points::bytes`] and [`Points::ends_blob`]
     /// gave, checking that they fit together.
     pub fn from_stored(bytes: Vec<u8>, ends: &[u8]) -> Result<Points, Damaged> {
-        if ends.len() % 4 != 0 {
+        if !ends.len().is_multiple_of(4) {
             return Err(Damaged("offsets are not whole u32 values"));
         }
         let ends: Vec<u32> = ends
@@ -191,10 +191,7 @@ mod tests {
         let points = run(0..5);
         let back = Points::from_stored(points.bytes().to_vec(), &points.ends_blob()).unwrap();
         assert_eq!(back, points);
-        assert_eq!(
-            Points::from_stored(Vec::new(), &[]).unwrap(),
-            Points::new()
-        );
+        assert_eq!(Points::from_stored(Vec::new(), &[]).unwrap(), Points::new());
         let short = points.bytes()[..points.byte_len() - 1].to_vec();
         assert!(Points::from_stored(short, &points.ends_blob()).is_err());
         assert!(Points::from_stored(points.bytes().to_vec(), &points.ends_blob()[1..]).is_err());

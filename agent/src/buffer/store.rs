@@ -508,7 +508,9 @@ fn insert_points<'a>(
         while start < run.len() {
             let mut end = start;
             let mut bytes = block.byte_len();
-            while end < run.len() && block.len() + (end - start) < BLOCK_POINTS && bytes < BLOCK_BYTES
+            while end < run.len()
+                && block.len() + (end - start) < BLOCK_POINTS
+                && bytes < BLOCK_BYTES
             {
                 bytes += run.get(end).len();
                 end += 1;

@@ -50,8 +50,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use tributary_common::config::values::RawSize;
 use tributary_common::config::{ConfigError, Source};
-use tributary_wire::codec::TextPointEncoder;
 use tributary_wire::Point;
+use tributary_wire::codec::TextPointEncoder;
 
 use crate::buffer::{BufferHandle, Checkpoint, Ingest, NewReject};
 use crate::config::{choices, duration, size};
