@@ -94,6 +94,21 @@ pub struct Forwarder {
     /// Everything through these has been confirmed and deleted.
     confirmed_seq: u64,
     confirmed_reject: u64,
+    /// The batch after the one in flight, read and encoded while the collector was storing
+    /// that one (see [`Prepared`]).
+    prepared: Option<Prepared>,
+}
+
+/// A batch read and encoded ahead. Only one request is ever in flight; preparing the next
+/// batch during it overlaps the agent's reading, encoding and compressing with the collector's
+/// storing, which a fast backlog (a file tail) is bound by.
+struct Prepared {
+    batch: StoredBatch,
+    body: Vec<u8>,
+    /// Read after these; used only if they are exactly what was then confirmed.
+    after: (u64, u64),
+    /// The drop count when read: a drop since may have removed some of its points.
+    dropped: u64,
 }
 
 /// Why the forwarder could not be built.
@@ -134,6 +149,7 @@ impl Forwarder {
             metrics,
             confirmed_seq: 0,
             confirmed_reject: 0,
+            prepared: None,
         })
     }
 
@@ -195,26 +211,67 @@ impl Forwarder {
 
     /// One attempt: read a batch, send it, act on the answer.
     pub async fn step(&mut self) -> Step {
-        let batch = match self.read().await {
-            Ok(batch) => batch,
-            Err(e) => {
-                error!(error = %e, "cannot read the buffer");
-                self.metrics.error("forward", "read_buffer");
-                return Step::Retry(self.backoff.next_random());
+        let after = (self.confirmed_seq, self.confirmed_reject);
+        let prepared = self
+            .prepared
+            .take()
+            .filter(|p| p.after == after && p.dropped == self.link.depth.dropped_total());
+        let (batch, body) = match prepared {
+            Some(prepared) => (prepared.batch, prepared.body),
+            None => {
+                let batch = match self.read(after).await {
+                    Ok(batch) => batch,
+                    Err(e) => {
+                        error!(error = %e, "cannot read the buffer");
+                        self.metrics.error("forward", "read_buffer");
+                        return Step::Retry(self.backoff.next_random());
+                    }
+                };
+                if batch.is_empty() {
+                    return Step::Idle;
+                }
+                match self.encode(batch).await {
+                    (batch, Ok(body)) => (batch, body),
+                    (_, Err(e)) => {
+                        error!(error = %e, "cannot encode a batch");
+                        self.metrics.error("forward", "encode");
+                        return Step::Retry(self.backoff.next_random());
+                    }
+                }
             }
         };
-        if batch.is_empty() {
-            return Step::Idle;
+        let step = self.send(batch, body).await;
+        if !matches!(step, Step::Sent { full: true, .. }) {
+            // Whatever was prepared was read before a retry or a pause: read afresh.
+            self.prepared = None;
         }
-        let (batch, body) = self.encode(batch).await;
-        let body = match body {
-            Ok(body) => body,
-            Err(e) => {
-                error!(error = %e, "cannot encode a batch");
-                self.metrics.error("forward", "encode");
-                return Step::Retry(self.backoff.next_random());
-            }
-        };
+        step
+    }
+
+    /// Reads and encodes the batch after `batch`, assuming it will be confirmed.
+    async fn prepare_after(&self, batch: &StoredBatch) -> Option<Prepared> {
+        if !batch.more {
+            return None;
+        }
+        let after = (
+            batch.last_seq(),
+            batch.rejects.last().map_or(self.confirmed_reject, |r| r.id),
+        );
+        let dropped = self.link.depth.dropped_total();
+        let next = self.read(after).await.ok().filter(|b| !b.is_empty())?;
+        match self.encode(next).await {
+            (batch, Ok(body)) => Some(Prepared {
+                batch,
+                body,
+                after,
+                dropped,
+            }),
+            (_, Err(_)) => None,
+        }
+    }
+
+    /// Sends one encoded batch and acts on the answer.
+    async fn send(&mut self, batch: StoredBatch, body: Vec<u8>) -> Step {
         let mut request = self
             .client
             .post(self.settings.batches_url.clone())
@@ -226,7 +283,9 @@ impl Forwarder {
         if let Some(token) = &self.settings.token {
             request = request.header(AUTHORIZATION, format!("Bearer {token}"));
         }
-        let response = match request.send().await {
+        let (response, next) = tokio::join!(request.send(), self.prepare_after(&batch));
+        self.prepared = next;
+        let response = match response {
             Ok(response) => response,
             Err(e) => {
                 let delay = self.backoff.next_random();
@@ -275,9 +334,9 @@ impl Forwarder {
         }
     }
 
-    async fn read(&self) -> Result<StoredBatch, StoreError> {
+    async fn read(&self, after: (u64, u64)) -> Result<StoredBatch, StoreError> {
         let reader = Arc::clone(&self.reader);
-        let (after_seq, after_reject) = (self.confirmed_seq, self.confirmed_reject);
+        let (after_seq, after_reject) = after;
         let (max_points, max_bytes) = (self.max_points, self.settings.batch_max_bytes);
         tokio::task::spawn_blocking(move || {
             reader
@@ -321,18 +380,14 @@ impl Forwarder {
                 .oldest_ts_after(header.last_seq);
             let body = oldest.map_err(|e| e.to_string()).and_then(|oldest| {
                 header.status.oldest_unsent_ts = oldest;
-                let body = codec::encode_stored_batch(
+                codec::encode_stored_batch_compressed(
                     &header,
                     batch.points.iter(),
                     &batch.rejects,
                     encoding,
+                    level,
                 )
-                .map_err(|e| e.to_string())?;
-                if level > 0 {
-                    codec::compress(&body, level).map_err(|e| e.to_string())
-                } else {
-                    Ok(body)
-                }
+                .map_err(|e| e.to_string())
             });
             (batch, body)
         });

@@ -197,7 +197,7 @@ async fn tail(lines: u64) -> anyhow::Result<()> {
         Ok(started.elapsed())
     });
     let stored = loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
         let agents = query_json(&collector.url(), "/api/v1/agents").await?;
         let stored = agents["agents"][0]["points_received"].as_u64().unwrap_or(0);
         if stored >= lines || started.elapsed() > Duration::from_secs(600) {

@@ -77,6 +77,8 @@ pub enum EncodeError {
     Json(#[from] serde_json::Error),
     #[error("zstd compression failed: {0}")]
     Compress(std::io::Error),
+    #[error("writing the batch failed: {0}")]
+    Write(std::io::Error),
 }
 
 /// Encodes one point the way the agent's buffer stores it and a MessagePack batch carries it.
@@ -105,7 +107,7 @@ impl TextPointEncoder {
     pub fn new(name: &str, tags: &BTreeMap<String, String>, field: &str) -> TextPointEncoder {
         let mut prefix = Vec::with_capacity(64);
         // `Point` is a struct of four fields, serialized as an array (see the module docs).
-        write_array_len(&mut prefix, 4);
+        write_array_len(&mut prefix, 4).expect("writing to a Vec cannot fail");
         write_str(&mut prefix, name);
         write_map_len(&mut prefix, tags.len());
         for (key, value) in tags {
@@ -161,24 +163,53 @@ pub fn encode_stored_batch<'a>(
     rejects: &[Reject],
     encoding: Encoding,
 ) -> Result<Vec<u8>, EncodeError> {
+    let mut out = Vec::with_capacity(256 + points.len() * 48);
+    write_stored_batch(&mut out, header, points, rejects, encoding)?;
+    Ok(out)
+}
+
+/// [`encode_stored_batch`] compressed with zstd at `level` in the same pass, so the
+/// uncompressed body is never held whole (`level` 0: not compressed).
+pub fn encode_stored_batch_compressed<'a>(
+    header: &BatchHeader,
+    points: impl ExactSizeIterator<Item = &'a [u8]>,
+    rejects: &[Reject],
+    encoding: Encoding,
+    level: i32,
+) -> Result<Vec<u8>, EncodeError> {
+    if level == 0 {
+        return encode_stored_batch(header, points, rejects, encoding);
+    }
+    let mut encoder =
+        zstd::stream::write::Encoder::new(Vec::new(), level).map_err(EncodeError::Compress)?;
+    write_stored_batch(&mut encoder, header, points, rejects, encoding)?;
+    encoder.finish().map_err(EncodeError::Compress)
+}
+
+fn write_stored_batch<'a, W: std::io::Write>(
+    out: &mut W,
+    header: &BatchHeader,
+    points: impl ExactSizeIterator<Item = &'a [u8]>,
+    rejects: &[Reject],
+    encoding: Encoding,
+) -> Result<(), EncodeError> {
     match encoding {
         Encoding::MsgPack => {
-            let mut out = Vec::with_capacity(256 + points.len() * 48);
             // The field count and order follow `Batch`; the splice test below checks them.
-            write_array_len(&mut out, 9);
-            rmp_serde::encode::write(&mut out, &header.agent_id)?;
-            rmp_serde::encode::write(&mut out, &header.epoch)?;
-            rmp_serde::encode::write(&mut out, &header.first_seq)?;
-            rmp_serde::encode::write(&mut out, &header.last_seq)?;
-            rmp_serde::encode::write(&mut out, &header.dropped)?;
-            rmp_serde::encode::write(&mut out, &header.sent_at)?;
-            rmp_serde::encode::write(&mut out, &header.status)?;
-            write_array_len(&mut out, points.len());
+            write_array_len(out, 9)?;
+            rmp_serde::encode::write(out, &header.agent_id)?;
+            rmp_serde::encode::write(out, &header.epoch)?;
+            rmp_serde::encode::write(out, &header.first_seq)?;
+            rmp_serde::encode::write(out, &header.last_seq)?;
+            rmp_serde::encode::write(out, &header.dropped)?;
+            rmp_serde::encode::write(out, &header.sent_at)?;
+            rmp_serde::encode::write(out, &header.status)?;
+            write_array_len(out, points.len())?;
             for point in points {
-                out.extend_from_slice(point);
+                out.write_all(point).map_err(EncodeError::Write)?;
             }
-            rmp_serde::encode::write(&mut out, rejects)?;
-            Ok(out)
+            rmp_serde::encode::write(out, rejects)?;
+            Ok(())
         }
         Encoding::Json => {
             let points = points.map(decode_point).collect::<Result<Vec<_>, _>>()?;
@@ -193,15 +224,17 @@ pub fn encode_stored_batch<'a>(
                 points,
                 rejects: rejects.to_vec(),
             };
-            Ok(serde_json::to_vec(&batch)?)
+            Ok(serde_json::to_writer(out, &batch)?)
         }
     }
 }
 
-fn write_array_len(out: &mut Vec<u8>, len: usize) {
+fn write_array_len<W: std::io::Write>(out: &mut W, len: usize) -> Result<(), EncodeError> {
     // A batch never holds 2^32 points; the forwarder caps batches far below that.
     let len = u32::try_from(len).expect("batch length fits in u32");
-    rmp::encode::write_array_len(out, len).expect("writing to a Vec cannot fail");
+    rmp::encode::write_array_len(out, len)
+        .map(drop)
+        .map_err(|e| EncodeError::Write(std::io::Error::other(e.to_string())))
 }
 
 /// Encodes a whole batch (used by tests and tools; the agent uses [`encode_stored_batch`]).
@@ -309,6 +342,30 @@ mod tests {
             dropped: batch.dropped,
             sent_at: batch.sent_at,
             status: batch.status.clone(),
+        }
+    }
+
+    #[test]
+    fn compressed_in_one_pass_decompresses_to_the_plain_encoding() {
+        let batch = sample_batch();
+        let stored: Vec<Vec<u8>> = batch.points.iter().map(encode_point).collect();
+        for encoding in [Encoding::MsgPack, Encoding::Json] {
+            let encode = |level| {
+                encode_stored_batch_compressed(
+                    &header_of(&batch),
+                    stored.iter().map(Vec::as_slice),
+                    &batch.rejects,
+                    encoding,
+                    level,
+                )
+                .unwrap()
+            };
+            let plain = encode(0);
+            let compressed = encode(3);
+            assert_ne!(plain, compressed);
+            let back = decompress_limited(&compressed, Some("zstd"), 1 << 20).unwrap();
+            assert_eq!(back, plain);
+            assert_eq!(decode_batch(&back, encoding).unwrap(), batch);
         }
     }
 
