@@ -14,6 +14,7 @@ pub mod auth;
 pub mod config;
 pub mod metrics;
 pub mod storage;
+pub mod units;
 
 use std::sync::Arc;
 
