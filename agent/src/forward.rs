@@ -240,12 +240,9 @@ impl Forwarder {
                 }
             }
         };
-        let step = self.send(batch, body).await;
-        if !matches!(step, Step::Sent { full: true, .. }) {
-            // Whatever was prepared was read before a retry or a pause: read afresh.
-            self.prepared = None;
-        }
-        step
+        // A prepared batch outlives this call only if it starts right after what this one
+        // confirmed (checked when taken above); a retry or refusal leaves it unusable.
+        self.send(batch, body).await
     }
 
     /// Reads and encodes the batch after `batch`, assuming it will be confirmed.

@@ -464,7 +464,9 @@ impl Store {
             let body = block.points.get(index).to_vec();
             replace_block(tx, block.seq, block.seq, &block.points.slice(0..index))?;
             let after = block.points.slice(index + 1..block.points.len());
-            replace_block(tx, seq + 1, seq + 1, &after)?;
+            if !after.is_empty() {
+                insert_block(tx, seq + 1, &after)?;
+            }
             let mut payload = match tributary_wire::codec::decode_point(&body) {
                 Ok(point) => tributary_wire::line_protocol::format_point(&point).into_bytes(),
                 Err(_) => body.clone(),
@@ -607,12 +609,15 @@ fn row_holding(conn: &Connection, seq: u64) -> rusqlite::Result<Option<(u64, u64
 
 /// The row holding `seq`, if one does.
 fn block_holding(conn: &Connection, seq: u64) -> rusqlite::Result<Option<Block>> {
-    let Some((first, _)) = row_holding(conn, seq)? else {
-        return Ok(None);
-    };
+    row_holding(conn, seq)?
+        .map(|(first, _)| read_block(conn, first))
+        .transpose()
+}
+
+/// The row whose first sequence is `seq` (which must exist).
+fn read_block(conn: &Connection, seq: u64) -> rusqlite::Result<Block> {
     conn.prepare_cached("SELECT seq, ends, body FROM points WHERE seq = ?1")?
-        .query_row([first as i64], block_from_row)
-        .optional()
+        .query_row([seq as i64], block_from_row)
 }
 
 /// Moves a version 1 buffer (one point per row, sequences from AUTOINCREMENT) to rows of
@@ -792,9 +797,7 @@ fn drop_oldest(tx: &rusqlite::Transaction<'_>, need: u64) -> Result<(u64, u64), 
             let size = (len + n * ROW_OVERHEAD as i64) as u64;
             if freed + size > need && n > 1 {
                 // Only part of this row has to go: it keeps the rest.
-                let block = tx
-                    .prepare_cached("SELECT seq, ends, body FROM points WHERE seq = ?1")?
-                    .query_row([seq], block_from_row)?;
+                let block = read_block(tx, seq as u64)?;
                 let mut k = 0;
                 while freed < need {
                     freed += (block.points.get(k).len() + ROW_OVERHEAD) as u64;

@@ -912,8 +912,10 @@ pub fn sample(
 struct PointMaker<'a> {
     config: &'a FileConfig,
     path: &'a str,
-    agent_tags: &'a BTreeMap<String, String>,
-    /// Encodes `lines` records: every point of this file has the same name and tags.
+    /// The path tag, the input's tags and the agent's, earlier ones winning: every point of
+    /// this file gets those it does not carry.
+    tags: BTreeMap<String, String>,
+    /// Encodes `lines` records, which have exactly `tags`.
     lines: TextPointEncoder,
 }
 
@@ -933,8 +935,8 @@ impl<'a> PointMaker<'a> {
         PointMaker {
             config,
             path,
-            agent_tags,
             lines: TextPointEncoder::new(&config.name, &tags, "message"),
+            tags,
         }
     }
 
@@ -965,14 +967,7 @@ impl<'a> PointMaker<'a> {
         };
         let decoded = decode(format, record, &ctx);
         for mut point in decoded.points {
-            if let Some(tag) = &self.config.path_tag {
-                point
-                    .tags
-                    .entry(tag.clone())
-                    .or_insert_with(|| self.path.to_owned());
-            }
-            add_tags(&mut point, &self.config.tags);
-            add_tags(&mut point, self.agent_tags);
+            add_tags(&mut point, &self.tags);
             ingest.points.push(&point);
         }
         for rejected in decoded.rejected {
