@@ -13,6 +13,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod metrics;
+pub mod rollup;
 pub mod storage;
 pub mod units;
 

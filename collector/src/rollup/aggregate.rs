@@ -1,0 +1,323 @@
+//! [`Aggregate`]: the partial aggregate of one window of one numeric series, which merges.
+//!
+//! Everything in it is order-independent, so a window built from points in any order and any
+//! split into batches, merged in any order, gives the same answer:
+//! - `count`, `min`, `max` are exact;
+//! - `first` and `last` are the values at the smallest and largest timestamp; equal timestamps
+//!   are broken by the value (smaller first), not by arrival;
+//! - the quantile sketch (DDSketch through `sketches-ddsketch`, relative accuracy 1 %) counts
+//!   values in logarithmic bins, and bin counts add exactly;
+//! - `sum` is kept as an unevaluated pair of doubles (`hi + lo`, error-free transformations), so
+//!   it carries about 106 bits and rounds to the same double whatever the order, except for
+//!   sums that cancel beyond that precision;
+//! - `stddev` comes from the sum of squared deviations, merged with Chan's formula; it agrees
+//!   across orders to about 1e-12 relative (floating point), not bit for bit.
+//!
+//! Non-finite values (NaN, ±inf) are not aggregated: they would poison every figure of the
+//! window. The raw value is still stored.
+
+use sketches_ddsketch::{Config, DDSketch};
+
+/// Relative accuracy of the quantiles: a reported p99 is within 1 % of a value whose rank is
+/// the 99th percentile's.
+pub const SKETCH_RELATIVE_ACCURACY: f64 = 0.01;
+/// Most bins per sign; with 1 % accuracy, 2,048 bins span 17 orders of magnitude before the
+/// lowest bins collapse.
+const SKETCH_MAX_BINS: u32 = 2048;
+/// Values closer to zero than this count as zero.
+const SKETCH_MIN_VALUE: f64 = 1e-9;
+
+fn sketch_config() -> Config {
+    Config::new(SKETCH_RELATIVE_ACCURACY, SKETCH_MAX_BINS, SKETCH_MIN_VALUE)
+}
+
+/// An aggregation a query can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Agg {
+    Count,
+    Sum,
+    Min,
+    Max,
+    Mean,
+    Stddev,
+    First,
+    Last,
+    P50,
+    P90,
+    P99,
+}
+
+impl Agg {
+    pub const ALL: [Agg; 11] = [
+        Agg::Count,
+        Agg::Sum,
+        Agg::Min,
+        Agg::Max,
+        Agg::Mean,
+        Agg::Stddev,
+        Agg::First,
+        Agg::Last,
+        Agg::P50,
+        Agg::P90,
+        Agg::P99,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Agg::Count => "count",
+            Agg::Sum => "sum",
+            Agg::Min => "min",
+            Agg::Max => "max",
+            Agg::Mean => "mean",
+            Agg::Stddev => "stddev",
+            Agg::First => "first",
+            Agg::Last => "last",
+            Agg::P50 => "p50",
+            Agg::P90 => "p90",
+            Agg::P99 => "p99",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Agg> {
+        Agg::ALL.into_iter().find(|a| a.name() == text)
+    }
+
+    /// The quantile this aggregation reads from the sketch, if it is one.
+    pub fn quantile(self) -> Option<f64> {
+        match self {
+            Agg::P50 => Some(0.5),
+            Agg::P90 => Some(0.9),
+            Agg::P99 => Some(0.99),
+            _ => None,
+        }
+    }
+}
+
+/// The partial aggregate of a window.
+#[derive(Clone)]
+pub struct Aggregate {
+    pub count: u64,
+    sum_hi: f64,
+    sum_lo: f64,
+    /// Sum of squared deviations from the mean.
+    m2: f64,
+    pub min: f64,
+    pub max: f64,
+    /// (ts, value) at the smallest timestamp.
+    pub first: (i64, f64),
+    /// (ts, value) at the largest timestamp.
+    pub last: (i64, f64),
+    sketch: DDSketch,
+}
+
+impl std::fmt::Debug for Aggregate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Aggregate")
+            .field("count", &self.count)
+            .field("sum", &self.sum())
+            .field("min", &self.min)
+            .field("max", &self.max)
+            .field("first", &self.first)
+            .field("last", &self.last)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Aggregate {
+    fn default() -> Self {
+        Aggregate::new()
+    }
+}
+
+/// `a + b` as a rounded sum and its exact error (Knuth's TwoSum).
+fn two_sum(a: f64, b: f64) -> (f64, f64) {
+    let s = a + b;
+    let bb = s - a;
+    let err = (a - (s - bb)) + (b - bb);
+    (s, err)
+}
+
+/// Whether `a` comes before `b`: by timestamp, then by value.
+fn earlier(a: (i64, f64), b: (i64, f64)) -> bool {
+    a.0 < b.0 || (a.0 == b.0 && a.1.total_cmp(&b.1).is_lt())
+}
+
+impl Aggregate {
+    pub fn new() -> Aggregate {
+        Aggregate {
+            count: 0,
+            sum_hi: 0.0,
+            sum_lo: 0.0,
+            m2: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            first: (i64::MAX, 0.0),
+            last: (i64::MIN, 0.0),
+            sketch: DDSketch::new(sketch_config()),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The sum, rounded once: `hi` is kept as the rounded value of `hi + lo`.
+    pub fn sum(&self) -> f64 {
+        self.sum_hi
+    }
+
+    fn add_to_sum(&mut self, hi: f64, lo: f64) {
+        let (s, e) = two_sum(self.sum_hi, hi);
+        let e = e + self.sum_lo + lo;
+        let (s, e) = two_sum(s, e);
+        self.sum_hi = s;
+        self.sum_lo = e;
+    }
+
+    /// Adds one value observed at `ts`. Non-finite values are ignored (module docs).
+    pub fn add(&mut self, ts: i64, value: f64) {
+        if !value.is_finite() {
+            return;
+        }
+        let old_mean = if self.count == 0 {
+            0.0
+        } else {
+            self.sum() / self.count as f64
+        };
+        self.count += 1;
+        self.add_to_sum(value, 0.0);
+        let new_mean = self.sum() / self.count as f64;
+        if self.count > 1 {
+            self.m2 += (value - old_mean) * (value - new_mean);
+        }
+        self.min = self.min.min(value);
+        self.max = self.max.max(value);
+        if self.count == 1 || earlier((ts, value), self.first) {
+            self.first = (ts, value);
+        }
+        if self.count == 1 || earlier(self.last, (ts, value)) {
+            self.last = (ts, value);
+        }
+        self.sketch.add(value);
+    }
+
+    /// Folds `other` in, as if its values had been added here.
+    pub fn merge(&mut self, other: &Aggregate) {
+        if other.count == 0 {
+            return;
+        }
+        if self.count == 0 {
+            *self = other.clone();
+            return;
+        }
+        let (na, nb) = (self.count as f64, other.count as f64);
+        let delta = other.sum() / nb - self.sum() / na;
+        self.m2 += other.m2 + delta * delta * na * nb / (na + nb);
+        self.count += other.count;
+        self.add_to_sum(other.sum_hi, other.sum_lo);
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+        if earlier(other.first, self.first) {
+            self.first = other.first;
+        }
+        if earlier(self.last, other.last) {
+            self.last = other.last;
+        }
+        // Both sketches are built with the same configuration, so merging cannot fail.
+        let _ = self.sketch.merge(&other.sketch);
+    }
+
+    /// The value of `agg`, or `None` where it is undefined (an empty window; stddev of one value).
+    pub fn value(&self, agg: Agg) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        Some(match agg {
+            Agg::Count => self.count as f64,
+            Agg::Sum => self.sum(),
+            Agg::Min => self.min,
+            Agg::Max => self.max,
+            Agg::Mean => self.sum() / self.count as f64,
+            Agg::Stddev => {
+                if self.count < 2 {
+                    return None;
+                }
+                (self.m2.max(0.0) / (self.count - 1) as f64).sqrt()
+            }
+            Agg::First => self.first.1,
+            Agg::Last => self.last.1,
+            Agg::P50 | Agg::P90 | Agg::P99 => {
+                let q = agg.quantile().unwrap_or(0.5);
+                self.sketch.quantile(q).ok().flatten()?
+            }
+        })
+    }
+
+    /// The state columns are not enough to rebuild: this is the rest, as one blob.
+    /// Layout: version 1, `sum_lo`, `m2` (little-endian f64), then the sketch in DataDog's
+    /// portable binary format.
+    pub fn state_blob(&self) -> Vec<u8> {
+        let sketch = self.sketch.to_java_bytes();
+        let mut out = Vec::with_capacity(17 + sketch.len());
+        out.push(1u8);
+        out.extend_from_slice(&self.sum_lo.to_le_bytes());
+        out.extend_from_slice(&self.m2.to_le_bytes());
+        out.extend_from_slice(&sketch);
+        out
+    }
+
+    /// Rebuilds an aggregate from its stored columns and state blob. Without `with_sketch`, the
+    /// sketch is left empty (cheaper, for queries that ask no quantile).
+    pub fn from_stored(
+        columns: &StoredColumns,
+        blob: &[u8],
+        with_sketch: bool,
+    ) -> Result<Aggregate, String> {
+        if blob.len() < 17 || blob[0] != 1 {
+            return Err("rollup state blob has an unknown layout".into());
+        }
+        let f = |at: usize| f64::from_le_bytes(blob[at..at + 8].try_into().unwrap_or([0; 8]));
+        let sum_lo = f(1);
+        let m2 = f(9);
+        let sketch = if with_sketch {
+            DDSketch::from_java_bytes(&blob[17..]).map_err(|e| format!("rollup sketch: {e:?}"))?
+        } else {
+            DDSketch::new(sketch_config())
+        };
+        Ok(Aggregate {
+            count: columns.count,
+            sum_hi: columns.sum,
+            sum_lo,
+            m2,
+            min: columns.min,
+            max: columns.max,
+            first: columns.first,
+            last: columns.last,
+            sketch,
+        })
+    }
+
+    /// The columns stored beside the blob (what most queries read).
+    pub fn columns(&self) -> StoredColumns {
+        StoredColumns {
+            count: self.count,
+            sum: self.sum(),
+            min: self.min,
+            max: self.max,
+            first: self.first,
+            last: self.last,
+        }
+    }
+}
+
+/// The plain columns of a stored rollup row.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StoredColumns {
+    pub count: u64,
+    /// The rounded sum (`hi`); the blob keeps the rounding error (`lo`).
+    pub sum: f64,
+    pub min: f64,
+    pub max: f64,
+    pub first: (i64, f64),
+    pub last: (i64, f64),
+}

@@ -1,0 +1,87 @@
+//! Rollups: partial aggregates per numeric series at fixed resolutions (default 1m, 1h, 1d),
+//! kept as [`Aggregate`]s that merge, so late points fold into the windows they belong to.
+//!
+//! The storage writer builds them in the same transaction as the raw points
+//! (`storage::sqlite::rollups`); this module holds what does not depend on storage: window
+//! arithmetic, the choice of resolution for a query, and bucketing with moving windows.
+
+pub mod aggregate;
+
+pub use aggregate::{Agg, Aggregate, SKETCH_RELATIVE_ACCURACY};
+
+/// Nanoseconds in a second.
+pub const SECOND: i64 = 1_000_000_000;
+
+/// One resolution kept, with how long its windows are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resolution {
+    /// Window length (ns).
+    pub step: i64,
+    /// Windows that ended longer ago than this are deleted; `None` keeps them forever.
+    pub retention: Option<i64>,
+}
+
+/// The start of the window of length `step` holding `ts` (windows are aligned to the Unix
+/// epoch, so every resolution's windows nest in the coarser ones).
+pub fn window_start(ts: i64, step: i64) -> i64 {
+    ts - ts.rem_euclid(step)
+}
+
+/// The coarsest resolution (index into `resolutions`, finest first) that can answer buckets
+/// of `step` over `[from, to)` exactly: its windows must tile every bucket and the range.
+/// `None`: only the raw points can.
+pub fn choose_resolution(
+    resolutions: &[Resolution],
+    step: i64,
+    from: i64,
+    to: i64,
+) -> Option<usize> {
+    resolutions
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(_, r)| {
+            step % r.step == 0
+                && (from == i64::MIN || from.rem_euclid(r.step) == 0)
+                && (to == i64::MAX || to.rem_euclid(r.step) == 0)
+        })
+        .map(|(index, _)| index)
+}
+
+/// Groups `(window start, aggregate)` pairs, sorted by start, into buckets of `step`;
+/// returns `(bucket start, merged aggregate)` sorted by start, empty buckets left out.
+pub fn into_buckets(
+    windows: impl IntoIterator<Item = (i64, Aggregate)>,
+    step: i64,
+) -> Vec<(i64, Aggregate)> {
+    let mut out: Vec<(i64, Aggregate)> = Vec::new();
+    for (start, aggregate) in windows {
+        let bucket = window_start(start, step);
+        match out.last_mut() {
+            Some((last, merged)) if *last == bucket => merged.merge(&aggregate),
+            _ => out.push((bucket, aggregate)),
+        }
+    }
+    out
+}
+
+/// A moving aggregate: each bucket's value becomes the merge of the buckets that start in
+/// `(start - window, start]`, i.e. the trailing `window` ending with that bucket.
+pub fn moving(buckets: &[(i64, Aggregate)], window: i64, step: i64) -> Vec<(i64, Aggregate)> {
+    let mut out = Vec::with_capacity(buckets.len());
+    let mut first = 0;
+    for (index, (start, _)) in buckets.iter().enumerate() {
+        while buckets[first].0 <= start - window.max(step) {
+            first += 1;
+        }
+        let mut merged = Aggregate::new();
+        for (_, aggregate) in &buckets[first..=index] {
+            merged.merge(aggregate);
+        }
+        out.push((*start, merged));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;
