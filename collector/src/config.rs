@@ -2,7 +2,7 @@
 //!
 //! `config/collector.toml` documents every key with its default; a test loads it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,6 +12,10 @@ use tributary_common::config::values::{RawSize, parse_duration};
 use tributary_common::config::{ConfigError, Resolve, Source};
 
 use crate::auth::TokenHash;
+use crate::clean::config::{RawClean, RawTime, resolve_rules, resolve_time};
+use crate::clean::{Rule, TimeSanity};
+use crate::rollup::Resolution;
+use crate::storage::StorageOptions;
 
 /// Prefix of environment overrides: `TRIBUTARY_COLLECTOR__SERVER__LISTEN=…`.
 pub const ENV_PREFIX: &str = "TRIBUTARY_COLLECTOR";
@@ -29,6 +33,25 @@ pub struct RawConfig {
     /// One table per agent allowed to send.
     #[serde(default)]
     pub agents: Vec<RawAgent>,
+    #[serde(default)]
+    pub clean: RawClean,
+    #[serde(default)]
+    pub time: RawTime,
+    #[serde(default)]
+    pub rollups: RawRollups,
+    /// How long data is kept: `raw`, and one key per rollup resolution (e.g. `"1m"`).
+    #[serde(default)]
+    pub retention: BTreeMap<String, String>,
+}
+
+/// `[rollups]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRollups {
+    /// Window lengths, finest first, each a multiple of the one before.
+    pub resolutions: Option<Vec<String>>,
+    /// How often retention runs.
+    pub retention_interval: Option<String>,
 }
 
 /// `[server]`
@@ -90,6 +113,13 @@ pub struct Config {
     pub query_max_points: usize,
     /// Token hash -> agent id.
     pub agents: HashMap<TokenHash, String>,
+    pub rules: Vec<Rule>,
+    pub time: TimeSanity,
+    /// Rollup resolutions, finest first, with their retention.
+    pub resolutions: Vec<Resolution>,
+    /// How long raw points are kept (ns); `None`: forever.
+    pub raw_retention: Option<i64>,
+    pub retention_interval: Duration,
 }
 
 impl Config {
@@ -101,6 +131,22 @@ impl Config {
     /// Loads and checks configuration text; `path` names it in messages.
     pub fn load_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
         tributary_common::config::load_text::<RawConfig>(text, path)
+    }
+}
+
+impl Config {
+    /// How storage is to be set up.
+    pub fn storage_options(&self) -> StorageOptions {
+        StorageOptions {
+            path: self.storage_path.clone(),
+            commit_max_points: self.commit_max_points,
+            queue: self.ingest_queue,
+            readers: self.readers,
+            rules: self.rules.clone(),
+            time: self.time.clone(),
+            resolutions: self.resolutions.clone(),
+            raw_retention: self.raw_retention,
+        }
     }
 }
 
@@ -187,7 +233,19 @@ impl Resolve for RawConfig {
                 ));
             }
         }
+        let rules = resolve_rules(raw.clean, source)?;
+        let time = resolve_time(raw.time, source)?;
+        let (resolutions, raw_retention) =
+            resolve_rollups(raw.rollups.resolutions, raw.retention, source)?;
+        let retention_interval =
+            parse_duration(raw.rollups.retention_interval.as_deref().unwrap_or("10m"))
+                .map_err(|m| source.error("rollups.retention_interval", m))?;
         Ok(Config {
+            rules,
+            time,
+            resolutions,
+            raw_retention,
+            retention_interval,
             listen,
             max_body_size,
             max_decompressed_size,
@@ -203,6 +261,66 @@ impl Resolve for RawConfig {
             agents,
         })
     }
+}
+
+/// Nanoseconds in a duration written in the file.
+fn nanos(text: &str) -> Result<i64, String> {
+    let duration = parse_duration(text)?;
+    i64::try_from(duration.as_nanos()).map_err(|_| format!("{text:?} is too long"))
+}
+
+/// The rollup resolutions and the retention of each, plus the raw retention.
+fn resolve_rollups(
+    resolutions: Option<Vec<String>>,
+    mut retention: BTreeMap<String, String>,
+    source: &Source,
+) -> Result<(Vec<Resolution>, Option<i64>), ConfigError> {
+    let names = resolutions.unwrap_or_else(|| vec!["1m".into(), "1h".into(), "1d".into()]);
+    let defaults = [("raw", "7d"), ("1m", "90d"), ("1h", "2y")];
+    let mut keep = |name: &str| -> Result<Option<i64>, ConfigError> {
+        let key = format!("retention.{name}");
+        let text = retention.remove(name).or_else(|| {
+            defaults
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, d)| (*d).to_owned())
+        });
+        match text.as_deref() {
+            None | Some("forever") => Ok(None),
+            Some(text) => nanos(text).map(Some).map_err(|m| source.error(key, m)),
+        }
+    };
+    let raw_retention = keep("raw")?;
+    let mut out: Vec<Resolution> = Vec::with_capacity(names.len());
+    for (index, name) in names.iter().enumerate() {
+        let key = format!("rollups.resolutions[{index}]");
+        let step = nanos(name).map_err(|m| source.error(&key, m))?;
+        if step < 1_000_000_000 {
+            return Err(source.error(key, format!("{name:?} is shorter than a second")));
+        }
+        if let Some(previous) = out.last()
+            && step % previous.step != 0
+        {
+            return Err(source.error(
+                key,
+                format!("{name:?} is not a multiple of the resolution before it ({:?}); windows must nest", names[index - 1]),
+            ));
+        }
+        out.push(Resolution {
+            step,
+            retention: keep(name)?,
+        });
+    }
+    if let Some(unknown) = retention.keys().next() {
+        return Err(source.error(
+            format!("retention.{unknown}"),
+            format!(
+                "is neither \"raw\" nor one of rollups.resolutions ({})",
+                names.join(", ")
+            ),
+        ));
+    }
+    Ok((out, raw_retention))
 }
 
 #[cfg(test)]

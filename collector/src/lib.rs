@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod clean;
 pub mod config;
 pub mod metrics;
 pub mod rollup;
@@ -41,16 +42,8 @@ pub async fn serve(
     let storage = {
         let config = config.clone();
         let metrics = Arc::clone(&metrics);
-        tokio::task::spawn_blocking(move || {
-            Storage::open(
-                &config.storage_path,
-                config.commit_max_points,
-                config.ingest_queue,
-                config.readers,
-                metrics,
-            )
-        })
-        .await??
+        tokio::task::spawn_blocking(move || Storage::open(&config.storage_options(), metrics))
+            .await??
     };
     if config.agents.is_empty() {
         warn!("no [[agents]] are configured: every batch will be refused with 401");

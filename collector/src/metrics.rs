@@ -10,6 +10,20 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tributary_common::errors::ErrorCounter;
 
+/// Labels of a quarantined record: the rule (or `time`, `fields`, `agent`, `line_protocol`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+/// Labels of an HTTP request: route and status.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: String,
+    pub method: String,
+    pub status: String,
+}
+
 /// Labels of an ingest request's outcome (its HTTP status).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabels {
@@ -32,6 +46,25 @@ pub struct Metrics {
     pub commits: Counter,
     /// Time per storage transaction.
     pub commit_seconds: Histogram,
+    /// Points received (in batches and line protocol), before deduplication and cleaning.
+    pub points_received: Counter,
+    /// Records put in the quarantine, by reason.
+    pub quarantine: Family<ReasonLabels, Counter>,
+    /// Batches whose timestamps were shifted by the agent's clock skew.
+    pub clock_corrected_batches: Counter,
+    /// Time spent folding a transaction's values into the rollups (rollups are built in the
+    /// transaction that stores the points, so this is their lag behind the raw data).
+    pub rollup_seconds: Histogram,
+    /// Rollup windows written.
+    pub rollup_windows: Counter,
+    /// Rollup windows read back from disk to merge late points (or after a cold start).
+    pub rollup_late_windows: Counter,
+    /// Line protocol lines received.
+    pub lines_received: Counter,
+    /// HTTP request latency by route, method and status.
+    pub requests: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    /// Rows deleted by retention, by kind.
+    pub retention_deleted: Family<ReasonLabels, Counter>,
     /// Errors and warnings logged, by component and kind.
     pub errors: ErrorCounter,
 }
@@ -77,9 +110,73 @@ impl Metrics {
             "Time per storage transaction",
             commit_seconds.clone(),
         );
+        let points_received = Counter::default();
+        registry.register(
+            "points_received",
+            "Points received in batches and line protocol, before deduplication and cleaning",
+            points_received.clone(),
+        );
+        let quarantine = Family::default();
+        registry.register(
+            "quarantined",
+            "Records put in the quarantine, by reason (rule name, time, agent, line_protocol)",
+            quarantine.clone(),
+        );
+        let clock_corrected_batches = Counter::default();
+        registry.register(
+            "clock_corrected_batches",
+            "Batches whose timestamps were shifted by their agent's clock skew",
+            clock_corrected_batches.clone(),
+        );
+        let rollup_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        registry.register(
+            "rollup_lag_seconds",
+            "Time from storing a transaction's points to its rollups being written (same transaction)",
+            rollup_seconds.clone(),
+        );
+        let rollup_windows = Counter::default();
+        registry.register(
+            "rollup_windows_written",
+            "Rollup windows written",
+            rollup_windows.clone(),
+        );
+        let rollup_late_windows = Counter::default();
+        registry.register(
+            "rollup_windows_merged_from_disk",
+            "Rollup windows read back to fold in late points",
+            rollup_late_windows.clone(),
+        );
+        let lines_received = Counter::default();
+        registry.register(
+            "lines_received",
+            "Line protocol lines received",
+            lines_received.clone(),
+        );
+        let requests: Family<RequestLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 18)));
+        registry.register(
+            "request_seconds",
+            "HTTP request latency by route, method and status",
+            requests.clone(),
+        );
+        let retention_deleted = Family::default();
+        registry.register(
+            "retention_deleted",
+            "Rows deleted by retention, by kind (points, windows, quarantine)",
+            retention_deleted.clone(),
+        );
         let errors = ErrorCounter::default();
         errors.register(&mut registry);
         Metrics {
+            points_received,
+            quarantine,
+            clock_corrected_batches,
+            rollup_seconds,
+            rollup_windows,
+            rollup_late_windows,
+            lines_received,
+            requests,
+            retention_deleted,
             registry,
             batches,
             bytes_received,
@@ -95,6 +192,15 @@ impl Metrics {
     /// Counts one logged error or warning.
     pub fn error(&self, component: &str, kind: &str) {
         self.errors.count(component, kind);
+    }
+
+    /// Counts one quarantined record.
+    pub fn quarantined(&self, reason: &str) {
+        self.quarantine
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts one batch request by its answer.

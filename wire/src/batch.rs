@@ -105,6 +105,10 @@ pub struct BatchAck {
     pub duplicates: u64,
     /// Rejects of this batch newly stored in the quarantine.
     pub rejects_stored: u64,
+    /// Points of this batch the collector's cleaning rules sent to the quarantine (counted as
+    /// committed: they are kept there with their reason). Absent from older collectors.
+    #[serde(default)]
+    pub quarantined: u64,
 }
 
 /// The JSON body of every error answer from the collector.

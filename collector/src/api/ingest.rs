@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use tributary_wire::codec::{self, DecodeError, Encoding};
 
 use super::{ApiError, AppState};
-use crate::storage::{SubmitError, WriteJob};
+use crate::storage::{Origin, SubmitError, WriteJob};
 
 const ENDPOINT: &str = "batches";
 
@@ -81,6 +81,10 @@ async fn ingest(
         }
     })?;
 
+    state
+        .metrics
+        .points_received
+        .inc_by(batch.points.len() as u64);
     if batch.agent_id != agent_id {
         return Err(ApiError::Forbidden(format!(
             "the token belongs to agent {agent_id:?}, but the batch says it comes from {:?}",
@@ -93,6 +97,7 @@ async fn ingest(
         agent_id,
         batch,
         received_at: tributary_wire::time::now_ns(),
+        origin: Origin::Agent,
         reply,
     };
     state.storage.try_submit(job).map_err(|e| match e {

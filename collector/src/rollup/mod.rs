@@ -21,6 +21,28 @@ pub struct Resolution {
     pub retention: Option<i64>,
 }
 
+/// The default resolutions: 1 minute (kept 90 days), 1 hour (2 years), 1 day (forever),
+/// as `[rollups]` and `[retention]` default to.
+pub fn default_resolutions() -> Vec<Resolution> {
+    const MINUTE: i64 = 60 * SECOND;
+    const DAY: i64 = 1440 * MINUTE;
+    vec![
+        Resolution {
+            step: MINUTE,
+            retention: Some(90 * DAY),
+        },
+        // "2y" as the configuration reads it: 730.5 days.
+        Resolution {
+            step: 60 * MINUTE,
+            retention: Some(63_115_200 * SECOND),
+        },
+        Resolution {
+            step: DAY,
+            retention: None,
+        },
+    ]
+}
+
 /// The start of the window of length `step` holding `ts` (windows are aligned to the Unix
 /// epoch, so every resolution's windows nest in the coarser ones).
 pub fn window_start(ts: i64, step: i64) -> i64 {

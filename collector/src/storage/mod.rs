@@ -32,13 +32,66 @@ pub enum StorageError {
     Other(String),
 }
 
+/// Where a write comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A Tributary agent's batch: sequences and marks make it exactly-once.
+    Agent,
+    /// InfluxDB line protocol (`/api/v2/write`): no sequences; every point is new, and the
+    /// batch's rejects are the lines that did not parse.
+    LineProtocol,
+}
+
 /// A batch to store, from the agent its token belongs to.
 pub struct WriteJob {
     pub agent_id: String,
     pub batch: Batch,
     /// When the collector received it (UTC ns).
     pub received_at: i64,
+    pub origin: Origin,
     pub reply: tokio::sync::oneshot::Sender<Result<BatchAck, StorageError>>,
+}
+
+/// How the store is set up.
+#[derive(Debug, Clone)]
+pub struct StorageOptions {
+    pub path: std::path::PathBuf,
+    /// Most points committed in one transaction.
+    pub commit_max_points: usize,
+    /// Batches waiting for the writer.
+    pub queue: usize,
+    /// Read connections.
+    pub readers: usize,
+    pub rules: Vec<crate::clean::Rule>,
+    pub time: crate::clean::TimeSanity,
+    pub resolutions: Vec<crate::rollup::Resolution>,
+    pub raw_retention: Option<i64>,
+}
+
+impl StorageOptions {
+    /// Options with the collector's defaults for `path`.
+    pub fn new(path: &std::path::Path) -> StorageOptions {
+        StorageOptions {
+            path: path.to_owned(),
+            commit_max_points: 50_000,
+            queue: 64,
+            readers: 4,
+            rules: Vec::new(),
+            time: crate::clean::TimeSanity::default(),
+            resolutions: crate::rollup::default_resolutions(),
+            raw_retention: None,
+        }
+    }
+}
+
+/// What one retention pass deleted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub points: u64,
+    pub windows: u64,
+    pub quarantined: u64,
+    /// More is left past the horizon: the pass stopped to let ingest run.
+    pub more: bool,
 }
 
 /// Why a job was not queued.

@@ -13,12 +13,17 @@ use tracing::{error, warn};
 use tributary_common::sqlite::MultiRowInsert;
 use tributary_wire::{BatchAck, FieldValue};
 
+use self::rollups::RollupWriter;
 use super::series::{SeriesCache, canonical_tags};
 use super::{
-    AgentRecord, EpochMark, QueryResult, RawQuery, SeriesPoints, StorageError, SubmitError,
-    WriteJob,
+    AgentRecord, EpochMark, Origin, QueryResult, RawQuery, RetentionReport, SeriesPoints,
+    StorageError, StorageOptions, SubmitError, WriteJob,
 };
+use crate::clean::{Cleaner, Rejection};
 use crate::metrics::Metrics;
+use crate::rollup::Resolution;
+
+pub mod rollups;
 
 /// `points` is clustered by `(series_id, ts)`: one b-tree insert per value, and a query for a
 /// series and a time range reads neighbouring pages. `n` (from `meta.next_n`) keeps two values
@@ -87,7 +92,8 @@ CREATE TABLE IF NOT EXISTS quarantine (
 CREATE INDEX IF NOT EXISTS quarantine_by_time ON quarantine (received_at);
 ";
 
-const SCHEMA_VERSION: i64 = 1;
+/// 2: rollups.
+const SCHEMA_VERSION: i64 = 2;
 
 /// Page cache of the writer connection, in KiB.
 const WRITER_CACHE_KIB: u64 = 64 * 1024;
@@ -100,9 +106,19 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// What the writer thread is asked to do.
+enum Job {
+    Write(WriteJob),
+    /// Delete what is past its retention (one bounded pass).
+    Retention {
+        now: i64,
+        reply: tokio::sync::oneshot::Sender<Result<RetentionReport, StorageError>>,
+    },
+}
+
 /// The store: a writer thread fed by a bounded queue, and a pool of readers.
 pub struct Storage {
-    jobs: Option<mpsc::Sender<WriteJob>>,
+    jobs: Option<mpsc::Sender<Job>>,
     writer: Option<JoinHandle<()>>,
     reads: Arc<ReadPool>,
     metrics: Arc<Metrics>,
@@ -110,13 +126,8 @@ pub struct Storage {
 
 impl Storage {
     /// Opens (creating if needed) the database and starts the writer thread.
-    pub fn open(
-        path: &Path,
-        commit_max_points: usize,
-        queue: usize,
-        readers: usize,
-        metrics: Arc<Metrics>,
-    ) -> Result<Storage, StorageError> {
+    pub fn open(options: &StorageOptions, metrics: Arc<Metrics>) -> Result<Storage, StorageError> {
+        let path = options.path.as_path();
         let sql = |source| StorageError::Sqlite {
             path: path.display().to_string(),
             source,
@@ -137,6 +148,7 @@ impl Storage {
             )));
         }
         conn.execute_batch(SCHEMA).map_err(sql)?;
+        conn.execute_batch(rollups::SCHEMA).map_err(sql)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(sql)?;
         // A transaction touches a leaf page per series it writes to; a cache smaller than that
@@ -150,14 +162,26 @@ impl Storage {
         let series = load_series(&conn).map_err(sql)?;
         let next_n = load_next_n(&conn).map_err(sql)?;
 
-        let (jobs, rx) = mpsc::channel(queue);
+        let mut rollups = RollupWriter::new(options.resolutions.clone());
+        if version == 1 {
+            let windows = rollups::rebuild(&conn, &mut rollups).map_err(sql)?;
+            tracing::info!(
+                windows,
+                "rolled up the points stored before rollups existed"
+            );
+        }
+        let (jobs, rx) = mpsc::channel(options.queue);
         let writer = WriterThread {
             conn,
             path: path.to_owned(),
             series,
             next_n,
-            commit_max_points,
+            commit_max_points: options.commit_max_points,
             metrics: Arc::clone(&metrics),
+            cleaner: Cleaner::new(options.rules.clone(), options.time.clone()),
+            rollups,
+            resolutions: options.resolutions.clone(),
+            raw_retention: options.raw_retention,
         };
         let writer = std::thread::Builder::new()
             .name("storage-writer".into())
@@ -166,7 +190,7 @@ impl Storage {
         Ok(Storage {
             jobs: Some(jobs),
             writer: Some(writer),
-            reads: Arc::new(ReadPool::new(path, readers)),
+            reads: Arc::new(ReadPool::new(path, options.readers)),
             metrics,
         })
     }
@@ -174,10 +198,20 @@ impl Storage {
     /// Queues a batch without waiting; a full queue is `Busy` (the caller answers 429).
     pub fn try_submit(&self, job: WriteJob) -> Result<(), SubmitError> {
         let jobs = self.jobs.as_ref().ok_or(SubmitError::Closed)?;
-        jobs.try_send(job).map_err(|e| match e {
+        jobs.try_send(Job::Write(job)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => SubmitError::Busy,
             mpsc::error::TrySendError::Closed(_) => SubmitError::Closed,
         })
+    }
+
+    /// Runs one retention pass on the writer thread (between commits) and waits for it.
+    pub async fn retain(&self, now: i64) -> Result<RetentionReport, StorageError> {
+        let jobs = self.jobs.as_ref().ok_or(StorageError::Closed)?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        jobs.send(Job::Retention { now, reply })
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        answer.await.map_err(|_| StorageError::Closed)?
     }
 
     /// The read side.
@@ -238,6 +272,17 @@ struct WriterThread {
     next_n: i64,
     commit_max_points: usize,
     metrics: Arc<Metrics>,
+    cleaner: Cleaner,
+    rollups: RollupWriter,
+    resolutions: Vec<Resolution>,
+    raw_retention: Option<i64>,
+}
+
+/// A job with what cleaning decided for each of its points (`None`: not cleaned yet).
+struct Pending {
+    job: WriteJob,
+    /// Per point: why it was rejected, if it was.
+    verdicts: Option<Vec<Option<Rejection>>>,
 }
 
 /// What one transaction builds up besides its rows.
@@ -247,18 +292,45 @@ struct GroupState<'a> {
     touched: HashMap<i64, (i64, i64)>,
     /// Values to insert: (series id, ts, value), the value borrowed from its batch.
     rows: Vec<(i64, i64, ValueRef<'a>)>,
+    /// The numeric values among them, for the rollups.
+    numeric: Vec<(i64, i64, f64)>,
 }
 
 impl WriterThread {
-    fn run(mut self, mut rx: mpsc::Receiver<WriteJob>) {
-        while let Some(first) = rx.blocking_recv() {
+    fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        let mut deferred = None;
+        loop {
+            let first = match deferred.take() {
+                Some(job) => job,
+                None => match rx.blocking_recv() {
+                    Some(job) => job,
+                    None => break,
+                },
+            };
+            let first = match first {
+                Job::Write(job) => job,
+                Job::Retention { now, reply } => {
+                    let _ = reply.send(self.retention(now));
+                    continue;
+                }
+            };
             let mut points = first.batch.points.len();
-            let mut jobs = vec![first];
+            let mut jobs = vec![Pending {
+                job: first,
+                verdicts: None,
+            }];
             while points < self.commit_max_points {
                 match rx.try_recv() {
-                    Ok(job) => {
+                    Ok(Job::Write(job)) => {
                         points += job.batch.points.len();
-                        jobs.push(job);
+                        jobs.push(Pending {
+                            job,
+                            verdicts: None,
+                        });
+                    }
+                    Ok(other) => {
+                        deferred = Some(other);
+                        break;
                     }
                     Err(_) => break,
                 }
@@ -267,21 +339,78 @@ impl WriterThread {
         }
     }
 
+    /// Runs time sanity and the rules on the points of each job that are not stored yet
+    /// (above the agent's mark), in place, once per job.
+    fn clean(&mut self, jobs: &mut [Pending]) -> rusqlite::Result<()> {
+        for pending in jobs.iter_mut().filter(|p| p.verdicts.is_none()) {
+            let job = &mut pending.job;
+            let (mark, shift) = match job.origin {
+                Origin::Agent => {
+                    let mark: u64 = self
+                        .conn
+                        .prepare_cached(
+                            "SELECT last_seq FROM marks WHERE agent_id = ?1 AND epoch = ?2",
+                        )?
+                        .query_row(params![job.agent_id, job.batch.epoch], |r| {
+                            r.get::<_, i64>(0)
+                        })
+                        .optional()?
+                        .map_or(0, |m| m as u64);
+                    let shift = self
+                        .cleaner
+                        .time
+                        .batch_shift(job.batch.sent_at, job.received_at);
+                    if shift != 0 {
+                        self.metrics.clock_corrected_batches.inc();
+                    }
+                    (mark, shift)
+                }
+                Origin::LineProtocol => (0, 0),
+            };
+            let first_seq = job.batch.first_seq;
+            let mut verdicts = Vec::with_capacity(job.batch.points.len());
+            for (index, point) in job.batch.points.iter_mut().enumerate() {
+                if job.origin == Origin::Agent && first_seq + index as u64 <= mark {
+                    verdicts.push(None);
+                    continue;
+                }
+                verdicts.push(
+                    self.cleaner
+                        .clean(&job.agent_id, point, shift, job.received_at)
+                        .err(),
+                );
+            }
+            pending.verdicts = Some(verdicts);
+        }
+        Ok(())
+    }
+
     /// Stores the jobs in one transaction; if that fails, each alone, so one bad batch cannot
     /// fail the others.
-    fn commit_group(&mut self, jobs: Vec<WriteJob>) {
+    fn commit_group(&mut self, mut jobs: Vec<Pending>) {
         let started = Instant::now();
+        if let Err(e) = self.clean(&mut jobs) {
+            error!(error = %e, "reading marks to clean a batch failed; the agent will retry");
+            self.metrics.error("storage", "clean");
+            for pending in jobs {
+                let _ = pending.job.reply.send(Err(StorageError::Other(format!(
+                    "{}: {e}",
+                    self.path.display()
+                ))));
+            }
+            return;
+        }
         match self.store_all(&jobs) {
             Ok(acks) => {
                 self.metrics.commits.inc();
                 self.metrics
                     .commit_seconds
                     .observe(started.elapsed().as_secs_f64());
-                for (job, ack) in jobs.into_iter().zip(acks) {
+                for (pending, ack) in jobs.into_iter().zip(acks) {
                     self.metrics.points_stored.inc_by(ack.stored);
                     self.metrics.points_duplicate.inc_by(ack.duplicates);
                     self.metrics.rejects_stored.inc_by(ack.rejects_stored);
-                    let _ = job.reply.send(Ok(ack));
+                    let _ = pending.job.reply.send(Ok(ack));
                 }
             }
             Err(e) if jobs.len() > 1 => {
@@ -294,8 +423,10 @@ impl WriterThread {
             Err(e) => {
                 error!(error = %e, "storing a batch failed; the agent will retry");
                 self.metrics.error("storage", "commit");
-                for job in jobs {
-                    let _ = job.reply.send(Err(StorageError::Other(format!(
+                // Its points come again: stateful rules must not remember them as seen.
+                self.cleaner.reset_state();
+                for pending in jobs {
+                    let _ = pending.job.reply.send(Err(StorageError::Other(format!(
                         "{}: {e}",
                         self.path.display()
                     ))));
@@ -304,7 +435,7 @@ impl WriterThread {
         }
     }
 
-    fn store_all(&mut self, jobs: &[WriteJob]) -> rusqlite::Result<Vec<BatchAck>> {
+    fn store_all(&mut self, jobs: &[Pending]) -> rusqlite::Result<Vec<BatchAck>> {
         let mut state = GroupState::default();
         let next_n = self.next_n;
         let result = (|| {
@@ -312,12 +443,12 @@ impl WriterThread {
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut acks = Vec::with_capacity(jobs.len());
-            for job in jobs {
+            for pending in jobs {
                 acks.push(store_batch(
                     &tx,
                     &mut self.series,
                     &mut state,
-                    job,
+                    pending,
                     &self.metrics,
                 )?);
             }
@@ -338,6 +469,16 @@ impl WriterThread {
                     update.execute(params![id, min, max])?;
                 }
             }
+            let rollup_started = Instant::now();
+            state.numeric.sort_by_key(|(series, ts, _)| (*series, *ts));
+            let rolled = self.rollups.apply(&tx, &state.numeric)?;
+            self.metrics
+                .rollup_seconds
+                .observe(rollup_started.elapsed().as_secs_f64());
+            self.metrics.rollup_windows.inc_by(rolled.windows);
+            self.metrics
+                .rollup_late_windows
+                .inc_by(rolled.merged_from_disk);
             tx.commit()?;
             Ok((acks, inserted))
         })();
@@ -347,6 +488,7 @@ impl WriterThread {
                 Ok(acks)
             }
             Err(e) => {
+                self.rollups.forget();
                 // The rollback removed any series created in the transaction: forget their ids
                 // by reloading the index (failures are rare; correctness is what matters here).
                 match load_series(&self.conn) {
@@ -359,6 +501,90 @@ impl WriterThread {
                 Err(e)
             }
         }
+    }
+}
+
+/// Rows one retention pass deletes at most, so ingest waits for it only briefly.
+const RETENTION_PASS_ROWS: usize = 50_000;
+
+impl WriterThread {
+    /// Deletes up to [`RETENTION_PASS_ROWS`] rows that are past their retention: raw points
+    /// and quarantined records older than the raw retention, and rollup windows that ended
+    /// before their resolution's.
+    fn retention(&mut self, now: i64) -> Result<RetentionReport, StorageError> {
+        let result = (|| {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut report = RetentionReport::default();
+            let mut budget = RETENTION_PASS_ROWS;
+            let ids: Vec<i64> = tx
+                .prepare_cached("SELECT id FROM series ORDER BY id")?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            if let Some(keep) = self.raw_retention {
+                let cutoff = now.saturating_sub(keep);
+                let mut delete = tx.prepare_cached(
+                    "DELETE FROM points WHERE (series_id, ts, n) IN
+                     (SELECT series_id, ts, n FROM points WHERE series_id = ?1 AND ts < ?2 LIMIT ?3)",
+                )?;
+                for id in &ids {
+                    if budget == 0 {
+                        break;
+                    }
+                    let n = delete.execute(params![id, cutoff, budget as i64])?;
+                    report.points += n as u64;
+                    budget -= n;
+                }
+                let n = tx.execute(
+                    "DELETE FROM quarantine WHERE id IN
+                     (SELECT id FROM quarantine WHERE received_at < ?1 ORDER BY received_at LIMIT ?2)",
+                    params![cutoff, budget as i64],
+                )?;
+                report.quarantined += n as u64;
+                budget -= n;
+            }
+            {
+                let mut delete = tx.prepare_cached(
+                    "DELETE FROM rollups WHERE (series_id, res, start) IN
+                     (SELECT series_id, res, start FROM rollups
+                      WHERE series_id = ?1 AND res = ?2 AND start <= ?3 LIMIT ?4)",
+                )?;
+                for resolution in &self.resolutions {
+                    let Some(keep) = resolution.retention else {
+                        continue;
+                    };
+                    // A window goes once all of it is past the horizon.
+                    let last_start = now.saturating_sub(keep).saturating_sub(resolution.step);
+                    for id in &ids {
+                        if budget == 0 {
+                            break;
+                        }
+                        let n = delete.execute(params![
+                            id,
+                            resolution.step,
+                            last_start,
+                            budget as i64
+                        ])?;
+                        report.windows += n as u64;
+                        budget -= n;
+                    }
+                }
+            }
+            tx.commit()?;
+            report.more = budget == 0;
+            Ok(report)
+        })();
+        // Windows the cache holds may just have been deleted.
+        self.rollups.forget();
+        result.map_err(|source| {
+            error!(error = %source, "retention pass failed");
+            self.metrics.error("storage", "retention");
+            StorageError::Sqlite {
+                path: self.path.display().to_string(),
+                source,
+            }
+        })
     }
 }
 
@@ -400,18 +626,21 @@ fn sql_value(value: &FieldValue) -> ValueRef<'_> {
     }
 }
 
-/// Stores one batch inside the group's transaction: points above the mark, rejects above the
-/// reject mark, the marks themselves, and the agent's figures.
+/// Stores one batch inside the group's transaction: points above the mark (or the reason
+/// cleaning gave, in the quarantine), rejects above the reject mark, the marks themselves, and
+/// the agent's figures. Line protocol writes have no marks: all their points are new.
 fn store_batch<'a>(
     tx: &rusqlite::Transaction<'_>,
     series: &mut SeriesCache,
     state: &mut GroupState<'a>,
-    job: &'a WriteJob,
+    pending: &'a Pending,
     metrics: &Metrics,
 ) -> rusqlite::Result<BatchAck> {
+    let job = &pending.job;
     let batch = &job.batch;
-    let (mark, reject_mark, dropped_before): (u64, u64, u64) = tx
-        .query_row(
+    let agent_origin = job.origin == Origin::Agent;
+    let (mark, reject_mark, dropped_before): (u64, u64, u64) = if agent_origin {
+        tx.query_row(
             "SELECT last_seq, last_reject, dropped FROM marks WHERE agent_id = ?1 AND epoch = ?2",
             params![job.agent_id, batch.epoch],
             |r| {
@@ -423,7 +652,11 @@ fn store_batch<'a>(
             },
         )
         .optional()?
-        .unwrap_or((0, 0, 0));
+        .unwrap_or((0, 0, 0))
+    } else {
+        (0, 0, 0)
+    };
+    let verdicts = pending.verdicts.as_deref().unwrap_or(&[]);
 
     let mut stored = 0u64;
     let mut duplicates = 0u64;
@@ -434,25 +667,36 @@ fn store_batch<'a>(
         )?;
         let mut quarantine = tx.prepare_cached(
             "INSERT INTO quarantine (received_at, origin, agent_id, epoch, source, topic, ts, payload, reason)
-             VALUES (?1, 'collector', ?2, ?3, 'batch', ?4, ?5, ?6, ?7)",
+             VALUES (?1, 'collector', ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
+        let source = if agent_origin {
+            "batch"
+        } else {
+            "line_protocol"
+        };
         for (index, point) in batch.points.iter().enumerate() {
             let seq = batch.first_seq + index as u64;
-            if seq <= mark {
+            if agent_origin && seq <= mark {
                 duplicates += 1;
                 continue;
             }
-            if point.fields.is_empty() {
+            if let Some(rejection) = verdicts.get(index).and_then(Option::as_ref) {
                 let line = tributary_wire::line_protocol::format_point(point);
                 quarantine.execute(params![
                     job.received_at,
                     job.agent_id,
                     batch.epoch,
-                    format!("seq {seq}"),
+                    source,
+                    if agent_origin {
+                        format!("seq {seq}")
+                    } else {
+                        format!("line {}", index + 1)
+                    },
                     point.ts,
                     line.as_bytes(),
-                    "point has no fields"
+                    rejection.to_string()
                 ])?;
+                metrics.quarantined(&rejection.rule);
                 quarantined += 1;
                 continue;
             }
@@ -478,6 +722,11 @@ fn store_batch<'a>(
                     }
                 };
                 state.rows.push((id, point.ts, sql_value(value)));
+                match value {
+                    FieldValue::F64(v) => state.numeric.push((id, point.ts, *v)),
+                    FieldValue::I64(v) => state.numeric.push((id, point.ts, *v as f64)),
+                    FieldValue::Bool(_) | FieldValue::Str(_) => {}
+                }
                 let span = state.touched.entry(id).or_insert((point.ts, point.ts));
                 span.0 = span.0.min(point.ts);
                 span.1 = span.1.max(point.ts);
@@ -490,11 +739,21 @@ fn store_batch<'a>(
     {
         let mut insert = tx.prepare_cached(
             "INSERT INTO quarantine (received_at, origin, agent_id, epoch, agent_reject_id, source, topic, ts, payload, reason)
-             VALUES (?1, 'agent', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?;
-        for reject in batch.rejects.iter().filter(|r| r.id > reject_mark) {
+        let origin = if agent_origin {
+            "agent"
+        } else {
+            "line_protocol"
+        };
+        for reject in batch
+            .rejects
+            .iter()
+            .filter(|r| !agent_origin || r.id > reject_mark)
+        {
             insert.execute(params![
                 job.received_at,
+                origin,
                 job.agent_id,
                 batch.epoch,
                 reject.id as i64,
@@ -504,13 +763,14 @@ fn store_batch<'a>(
                 reject.payload,
                 reject.reason
             ])?;
+            metrics.quarantined(origin);
             rejects_stored += 1;
         }
     }
 
     // A jump past the mark that the agent's drop count does not explain is a gap.
     let mut gaps = 0u64;
-    if !batch.points.is_empty() && batch.first_seq > mark + 1 {
+    if agent_origin && !batch.points.is_empty() && batch.first_seq > mark + 1 {
         let missing = batch.first_seq - mark - 1;
         let explained = batch.dropped.saturating_sub(dropped_before);
         gaps = missing.saturating_sub(explained);
@@ -525,7 +785,8 @@ fn store_batch<'a>(
         .rejects
         .last()
         .map_or(reject_mark, |r| reject_mark.max(r.id));
-    tx.execute(
+    if agent_origin {
+        tx.execute(
         "INSERT INTO marks (agent_id, epoch, last_seq, last_reject, dropped, first_seen, last_seen)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
          ON CONFLICT (agent_id, epoch) DO UPDATE SET
@@ -542,6 +803,7 @@ fn store_batch<'a>(
             job.received_at
         ],
     )?;
+    }
     tx.execute(
         "INSERT INTO agents (agent_id, first_seen, last_seen, batches, points_received, duplicates, quarantined, gaps,
                              backlog_points, backlog_bytes, oldest_unsent_ts, clock_skew_ns)
@@ -553,10 +815,10 @@ fn store_batch<'a>(
              duplicates = duplicates + excluded.duplicates,
              quarantined = quarantined + excluded.quarantined,
              gaps = gaps + excluded.gaps,
-             backlog_points = excluded.backlog_points,
-             backlog_bytes = excluded.backlog_bytes,
-             oldest_unsent_ts = excluded.oldest_unsent_ts,
-             clock_skew_ns = excluded.clock_skew_ns",
+             backlog_points = coalesce(excluded.backlog_points, backlog_points),
+             backlog_bytes = coalesce(excluded.backlog_bytes, backlog_bytes),
+             oldest_unsent_ts = CASE WHEN excluded.backlog_points IS NULL THEN oldest_unsent_ts ELSE excluded.oldest_unsent_ts END,
+             clock_skew_ns = coalesce(excluded.clock_skew_ns, clock_skew_ns)",
         params![
             job.agent_id,
             job.received_at,
@@ -564,10 +826,10 @@ fn store_batch<'a>(
             duplicates as i64,
             (rejects_stored + quarantined) as i64,
             gaps as i64,
-            batch.status.backlog_points as i64,
-            batch.status.backlog_bytes as i64,
-            batch.status.oldest_unsent_ts,
-            job.received_at.saturating_sub(batch.sent_at)
+            agent_origin.then_some(batch.status.backlog_points as i64),
+            agent_origin.then_some(batch.status.backlog_bytes as i64),
+            batch.status.oldest_unsent_ts.filter(|_| agent_origin),
+            agent_origin.then(|| job.received_at.saturating_sub(batch.sent_at))
         ],
     )?;
     Ok(BatchAck {
@@ -575,6 +837,7 @@ fn store_batch<'a>(
         stored,
         duplicates,
         rejects_stored,
+        quarantined,
     })
 }
 

@@ -38,6 +38,7 @@ async fn store(
             agent_id: agent_id.to_owned(),
             batch,
             received_at,
+            origin: Origin::Agent,
             reply,
         })
         .expect("the queue has room");
@@ -45,14 +46,10 @@ async fn store(
 }
 
 fn open(dir: &tempfile::TempDir) -> Storage {
-    Storage::open(
-        &dir.path().join("c.db"),
-        50_000,
-        16,
-        2,
-        Arc::new(Metrics::new()),
-    )
-    .unwrap()
+    let mut options = StorageOptions::new(&dir.path().join("c.db"));
+    options.queue = 16;
+    options.readers = 2;
+    Storage::open(&options, Arc::new(Metrics::new())).unwrap()
 }
 
 async fn all(storage: &Storage, name: &str) -> QueryResult {

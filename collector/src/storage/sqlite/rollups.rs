@@ -1,0 +1,283 @@
+//! Rollups in SQLite: the writer folds each transaction's numeric values into the stored
+//! windows, and the read side answers aggregated queries from them.
+//!
+//! A transaction's values are first aggregated among themselves (finest resolution from the
+//! points, each coarser one from the finer partials), then each touched window is merged with
+//! its stored row and written back, in the same transaction as the raw points. A window still
+//! in the writer's cache is merged without a read; a late point's window is read from disk.
+//! Either way the row ends up as the merge of every point of the window, whatever the order
+//! they came in.
+
+use std::collections::HashMap;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use crate::rollup::aggregate::StoredColumns;
+use crate::rollup::{Aggregate, Resolution, window_start};
+
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS rollups (
+    series_id INTEGER NOT NULL,
+    res       INTEGER NOT NULL,
+    start     INTEGER NOT NULL,
+    count     INTEGER NOT NULL,
+    sum       REAL NOT NULL,
+    min       REAL NOT NULL,
+    max       REAL NOT NULL,
+    first_ts  INTEGER NOT NULL,
+    first     REAL NOT NULL,
+    last_ts   INTEGER NOT NULL,
+    last      REAL NOT NULL,
+    state     BLOB NOT NULL,
+    PRIMARY KEY (series_id, res, start)
+) WITHOUT ROWID;
+";
+
+/// Windows the cache keeps before it is trimmed to the ones the latest transactions touched.
+const CACHE_MAX_WINDOWS: usize = 200_000;
+/// A cached window untouched for this many transactions is let go.
+const CACHE_IDLE_COMMITS: u64 = 64;
+
+/// What one transaction did to the rollups.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RollupStats {
+    /// Windows written.
+    pub windows: u64,
+    /// Windows that were read back from disk and merged (late data, or a cold cache).
+    pub merged_from_disk: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Key {
+    series: i64,
+    res: i64,
+    start: i64,
+}
+
+/// The writer's side: the resolutions and a cache of recently written windows.
+pub struct RollupWriter {
+    resolutions: Vec<Resolution>,
+    cache: HashMap<Key, (Aggregate, u64), foldhash::fast::RandomState>,
+    commits: u64,
+}
+
+impl RollupWriter {
+    /// `resolutions` finest first, each a multiple of the one before (the configuration
+    /// checks this).
+    pub fn new(resolutions: Vec<Resolution>) -> RollupWriter {
+        RollupWriter {
+            resolutions,
+            cache: HashMap::default(),
+            commits: 0,
+        }
+    }
+
+    /// Forgets the cache: after a failed transaction it may hold what was rolled back.
+    pub fn forget(&mut self) {
+        self.cache.clear();
+    }
+
+    /// Folds `values` (series id, ts, value), sorted by series then time, into the rollups.
+    pub fn apply(
+        &mut self,
+        tx: &Transaction<'_>,
+        values: &[(i64, i64, f64)],
+    ) -> rusqlite::Result<RollupStats> {
+        let mut stats = RollupStats::default();
+        let Some(finest) = self.resolutions.first().map(|r| r.step) else {
+            return Ok(stats);
+        };
+        self.commits += 1;
+        // The finest level, from the points: sorted by series and time, so a window's points
+        // are next to each other.
+        let mut level: Vec<(Key, Aggregate)> = Vec::new();
+        for &(series, ts, value) in values {
+            if !value.is_finite() {
+                continue;
+            }
+            let key = Key {
+                series,
+                res: finest,
+                start: window_start(ts, finest),
+            };
+            match level.last_mut() {
+                Some((last, aggregate)) if *last == key => aggregate.add(ts, value),
+                _ => {
+                    let mut aggregate = Aggregate::new();
+                    aggregate.add(ts, value);
+                    level.push((key, aggregate));
+                }
+            }
+        }
+        let mut read = tx.prepare_cached(
+            "SELECT count, sum, min, max, first_ts, first, last_ts, last, state FROM rollups
+             WHERE series_id = ?1 AND res = ?2 AND start = ?3",
+        )?;
+        let mut write = tx.prepare_cached(
+            "INSERT OR REPLACE INTO rollups (series_id, res, start, count, sum, min, max, first_ts, first, last_ts, last, state)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        )?;
+        let mut index = 0;
+        loop {
+            for (key, partial) in &level {
+                let merged = match self.cache.remove(key) {
+                    Some((mut stored, _)) => {
+                        stored.merge(partial);
+                        stored
+                    }
+                    None => match read_window(&mut read, *key)? {
+                        Some(mut stored) => {
+                            stats.merged_from_disk += 1;
+                            stored.merge(partial);
+                            stored
+                        }
+                        None => partial.clone(),
+                    },
+                };
+                let c = merged.columns();
+                write.execute(params![
+                    key.series,
+                    key.res,
+                    key.start,
+                    c.count as i64,
+                    c.sum,
+                    c.min,
+                    c.max,
+                    c.first.0,
+                    c.first.1,
+                    c.last.0,
+                    c.last.1,
+                    merged.state_blob()
+                ])?;
+                stats.windows += 1;
+                self.cache.insert(*key, (merged, self.commits));
+            }
+            index += 1;
+            let Some(coarser) = self.resolutions.get(index).map(|r| r.step) else {
+                break;
+            };
+            // The next level from this one's partials (still sorted by series and start).
+            let mut next: Vec<(Key, Aggregate)> = Vec::new();
+            for (key, partial) in level {
+                let key = Key {
+                    series: key.series,
+                    res: coarser,
+                    start: window_start(key.start, coarser),
+                };
+                match next.last_mut() {
+                    Some((last, aggregate)) if *last == key => aggregate.merge(&partial),
+                    _ => next.push((key, partial)),
+                }
+            }
+            level = next;
+        }
+        if self.cache.len() > CACHE_MAX_WINDOWS || self.commits.is_multiple_of(CACHE_IDLE_COMMITS) {
+            let commits = self.commits;
+            let keep_since = if self.cache.len() > CACHE_MAX_WINDOWS {
+                commits
+            } else {
+                commits.saturating_sub(CACHE_IDLE_COMMITS)
+            };
+            self.cache.retain(|_, (_, used)| *used >= keep_since);
+        }
+        Ok(stats)
+    }
+}
+
+fn read_window(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    key: Key,
+) -> rusqlite::Result<Option<Aggregate>> {
+    let row = stmt
+        .query_row(params![key.series, key.res, key.start], |r| {
+            Ok((columns_from_row(r, 0)?, r.get::<_, Vec<u8>>(8)?))
+        })
+        .optional()?;
+    match row {
+        None => Ok(None),
+        Some((columns, blob)) => Aggregate::from_stored(&columns, &blob, true)
+            .map(Some)
+            .map_err(|e| corrupt(&e)),
+    }
+}
+
+/// Reads the plain columns starting at column `at`: count, sum, min, max, first_ts, first,
+/// last_ts, last.
+fn columns_from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<StoredColumns> {
+    Ok(StoredColumns {
+        count: r.get::<_, i64>(at)? as u64,
+        sum: r.get(at + 1)?,
+        min: r.get(at + 2)?,
+        max: r.get(at + 3)?,
+        first: (r.get(at + 4)?, r.get(at + 5)?),
+        last: (r.get(at + 6)?, r.get(at + 7)?),
+    })
+}
+
+fn corrupt(message: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        0,
+        rusqlite::types::Type::Blob,
+        message.to_owned().into(),
+    )
+}
+
+/// The stored windows of one series at resolution `res` that start in `[from, to)`, in order.
+/// Without `with_sketch`, quantiles are not available from them.
+pub fn read_windows(
+    conn: &Connection,
+    series: i64,
+    res: i64,
+    from: i64,
+    to: i64,
+    with_sketch: bool,
+) -> rusqlite::Result<Vec<(i64, Aggregate)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT count, sum, min, max, first_ts, first, last_ts, last, state, start FROM rollups
+         WHERE series_id = ?1 AND res = ?2 AND start >= ?3 AND start < ?4 ORDER BY start",
+    )?;
+    let mut rows = stmt.query(params![series, res, from, to])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let columns = columns_from_row(row, 0)?;
+        let start: i64 = row.get(9)?;
+        let blob = row.get_ref(8)?.as_blob()?;
+        out.push((
+            start,
+            Aggregate::from_stored(&columns, blob, with_sketch).map_err(|e| corrupt(&e))?,
+        ));
+    }
+    Ok(out)
+}
+
+/// Rolls up every numeric point already stored (a database from before rollups existed), in
+/// one transaction; returns the windows written.
+pub fn rebuild(conn: &Connection, rollups: &mut RollupWriter) -> rusqlite::Result<u64> {
+    let tx = conn.unchecked_transaction()?;
+    let mut windows = 0;
+    {
+        let mut stmt = tx.prepare(
+            "SELECT p.series_id, p.ts, p.value FROM points p JOIN series s ON s.id = p.series_id
+             WHERE s.kind IN ('float', 'integer') AND typeof(p.value) IN ('integer', 'real')
+             ORDER BY p.series_id, p.ts",
+        )?;
+        let mut rows = stmt.query([])?;
+        let mut chunk: Vec<(i64, i64, f64)> = Vec::with_capacity(100_000);
+        loop {
+            let row = rows.next()?;
+            let done = row.is_none();
+            if let Some(row) = row {
+                chunk.push((row.get(0)?, row.get(1)?, row.get(2)?));
+            }
+            if chunk.len() == 100_000 || (done && !chunk.is_empty()) {
+                windows += rollups.apply(&tx, &chunk)?.windows;
+                chunk.clear();
+            }
+            if done {
+                break;
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(windows)
+}
