@@ -55,6 +55,7 @@ pub async fn serve(
         metrics,
         max_decompressed_size: config.max_decompressed_size,
         query_max_points: config.query_max_points,
+        resolutions: config.resolutions.clone(),
     });
     let app = api::router(Arc::clone(&state), config.max_body_size);
     let address = listener.local_addr().context("listener address")?;

@@ -27,6 +27,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub max_decompressed_size: usize,
     pub query_max_points: usize,
+    /// Rollup resolutions, finest first (queries pick one).
+    pub resolutions: Vec<crate::rollup::Resolution>,
 }
 
 /// The router with every endpoint.

@@ -2,8 +2,15 @@
 //!
 //! Parameters: `name` (required), `field`, `from` and `to` (RFC 3339 or Unix seconds; `from`
 //! inclusive, `to` exclusive; default: all time), `tag.K=V` (repeatable), `format=json|csv`,
-//! `limit` (at most `query.max_points`). Aggregation (`step`, `agg`) is not available yet and
-//! is refused with 501 rather than answered with raw points.
+//! `limit` (at most `query.max_points`).
+//!
+//! Aggregation: `step` (a duration, e.g. `1m`) with `agg` (one or more of count, sum, min,
+//! max, mean, stddev, first, last, p50, p90, p99, comma-separated or repeated; default mean).
+//! Buckets are aligned to the Unix epoch and answered from the coarsest rollup whose windows
+//! tile them and the range, else from the raw points. `agg` without `step` aggregates the
+//! whole range into one bucket. `window` (a duration, a multiple of `step`) turns each bucket
+//! into a moving aggregate over the trailing window, e.g. `step=1m&window=5m&agg=mean`.
+//! Each (series, agg) is one entry of the answer, with an `agg` member.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -16,7 +23,11 @@ use tributary_wire::FieldValue;
 use tributary_wire::time::{format_rfc3339, parse_time_param};
 
 use super::{ApiError, AppState};
-use crate::storage::{QueryResult, RawQuery, SeriesPoints, sqlite};
+use crate::rollup::Agg;
+use crate::storage::sqlite::rollups::query_aggregated;
+use crate::storage::{
+    AggregateQuery, AggregateResult, QueryResult, RawQuery, SeriesPoints, sqlite,
+};
 
 const ENDPOINT: &str = "query";
 
@@ -38,6 +49,26 @@ pub async fn get_query(
 
 async fn answer(state: &AppState, params: Vec<(String, String)>) -> Result<Response, ApiError> {
     let (query, format) = parse(params, state.query_max_points)?;
+    let query = match query {
+        Parsed::Raw(query) => query,
+        Parsed::Aggregate(query) => {
+            let resolutions = state.resolutions.clone();
+            let result = state
+                .storage
+                .reads()
+                .run(move |conn| query_aggregated(conn, &query, &resolutions))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            return Ok(match format {
+                Format::Json => axum::Json(JsonAggregate::from(&result)).into_response(),
+                Format::Csv => (
+                    [(CONTENT_TYPE, "text/csv; charset=utf-8")],
+                    aggregate_csv(&result).map_err(ApiError::Internal)?,
+                )
+                    .into_response(),
+            });
+        }
+    };
     let result = state
         .storage
         .reads()
@@ -54,7 +85,26 @@ async fn answer(state: &AppState, params: Vec<(String, String)>) -> Result<Respo
     })
 }
 
-fn parse(params: Vec<(String, String)>, max_points: usize) -> Result<(RawQuery, Format), ApiError> {
+/// A query as asked.
+#[derive(Debug)]
+enum Parsed {
+    Raw(RawQuery),
+    Aggregate(AggregateQuery),
+}
+
+fn duration_param(key: &str, value: &str) -> Result<i64, ApiError> {
+    let duration = tributary_common::config::values::parse_duration(value)
+        .map_err(|e| ApiError::BadRequest(format!("{key}: {e}")))?;
+    let ns = i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX);
+    if ns <= 0 {
+        return Err(ApiError::BadRequest(format!(
+            "{key}: must be longer than 0"
+        )));
+    }
+    Ok(ns)
+}
+
+fn parse(params: Vec<(String, String)>, max_points: usize) -> Result<(Parsed, Format), ApiError> {
     let mut query = RawQuery {
         name: String::new(),
         field: None,
@@ -64,6 +114,9 @@ fn parse(params: Vec<(String, String)>, max_points: usize) -> Result<(RawQuery, 
         limit: max_points,
     };
     let mut format = Format::Json;
+    let mut step = None;
+    let mut window = None;
+    let mut aggs: Vec<Agg> = Vec::new();
     let bad = |message: String| ApiError::BadRequest(message);
     for (key, value) in params {
         match key.as_str() {
@@ -89,10 +142,20 @@ fn parse(params: Vec<(String, String)>, max_points: usize) -> Result<(RawQuery, 
                 }
                 query.limit = limit;
             }
-            "step" | "agg" | "window" => {
-                return Err(ApiError::NotImplemented(format!(
-                    "{key}: aggregated queries are not available yet; omit step and agg for raw points"
-                )));
+            "step" => step = Some(duration_param("step", &value)?),
+            "window" => window = Some(duration_param("window", &value)?),
+            "agg" => {
+                for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                    let agg = Agg::parse(name).ok_or_else(|| {
+                        bad(format!(
+                            "agg: {name:?} is not one of {}",
+                            Agg::ALL.map(Agg::name).join(", ")
+                        ))
+                    })?;
+                    if !aggs.contains(&agg) {
+                        aggs.push(agg);
+                    }
+                }
             }
             other => match other.strip_prefix("tag.") {
                 Some(tag) if !tag.is_empty() => query.tags.push((tag.to_owned(), value)),
@@ -106,7 +169,45 @@ fn parse(params: Vec<(String, String)>, max_points: usize) -> Result<(RawQuery, 
     if query.from >= query.to {
         return Err(bad("from must be before to".into()));
     }
-    Ok((query, format))
+    if step.is_none() && aggs.is_empty() {
+        if window.is_some() {
+            return Err(bad(
+                "window: needs step (the moving aggregate is computed at every step)".into(),
+            ));
+        }
+        return Ok((Parsed::Raw(query), format));
+    }
+    if aggs.is_empty() {
+        aggs.push(Agg::Mean);
+    }
+    let step = step.unwrap_or(0);
+    if let Some(window) = window {
+        if step == 0 {
+            return Err(bad(
+                "window: needs step (the moving aggregate is computed at every step)".into(),
+            ));
+        }
+        if window % step != 0 {
+            return Err(bad("window: must be a multiple of step".into()));
+        }
+    }
+    if step > 0 && query.from != i64::MIN && query.to != i64::MAX {
+        let buckets = (query.to - query.from) / step;
+        if buckets as u128 > max_points as u128 {
+            return Err(bad(format!(
+                "step: {buckets} buckets is more than query.max_points ({max_points}); use a larger step"
+            )));
+        }
+    }
+    Ok((
+        Parsed::Aggregate(AggregateQuery {
+            raw: query,
+            step,
+            aggs,
+            window,
+        }),
+        format,
+    ))
 }
 
 #[derive(Serialize)]
@@ -146,6 +247,89 @@ impl<'a> From<&'a SeriesPoints> for JsonSeries<'a> {
                 .collect(),
         }
     }
+}
+
+#[derive(Serialize)]
+struct JsonAggregate<'a> {
+    series: Vec<JsonAggregateSeries<'a>>,
+    /// The rollup resolution that answered, e.g. "1m"; "raw" when the raw points did.
+    source: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    truncated: bool,
+}
+
+#[derive(Serialize)]
+struct JsonAggregateSeries<'a> {
+    name: &'a str,
+    tags: &'a std::collections::BTreeMap<String, String>,
+    field: &'a str,
+    agg: &'static str,
+    points: Vec<(String, f64)>,
+}
+
+fn source_name(resolution: Option<i64>) -> String {
+    match resolution {
+        None => "raw".into(),
+        Some(ns) => {
+            humantime::format_duration(std::time::Duration::from_nanos(ns as u64)).to_string()
+        }
+    }
+}
+
+impl<'a> From<&'a AggregateResult> for JsonAggregate<'a> {
+    fn from(result: &'a AggregateResult) -> Self {
+        JsonAggregate {
+            series: result
+                .series
+                .iter()
+                .map(|s| JsonAggregateSeries {
+                    name: &s.name,
+                    tags: &s.tags,
+                    field: &s.field,
+                    agg: s.agg.name(),
+                    points: s
+                        .points
+                        .iter()
+                        .map(|(ts, v)| (format_rfc3339(*ts), *v))
+                        .collect(),
+                })
+                .collect(),
+            source: source_name(result.resolution),
+            truncated: result.truncated,
+        }
+    }
+}
+
+/// One row per bucket and aggregation: name, field, agg, time, value, then one column per tag.
+fn aggregate_csv(result: &AggregateResult) -> Result<String, String> {
+    let tag_keys: BTreeSet<&str> = result
+        .series
+        .iter()
+        .flat_map(|s| s.tags.keys().map(String::as_str))
+        .collect();
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    let mut header = vec!["name", "field", "agg", "time", "value"];
+    header.extend(tag_keys.iter().copied());
+    writer.write_record(&header).map_err(|e| e.to_string())?;
+    for series in &result.series {
+        for (ts, value) in &series.points {
+            let mut row = vec![
+                series.name.clone(),
+                series.field.clone(),
+                series.agg.name().to_owned(),
+                format_rfc3339(*ts),
+                value.to_string(),
+            ];
+            row.extend(
+                tag_keys
+                    .iter()
+                    .map(|k| series.tags.get(*k).cloned().unwrap_or_default()),
+            );
+            writer.write_record(&row).map_err(|e| e.to_string())?;
+        }
+    }
+    let bytes = writer.into_inner().map_err(|e| e.to_string())?;
+    String::from_utf8(bytes).map_err(|e| e.to_string())
 }
 
 /// One row per point: name, field, time, value, then one column per tag key.
@@ -197,7 +381,7 @@ mod tests {
 
     #[test]
     fn parameters_are_checked() {
-        let (query, format) = parse(
+        let (Parsed::Raw(query), format) = parse(
             params(&[
                 ("name", "t"),
                 ("tag.device", "d1"),
@@ -207,7 +391,9 @@ mod tests {
             ]),
             100,
         )
-        .unwrap();
+        .unwrap() else {
+            panic!("a raw query")
+        };
         assert_eq!(query.tags, vec![("device".to_owned(), "d1".to_owned())]);
         assert_eq!((query.from, query.to), (10_000_000_000, 20_000_000_000));
         assert_eq!(format, Format::Csv);
@@ -217,10 +403,51 @@ mod tests {
             (params(&[("name", "t"), ("from", "20"), ("to", "10")]), 400),
             (params(&[("name", "t"), ("limit", "1000")]), 400),
             (params(&[("name", "t"), ("colour", "red")]), 400),
-            (params(&[("name", "t"), ("step", "1m")]), 501),
+            (params(&[("name", "t"), ("step", "soon")]), 400),
+            (params(&[("name", "t"), ("agg", "median")]), 400),
+            (
+                params(&[("name", "t"), ("step", "1m"), ("window", "90s")]),
+                400,
+            ),
+            (params(&[("name", "t"), ("window", "5m")]), 400),
+            (
+                params(&[
+                    ("name", "t"),
+                    ("from", "0"),
+                    ("to", "86400"),
+                    ("step", "1s"),
+                ]),
+                400,
+            ),
         ] {
             assert_eq!(parse(bad, 100).unwrap_err().status().as_u16(), status);
         }
+    }
+
+    #[test]
+    fn aggregation_parameters_are_read() {
+        let (Parsed::Aggregate(query), _) = parse(
+            params(&[
+                ("name", "t"),
+                ("step", "1m"),
+                ("agg", "mean,p99"),
+                ("agg", "max"),
+                ("window", "5m"),
+            ]),
+            100,
+        )
+        .unwrap() else {
+            panic!("an aggregated query")
+        };
+        assert_eq!(query.step, 60_000_000_000);
+        assert_eq!(query.window, Some(300_000_000_000));
+        assert_eq!(query.aggs, vec![Agg::Mean, Agg::P99, Agg::Max]);
+        let (Parsed::Aggregate(whole), _) =
+            parse(params(&[("name", "t"), ("agg", "count")]), 100).unwrap()
+        else {
+            panic!("an aggregated query")
+        };
+        assert_eq!(whole.step, 0);
     }
 
     #[test]

@@ -46,7 +46,8 @@ pub fn default_resolutions() -> Vec<Resolution> {
 /// The start of the window of length `step` holding `ts` (windows are aligned to the Unix
 /// epoch, so every resolution's windows nest in the coarser ones).
 pub fn window_start(ts: i64, step: i64) -> i64 {
-    ts - ts.rem_euclid(step)
+    // Only the first window of time is cut short (it cannot start before i64::MIN).
+    ts.checked_sub(ts.rem_euclid(step)).unwrap_or(i64::MIN)
 }
 
 /// The coarsest resolution (index into `resolutions`, finest first) that can answer buckets

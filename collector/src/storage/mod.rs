@@ -17,6 +17,33 @@ use tributary_wire::{Batch, BatchAck, FieldValue};
 
 pub use sqlite::{ReadPool, Storage};
 
+/// A known series, for `/api/v1/series`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesInfo {
+    pub name: String,
+    pub tags: BTreeMap<String, String>,
+    pub field: String,
+    pub kind: String,
+    pub first_ts: i64,
+    pub last_ts: i64,
+}
+
+/// A quarantined record, for `/api/v1/quarantine`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuarantineRecord {
+    pub id: i64,
+    pub received_at: i64,
+    /// `agent` (the agent could not decode it), `collector` (a rule or check refused it),
+    /// `line_protocol` (a line that did not parse).
+    pub origin: String,
+    pub agent_id: Option<String>,
+    pub source: String,
+    pub topic: String,
+    pub ts: Option<i64>,
+    pub payload: Vec<u8>,
+    pub reason: String,
+}
+
 /// Why storage failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -116,6 +143,38 @@ pub struct RawQuery {
     pub tags: Vec<(String, String)>,
     /// Most points in the whole answer.
     pub limit: usize,
+}
+
+/// An aggregated query: buckets of `step` over the raw query's range.
+#[derive(Debug, Clone)]
+pub struct AggregateQuery {
+    pub raw: RawQuery,
+    /// Bucket length (ns); buckets are aligned to the Unix epoch.
+    pub step: i64,
+    /// Aggregations, each answered as its own series.
+    pub aggs: Vec<crate::rollup::Agg>,
+    /// A moving aggregate over the trailing `window` (ns) at every step.
+    pub window: Option<i64>,
+}
+
+/// One series' buckets for one aggregation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggregateSeries {
+    pub name: String,
+    pub tags: BTreeMap<String, String>,
+    pub field: String,
+    pub agg: crate::rollup::Agg,
+    /// (bucket start, value); buckets with no data (or an undefined value) are left out.
+    pub points: Vec<(i64, f64)>,
+}
+
+/// What an aggregated query found, and where from.
+#[derive(Debug, Clone, Default)]
+pub struct AggregateResult {
+    pub series: Vec<AggregateSeries>,
+    pub truncated: bool,
+    /// The rollup resolution that answered (ns), or `None` for the raw points.
+    pub resolution: Option<i64>,
 }
 
 /// One series and its points.

@@ -16,8 +16,8 @@ use tributary_wire::{BatchAck, FieldValue};
 use self::rollups::RollupWriter;
 use super::series::{SeriesCache, canonical_tags};
 use super::{
-    AgentRecord, EpochMark, Origin, QueryResult, RawQuery, RetentionReport, SeriesPoints,
-    StorageError, StorageOptions, SubmitError, WriteJob,
+    AgentRecord, EpochMark, Origin, QuarantineRecord, QueryResult, RawQuery, RetentionReport,
+    SeriesInfo, SeriesPoints, StorageError, StorageOptions, SubmitError, WriteJob,
 };
 use crate::clean::{Cleaner, Rejection};
 use crate::metrics::Metrics;
@@ -897,45 +897,92 @@ impl ReadPool {
     }
 }
 
+/// A series a query selected.
+pub(crate) struct Candidate {
+    pub id: i64,
+    pub tags: BTreeMap<String, String>,
+    pub field: String,
+    pub kind: String,
+    pub first_ts: i64,
+    pub last_ts: i64,
+}
+
+/// The series named `name` (any name when empty) with `field` (any when `None`) that have the
+/// `tags` and data in `[from, to)`, ordered by tags and field.
+pub(crate) fn matching_series(
+    conn: &Connection,
+    name: &str,
+    field: Option<&str>,
+    from: i64,
+    to: i64,
+    tags: &[(String, String)],
+) -> rusqlite::Result<Vec<(String, Candidate)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, tags, field, kind, first_ts, last_ts, name FROM series
+         WHERE (?1 = '' OR name = ?1) AND (?2 IS NULL OR field = ?2) AND last_ts >= ?3 AND first_ts < ?4
+         ORDER BY name, tags, field",
+    )?;
+    let rows = stmt.query_map(params![name, field, from, to], |r| {
+        Ok((
+            r.get::<_, String>(6)?,
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, i64>(4)?,
+            r.get::<_, i64>(5)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (name, id, tags_json, field, kind, first_ts, last_ts) = row?;
+        let series_tags: BTreeMap<String, String> =
+            serde_json::from_str(&tags_json).unwrap_or_default();
+        if tags.iter().all(|(k, v)| series_tags.get(k) == Some(v)) {
+            out.push((
+                name,
+                Candidate {
+                    id,
+                    tags: series_tags,
+                    field,
+                    kind,
+                    first_ts,
+                    last_ts,
+                },
+            ));
+        }
+    }
+    Ok(out)
+}
+
 /// Answers a raw query.
 pub fn query_raw(conn: &Connection, query: &RawQuery) -> rusqlite::Result<QueryResult> {
-    let mut series_stmt = conn.prepare_cached(
-        "SELECT id, tags, field, kind FROM series
-         WHERE name = ?1 AND (?2 IS NULL OR field = ?2) AND last_ts >= ?3 AND first_ts < ?4
-         ORDER BY tags, field",
+    let candidates = matching_series(
+        conn,
+        &query.name,
+        query.field.as_deref(),
+        query.from,
+        query.to,
+        &query.tags,
     )?;
-    let candidates = series_stmt
-        .query_map(
-            params![query.name, query.field, query.from, query.to],
-            |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                ))
-            },
-        )?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-
     let mut points_stmt = conn.prepare_cached(
         "SELECT ts, value FROM points WHERE series_id = ?1 AND ts >= ?2 AND ts < ?3
          ORDER BY ts, n LIMIT ?4",
     )?;
     let mut result = QueryResult::default();
     let mut remaining = query.limit;
-    for (id, tags_json, field, kind) in candidates {
-        let tags: BTreeMap<String, String> = serde_json::from_str(&tags_json).unwrap_or_default();
-        if !query.tags.iter().all(|(k, v)| tags.get(k) == Some(v)) {
-            continue;
-        }
+    for (name, candidate) in candidates {
         if remaining == 0 {
             result.truncated = true;
             break;
         }
-        let boolean = kind == "boolean";
-        let mut rows =
-            points_stmt.query(params![id, query.from, query.to, remaining as i64 + 1])?;
+        let boolean = candidate.kind == "boolean";
+        let mut rows = points_stmt.query(params![
+            candidate.id,
+            query.from,
+            query.to,
+            remaining as i64 + 1
+        ])?;
         let mut points = Vec::new();
         while let Some(row) = rows.next()? {
             if points.len() == remaining {
@@ -955,9 +1002,9 @@ pub fn query_raw(conn: &Connection, query: &RawQuery) -> rusqlite::Result<QueryR
         remaining -= points.len();
         if !points.is_empty() {
             result.series.push(SeriesPoints {
-                name: query.name.clone(),
-                tags,
-                field,
+                name,
+                tags: candidate.tags,
+                field: candidate.field,
                 points,
             });
         }
@@ -966,6 +1013,63 @@ pub fn query_raw(conn: &Connection, query: &RawQuery) -> rusqlite::Result<QueryR
         }
     }
     Ok(result)
+}
+
+/// Every series matching `name` (any when empty) and `tags`, for the listing.
+pub fn list_series(
+    conn: &Connection,
+    name: &str,
+    tags: &[(String, String)],
+    limit: usize,
+) -> rusqlite::Result<(Vec<SeriesInfo>, bool)> {
+    let candidates = matching_series(conn, name, None, i64::MIN, i64::MAX, tags)?;
+    let truncated = candidates.len() > limit;
+    Ok((
+        candidates
+            .into_iter()
+            .take(limit)
+            .map(|(name, c)| SeriesInfo {
+                name,
+                tags: c.tags,
+                field: c.field,
+                kind: c.kind,
+                first_ts: c.first_ts,
+                last_ts: c.last_ts,
+            })
+            .collect(),
+        truncated,
+    ))
+}
+
+/// Quarantined records received in `[from, to)`, oldest first, at most `limit`.
+pub fn list_quarantine(
+    conn: &Connection,
+    from: i64,
+    to: i64,
+    limit: usize,
+) -> rusqlite::Result<(Vec<QuarantineRecord>, bool)> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, received_at, origin, agent_id, source, topic, ts, payload, reason FROM quarantine
+         WHERE received_at >= ?1 AND received_at < ?2 ORDER BY received_at, id LIMIT ?3",
+    )?;
+    let mut records = stmt
+        .query_map(params![from, to, limit as i64 + 1], |r| {
+            Ok(QuarantineRecord {
+                id: r.get(0)?,
+                received_at: r.get(1)?,
+                origin: r.get(2)?,
+                agent_id: r.get(3)?,
+                source: r.get(4)?,
+                topic: r.get(5)?,
+                ts: r.get(6)?,
+                payload: r.get(7)?,
+                reason: r.get(8)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let truncated = records.len() > limit;
+    records.truncate(limit);
+    Ok((records, truncated))
 }
 
 /// Every agent the store has heard from, with its marks.
@@ -1027,3 +1131,6 @@ pub fn ping(conn: &Connection) -> rusqlite::Result<()> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod rollup_tests;

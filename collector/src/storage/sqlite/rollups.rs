@@ -10,10 +10,13 @@
 
 use std::collections::HashMap;
 
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
+use super::matching_series;
 use crate::rollup::aggregate::StoredColumns;
-use crate::rollup::{Aggregate, Resolution, window_start};
+use crate::rollup::{Aggregate, Resolution, choose_resolution, into_buckets, moving, window_start};
+use crate::storage::{AggregateQuery, AggregateResult, AggregateSeries};
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS rollups (
@@ -280,4 +283,135 @@ pub fn rebuild(conn: &Connection, rollups: &mut RollupWriter) -> rusqlite::Resul
     }
     tx.commit()?;
     Ok(windows)
+}
+
+/// Answers an aggregated query: from the coarsest rollup whose windows tile the buckets and
+/// the range, else from the raw points, which give the same figures (the same [`Aggregate`]).
+pub fn query_aggregated(
+    conn: &Connection,
+    query: &AggregateQuery,
+    resolutions: &[Resolution],
+) -> rusqlite::Result<AggregateResult> {
+    let raw = &query.raw;
+    let resolution = choose_resolution(resolutions, query.step, raw.from, raw.to)
+        .map(|index| resolutions[index].step);
+    // A moving window needs the buckets before `from` that it reaches back to.
+    let lookback = query
+        .window
+        .map_or(0, |w| w.saturating_sub(query.step).max(0));
+    let fetch_from = if raw.from == i64::MIN || query.step == 0 {
+        raw.from
+    } else {
+        window_start(raw.from.saturating_sub(lookback), query.step)
+    };
+    let with_sketch = query.aggs.iter().any(|a| a.quantile().is_some());
+    let candidates = matching_series(
+        conn,
+        &raw.name,
+        raw.field.as_deref(),
+        fetch_from,
+        raw.to,
+        &raw.tags,
+    )?;
+    let mut raw_stmt = conn.prepare_cached(
+        "SELECT ts, value FROM points WHERE series_id = ?1 AND ts >= ?2 AND ts < ?3 ORDER BY ts",
+    )?;
+    let mut result = AggregateResult {
+        resolution,
+        ..AggregateResult::default()
+    };
+    let mut remaining = raw.limit;
+    'series: for (name, candidate) in candidates {
+        if candidate.kind != "float" && candidate.kind != "integer" {
+            continue;
+        }
+        // Step 0: one bucket for the whole range, timed at its start (or its first point).
+        let whole = |first: i64| {
+            if raw.from == i64::MIN {
+                first
+            } else {
+                raw.from
+            }
+        };
+        let buckets = match resolution {
+            Some(res) => {
+                let windows =
+                    read_windows(conn, candidate.id, res, fetch_from, raw.to, with_sketch)?;
+                if query.step == 0 {
+                    let mut merged = Aggregate::new();
+                    for (_, aggregate) in &windows {
+                        merged.merge(aggregate);
+                    }
+                    match windows.first() {
+                        Some((first, _)) => vec![(whole(*first), merged)],
+                        None => Vec::new(),
+                    }
+                } else {
+                    into_buckets(windows, query.step)
+                }
+            }
+            None => {
+                let mut buckets: Vec<(i64, Aggregate)> = Vec::new();
+                let mut rows = raw_stmt.query(params![candidate.id, fetch_from, raw.to])?;
+                while let Some(row) = rows.next()? {
+                    let ts: i64 = row.get(0)?;
+                    let value = match row.get_ref(1)? {
+                        ValueRef::Integer(v) => v as f64,
+                        ValueRef::Real(v) => v,
+                        _ => continue,
+                    };
+                    let bucket = if query.step == 0 {
+                        whole(buckets.first().map_or(ts, |b| b.0))
+                    } else {
+                        window_start(ts, query.step)
+                    };
+                    match buckets.last_mut() {
+                        Some((start, aggregate)) if *start == bucket => aggregate.add(ts, value),
+                        _ => {
+                            let mut aggregate = Aggregate::new();
+                            aggregate.add(ts, value);
+                            buckets.push((bucket, aggregate));
+                        }
+                    }
+                }
+                buckets
+            }
+        };
+        let buckets = match query.window {
+            Some(window) => moving(&buckets, window, query.step),
+            None => buckets,
+        };
+        for agg in &query.aggs {
+            let points: Vec<(i64, f64)> = buckets
+                .iter()
+                .filter(|(start, _)| *start >= raw.from)
+                .filter_map(|(start, aggregate)| aggregate.value(*agg).map(|v| (*start, v)))
+                .collect();
+            if points.is_empty() {
+                continue;
+            }
+            if points.len() > remaining {
+                result.truncated = true;
+                let mut points = points;
+                points.truncate(remaining);
+                result.series.push(AggregateSeries {
+                    name: name.clone(),
+                    tags: candidate.tags.clone(),
+                    field: candidate.field.clone(),
+                    agg: *agg,
+                    points,
+                });
+                break 'series;
+            }
+            remaining -= points.len();
+            result.series.push(AggregateSeries {
+                name: name.clone(),
+                tags: candidate.tags.clone(),
+                field: candidate.field.clone(),
+                agg: *agg,
+                points,
+            });
+        }
+    }
+    Ok(result)
 }

@@ -26,7 +26,7 @@ fn batch(epoch: &str, first_seq: u64, values: &[i64]) -> Batch {
 }
 
 /// Queues a batch as the ingest handler does and waits for its answer.
-async fn store(
+pub(super) async fn store(
     storage: &Storage,
     agent_id: &str,
     batch: Batch,
@@ -45,7 +45,7 @@ async fn store(
     answer.await.expect("the writer answers")
 }
 
-fn open(dir: &tempfile::TempDir) -> Storage {
+pub(super) fn open(dir: &tempfile::TempDir) -> Storage {
     let mut options = StorageOptions::new(&dir.path().join("c.db"));
     options.queue = 16;
     options.readers = 2;

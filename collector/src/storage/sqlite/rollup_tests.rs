@@ -1,0 +1,332 @@
+//! Rollups through the real writer and SQLite, compared with a direct computation from the
+//! raw points: on time, shuffled, and six hours late.
+
+use std::collections::BTreeMap;
+
+use tributary_wire::{AgentStatus, Batch, Point};
+
+use super::rollups::query_aggregated;
+use super::tests::{open, store};
+use super::*;
+use crate::rollup::{Agg, SKETCH_RELATIVE_ACCURACY, default_resolutions};
+use crate::storage::{AggregateQuery, AggregateResult};
+
+const MINUTE: i64 = 60_000_000_000;
+const HOUR: i64 = 60 * MINUTE;
+/// A fixed "now" in 2023, so points are real timestamps.
+const T0: i64 = 1_700_000_000_000_000_000 - 1_700_000_000_000_000_000 % (24 * HOUR);
+
+/// Three hours of readings from two devices, every 7 s, with values that wander.
+fn readings() -> Vec<(String, i64, f64)> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut out = Vec::new();
+    for device in ["d1", "d2"] {
+        let mut value = 20.0;
+        let mut ts = T0 + 3_000_000_000;
+        while ts < T0 + 3 * HOUR {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            value += ((state % 2001) as f64 - 1000.0) / 1000.0;
+            out.push((device.to_owned(), ts, (value * 1000.0).round() / 1000.0));
+            ts += 7_000_000_000;
+        }
+    }
+    out
+}
+
+fn point(device: &str, ts: i64, value: f64) -> Point {
+    Point::new("temp", ts)
+        .with_tag("device", device)
+        .with_field("v", value)
+}
+
+fn batch_of(epoch: &str, first_seq: u64, points: Vec<Point>) -> Batch {
+    Batch {
+        agent_id: "a1".into(),
+        epoch: epoch.into(),
+        first_seq,
+        last_seq: first_seq + points.len() as u64 - 1,
+        dropped: 0,
+        sent_at: 0,
+        status: AgentStatus::default(),
+        points,
+        rejects: Vec::new(),
+    }
+}
+
+/// Sends `points` in batches of `sizes` (cycled), one epoch, in the order given.
+async fn send(
+    storage: &Storage,
+    epoch: &str,
+    points: &[(String, i64, f64)],
+    sizes: &[usize],
+    first_seq: u64,
+) -> u64 {
+    let mut seq = first_seq;
+    let mut rest = points;
+    let mut i = 0;
+    while !rest.is_empty() {
+        let n = sizes[i % sizes.len()].min(rest.len());
+        let chunk: Vec<Point> = rest[..n]
+            .iter()
+            .map(|(d, ts, v)| point(d, *ts, *v))
+            .collect();
+        store(storage, "a1", batch_of(epoch, seq, chunk), T0 + 4 * HOUR)
+            .await
+            .unwrap();
+        seq += n as u64;
+        rest = &rest[n..];
+        i += 1;
+    }
+    seq
+}
+
+async fn query(
+    storage: &Storage,
+    step: i64,
+    resolutions: Vec<crate::rollup::Resolution>,
+) -> AggregateResult {
+    let query = AggregateQuery {
+        raw: RawQuery {
+            name: "temp".into(),
+            field: None,
+            from: T0,
+            to: T0 + 3 * HOUR,
+            tags: Vec::new(),
+            limit: 1_000_000,
+        },
+        step,
+        aggs: Agg::ALL.to_vec(),
+        window: None,
+    };
+    storage
+        .reads()
+        .run(move |c| query_aggregated(c, &query, &resolutions))
+        .await
+        .unwrap()
+}
+
+/// (device, agg) -> bucket values.
+fn by_series(result: &AggregateResult) -> BTreeMap<(String, &'static str), Vec<(i64, f64)>> {
+    result
+        .series
+        .iter()
+        .map(|s| ((s.tags["device"].clone(), s.agg.name()), s.points.clone()))
+        .collect()
+}
+
+/// The same figures computed directly from the readings, per device and bucket.
+fn direct(readings: &[(String, i64, f64)], step: i64) -> BTreeMap<(String, i64), Vec<(i64, f64)>> {
+    let mut out: BTreeMap<(String, i64), Vec<(i64, f64)>> = BTreeMap::new();
+    for (device, ts, value) in readings {
+        out.entry((device.clone(), ts - ts.rem_euclid(step)))
+            .or_default()
+            .push((*ts, *value));
+    }
+    out
+}
+
+fn close(a: f64, b: f64, relative: f64) -> bool {
+    (a - b).abs() <= relative * a.abs().max(b.abs()) || (a - b).abs() < 1e-9
+}
+
+/// Checks a result against the direct computation: every bucket, every aggregation.
+fn assert_equals_direct(result: &AggregateResult, readings: &[(String, i64, f64)], step: i64) {
+    let got = by_series(result);
+    let expected = direct(readings, step);
+    for ((device, bucket), points) in &expected {
+        let mut values: Vec<f64> = points.iter().map(|p| p.1).collect();
+        values.sort_by(f64::total_cmp);
+        let n = values.len() as f64;
+        let sum: f64 = values.iter().sum();
+        let mean = sum / n;
+        let mut by_time = points.clone();
+        by_time.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        let value = |agg: &'static str| {
+            got[&(device.clone(), agg)]
+                .iter()
+                .find(|(ts, _)| ts == bucket)
+                .map(|p| p.1)
+                .unwrap_or_else(|| panic!("{device} {agg} has no bucket {bucket}"))
+        };
+        assert_eq!(value("count"), n, "{device} {bucket}");
+        assert_eq!(value("min"), values[0]);
+        assert_eq!(value("max"), values[values.len() - 1]);
+        assert_eq!(value("first"), by_time[0].1);
+        assert_eq!(value("last"), by_time[by_time.len() - 1].1);
+        assert!(
+            close(value("sum"), sum, 1e-12),
+            "sum {} vs {sum}",
+            value("sum")
+        );
+        assert!(close(value("mean"), mean, 1e-12));
+        if values.len() > 1 {
+            let sd =
+                (values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / (n - 1.0)).sqrt();
+            assert!(
+                close(value("stddev"), sd, 1e-9),
+                "stddev {} vs {sd}",
+                value("stddev")
+            );
+        }
+        for (agg, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
+            let exact = values[(q * (n - 1.0)) as usize];
+            assert!(
+                close(value(agg), exact, SKETCH_RELATIVE_ACCURACY + 1e-9),
+                "{agg} {} vs {exact}",
+                value(agg)
+            );
+        }
+    }
+    assert_eq!(
+        got[&("d1".to_owned(), "count")].len(),
+        expected.keys().filter(|k| k.0 == "d1").count()
+    );
+}
+
+/// Rollups and raw answer with the same figures (the sketch bins add exactly).
+fn assert_same(a: &AggregateResult, b: &AggregateResult) {
+    let (a, b) = (by_series(a), by_series(b));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (key, points) in &a {
+        let other = &b[key];
+        assert_eq!(points.len(), other.len(), "{key:?}");
+        for (p, q) in points.iter().zip(other) {
+            assert_eq!(p.0, q.0);
+            if matches!(key.1, "sum" | "mean" | "stddev") {
+                assert!(close(p.1, q.1, 1e-12), "{key:?}: {} vs {}", p.1, q.1);
+            } else {
+                assert_eq!(p.1, q.1, "{key:?} at {}", p.0);
+            }
+        }
+    }
+}
+
+async fn check(storage: &Storage, readings: &[(String, i64, f64)]) {
+    for (step, expected_res) in [(MINUTE, MINUTE), (5 * MINUTE, MINUTE), (HOUR, HOUR)] {
+        let rolled = query(storage, step, default_resolutions()).await;
+        assert_eq!(rolled.resolution, Some(expected_res));
+        assert_equals_direct(&rolled, readings, step);
+        let raw = query(storage, step, Vec::new()).await;
+        assert_eq!(raw.resolution, None);
+        assert_same(&rolled, &raw);
+    }
+}
+
+#[tokio::test]
+async fn on_time_delivery_rolls_up_like_a_direct_computation() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(&dir);
+    let mut readings = readings();
+    readings.sort_by_key(|r| r.1);
+    send(&storage, "e1", &readings, &[50], 1).await;
+    check(&storage, &readings).await;
+}
+
+#[tokio::test]
+async fn shuffled_delivery_gives_the_same_rollups() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(&dir);
+    let readings = readings();
+    let mut shuffled = readings.clone();
+    let mut state = 42u64;
+    for i in (1..shuffled.len()).rev() {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        shuffled.swap(i, (state >> 33) as usize % (i + 1));
+    }
+    send(&storage, "e1", &shuffled, &[1, 17, 250, 3, 64], 1).await;
+    check(&storage, &readings).await;
+}
+
+#[tokio::test]
+async fn points_six_hours_late_fold_into_their_windows() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(&dir);
+    let mut readings = readings();
+    readings.sort_by_key(|r| r.1);
+    // Every third reading is held back (an agent offline), the rest arrive on time...
+    let (late, on_time): (Vec<_>, Vec<_>) = readings
+        .iter()
+        .cloned()
+        .enumerate()
+        .partition(|(i, _)| i % 3 == 0);
+    let late: Vec<_> = late.into_iter().map(|(_, r)| r).collect();
+    let on_time: Vec<_> = on_time.into_iter().map(|(_, r)| r).collect();
+    let next = send(&storage, "e1", &on_time, &[40], 1).await;
+    // ...then six hours of other traffic, enough commits for the writer to let go of the
+    // early windows, so the late points must be merged with what is on disk.
+    let other: Vec<(String, i64, f64)> = (0..2_000)
+        .map(|i| {
+            (
+                "d3".to_owned(),
+                T0 + 3 * HOUR + i * 10_800_000_000 / 1_000,
+                i as f64,
+            )
+        })
+        .collect();
+    let next = send(&storage, "e1", &other, &[10], next).await;
+    send(&storage, "e1", &late, &[100], next).await;
+    let merged = storage.metrics.rollup_late_windows.get();
+    assert!(
+        merged > 0,
+        "the late points were merged with stored windows"
+    );
+    check(&storage, &readings).await;
+}
+
+#[tokio::test]
+async fn a_database_from_before_rollups_is_rolled_up_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut readings = readings();
+    readings.sort_by_key(|r| r.1);
+    {
+        let storage = open(&dir);
+        send(&storage, "e1", &readings, &[500], 1).await;
+    }
+    // Make it look like a version 1 database: no rollups yet.
+    let conn = Connection::open(dir.path().join("c.db")).unwrap();
+    conn.execute_batch("DELETE FROM rollups; PRAGMA user_version = 1;")
+        .unwrap();
+    drop(conn);
+    let storage = open(&dir);
+    check(&storage, &readings).await;
+}
+
+#[tokio::test]
+async fn retention_deletes_what_is_past_its_horizon() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = StorageOptions::new(&dir.path().join("c.db"));
+    options.raw_retention = Some(HOUR);
+    options.resolutions[0].retention = Some(2 * HOUR);
+    let storage = Storage::open(&options, Arc::new(Metrics::new())).unwrap();
+    let mut readings = readings();
+    readings.sort_by_key(|r| r.1);
+    send(&storage, "e1", &readings, &[500], 1).await;
+    // At T0 + 4h: raw kept from 3h, 1m windows that ended by 2h go.
+    let mut total = RetentionReport::default();
+    for _ in 0..10 {
+        let report = storage.retain(T0 + 4 * HOUR).await.unwrap();
+        total.points += report.points;
+        total.windows += report.windows;
+        if !report.more {
+            break;
+        }
+    }
+    assert_eq!(
+        total.points,
+        readings.len() as u64,
+        "all raw points are older than 3h"
+    );
+    assert_eq!(
+        total.windows,
+        2 * 120,
+        "two devices' minute windows of the first two hours"
+    );
+    let hourly = query(&storage, HOUR, default_resolutions()).await;
+    assert_equals_direct(&hourly, &readings, HOUR);
+    let again = storage.retain(T0 + 4 * HOUR).await.unwrap();
+    assert_eq!((again.points, again.windows), (0, 0));
+}
