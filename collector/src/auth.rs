@@ -47,7 +47,8 @@ impl Authenticator {
     pub fn agent_for(&self, authorization: Option<&str>) -> Option<&str> {
         let value = authorization?.trim();
         let (scheme, token) = value.split_once(' ')?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
+        // `Token` is what InfluxDB v2 clients (Telegraf's influxdb_v2 output) send.
+        if !scheme.eq_ignore_ascii_case("bearer") && !scheme.eq_ignore_ascii_case("token") {
             return None;
         }
         // Hashing first means the lookup compares digests, which reveal nothing about the

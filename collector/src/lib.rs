@@ -9,6 +9,9 @@
 //!
 //! [`serve`] runs the HTTP server on a listener the caller bound, so tests can use port 0.
 
+// The OpenAPI document is one large `serde_json::json!` literal.
+#![recursion_limit = "256"]
+
 pub mod api;
 pub mod auth;
 pub mod clean;
@@ -61,6 +64,11 @@ pub async fn serve(
     let address = listener.local_addr().context("listener address")?;
     info!(address = %address, storage = %config.storage_path.display(), agents = config.agents.len(), "collector listening");
 
+    let retention = tokio::spawn(retention_loop(
+        Arc::clone(&state),
+        config.retention_interval,
+        shutdown.clone(),
+    ));
     let graceful = shutdown.clone();
     let server = axum::serve(listener, app)
         .with_graceful_shutdown(async move { graceful.cancelled().await });
@@ -74,6 +82,10 @@ pub async fn serve(
             state.metrics.error("server", "shutdown_timeout");
         }
     }
+    if let Err(e) = retention.await {
+        warn!(error = %e, "the retention task failed");
+        state.metrics.error("retention", "task");
+    }
     // Every handler is done with the state now; close storage so the writer finishes.
     match Arc::try_unwrap(state) {
         Ok(mut state) => tokio::task::spawn_blocking(move || state.storage.close()).await?,
@@ -86,4 +98,52 @@ pub async fn serve(
     }
     info!("collector stopped");
     Ok(())
+}
+
+/// Every `interval` (the first after one interval), deletes what is past its retention, in
+/// bounded passes that let ingest run between them.
+async fn retention_loop(
+    state: Arc<AppState>,
+    interval: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        // Bounded: a pass deletes at most a fixed number of rows, and a run at most 10,000
+        // passes; what is left waits for the next interval.
+        for _ in 0..10_000 {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            match state.storage.retain(tributary_wire::time::now_ns()).await {
+                Ok(report) => {
+                    let count = |kind: &str, n: u64| {
+                        state
+                            .metrics
+                            .retention_deleted
+                            .get_or_create(&crate::metrics::ReasonLabels {
+                                reason: kind.to_owned(),
+                            })
+                            .inc_by(n);
+                    };
+                    count("points", report.points);
+                    count("windows", report.windows);
+                    count("quarantine", report.quarantined);
+                    if !report.more {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "retention pass failed; trying again next interval");
+                    state.metrics.error("retention", "pass");
+                    break;
+                }
+            }
+        }
+    }
 }

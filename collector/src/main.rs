@@ -71,11 +71,23 @@ fn main() -> ExitCode {
     match command {
         Command::Check => {
             println!(
-                "{}: ok (listen {}, storage {}, {} agent(s))",
+                "{}: ok (listen {}, storage {}, {} agent(s), {} cleaning rule(s), rollups {})",
                 cli.config.unwrap_or_default().display(),
                 config.listen,
                 config.storage_path.display(),
-                config.agents.len()
+                config.agents.len(),
+                config.rules.len(),
+                config
+                    .resolutions
+                    .iter()
+                    .map(
+                        |r| humantime::format_duration(std::time::Duration::from_nanos(
+                            r.step as u64
+                        ))
+                        .to_string()
+                    )
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             ExitCode::SUCCESS
         }

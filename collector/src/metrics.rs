@@ -224,3 +224,94 @@ impl Default for Metrics {
         Metrics::new()
     }
 }
+
+/// A label value in the text format: backslash, quote and newline escaped.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Appends the health each agent last reported (and what the collector saw of it) to the
+/// rendered registry, before its `# EOF`.
+pub fn with_agent_health(
+    mut text: String,
+    agents: &[crate::storage::AgentRecord],
+    now: i64,
+) -> String {
+    use std::fmt::Write;
+    if text.ends_with("# EOF\n") {
+        text.truncate(text.len() - "# EOF\n".len());
+    }
+    type Figure = fn(&crate::storage::AgentRecord, i64) -> Option<f64>;
+    let families: [(&str, &str, &str, Figure); 8] = [
+        (
+            "agent_last_seen_timestamp_seconds",
+            "gauge",
+            "When the agent's last batch arrived (Unix seconds)",
+            |a, _| a.last_seen.map(|t| t as f64 / 1e9),
+        ),
+        (
+            "agent_backlog_points",
+            "gauge",
+            "Points the agent reported still buffered",
+            |a, _| Some(a.backlog_points as f64),
+        ),
+        (
+            "agent_backlog_bytes",
+            "gauge",
+            "Buffer bytes the agent reported still in use",
+            |a, _| Some(a.backlog_bytes as f64),
+        ),
+        (
+            "agent_oldest_unsent_age_seconds",
+            "gauge",
+            "Age of the oldest point the agent has not sent yet, as of its last batch",
+            |a, now| {
+                a.oldest_unsent_ts
+                    .map(|t| now.saturating_sub(t) as f64 / 1e9)
+            },
+        ),
+        (
+            "agent_clock_skew_seconds",
+            "gauge",
+            "Collector receive time minus the agent's send time of its last batch",
+            |a, _| a.clock_skew_ns.map(|s| s as f64 / 1e9),
+        ),
+        (
+            "agent_points_received",
+            "counter",
+            "Points stored from the agent",
+            |a, _| Some(a.points_received as f64),
+        ),
+        (
+            "agent_quarantined",
+            "counter",
+            "Records of the agent put in the quarantine",
+            |a, _| Some(a.quarantined as f64),
+        ),
+        (
+            "agent_sequence_gaps",
+            "counter",
+            "Sequences that never arrived and were not explained as dropped",
+            |a, _| Some(a.gaps as f64),
+        ),
+    ];
+    for (name, kind, help, figure) in families {
+        let _ = writeln!(text, "# HELP tributary_collector_{name} {help}.");
+        let _ = writeln!(text, "# TYPE tributary_collector_{name} {kind}");
+        let suffix = if kind == "counter" { "_total" } else { "" };
+        for agent in agents {
+            if let Some(value) = figure(agent, now) {
+                let _ = writeln!(
+                    text,
+                    "tributary_collector_{name}{suffix}{{agent=\"{}\"}} {value}",
+                    label(&agent.agent_id)
+                );
+            }
+        }
+    }
+    text.push_str("# EOF\n");
+    text
+}

@@ -250,7 +250,7 @@ pub fn compress(body: &[u8], level: i32) -> Result<Vec<u8>, EncodeError> {
     zstd::bulk::compress(body, level).map_err(EncodeError::Compress)
 }
 
-/// Decompresses `body` per its `Content-Encoding`, refusing to produce more than `limit` bytes.
+/// Decompresses `body` per its `Content-Encoding` (zstd, gzip or none), refusing to produce more than `limit` bytes.
 pub fn decompress_limited(
     body: &[u8],
     content_encoding: Option<&str>,
@@ -263,10 +263,14 @@ pub fn decompress_limited(
         }
         return Ok(body.to_vec());
     }
-    if !encoding.eq_ignore_ascii_case(ENCODING_ZSTD) {
+    let decoder: Box<dyn Read + '_> = if encoding.eq_ignore_ascii_case(ENCODING_ZSTD) {
+        Box::new(zstd::stream::read::Decoder::new(body).map_err(DecodeError::Decompress)?)
+    } else if encoding.eq_ignore_ascii_case("gzip") {
+        // Telegraf and InfluxDB clients send gzip; several members may follow each other.
+        Box::new(flate2::read::MultiGzDecoder::new(body))
+    } else {
         return Err(DecodeError::UnsupportedContentEncoding(encoding.to_owned()));
-    }
-    let decoder = zstd::stream::read::Decoder::new(body).map_err(DecodeError::Decompress)?;
+    };
     let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
     // Read one byte past the limit: if it arrives, the body was too large.
     decoder

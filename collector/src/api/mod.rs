@@ -3,7 +3,10 @@
 
 mod agents;
 mod ingest;
+mod listings;
+pub mod openapi;
 mod query;
+mod write;
 
 use std::sync::Arc;
 
@@ -31,18 +34,54 @@ pub struct AppState {
     pub resolutions: Vec<crate::rollup::Resolution>,
 }
 
-/// The router with every endpoint.
+/// The router with every endpoint (each listed in [`openapi::ROUTES`] and documented there).
 pub fn router(state: Arc<AppState>, max_body_size: usize) -> Router {
     Router::new()
         .route(
             "/api/v1/batches",
             post(ingest::post_batch).layer(DefaultBodyLimit::max(max_body_size)),
         )
+        .route(
+            "/api/v2/write",
+            post(write::post_write).layer(DefaultBodyLimit::max(max_body_size)),
+        )
         .route("/api/v1/query", get(query::get_query))
+        .route("/api/v1/series", get(listings::get_series))
+        .route("/api/v1/quarantine", get(listings::get_quarantine))
         .route("/api/v1/agents", get(agents::get_agents))
+        .route("/api/v1/openapi.json", get(openapi::get_openapi))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            observe_request,
+        ))
         .with_state(state)
+}
+
+/// Times every request into `request_seconds{route, method, status}`.
+async fn observe_request(
+    State(state): State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    state
+        .metrics
+        .requests
+        .get_or_create(&crate::metrics::RequestLabels {
+            route,
+            method,
+            status: response.status().as_u16().to_string(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    response
 }
 
 /// Every way a request can fail.
@@ -146,9 +185,25 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Result<impl IntoResponse
     Ok(axum::Json(serde_json::json!({ "status": "ok" })))
 }
 
+/// The collector's own figures, then what each agent last reported (from the store).
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let mut text = state.metrics.render();
+    match state
+        .storage
+        .reads()
+        .run(crate::storage::sqlite::agents)
+        .await
+    {
+        Ok(agents) => {
+            text = crate::metrics::with_agent_health(text, &agents, tributary_wire::time::now_ns())
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot read the agents' health for /metrics");
+            state.metrics.error("metrics", "agents");
+        }
+    }
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        state.metrics.render(),
+        text,
     )
 }

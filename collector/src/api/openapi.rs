@@ -1,0 +1,263 @@
+//! `GET /api/v1/openapi.json`: the OpenAPI 3.0 document of every endpoint, written by hand
+//! (no generator, no Swagger UI to vendor). A test checks that every route the router serves
+//! is described here, and that everything described is served.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::IntoResponse;
+use serde_json::{Value, json};
+
+use super::AppState;
+use crate::rollup::Agg;
+
+/// Every (method, path) the router serves.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("post", "/api/v1/batches"),
+    ("post", "/api/v2/write"),
+    ("get", "/api/v1/query"),
+    ("get", "/api/v1/series"),
+    ("get", "/api/v1/quarantine"),
+    ("get", "/api/v1/agents"),
+    ("get", "/api/v1/openapi.json"),
+    ("get", "/healthz"),
+    ("get", "/metrics"),
+];
+
+pub async fn get_openapi(State(_state): State<Arc<AppState>>) -> impl IntoResponse {
+    axum::Json(document())
+}
+
+fn query_param(name: &str, description: &str, schema: Value, required: bool) -> Value {
+    json!({ "name": name, "in": "query", "required": required, "description": description, "schema": schema })
+}
+
+fn error_response(description: &str) -> Value {
+    json!({ "description": description, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } })
+}
+
+/// The document.
+pub fn document() -> Value {
+    let time = json!({ "type": "string", "description": "RFC 3339 (2024-05-01T12:00:00Z) or Unix seconds" });
+    let tag_param = json!({
+        "name": "tag", "in": "query", "required": false, "style": "deepObject", "explode": true,
+        "description": "tag.K=V: only series with tag K equal to V (repeatable)",
+        "schema": { "type": "object", "additionalProperties": { "type": "string" } }
+    });
+    let aggs: Vec<&str> = Agg::ALL.iter().map(|a| a.name()).collect();
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Tributary collector",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Stores what Tributary agents send exactly once, cleans it, rolls it up (late data included) and answers queries."
+        },
+        "components": {
+            "securitySchemes": {
+                "bearer": { "type": "http", "scheme": "bearer", "description": "An agent's token (collector.toml keeps its SHA-256)" },
+                "influxToken": { "type": "apiKey", "in": "header", "name": "Authorization", "description": "`Token <token>`, as InfluxDB v2 clients send it" }
+            },
+            "schemas": {
+                "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "string" } } },
+                "BatchAck": {
+                    "type": "object",
+                    "required": ["committed_through", "stored", "duplicates", "rejects_stored"],
+                    "properties": {
+                        "committed_through": { "type": "integer", "description": "Every sequence of this (agent, epoch) up to here is committed" },
+                        "stored": { "type": "integer" },
+                        "duplicates": { "type": "integer", "description": "Points already stored before (a retry)" },
+                        "rejects_stored": { "type": "integer" },
+                        "quarantined": { "type": "integer", "description": "Points cleaning rules sent to the quarantine" }
+                    }
+                },
+                "Series": {
+                    "type": "object",
+                    "properties": {
+                        "name": { "type": "string" },
+                        "tags": { "type": "object", "additionalProperties": { "type": "string" } },
+                        "field": { "type": "string" },
+                        "agg": { "type": "string", "enum": aggs, "description": "Aggregated answers only" },
+                        "points": { "type": "array", "items": { "type": "array", "minItems": 2, "maxItems": 2, "items": {}, "description": "[time (RFC 3339), value]" } }
+                    }
+                }
+            }
+        },
+        "paths": {
+            "/api/v1/batches": {
+                "post": {
+                    "summary": "Agent ingest: a batch stored exactly once",
+                    "security": [{ "bearer": [] }],
+                    "requestBody": { "required": true, "content": {
+                        "application/msgpack": { "schema": { "type": "string", "format": "binary" } },
+                        "application/json": { "schema": { "type": "object" } }
+                    }, "description": "A batch; Content-Encoding zstd, gzip or none" },
+                    "responses": {
+                        "200": { "description": "Committed", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/BatchAck" } } } },
+                        "400": error_response("Malformed batch"),
+                        "401": error_response("Unknown or missing token"),
+                        "403": error_response("The batch names another agent than its token's"),
+                        "413": error_response("Body too large (compressed or decompressed)"),
+                        "415": error_response("Unsupported Content-Type or Content-Encoding"),
+                        "429": error_response("Ingest queue full; retry after Retry-After"),
+                        "503": error_response("Storage failed or shutting down; retry")
+                    }
+                }
+            },
+            "/api/v2/write": {
+                "post": {
+                    "summary": "InfluxDB line protocol ingest (Telegraf's influxdb_v2 output)",
+                    "security": [{ "bearer": [] }, { "influxToken": [] }],
+                    "parameters": [
+                        query_param("precision", "Unit of the timestamps", json!({ "type": "string", "enum": ["ns", "us", "ms", "s"], "default": "ns" }), false),
+                        query_param("org", "Accepted and ignored", json!({ "type": "string" }), false),
+                        query_param("bucket", "Accepted and ignored", json!({ "type": "string" }), false)
+                    ],
+                    "requestBody": { "required": true, "content": { "text/plain": { "schema": { "type": "string" } } }, "description": "Line protocol; Content-Encoding gzip, zstd or none" },
+                    "responses": {
+                        "204": { "description": "Every line stored (or quarantined by a cleaning rule)" },
+                        "400": { "description": "Partial write: the good lines are stored, the bad ones listed (and quarantined)", "content": { "application/json": { "schema": {
+                            "type": "object",
+                            "properties": {
+                                "code": { "type": "string" },
+                                "message": { "type": "string" },
+                                "stored": { "type": "integer" },
+                                "rejected": { "type": "array", "items": { "type": "object", "properties": { "line": { "type": "integer" }, "error": { "type": "string" } } } }
+                            }
+                        } } } },
+                        "401": error_response("Unknown or missing token"),
+                        "413": error_response("Body too large"),
+                        "429": error_response("Ingest queue full; retry after Retry-After"),
+                        "503": error_response("Storage failed or shutting down")
+                    }
+                }
+            },
+            "/api/v1/query": {
+                "get": {
+                    "summary": "Raw points, or aggregates per step from the coarsest fitting rollup",
+                    "parameters": [
+                        query_param("name", "Measurement", json!({ "type": "string" }), true),
+                        query_param("field", "Field (default: every field)", json!({ "type": "string" }), false),
+                        query_param("from", "Inclusive start (default: the beginning)", time.clone(), false),
+                        query_param("to", "Exclusive end (default: the end)", time.clone(), false),
+                        query_param("step", "Bucket length, e.g. 1m; with no step and no agg: raw points", json!({ "type": "string" }), false),
+                        query_param("agg", "Comma-separated or repeated; default mean. Without step: one bucket for the whole range", json!({ "type": "string", "enum": aggs }), false),
+                        query_param("window", "Moving aggregate over this trailing duration at every step (a multiple of step)", json!({ "type": "string" }), false),
+                        query_param("format", "Answer format", json!({ "type": "string", "enum": ["json", "csv"], "default": "json" }), false),
+                        query_param("limit", "Most points in the answer (at most query.max_points)", json!({ "type": "integer" }), false),
+                        tag_param.clone()
+                    ],
+                    "responses": {
+                        "200": { "description": "The series found", "content": {
+                            "application/json": { "schema": { "type": "object", "properties": {
+                                "series": { "type": "array", "items": { "$ref": "#/components/schemas/Series" } },
+                                "source": { "type": "string", "description": "Aggregates: the rollup resolution that answered, or raw" },
+                                "truncated": { "type": "boolean" }
+                            } } },
+                            "text/csv": { "schema": { "type": "string" } }
+                        } },
+                        "400": error_response("A parameter is wrong; the message says which")
+                    }
+                }
+            },
+            "/api/v1/series": {
+                "get": {
+                    "summary": "Series known, with their first and last timestamps",
+                    "parameters": [
+                        query_param("name", "Measurement (default: all)", json!({ "type": "string" }), false),
+                        query_param("limit", "Most series (1 to 10000)", json!({ "type": "integer" }), false),
+                        tag_param
+                    ],
+                    "responses": { "200": { "description": "The series", "content": { "application/json": { "schema": { "type": "object", "properties": {
+                        "series": { "type": "array", "items": { "type": "object", "properties": {
+                            "name": { "type": "string" }, "tags": { "type": "object" }, "field": { "type": "string" },
+                            "kind": { "type": "string", "enum": ["float", "integer", "boolean", "string"] },
+                            "first": { "type": "string" }, "last": { "type": "string" }
+                        } } },
+                        "truncated": { "type": "boolean" }
+                    } } } } }, "400": error_response("A parameter is wrong") }
+                }
+            },
+            "/api/v1/quarantine": {
+                "get": {
+                    "summary": "Records refused (by an agent's decoder, a cleaning rule, time sanity, or a bad line), with reasons",
+                    "parameters": [
+                        query_param("from", "Received at or after", time.clone(), false),
+                        query_param("to", "Received before", time, false),
+                        query_param("limit", "Most records (1 to 10000)", json!({ "type": "integer" }), false)
+                    ],
+                    "responses": { "200": { "description": "The records, oldest first", "content": { "application/json": { "schema": { "type": "object", "properties": {
+                        "records": { "type": "array", "items": { "type": "object", "properties": {
+                            "id": { "type": "integer" }, "received_at": { "type": "string" },
+                            "origin": { "type": "string", "enum": ["agent", "collector", "line_protocol"] },
+                            "agent": { "type": "string", "nullable": true }, "source": { "type": "string" }, "topic": { "type": "string" },
+                            "time": { "type": "string", "nullable": true }, "payload": { "type": "string" },
+                            "payload_encoding": { "type": "string", "enum": ["text", "hex"] }, "reason": { "type": "string" }
+                        } } },
+                        "truncated": { "type": "boolean" }
+                    } } } } }, "400": error_response("A parameter is wrong") }
+                }
+            },
+            "/api/v1/agents": {
+                "get": {
+                    "summary": "Every agent: last seen, marks, points received, reported backlog and lag, clock skew",
+                    "responses": { "200": { "description": "The agents", "content": { "application/json": { "schema": { "type": "object", "properties": {
+                        "agents": { "type": "array", "items": { "type": "object" } }
+                    } } } } } }
+                }
+            },
+            "/api/v1/openapi.json": {
+                "get": { "summary": "This document", "responses": { "200": { "description": "OpenAPI 3.0", "content": { "application/json": { "schema": { "type": "object" } } } } } }
+            },
+            "/healthz": {
+                "get": { "summary": "The store answers", "responses": {
+                    "200": { "description": "Healthy", "content": { "application/json": { "schema": { "type": "object" } } } },
+                    "503": error_response("The store does not answer")
+                } }
+            },
+            "/metrics": {
+                "get": { "summary": "Prometheus text: the collector's counters and each agent's reported health", "responses": {
+                    "200": { "description": "Metrics", "content": { "text/plain": { "schema": { "type": "string" } } } }
+                } }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_documented_and_nothing_else() {
+        let doc = document();
+        let paths = doc["paths"].as_object().unwrap();
+        let mut documented: Vec<(String, String)> = paths
+            .iter()
+            .flat_map(|(path, item)| {
+                item.as_object()
+                    .unwrap()
+                    .keys()
+                    .map(move |method| (method.clone(), path.clone()))
+            })
+            .collect();
+        documented.sort();
+        let mut served: Vec<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+            .collect();
+        served.sort();
+        assert_eq!(documented, served);
+        for (path, item) in paths {
+            for (method, operation) in item.as_object().unwrap() {
+                assert!(
+                    operation["responses"].is_object(),
+                    "{method} {path} has responses"
+                );
+                assert!(
+                    operation["summary"].is_string(),
+                    "{method} {path} has a summary"
+                );
+            }
+        }
+    }
+}
