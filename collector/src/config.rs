@@ -234,7 +234,7 @@ impl Resolve for RawConfig {
             }
         }
         let rules = resolve_rules(raw.clean, source)?;
-        let time = resolve_time(raw.time, source)?;
+        let time = resolve_time(&raw.time, source)?;
         let (resolutions, raw_retention) =
             resolve_rollups(raw.rollups.resolutions, raw.retention, source)?;
         let retention_interval =

@@ -6,6 +6,7 @@
 //! command does that.
 
 mod bad_input;
+mod collector_api;
 mod config_check;
 mod overflow;
 mod scheduled;

@@ -450,8 +450,24 @@ mod tests {
             other => panic!("expected TooLarge, got {other:?}"),
         }
         assert!(matches!(
-            decompress_limited(b"abc", Some("gzip"), 10),
+            decompress_limited(b"abc", Some("br"), 10),
             Err(DecodeError::UnsupportedContentEncoding(_))
+        ));
+        assert!(matches!(
+            decompress_limited(b"abc", Some("gzip"), 10),
+            Err(DecodeError::Decompress(_))
+        ));
+        // gzip (what Telegraf sends) round-trips and is held to the same limit.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut gz, &body).unwrap();
+        let gzipped = gz.finish().unwrap();
+        assert_eq!(
+            decompress_limited(&gzipped, Some("gzip"), 1 << 20).unwrap(),
+            body
+        );
+        assert!(matches!(
+            decompress_limited(&gzipped, Some("gzip"), 1000),
+            Err(DecodeError::TooLarge { .. })
         ));
         assert!(matches!(
             decompress_limited(b"abc", None, 2),

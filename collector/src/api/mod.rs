@@ -195,7 +195,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         .await
     {
         Ok(agents) => {
-            text = crate::metrics::with_agent_health(text, &agents, tributary_wire::time::now_ns())
+            text = crate::metrics::with_agent_health(text, &agents, tributary_wire::time::now_ns());
         }
         Err(e) => {
             warn!(error = %e, "cannot read the agents' health for /metrics");

@@ -28,7 +28,7 @@ pub async fn get_openapi(State(_state): State<Arc<AppState>>) -> impl IntoRespon
     axum::Json(document())
 }
 
-fn query_param(name: &str, description: &str, schema: Value, required: bool) -> Value {
+fn query_param(name: &str, description: &str, schema: &Value, required: bool) -> Value {
     json!({ "name": name, "in": "query", "required": required, "description": description, "schema": schema })
 }
 
@@ -108,9 +108,9 @@ pub fn document() -> Value {
                     "summary": "InfluxDB line protocol ingest (Telegraf's influxdb_v2 output)",
                     "security": [{ "bearer": [] }, { "influxToken": [] }],
                     "parameters": [
-                        query_param("precision", "Unit of the timestamps", json!({ "type": "string", "enum": ["ns", "us", "ms", "s"], "default": "ns" }), false),
-                        query_param("org", "Accepted and ignored", json!({ "type": "string" }), false),
-                        query_param("bucket", "Accepted and ignored", json!({ "type": "string" }), false)
+                        query_param("precision", "Unit of the timestamps", &json!({ "type": "string", "enum": ["ns", "us", "ms", "s"], "default": "ns" }), false),
+                        query_param("org", "Accepted and ignored", &json!({ "type": "string" }), false),
+                        query_param("bucket", "Accepted and ignored", &json!({ "type": "string" }), false)
                     ],
                     "requestBody": { "required": true, "content": { "text/plain": { "schema": { "type": "string" } } }, "description": "Line protocol; Content-Encoding gzip, zstd or none" },
                     "responses": {
@@ -135,15 +135,15 @@ pub fn document() -> Value {
                 "get": {
                     "summary": "Raw points, or aggregates per step from the coarsest fitting rollup",
                     "parameters": [
-                        query_param("name", "Measurement", json!({ "type": "string" }), true),
-                        query_param("field", "Field (default: every field)", json!({ "type": "string" }), false),
-                        query_param("from", "Inclusive start (default: the beginning)", time.clone(), false),
-                        query_param("to", "Exclusive end (default: the end)", time.clone(), false),
-                        query_param("step", "Bucket length, e.g. 1m; with no step and no agg: raw points", json!({ "type": "string" }), false),
-                        query_param("agg", "Comma-separated or repeated; default mean. Without step: one bucket for the whole range", json!({ "type": "string", "enum": aggs }), false),
-                        query_param("window", "Moving aggregate over this trailing duration at every step (a multiple of step)", json!({ "type": "string" }), false),
-                        query_param("format", "Answer format", json!({ "type": "string", "enum": ["json", "csv"], "default": "json" }), false),
-                        query_param("limit", "Most points in the answer (at most query.max_points)", json!({ "type": "integer" }), false),
+                        query_param("name", "Measurement", &json!({ "type": "string" }), true),
+                        query_param("field", "Field (default: every field)", &json!({ "type": "string" }), false),
+                        query_param("from", "Inclusive start (default: the beginning)", &time.clone(), false),
+                        query_param("to", "Exclusive end (default: the end)", &time.clone(), false),
+                        query_param("step", "Bucket length, e.g. 1m; with no step and no agg: raw points", &json!({ "type": "string" }), false),
+                        query_param("agg", "Comma-separated or repeated; default mean. Without step: one bucket for the whole range", &json!({ "type": "string", "enum": aggs }), false),
+                        query_param("window", "Moving aggregate over this trailing duration at every step (a multiple of step)", &json!({ "type": "string" }), false),
+                        query_param("format", "Answer format", &json!({ "type": "string", "enum": ["json", "csv"], "default": "json" }), false),
+                        query_param("limit", "Most points in the answer (at most query.max_points)", &json!({ "type": "integer" }), false),
                         tag_param.clone()
                     ],
                     "responses": {
@@ -163,8 +163,8 @@ pub fn document() -> Value {
                 "get": {
                     "summary": "Series known, with their first and last timestamps",
                     "parameters": [
-                        query_param("name", "Measurement (default: all)", json!({ "type": "string" }), false),
-                        query_param("limit", "Most series (1 to 10000)", json!({ "type": "integer" }), false),
+                        query_param("name", "Measurement (default: all)", &json!({ "type": "string" }), false),
+                        query_param("limit", "Most series (1 to 10000)", &json!({ "type": "integer" }), false),
                         tag_param
                     ],
                     "responses": { "200": { "description": "The series", "content": { "application/json": { "schema": { "type": "object", "properties": {
@@ -181,9 +181,9 @@ pub fn document() -> Value {
                 "get": {
                     "summary": "Records refused (by an agent's decoder, a cleaning rule, time sanity, or a bad line), with reasons",
                     "parameters": [
-                        query_param("from", "Received at or after", time.clone(), false),
-                        query_param("to", "Received before", time, false),
-                        query_param("limit", "Most records (1 to 10000)", json!({ "type": "integer" }), false)
+                        query_param("from", "Received at or after", &time.clone(), false),
+                        query_param("to", "Received before", &time, false),
+                        query_param("limit", "Most records (1 to 10000)", &json!({ "type": "integer" }), false)
                     ],
                     "responses": { "200": { "description": "The records, oldest first", "content": { "application/json": { "schema": { "type": "object", "properties": {
                         "records": { "type": "array", "items": { "type": "object", "properties": {

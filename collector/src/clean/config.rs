@@ -158,12 +158,12 @@ const ACTIONS: &str = "require, rename, map_values, convert, range, missing, out
 pub fn resolve_rules(raw: RawClean, source: &Source) -> Result<Vec<Rule>, ConfigError> {
     let mut rules = Vec::with_capacity(raw.rules.len());
     for (index, raw) in raw.rules.into_iter().enumerate() {
-        rules.push(resolve_rule(raw, index, source)?);
+        rules.push(resolve_rule(&raw, index, source)?);
     }
     Ok(rules)
 }
 
-fn resolve_rule(raw: RawRule, index: usize, source: &Source) -> Result<Rule, ConfigError> {
+fn resolve_rule(raw: &RawRule, index: usize, source: &Source) -> Result<Rule, ConfigError> {
     let key = |name: &str| format!("clean.rules[{index}].{name}");
     let err = |name: &str, message: String| source.error(key(name), message);
     let action_name = raw
@@ -500,7 +500,7 @@ pub struct RawTime {
     pub out_of_bounds: Option<String>,
 }
 
-pub fn resolve_time(raw: RawTime, source: &Source) -> Result<TimeSanity, ConfigError> {
+pub fn resolve_time(raw: &RawTime, source: &Source) -> Result<TimeSanity, ConfigError> {
     let duration = |key: &str, value: Option<&str>, default: &str| {
         parse_duration(value.unwrap_or(default))
             .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))

@@ -88,20 +88,39 @@ pub fn into_buckets(
     out
 }
 
-/// A moving aggregate: each bucket's value becomes the merge of the buckets that start in
-/// `(start - window, start]`, i.e. the trailing `window` ending with that bucket.
-pub fn moving(buckets: &[(i64, Aggregate)], window: i64, step: i64) -> Vec<(i64, Aggregate)> {
-    let mut out = Vec::with_capacity(buckets.len());
-    let mut first = 0;
-    for (index, (start, _)) in buckets.iter().enumerate() {
-        while buckets[first].0 <= start - window.max(step) {
-            first += 1;
+/// A moving aggregate at every step: the value at `t` merges the buckets that start in
+/// `(t - window, t]`, i.e. the trailing `window` ending with bucket `t`. Steps run from the
+/// first bucket until the window has passed the last one (or `end`, exclusive), and steps whose
+/// window holds no data are left out.
+pub fn moving(
+    buckets: &[(i64, Aggregate)],
+    window: i64,
+    step: i64,
+    end: i64,
+) -> Vec<(i64, Aggregate)> {
+    let (Some(first), Some(last)) = (buckets.first(), buckets.last()) else {
+        return Vec::new();
+    };
+    let window = window.max(step);
+    let stop = last.0.saturating_add(window).min(end);
+    let mut out = Vec::new();
+    let (mut lo, mut hi) = (0, 0);
+    let mut t = first.0;
+    while t < stop {
+        while hi < buckets.len() && buckets[hi].0 <= t {
+            hi += 1;
         }
-        let mut merged = Aggregate::new();
-        for (_, aggregate) in &buckets[first..=index] {
-            merged.merge(aggregate);
+        while lo < hi && buckets[lo].0 <= t - window {
+            lo += 1;
         }
-        out.push((*start, merged));
+        if lo < hi {
+            let mut merged = Aggregate::new();
+            for (_, aggregate) in &buckets[lo..hi] {
+                merged.merge(aggregate);
+            }
+            out.push((t, merged));
+        }
+        t += step;
     }
     out
 }

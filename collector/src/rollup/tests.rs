@@ -177,16 +177,23 @@ fn moving_windows_merge_the_trailing_buckets() {
     let buckets: Vec<(i64, Aggregate)> = (0..6)
         .map(|i| (i * 10, build(&[(i * 10, i as f64)])))
         .collect();
-    let moved = moving(&buckets, 30, 10);
+    let moved = moving(&buckets, 30, 10, 60);
     let means: Vec<f64> = moved
         .iter()
         .map(|(_, a)| a.value(Agg::Mean).unwrap())
         .collect();
     assert_eq!(means, vec![0.0, 0.5, 1.0, 2.0, 3.0, 4.0]);
-    // A gap: the window still spans time, not a count of buckets.
+    // Past the last bucket, the window still holds data until it has passed it.
+    let moved = moving(&buckets, 30, 10, i64::MAX);
+    let times: Vec<i64> = moved.iter().map(|(t, _)| *t).collect();
+    assert_eq!(times, vec![0, 10, 20, 30, 40, 50, 60, 70]);
+    assert_eq!(moved[7].1.value(Agg::Mean), Some(5.0));
+    // A gap: the window spans time, not a count of buckets; empty windows are left out.
     let sparse = vec![buckets[0].clone(), buckets[5].clone()];
-    let moved = moving(&sparse, 30, 10);
-    assert_eq!(moved[1].1.value(Agg::Count), Some(1.0));
+    let moved = moving(&sparse, 30, 10, 60);
+    let times: Vec<i64> = moved.iter().map(|(t, _)| *t).collect();
+    assert_eq!(times, vec![0, 10, 20, 50]);
+    assert_eq!(moved[3].1.value(Agg::Count), Some(1.0));
 }
 
 fn split_and_merge(points: &[(i64, f64)], cuts: &[usize], order: &[usize]) -> Aggregate {

@@ -378,7 +378,7 @@ pub fn query_aggregated(
             }
         };
         let buckets = match query.window {
-            Some(window) => moving(&buckets, window, query.step),
+            Some(window) => moving(&buckets, window, query.step, raw.to),
             None => buckets,
         };
         for agg in &query.aggs {
