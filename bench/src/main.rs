@@ -7,6 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod collector;
+
 use clap::{Parser, Subcommand};
 use tributary_bench::harness::pipelined;
 use tributary_bench::harness::procstat::{cpu_seconds, peak_rss_kib, rss_kib};
@@ -87,6 +89,24 @@ enum Scenario {
         #[arg(long, default_value_t = 1_000_000)]
         lines: u64,
     },
+    /// Simulated agents post batches to a collector with cleaning rules and rollups on:
+    /// points/s, CPU s per million, peak RSS, disk bytes per point; then query latencies for
+    /// 24 h at a 1-minute step over one series and over all of them.
+    Collector {
+        #[arg(long, default_value_t = 100)]
+        agents: usize,
+        #[arg(long, default_value_t = 10)]
+        series_per_agent: usize,
+        #[arg(long, default_value_t = 24)]
+        hours: i64,
+        #[arg(long, default_value_t = 10)]
+        interval_seconds: i64,
+        #[arg(long, default_value_t = 2000)]
+        batch_points: usize,
+        /// Runs of each one-series query (the all-series query runs a twentieth as often).
+        #[arg(long, default_value_t = 200)]
+        queries: usize,
+    },
     /// Ten scheduled inputs (exec, system, http, sql) every 10 s for `seconds`: CPU % and RSS
     /// of an agent that is mostly waiting.
     Idle {
@@ -134,6 +154,21 @@ fn main() -> anyhow::Result<()> {
         Scenario::Sizes => sizes(),
         Scenario::Tail { lines } => block_on(tail(lines)),
         Scenario::Idle { seconds } => block_on(idle(seconds)),
+        Scenario::Collector {
+            agents,
+            series_per_agent,
+            hours,
+            interval_seconds,
+            batch_points,
+            queries,
+        } => block_on(collector::run(collector::Options {
+            agents,
+            series_per_agent,
+            hours,
+            interval_seconds,
+            batch_points,
+            queries,
+        })),
     }
 }
 
