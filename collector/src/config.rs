@@ -345,6 +345,31 @@ mod tests {
         assert_eq!(config.readers, defaults.readers);
         assert_eq!(config.query_max_points, defaults.query_max_points);
         assert_eq!(config.agents.len(), 1);
+        assert_eq!(config.resolutions, defaults.resolutions);
+        assert_eq!(config.resolutions, crate::rollup::default_resolutions());
+        assert_eq!(config.raw_retention, defaults.raw_retention);
+        assert_eq!(config.time, defaults.time);
+        assert_eq!(config.retention_interval, defaults.retention_interval);
+    }
+
+    /// The commented rule examples in config/collector.toml load as written.
+    #[test]
+    fn documented_rule_examples_load() {
+        let text = include_str!("../../config/collector.toml");
+        let start = text.find("# [[clean.rules]]").expect("rule examples");
+        let end = text.find("# One table per agent").expect("agents section");
+        let rules: String = text[start..end]
+            .lines()
+            .map(|line| {
+                line.strip_prefix("# ")
+                    .or(line.strip_prefix('#'))
+                    .unwrap_or(line)
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config =
+            Config::load_str(&rules, Path::new("examples.toml")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.rules.len(), 8);
     }
 
     #[test]
