@@ -175,11 +175,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         .iter()
         .map(|(a, t)| (a.as_str(), t.as_str()))
         .collect();
-    // Queue room for every agent's request in flight: a full queue answers 429 and the agent
-    // waits a second, which would measure Retry-After rather than the collector.
-    let extra = format!("ingest_queue = {}\n{RULES}", options.agents + 8);
-    let mut collector =
-        CollectorProcess::start_with(&dir.path().join("collector"), &pairs, &extra)?;
+    // The collector's defaults (ingest_queue 16, ingest_wait 5 s): requests past the queue
+    // wait for room rather than being refused.
+    let extra = RULES;
+    let mut collector = CollectorProcess::start_with(&dir.path().join("collector"), &pairs, extra)?;
     let url = collector.url();
     let pid = collector.process().pid();
 

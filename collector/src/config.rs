@@ -64,8 +64,10 @@ pub struct RawServer {
     pub max_body_size: Option<RawSize>,
     /// Largest request body after decompression.
     pub max_decompressed_size: Option<RawSize>,
-    /// Batches waiting for the storage writer; past this, ingest answers 429.
+    /// Batches decoded and waiting for the storage writer.
     pub ingest_queue: Option<usize>,
+    /// How long a request waits for room in that queue before the answer is 429.
+    pub ingest_wait: Option<String>,
     /// How long shutdown may take.
     pub shutdown_timeout: Option<String>,
 }
@@ -106,6 +108,7 @@ pub struct Config {
     pub max_body_size: usize,
     pub max_decompressed_size: usize,
     pub ingest_queue: usize,
+    pub ingest_wait: Duration,
     pub shutdown_timeout: Duration,
     pub storage_path: PathBuf,
     pub commit_max_points: usize,
@@ -183,10 +186,12 @@ impl Resolve for RawConfig {
                 "must be at least server.max_body_size",
             ));
         }
-        let ingest_queue = raw.server.ingest_queue.unwrap_or(64);
+        let ingest_queue = raw.server.ingest_queue.unwrap_or(16);
         if ingest_queue == 0 {
             return Err(source.error("server.ingest_queue", "must be at least 1"));
         }
+        let ingest_wait = parse_duration(raw.server.ingest_wait.as_deref().unwrap_or("5s"))
+            .map_err(|m| source.error("server.ingest_wait", m))?;
         let shutdown_text = raw.server.shutdown_timeout.as_deref().unwrap_or("10s");
         let shutdown_timeout = parse_duration(shutdown_text)
             .map_err(|m| source.error("server.shutdown_timeout", m))?;
@@ -250,6 +255,7 @@ impl Resolve for RawConfig {
             max_body_size,
             max_decompressed_size,
             ingest_queue,
+            ingest_wait,
             shutdown_timeout,
             storage_path: raw
                 .storage
@@ -339,6 +345,7 @@ mod tests {
         assert_eq!(config.max_body_size, defaults.max_body_size);
         assert_eq!(config.max_decompressed_size, defaults.max_decompressed_size);
         assert_eq!(config.ingest_queue, defaults.ingest_queue);
+        assert_eq!(config.ingest_wait, defaults.ingest_wait);
         assert_eq!(config.shutdown_timeout, defaults.shutdown_timeout);
         assert_eq!(config.storage_path, defaults.storage_path);
         assert_eq!(config.commit_max_points, defaults.commit_max_points);

@@ -58,6 +58,7 @@ pub async fn serve(
         metrics,
         max_decompressed_size: config.max_decompressed_size,
         query_max_points: config.query_max_points,
+        ingest_wait: config.ingest_wait,
         resolutions: config.resolutions.clone(),
     });
     let app = api::router(Arc::clone(&state), config.max_body_size);

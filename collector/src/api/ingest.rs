@@ -29,6 +29,18 @@ pub async fn post_batch(
     response
 }
 
+/// Waits (up to `server.ingest_wait`) for room in the writer's queue.
+pub(super) async fn reserve(state: &AppState) -> Result<crate::storage::Reservation, ApiError> {
+    state
+        .storage
+        .reserve(state.ingest_wait)
+        .await
+        .map_err(|e| match e {
+            SubmitError::Busy => ApiError::Busy,
+            SubmitError::Closed => ApiError::Unavailable("the collector is shutting down".into()),
+        })
+}
+
 async fn ingest(
     state: &AppState,
     headers: &HeaderMap,
@@ -64,6 +76,8 @@ async fn ingest(
     let content_encoding = header(CONTENT_ENCODING).map(str::to_owned);
     let limit = state.max_decompressed_size;
 
+    // Room in the writer's queue first, so decoded batches never pile up in memory.
+    let reservation = reserve(state).await?;
     // Decompressing and decoding take CPU time: off the executor.
     let batch = tokio::task::spawn_blocking(move || {
         let raw = codec::decompress_limited(&body, content_encoding.as_deref(), limit)?;
@@ -100,10 +114,7 @@ async fn ingest(
         origin: Origin::Agent,
         reply,
     };
-    state.storage.try_submit(job).map_err(|e| match e {
-        SubmitError::Busy => ApiError::Busy,
-        SubmitError::Closed => ApiError::Unavailable("the collector is shutting down".into()),
-    })?;
+    reservation.submit(job);
     answer
         .await
         .map_err(|_| ApiError::Unavailable("the storage writer stopped".into()))?

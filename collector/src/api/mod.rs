@@ -29,6 +29,8 @@ pub struct AppState {
     pub auth: Authenticator,
     pub metrics: Arc<Metrics>,
     pub max_decompressed_size: usize,
+    /// How long ingest waits for room in the writer's queue before answering 429.
+    pub ingest_wait: std::time::Duration,
     pub query_max_points: usize,
     /// Rollup resolutions, finest first (queries pick one).
     pub resolutions: Vec<crate::rollup::Resolution>,

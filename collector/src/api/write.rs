@@ -24,7 +24,7 @@ use tributary_wire::line_protocol::{self, Precision};
 use tributary_wire::{AgentStatus, Batch, Reject};
 
 use super::{ApiError, AppState};
-use crate::storage::{Origin, SubmitError, WriteJob};
+use crate::storage::{Origin, WriteJob};
 
 const ENDPOINT: &str = "write";
 
@@ -97,6 +97,7 @@ async fn write(
     let limit = state.max_decompressed_size;
     let received_at = tributary_wire::time::now_ns();
 
+    let reservation = super::ingest::reserve(state).await?;
     let (batch, rejected, lines) = tokio::task::spawn_blocking(move || {
         let raw = codec::decompress_limited(&body, content_encoding.as_deref(), limit)?;
         let text = String::from_utf8(raw).map_err(|e| {
@@ -132,10 +133,7 @@ async fn write(
         origin: Origin::LineProtocol,
         reply,
     };
-    state.storage.try_submit(job).map_err(|e| match e {
-        SubmitError::Busy => ApiError::Busy,
-        SubmitError::Closed => ApiError::Unavailable("the collector is shutting down".into()),
-    })?;
+    reservation.submit(job);
     let ack = answer
         .await
         .map_err(|_| ApiError::Unavailable("the storage writer stopped".into()))?

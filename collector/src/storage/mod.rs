@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use tributary_wire::{Batch, BatchAck, FieldValue};
 
-pub use sqlite::{ReadPool, Storage};
+pub use sqlite::{ReadPool, Reservation, Storage};
 
 /// A known series, for `/api/v1/series`.
 #[derive(Debug, Clone, PartialEq)]

@@ -116,6 +116,18 @@ enum Job {
     },
 }
 
+/// Room held in the writer's queue for one batch.
+pub struct Reservation {
+    permit: mpsc::OwnedPermit<Job>,
+}
+
+impl Reservation {
+    /// Queues the batch in the room held.
+    pub fn submit(self, job: WriteJob) {
+        self.permit.send(Job::Write(job));
+    }
+}
+
 /// The store: a writer thread fed by a bounded queue, and a pool of readers.
 pub struct Storage {
     jobs: Option<mpsc::Sender<Job>>,
@@ -182,6 +194,9 @@ impl Storage {
             rollups,
             resolutions: options.resolutions.clone(),
             raw_retention: options.raw_retention,
+            dropper: start_dropper().map_err(|e| {
+                StorageError::Other(format!("cannot start the storage-free thread: {e}"))
+            })?,
         };
         let writer = std::thread::Builder::new()
             .name("storage-writer".into())
@@ -193,6 +208,18 @@ impl Storage {
             reads: Arc::new(ReadPool::new(path, options.readers)),
             metrics,
         })
+    }
+
+    /// Waits up to `wait` for room in the writer's queue and holds it. Ingest reserves before
+    /// it decodes, so decoded batches never outnumber the queue (their memory is bounded);
+    /// requests past that wait with only their compressed bodies, then get `Busy` (429).
+    pub async fn reserve(&self, wait: Duration) -> Result<Reservation, SubmitError> {
+        let jobs = self.jobs.clone().ok_or(SubmitError::Closed)?;
+        match tokio::time::timeout(wait, jobs.reserve_owned()).await {
+            Ok(Ok(permit)) => Ok(Reservation { permit }),
+            Ok(Err(_)) => Err(SubmitError::Closed),
+            Err(_) => Err(SubmitError::Busy),
+        }
     }
 
     /// Queues a batch without waiting; a full queue is `Busy` (the caller answers 429).
@@ -276,6 +303,17 @@ struct WriterThread {
     rollups: RollupWriter,
     resolutions: Vec<Resolution>,
     raw_retention: Option<i64>,
+    /// Where stored batches go to be freed, off the writer thread.
+    dropper: std::sync::mpsc::SyncSender<Vec<tributary_wire::Batch>>,
+}
+
+/// Starts the thread that frees stored batches; it ends when the writer drops its sender.
+fn start_dropper() -> std::io::Result<std::sync::mpsc::SyncSender<Vec<tributary_wire::Batch>>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<tributary_wire::Batch>>(4);
+    std::thread::Builder::new()
+        .name("storage-free".into())
+        .spawn(move || rx.into_iter().for_each(drop))?;
+    Ok(tx)
 }
 
 /// A job with what cleaning decided for each of its points (`None`: not cleaned yet).
@@ -406,11 +444,19 @@ impl WriterThread {
                 self.metrics
                     .commit_seconds
                     .observe(started.elapsed().as_secs_f64());
+                let mut batches = Vec::with_capacity(jobs.len());
                 for (pending, ack) in jobs.into_iter().zip(acks) {
                     self.metrics.points_stored.inc_by(ack.stored);
                     self.metrics.points_duplicate.inc_by(ack.duplicates);
                     self.metrics.rejects_stored.inc_by(ack.rejects_stored);
-                    let _ = pending.job.reply.send(Ok(ack));
+                    let WriteJob { batch, reply, .. } = pending.job;
+                    let _ = reply.send(Ok(ack));
+                    batches.push(batch);
+                }
+                // Freeing a group's points (many small allocations) is not the writer's job:
+                // it is the bottleneck of ingest.
+                if let Err(returned) = self.dropper.send(batches) {
+                    drop(returned);
                 }
             }
             Err(e) if jobs.len() > 1 => {

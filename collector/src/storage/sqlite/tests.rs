@@ -281,3 +281,30 @@ async fn many_batches_in_flight_commit_together_and_correctly() {
     assert_eq!(result.series.len(), 8);
     assert_eq!(values(&result).len(), 800);
 }
+
+/// Ingest reserves room before it decodes: when the queue is held full, a reservation waits
+/// its time and then says busy (429), and room comes back when a reservation is used.
+#[tokio::test]
+async fn a_full_queue_makes_reservations_wait_then_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = StorageOptions::new(&dir.path().join("c.db"));
+    options.queue = 1;
+    let storage = Storage::open(&options, Arc::new(Metrics::new())).unwrap();
+    let held = storage.reserve(Duration::from_millis(10)).await.unwrap();
+    let started = Instant::now();
+    assert!(matches!(
+        storage.reserve(Duration::from_millis(100)).await,
+        Err(SubmitError::Busy)
+    ));
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    held.submit(WriteJob {
+        agent_id: "a1".into(),
+        batch: batch("e1", 1, &[1, 2]),
+        received_at: 5,
+        origin: Origin::Agent,
+        reply,
+    });
+    assert_eq!(answer.await.unwrap().unwrap().stored, 2);
+    assert!(storage.reserve(Duration::from_secs(5)).await.is_ok());
+}
