@@ -330,3 +330,28 @@ async fn retention_deletes_what_is_past_its_horizon() {
     let again = storage.retain(T0 + 4 * HOUR).await.unwrap();
     assert_eq!((again.points, again.windows), (0, 0));
 }
+
+/// After a restart the writer knows nothing: a late window written first must not make it
+/// take newer stored windows for new ones.
+#[tokio::test]
+async fn after_a_restart_late_then_newer_points_merge_with_what_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut readings = readings();
+    readings.sort_by_key(|r| r.1);
+    let (late, on_time): (Vec<_>, Vec<_>) = readings
+        .iter()
+        .cloned()
+        .enumerate()
+        .partition(|(i, _)| i % 5 == 0);
+    let late: Vec<_> = late.into_iter().map(|(_, r)| r).collect();
+    let on_time: Vec<_> = on_time.into_iter().map(|(_, r)| r).collect();
+    let next = {
+        let storage = open(&dir);
+        send(&storage, "e1", &on_time, &[300], 1).await
+    };
+    let storage = open(&dir);
+    // The held-back points, oldest first, one small batch at a time: each batch's early windows
+    // are late, its last ones touch the newest windows on disk.
+    send(&storage, "e1", &late, &[7], next).await;
+    check(&storage, &readings).await;
+}

@@ -36,10 +36,8 @@ CREATE TABLE IF NOT EXISTS rollups (
 ) WITHOUT ROWID;
 ";
 
-/// Windows the cache keeps before it is trimmed to the ones the latest transactions touched.
-const CACHE_MAX_WINDOWS: usize = 200_000;
-/// A cached window untouched for this many transactions is let go.
-const CACHE_IDLE_COMMITS: u64 = 64;
+/// Series-resolutions the cache keeps (one window each) before it starts over.
+const CACHE_MAX_WINDOWS: usize = 100_000;
 
 /// What one transaction did to the rollups.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -57,11 +55,13 @@ struct Key {
     start: i64,
 }
 
-/// The writer's side: the resolutions and a cache of recently written windows.
+/// The writer's side: the resolutions and, per series and resolution, the newest window it
+/// has written (start and aggregate). Data arriving in time order hits it or starts a newer
+/// window, which needs no read; only a window older than the newest (late data) or one of a
+/// series not cached since start is read back from disk.
 pub struct RollupWriter {
     resolutions: Vec<Resolution>,
-    cache: HashMap<Key, (Aggregate, u64), foldhash::fast::RandomState>,
-    commits: u64,
+    cache: HashMap<(i64, i64), (i64, Aggregate), foldhash::fast::RandomState>,
 }
 
 impl RollupWriter {
@@ -71,7 +71,6 @@ impl RollupWriter {
         RollupWriter {
             resolutions,
             cache: HashMap::default(),
-            commits: 0,
         }
     }
 
@@ -90,7 +89,6 @@ impl RollupWriter {
         let Some(finest) = self.resolutions.first().map(|r| r.step) else {
             return Ok(stats);
         };
-        self.commits += 1;
         // The finest level, from the points: sorted by series and time, so a window's points
         // are next to each other.
         let mut level: Vec<(Key, Aggregate)> = Vec::new();
@@ -116,6 +114,10 @@ impl RollupWriter {
             "SELECT count, sum, min, max, first_ts, first, last_ts, last, state FROM rollups
              WHERE series_id = ?1 AND res = ?2 AND start = ?3",
         )?;
+        let mut newest_stmt = tx.prepare_cached(
+            "SELECT count, sum, min, max, first_ts, first, last_ts, last, state, start FROM rollups
+             WHERE series_id = ?1 AND res = ?2 ORDER BY start DESC LIMIT 1",
+        )?;
         let mut write = tx.prepare_cached(
             "INSERT OR REPLACE INTO rollups (series_id, res, start, count, sum, min, max, first_ts, first, last_ts, last, state)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
@@ -123,12 +125,26 @@ impl RollupWriter {
         let mut index = 0;
         loop {
             for (key, partial) in &level {
-                let merged = match self.cache.remove(key) {
-                    Some((mut stored, _)) => {
-                        stored.merge(partial);
-                        stored
+                let slot = (key.series, key.res);
+                if !self.cache.contains_key(&slot) {
+                    // Not cached: learn the newest window stored (none: anything is new).
+                    if self.cache.len() >= CACHE_MAX_WINDOWS {
+                        self.cache.clear();
                     }
-                    None => match read_window(&mut read, *key)? {
+                    let newest = read_newest(&mut newest_stmt, key.series, key.res)?
+                        .unwrap_or((i64::MIN, Aggregate::new()));
+                    self.cache.insert(slot, newest);
+                }
+                let merged = match self.cache.get_mut(&slot) {
+                    // The newest window: merge in memory.
+                    Some((start, stored)) if *start == key.start => {
+                        stored.merge(partial);
+                        stored.clone()
+                    }
+                    // Newer than anything written for this series: a new window.
+                    Some((start, _)) if *start < key.start => partial.clone(),
+                    // Late data: what is on disk.
+                    _ => match read_window(&mut read, *key)? {
                         Some(mut stored) => {
                             stats.merged_from_disk += 1;
                             stored.merge(partial);
@@ -153,7 +169,11 @@ impl RollupWriter {
                     merged.state_blob()
                 ])?;
                 stats.windows += 1;
-                self.cache.insert(*key, (merged, self.commits));
+                if let Some(entry) = self.cache.get_mut(&slot)
+                    && entry.0 <= key.start
+                {
+                    *entry = (key.start, merged);
+                }
             }
             index += 1;
             let Some(coarser) = self.resolutions.get(index).map(|r| r.step) else {
@@ -174,15 +194,6 @@ impl RollupWriter {
             }
             level = next;
         }
-        if self.cache.len() > CACHE_MAX_WINDOWS || self.commits.is_multiple_of(CACHE_IDLE_COMMITS) {
-            let commits = self.commits;
-            let keep_since = if self.cache.len() > CACHE_MAX_WINDOWS {
-                commits
-            } else {
-                commits.saturating_sub(CACHE_IDLE_COMMITS)
-            };
-            self.cache.retain(|_, (_, used)| *used >= keep_since);
-        }
         Ok(stats)
     }
 }
@@ -200,6 +211,29 @@ fn read_window(
         None => Ok(None),
         Some((columns, blob)) => Aggregate::from_stored(&columns, &blob, true)
             .map(Some)
+            .map_err(|e| corrupt(&e)),
+    }
+}
+
+/// The newest stored window of a series at a resolution: (start, aggregate).
+fn read_newest(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    series: i64,
+    res: i64,
+) -> rusqlite::Result<Option<(i64, Aggregate)>> {
+    let row = stmt
+        .query_row(params![series, res], |r| {
+            Ok((
+                columns_from_row(r, 0)?,
+                r.get::<_, Vec<u8>>(8)?,
+                r.get::<_, i64>(9)?,
+            ))
+        })
+        .optional()?;
+    match row {
+        None => Ok(None),
+        Some((columns, blob, start)) => Aggregate::from_stored(&columns, &blob, true)
+            .map(|a| Some((start, a)))
             .map_err(|e| corrupt(&e)),
     }
 }
