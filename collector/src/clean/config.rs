@@ -11,7 +11,7 @@ use tributary_common::config::{ConfigError, Source};
 use tributary_wire::FieldValue;
 
 use super::rules::{
-    Action, FieldType, Matcher, MissingPolicy, OutlierMethod, Rule, ViolationPolicy,
+    Action, FieldType, Glob, Matcher, MissingPolicy, OutlierMethod, Rule, ViolationPolicy,
 };
 use super::time::{TimePolicy, TimeSanity};
 use crate::units::Conversion;
@@ -193,8 +193,7 @@ fn resolve_rule(raw: &RawRule, index: usize, source: &Source) -> Result<Rule, Co
         .clone()
         .unwrap_or_else(|| format!("{action_name}#{index}"));
     let glob = |text: &str, at: &str| {
-        glob::Pattern::new(text)
-            .map_err(|e| err(at, format!("{text:?} is not a glob pattern ({e})")))
+        Glob::new(text).map_err(|e| err(at, format!("{text:?} is not a glob pattern ({e})")))
     };
     let matcher = Matcher {
         name: raw

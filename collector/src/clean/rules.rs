@@ -7,13 +7,42 @@ use tributary_wire::{FieldValue, Point};
 
 use crate::units::Conversion;
 
+/// A glob, with the common cases (a plain name, `*`) answered without the pattern matcher.
+#[derive(Debug, Clone)]
+pub enum Glob {
+    Any,
+    Literal(String),
+    Pattern(glob::Pattern),
+}
+
+impl Glob {
+    pub fn new(text: &str) -> Result<Glob, glob::PatternError> {
+        let pattern = glob::Pattern::new(text)?;
+        Ok(if text == "*" {
+            Glob::Any
+        } else if !text.contains(['*', '?', '[', ']']) {
+            Glob::Literal(text.to_owned())
+        } else {
+            Glob::Pattern(pattern)
+        })
+    }
+
+    pub fn matches(&self, text: &str) -> bool {
+        match self {
+            Glob::Any => true,
+            Glob::Literal(literal) => literal == text,
+            Glob::Pattern(pattern) => pattern.matches(text),
+        }
+    }
+}
+
 /// Which points (and fields) a rule applies to. Every part present must match.
 #[derive(Debug, Clone, Default)]
 pub struct Matcher {
-    pub name: Option<glob::Pattern>,
-    pub tags: Vec<(String, glob::Pattern)>,
+    pub name: Option<Glob>,
+    pub tags: Vec<(String, Glob)>,
     /// The point must have a field matching this; field-level actions act on those fields.
-    pub field: Option<glob::Pattern>,
+    pub field: Option<Glob>,
 }
 
 impl Matcher {

@@ -19,12 +19,20 @@ pub struct SeriesCache {
     hasher: foldhash::fast::RandomState,
 }
 
+/// One `(name, tags)` and the ids of its fields' series.
 #[derive(Debug)]
-struct Entry {
+pub struct Entry {
     name: String,
     /// Canonical tags, `agent` included.
     tags: BTreeMap<String, String>,
-    ids: HashMap<String, i64>,
+    ids: HashMap<String, i64, foldhash::fast::FixedState>,
+}
+
+impl Entry {
+    /// The series id of `field`, if known.
+    pub fn field(&self, field: &str) -> Option<i64> {
+        self.ids.get(field).copied()
+    }
 }
 
 /// Hashes a series identity from a point's tags and its agent: the tags in order with any
@@ -65,6 +73,21 @@ pub fn canonical_tags(point: &BTreeMap<String, String>, agent: &str) -> BTreeMap
 }
 
 impl SeriesCache {
+    /// The series of `(name, point_tags with agent)`, if any is known: look a point up once,
+    /// then each field in the entry.
+    pub fn entry(
+        &self,
+        name: &str,
+        point_tags: &BTreeMap<String, String>,
+        agent: &str,
+    ) -> Option<&Entry> {
+        let hash = identity_hash(&self.hasher, name, point_tags.iter(), agent);
+        self.by_hash
+            .get(&hash)?
+            .iter()
+            .find(|e| e.name == name && same_tags(&e.tags, point_tags, agent))
+    }
+
     /// The id of series `(name, point_tags with agent, field)`, if known.
     pub fn get(
         &self,
@@ -73,14 +96,7 @@ impl SeriesCache {
         agent: &str,
         field: &str,
     ) -> Option<i64> {
-        let hash = identity_hash(&self.hasher, name, point_tags.iter(), agent);
-        self.by_hash
-            .get(&hash)?
-            .iter()
-            .find(|e| e.name == name && same_tags(&e.tags, point_tags, agent))?
-            .ids
-            .get(field)
-            .copied()
+        self.entry(name, point_tags, agent)?.field(field)
     }
 
     /// Remembers a series by its canonical tags (with `agent`).
@@ -103,7 +119,7 @@ impl SeriesCache {
                 entries.push(Entry {
                     name: name.to_owned(),
                     tags: canonical.clone(),
-                    ids: HashMap::new(),
+                    ids: HashMap::default(),
                 });
                 entries.last_mut().expect("just pushed")
             }

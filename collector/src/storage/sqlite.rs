@@ -132,8 +132,40 @@ impl Reservation {
 pub struct Storage {
     jobs: Option<mpsc::Sender<Job>>,
     writer: Option<JoinHandle<()>>,
+    /// Dropping it stops the checkpointer.
+    checkpoints: Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>,
     reads: Arc<ReadPool>,
     metrics: Arc<Metrics>,
+}
+
+/// How often the checkpointer copies the WAL into the database.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Checkpoints the WAL from its own connection, so the writer's commits never pay for it
+/// (SQLite's automatic checkpoint runs inside the commit that crosses its threshold).
+fn start_checkpointer(
+    path: &Path,
+    metrics: Arc<Metrics>,
+) -> Result<(std::sync::mpsc::Sender<()>, JoinHandle<()>), StorageError> {
+    let conn = open_connection(path).map_err(|source| StorageError::Sqlite {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let handle = std::thread::Builder::new()
+        .name("storage-checkpoint".into())
+        .spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(CHECKPOINT_INTERVAL)
+            {
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    warn!(error = %e, "WAL checkpoint failed; retrying");
+                    metrics.error("storage", "checkpoint");
+                }
+            }
+        })
+        .map_err(|e| StorageError::Other(format!("cannot start the checkpoint thread: {e}")))?;
+    Ok((stop, handle))
 }
 
 impl Storage {
@@ -171,6 +203,9 @@ impl Storage {
         // that statement on a conflict); in a temporary file, that costs a write per page.
         conn.pragma_update(None, "temp_store", "MEMORY")
             .map_err(sql)?;
+        // Checkpoints run on their own thread (start_checkpointer), not inside commits.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(sql)?;
         let series = load_series(&conn).map_err(sql)?;
         let next_n = load_next_n(&conn).map_err(sql)?;
 
@@ -205,6 +240,7 @@ impl Storage {
         Ok(Storage {
             jobs: Some(jobs),
             writer: Some(writer),
+            checkpoints: Some(start_checkpointer(path, Arc::clone(&metrics))?),
             reads: Arc::new(ReadPool::new(path, options.readers)),
             metrics,
         })
@@ -254,6 +290,13 @@ impl Storage {
         {
             error!("the storage writer thread panicked");
             self.metrics.error("storage", "writer_panicked");
+        }
+        if let Some((stop, handle)) = self.checkpoints.take() {
+            drop(stop);
+            if handle.join().is_err() {
+                error!("the storage checkpoint thread panicked");
+                self.metrics.error("storage", "checkpoint_panicked");
+            }
         }
     }
 }
@@ -327,7 +370,7 @@ struct Pending {
 #[derive(Default)]
 struct GroupState<'a> {
     /// Series touched, with the min and max timestamps written.
-    touched: HashMap<i64, (i64, i64)>,
+    touched: HashMap<i64, (i64, i64), foldhash::fast::FixedState>,
     /// Values to insert: (series id, ts, value), the value borrowed from its batch.
     rows: Vec<(i64, i64, ValueRef<'a>)>,
     /// The numeric values among them, for the rollups.
@@ -672,6 +715,19 @@ fn sql_value(value: &FieldValue) -> ValueRef<'_> {
     }
 }
 
+/// Adds one value to the group: its row, its numeric value for the rollups, its series' span.
+fn record<'a>(state: &mut GroupState<'a>, id: i64, ts: i64, value: &'a FieldValue) {
+    state.rows.push((id, ts, sql_value(value)));
+    match value {
+        FieldValue::F64(v) => state.numeric.push((id, ts, *v)),
+        FieldValue::I64(v) => state.numeric.push((id, ts, *v as f64)),
+        FieldValue::Bool(_) | FieldValue::Str(_) => {}
+    }
+    let span = state.touched.entry(id).or_insert((ts, ts));
+    span.0 = span.0.min(ts);
+    span.1 = span.1.max(ts);
+}
+
 /// Stores one batch inside the group's transaction: points above the mark (or the reason
 /// cleaning gave, in the quarantine), rejects above the reject mark, the marks themselves, and
 /// the agent's figures. Line protocol writes have no marks: all their points are new.
@@ -747,6 +803,17 @@ fn store_batch<'a>(
                 continue;
             }
             // The agent tag comes from the token, so a device cannot write as another.
+            // Known series (the common case): one lookup for the point, one per field.
+            if let Some(entry) = series.entry(&point.name, &point.tags, &job.agent_id)
+                && point.fields.keys().all(|f| entry.field(f).is_some())
+            {
+                for (field, value) in &point.fields {
+                    let id = entry.field(field).unwrap_or_default();
+                    record(state, id, point.ts, value);
+                }
+                stored += 1;
+                continue;
+            }
             let mut canonical = None;
             for (field, value) in &point.fields {
                 let id = match series.get(&point.name, &point.tags, &job.agent_id, field) {
@@ -767,15 +834,7 @@ fn store_batch<'a>(
                         id
                     }
                 };
-                state.rows.push((id, point.ts, sql_value(value)));
-                match value {
-                    FieldValue::F64(v) => state.numeric.push((id, point.ts, *v)),
-                    FieldValue::I64(v) => state.numeric.push((id, point.ts, *v as f64)),
-                    FieldValue::Bool(_) | FieldValue::Str(_) => {}
-                }
-                let span = state.touched.entry(id).or_insert((point.ts, point.ts));
-                span.0 = span.0.min(point.ts);
-                span.1 = span.1.max(point.ts);
+                record(state, id, point.ts, value);
             }
             stored += 1;
         }
