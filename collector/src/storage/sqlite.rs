@@ -525,7 +525,12 @@ impl WriterThread {
     }
 
     fn store_all(&mut self, jobs: &[Pending]) -> rusqlite::Result<Vec<BatchAck>> {
-        let mut state = GroupState::default();
+        let points: usize = jobs.iter().map(|p| p.job.batch.points.len()).sum();
+        let mut state = GroupState {
+            rows: Vec::with_capacity(points + points / 4),
+            numeric: Vec::with_capacity(points + points / 4),
+            ..GroupState::default()
+        };
         let next_n = self.next_n;
         let result = (|| {
             let tx = self
@@ -559,7 +564,9 @@ impl WriterThread {
                 }
             }
             let rollup_started = Instant::now();
-            state.numeric.sort_by_key(|(series, ts, _)| (*series, *ts));
+            state
+                .numeric
+                .sort_unstable_by_key(|(series, ts, _)| (*series, *ts));
             let rolled = self.rollups.apply(&tx, &state.numeric)?;
             self.metrics
                 .rollup_seconds

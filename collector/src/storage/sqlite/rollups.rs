@@ -124,7 +124,27 @@ impl RollupWriter {
         )?;
         let mut index = 0;
         loop {
-            for (key, partial) in &level {
+            // The next level from this one's partials (sorted by series and start), built
+            // first so this level's partials can be moved into the cache below.
+            let next: Vec<(Key, Aggregate)> = match self.resolutions.get(index + 1) {
+                Some(coarser) => {
+                    let mut next: Vec<(Key, Aggregate)> = Vec::new();
+                    for (key, partial) in &level {
+                        let key = Key {
+                            series: key.series,
+                            res: coarser.step,
+                            start: window_start(key.start, coarser.step),
+                        };
+                        match next.last_mut() {
+                            Some((last, aggregate)) if *last == key => aggregate.merge(partial),
+                            _ => next.push((key, partial.clone())),
+                        }
+                    }
+                    next
+                }
+                None => Vec::new(),
+            };
+            for (key, partial) in level {
                 let slot = (key.series, key.res);
                 if !self.cache.contains_key(&slot) {
                     // Not cached: learn the newest window stored (none: anything is new).
@@ -135,23 +155,29 @@ impl RollupWriter {
                         .unwrap_or((i64::MIN, Aggregate::new()));
                     self.cache.insert(slot, newest);
                 }
-                let merged = match self.cache.get_mut(&slot) {
+                let Some(newest) = self.cache.get_mut(&slot) else {
+                    continue;
+                };
+                let late;
+                let merged: &Aggregate = if newest.0 == key.start {
                     // The newest window: merge in memory.
-                    Some((start, stored)) if *start == key.start => {
-                        stored.merge(partial);
-                        stored.clone()
-                    }
+                    newest.1.merge(&partial);
+                    &newest.1
+                } else if newest.0 < key.start {
                     // Newer than anything written for this series: a new window.
-                    Some((start, _)) if *start < key.start => partial.clone(),
+                    *newest = (key.start, partial);
+                    &newest.1
+                } else {
                     // Late data: what is on disk.
-                    _ => match read_window(&mut read, *key)? {
+                    late = match read_window(&mut read, key)? {
                         Some(mut stored) => {
                             stats.merged_from_disk += 1;
-                            stored.merge(partial);
+                            stored.merge(&partial);
                             stored
                         }
-                        None => partial.clone(),
-                    },
+                        None => partial,
+                    };
+                    &late
                 };
                 let c = merged.columns();
                 write.execute(params![
@@ -169,28 +195,10 @@ impl RollupWriter {
                     merged.state_blob()
                 ])?;
                 stats.windows += 1;
-                if let Some(entry) = self.cache.get_mut(&slot)
-                    && entry.0 <= key.start
-                {
-                    *entry = (key.start, merged);
-                }
             }
             index += 1;
-            let Some(coarser) = self.resolutions.get(index).map(|r| r.step) else {
+            if next.is_empty() {
                 break;
-            };
-            // The next level from this one's partials (still sorted by series and start).
-            let mut next: Vec<(Key, Aggregate)> = Vec::new();
-            for (key, partial) in level {
-                let key = Key {
-                    series: key.series,
-                    res: coarser,
-                    start: window_start(key.start, coarser),
-                };
-                match next.last_mut() {
-                    Some((last, aggregate)) if *last == key => aggregate.merge(&partial),
-                    _ => next.push((key, partial)),
-                }
             }
             level = next;
         }
