@@ -1029,12 +1029,32 @@ pub(crate) fn matching_series(
     to: i64,
     tags: &[(String, String)],
 ) -> rusqlite::Result<Vec<(String, Candidate)>> {
-    let mut stmt = conn.prepare_cached(
+    // Tag filters run in SQLite (json_extract on the canonical tags), so a query for one
+    // series among thousands does not parse every series' tags; the match is checked again
+    // below on the parsed tags.
+    let mut sql = String::from(
         "SELECT id, tags, field, kind, first_ts, last_ts, name FROM series
-         WHERE (?1 = '' OR name = ?1) AND (?2 IS NULL OR field = ?2) AND last_ts >= ?3 AND first_ts < ?4
-         ORDER BY name, tags, field",
-    )?;
-    let rows = stmt.query_map(params![name, field, from, to], |r| {
+         WHERE (?1 = '' OR name = ?1) AND (?2 IS NULL OR field = ?2) AND last_ts >= ?3 AND first_ts < ?4",
+    );
+    let mut values: Vec<rusqlite::types::Value> = vec![
+        name.to_owned().into(),
+        field.map(str::to_owned).into(),
+        from.into(),
+        to.into(),
+    ];
+    for (key, value) in tags {
+        let path = format!("$.\"{}\"", key.replace('\\', "\\\\").replace('"', "\\\""));
+        sql.push_str(&format!(
+            " AND json_extract(tags, ?{}) = ?{}",
+            values.len() + 1,
+            values.len() + 2
+        ));
+        values.push(path.into());
+        values.push(value.clone().into());
+    }
+    sql.push_str(" ORDER BY name, tags, field");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(values.iter()), |r| {
         Ok((
             r.get::<_, String>(6)?,
             r.get::<_, i64>(0)?,
