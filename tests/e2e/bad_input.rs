@@ -51,18 +51,18 @@ async fn non_json_is_quarantined_and_counted_while_its_neighbours_are_stored() {
         .unwrap();
     assert_eq!(agents["agents"][0]["quarantined"], 1, "{agents}");
 
-    // The collector holds the raw payload and the reason (its listing endpoint comes later).
-    let db = rusqlite::Connection::open(collector.database()).unwrap();
-    let (origin, topic_stored, payload_stored, reason): (String, String, Vec<u8>, String) = db
-        .query_row(
-            "SELECT origin, topic, payload, reason FROM quarantine",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
+    // The collector holds the raw payload and the reason, and lists them.
+    let listed = query_json(&collector.url(), "/api/v1/quarantine")
+        .await
         .unwrap();
-    assert_eq!(origin, "agent");
-    assert_eq!(topic_stored, format!("sensors/dev1/{NAME}"));
-    assert_eq!(payload_stored, b"{\"id\": 1, oops");
+    let records = listed["records"].as_array().unwrap();
+    assert_eq!(records.len(), 1, "{listed}");
+    let record = &records[0];
+    assert_eq!(record["origin"], "agent");
+    assert_eq!(record["agent"], "edge-1");
+    assert_eq!(record["topic"], format!("sensors/dev1/{NAME}"));
+    assert_eq!(record["payload"], "{\"id\": 1, oops");
+    let reason = record["reason"].as_str().unwrap();
     assert!(reason.starts_with("invalid JSON"), "{reason}");
 }
 
