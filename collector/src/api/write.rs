@@ -132,8 +132,9 @@ async fn write(
         received_at,
         origin: Origin::LineProtocol,
         reply,
+        verdicts: None,
     };
-    reservation.submit(job);
+    reservation.submit(super::ingest::prepare(state, job).await?);
     let ack = answer
         .await
         .map_err(|_| ApiError::Unavailable("the storage writer stopped".into()))?
