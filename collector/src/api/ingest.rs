@@ -29,17 +29,6 @@ pub async fn post_batch(
     response
 }
 
-/// Cleans the job's points off the executor and off the writer thread.
-pub(super) async fn prepare(state: &AppState, mut job: WriteJob) -> Result<WriteJob, ApiError> {
-    let preparer = state.storage.preparer();
-    tokio::task::spawn_blocking(move || {
-        preparer.prepare(&mut job);
-        job
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("cleaning task failed: {e}")))
-}
-
 /// Waits (up to `server.ingest_wait`) for room in the writer's queue.
 pub(super) async fn reserve(state: &AppState) -> Result<crate::storage::Reservation, ApiError> {
     state
@@ -124,9 +113,8 @@ async fn ingest(
         received_at: tributary_wire::time::now_ns(),
         origin: Origin::Agent,
         reply,
-        verdicts: None,
     };
-    reservation.submit(prepare(state, job).await?);
+    reservation.submit(job);
     answer
         .await
         .map_err(|_| ApiError::Unavailable("the storage writer stopped".into()))?

@@ -132,9 +132,8 @@ async fn write(
         received_at,
         origin: Origin::LineProtocol,
         reply,
-        verdicts: None,
     };
-    reservation.submit(super::ingest::prepare(state, job).await?);
+    reservation.submit(job);
     let ack = answer
         .await
         .map_err(|_| ApiError::Unavailable("the storage writer stopped".into()))?

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use tributary_wire::{Batch, BatchAck, FieldValue};
 
-pub use sqlite::{Preparer, ReadPool, Reservation, Storage};
+pub use sqlite::{ReadPool, Reservation, Storage};
 
 /// A known series, for `/api/v1/series`.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,9 +77,6 @@ pub struct WriteJob {
     pub received_at: i64,
     pub origin: Origin,
     pub reply: tokio::sync::oneshot::Sender<Result<BatchAck, StorageError>>,
-    /// What cleaning decided per point, when it ran as the batch was decoded
-    /// ([`sqlite::Preparer`]); `None`: the writer cleans it.
-    pub verdicts: Option<Vec<Option<crate::clean::Rejection>>>,
 }
 
 /// How the store is set up.

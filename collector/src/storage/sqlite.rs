@@ -108,7 +108,7 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
 
 /// What the writer thread is asked to do.
 enum Job {
-    Write(Box<WriteJob>),
+    Write(WriteJob),
     /// Delete what is past its retention (one bounded pass).
     Retention {
         now: i64,
@@ -124,7 +124,7 @@ pub struct Reservation {
 impl Reservation {
     /// Queues the batch in the room held.
     pub fn submit(self, job: WriteJob) {
-        self.permit.send(Job::Write(Box::new(job)));
+        self.permit.send(Job::Write(job));
     }
 }
 
@@ -134,7 +134,6 @@ pub struct Storage {
     writer: Option<JoinHandle<()>>,
     /// Dropping it stops the checkpointer.
     checkpoints: Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>,
-    preparer: Arc<Preparer>,
     reads: Arc<ReadPool>,
     metrics: Arc<Metrics>,
 }
@@ -218,11 +217,6 @@ impl Storage {
                 "rolled up the points stored before rollups existed"
             );
         }
-        let preparer = Arc::new(Preparer {
-            cleaner: Mutex::new(Cleaner::new(options.rules.clone(), options.time.clone())),
-            marks: Mutex::new(load_marks(&conn).map_err(sql)?),
-            metrics: Arc::clone(&metrics),
-        });
         let (jobs, rx) = mpsc::channel(options.queue);
         let writer = WriterThread {
             conn,
@@ -231,7 +225,7 @@ impl Storage {
             next_n,
             commit_max_points: options.commit_max_points,
             metrics: Arc::clone(&metrics),
-            preparer: Arc::clone(&preparer),
+            cleaner: Cleaner::new(options.rules.clone(), options.time.clone()),
             rollups,
             resolutions: options.resolutions.clone(),
             raw_retention: options.raw_retention,
@@ -247,7 +241,6 @@ impl Storage {
             jobs: Some(jobs),
             writer: Some(writer),
             checkpoints: Some(start_checkpointer(path, Arc::clone(&metrics))?),
-            preparer,
             reads: Arc::new(ReadPool::new(path, options.readers)),
             metrics,
         })
@@ -268,11 +261,10 @@ impl Storage {
     /// Queues a batch without waiting; a full queue is `Busy` (the caller answers 429).
     pub fn try_submit(&self, job: WriteJob) -> Result<(), SubmitError> {
         let jobs = self.jobs.as_ref().ok_or(SubmitError::Closed)?;
-        jobs.try_send(Job::Write(Box::new(job)))
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => SubmitError::Busy,
-                mpsc::error::TrySendError::Closed(_) => SubmitError::Closed,
-            })
+        jobs.try_send(Job::Write(job)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SubmitError::Busy,
+            mpsc::error::TrySendError::Closed(_) => SubmitError::Closed,
+        })
     }
 
     /// Runs one retention pass on the writer thread (between commits) and waits for it.
@@ -283,11 +275,6 @@ impl Storage {
             .await
             .map_err(|_| StorageError::Closed)?;
         answer.await.map_err(|_| StorageError::Closed)?
-    }
-
-    /// What cleans batches before they are queued (on the decoding thread).
-    pub fn preparer(&self) -> Arc<Preparer> {
-        Arc::clone(&self.preparer)
     }
 
     /// The read side.
@@ -339,89 +326,6 @@ fn load_series(conn: &Connection) -> rusqlite::Result<SeriesCache> {
     Ok(cache)
 }
 
-fn load_marks(conn: &Connection) -> rusqlite::Result<HashMap<(String, String), u64>> {
-    let mut stmt = conn.prepare("SELECT agent_id, epoch, last_seq FROM marks")?;
-    let rows = stmt.query_map([], |r| {
-        Ok(((r.get(0)?, r.get(1)?), r.get::<_, i64>(2)? as u64))
-    })?;
-    rows.collect()
-}
-
-/// Cleaning, done where a batch is decoded (in parallel, off the writer thread): time sanity
-/// and the rules run on the points above the `(agent, epoch)` mark known from the last
-/// commits, in place; their verdicts travel with the batch to the writer, which quarantines
-/// the refused points in the transaction that stores the rest.
-///
-/// Stateful rules still see each series' points in order: a series belongs to one agent, and
-/// an agent has one batch in flight. The known mark can only lag the stored one, so at worst a
-/// retried point is cleaned again (and then skipped as a duplicate by the writer).
-pub struct Preparer {
-    cleaner: Mutex<Cleaner>,
-    marks: Mutex<HashMap<(String, String), u64>>,
-    metrics: Arc<Metrics>,
-}
-
-impl Preparer {
-    /// Cleans `job`'s new points in place and returns, per point, why it was refused.
-    pub fn clean(&self, job: &mut WriteJob) -> Vec<Option<Rejection>> {
-        let mark = match job.origin {
-            Origin::Agent => self
-                .marks
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(&(job.agent_id.clone(), job.batch.epoch.clone()))
-                .copied()
-                .unwrap_or(0),
-            Origin::LineProtocol => 0,
-        };
-        let mut cleaner = self.cleaner.lock().unwrap_or_else(PoisonError::into_inner);
-        let shift = match job.origin {
-            Origin::Agent => cleaner.time.batch_shift(job.batch.sent_at, job.received_at),
-            Origin::LineProtocol => 0,
-        };
-        if shift != 0 {
-            self.metrics.clock_corrected_batches.inc();
-        }
-        let first_seq = job.batch.first_seq;
-        let mut verdicts = Vec::with_capacity(job.batch.points.len());
-        for (index, point) in job.batch.points.iter_mut().enumerate() {
-            if job.origin == Origin::Agent && first_seq + index as u64 <= mark {
-                verdicts.push(None);
-                continue;
-            }
-            verdicts.push(
-                cleaner
-                    .clean(&job.agent_id, point, shift, job.received_at)
-                    .err(),
-            );
-        }
-        verdicts
-    }
-
-    /// Cleans the job and keeps the verdicts in it.
-    pub fn prepare(&self, job: &mut WriteJob) {
-        let verdicts = self.clean(job);
-        job.verdicts = Some(verdicts);
-    }
-
-    fn committed(&self, agent: &str, epoch: &str, through: u64) {
-        let mut marks = self.marks.lock().unwrap_or_else(PoisonError::into_inner);
-        match marks.get_mut(&(agent.to_owned(), epoch.to_owned())) {
-            Some(mark) => *mark = (*mark).max(through),
-            None => {
-                marks.insert((agent.to_owned(), epoch.to_owned()), through);
-            }
-        }
-    }
-
-    fn reset_state(&self) {
-        self.cleaner
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .reset_state();
-    }
-}
-
 fn load_next_n(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row(
         "SELECT coalesce((SELECT value FROM meta WHERE key = 'next_n'), 0)",
@@ -438,7 +342,7 @@ struct WriterThread {
     next_n: i64,
     commit_max_points: usize,
     metrics: Arc<Metrics>,
-    preparer: Arc<Preparer>,
+    cleaner: Cleaner,
     rollups: RollupWriter,
     resolutions: Vec<Resolution>,
     raw_retention: Option<i64>,
@@ -485,7 +389,7 @@ impl WriterThread {
                 },
             };
             let first = match first {
-                Job::Write(job) => *job,
+                Job::Write(job) => job,
                 Job::Retention { now, reply } => {
                     let _ = reply.send(self.retention(now));
                     continue;
@@ -501,7 +405,7 @@ impl WriterThread {
                     Ok(Job::Write(job)) => {
                         points += job.batch.points.len();
                         jobs.push(Pending {
-                            job: *job,
+                            job,
                             verdicts: None,
                         });
                     }
@@ -516,23 +420,67 @@ impl WriterThread {
         }
     }
 
-    /// Cleans the jobs that were not cleaned when they were decoded (tests submit directly).
-    fn clean(&mut self, jobs: &mut [Pending]) {
+    /// Runs time sanity and the rules on the points of each job that are not stored yet
+    /// (above the agent's mark), in place, once per job.
+    fn clean(&mut self, jobs: &mut [Pending]) -> rusqlite::Result<()> {
         for pending in jobs.iter_mut().filter(|p| p.verdicts.is_none()) {
-            let verdicts = pending
-                .job
-                .verdicts
-                .take()
-                .unwrap_or_else(|| self.preparer.clean(&mut pending.job));
+            let job = &mut pending.job;
+            let (mark, shift) = match job.origin {
+                Origin::Agent => {
+                    let mark: u64 = self
+                        .conn
+                        .prepare_cached(
+                            "SELECT last_seq FROM marks WHERE agent_id = ?1 AND epoch = ?2",
+                        )?
+                        .query_row(params![job.agent_id, job.batch.epoch], |r| {
+                            r.get::<_, i64>(0)
+                        })
+                        .optional()?
+                        .map_or(0, |m| m as u64);
+                    let shift = self
+                        .cleaner
+                        .time
+                        .batch_shift(job.batch.sent_at, job.received_at);
+                    if shift != 0 {
+                        self.metrics.clock_corrected_batches.inc();
+                    }
+                    (mark, shift)
+                }
+                Origin::LineProtocol => (0, 0),
+            };
+            let first_seq = job.batch.first_seq;
+            let mut verdicts = Vec::with_capacity(job.batch.points.len());
+            for (index, point) in job.batch.points.iter_mut().enumerate() {
+                if job.origin == Origin::Agent && first_seq + index as u64 <= mark {
+                    verdicts.push(None);
+                    continue;
+                }
+                verdicts.push(
+                    self.cleaner
+                        .clean(&job.agent_id, point, shift, job.received_at)
+                        .err(),
+                );
+            }
             pending.verdicts = Some(verdicts);
         }
+        Ok(())
     }
 
     /// Stores the jobs in one transaction; if that fails, each alone, so one bad batch cannot
     /// fail the others.
     fn commit_group(&mut self, mut jobs: Vec<Pending>) {
         let started = Instant::now();
-        self.clean(&mut jobs);
+        if let Err(e) = self.clean(&mut jobs) {
+            error!(error = %e, "reading marks to clean a batch failed; the agent will retry");
+            self.metrics.error("storage", "clean");
+            for pending in jobs {
+                let _ = pending.job.reply.send(Err(StorageError::Other(format!(
+                    "{}: {e}",
+                    self.path.display()
+                ))));
+            }
+            return;
+        }
         match self.store_all(&jobs) {
             Ok(acks) => {
                 self.metrics.commits.inc();
@@ -541,13 +489,6 @@ impl WriterThread {
                     .observe(started.elapsed().as_secs_f64());
                 let mut batches = Vec::with_capacity(jobs.len());
                 for (pending, ack) in jobs.into_iter().zip(acks) {
-                    if pending.job.origin == Origin::Agent {
-                        self.preparer.committed(
-                            &pending.job.agent_id,
-                            &pending.job.batch.epoch,
-                            ack.committed_through,
-                        );
-                    }
                     self.metrics.points_stored.inc_by(ack.stored);
                     self.metrics.points_duplicate.inc_by(ack.duplicates);
                     self.metrics.rejects_stored.inc_by(ack.rejects_stored);
@@ -572,7 +513,7 @@ impl WriterThread {
                 error!(error = %e, "storing a batch failed; the agent will retry");
                 self.metrics.error("storage", "commit");
                 // Its points come again: stateful rules must not remember them as seen.
-                self.preparer.reset_state();
+                self.cleaner.reset_state();
                 for pending in jobs {
                     let _ = pending.job.reply.send(Err(StorageError::Other(format!(
                         "{}: {e}",

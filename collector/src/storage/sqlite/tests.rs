@@ -39,7 +39,6 @@ pub(super) async fn store(
             batch,
             received_at,
             origin: Origin::Agent,
-            verdicts: None,
             reply,
         })
         .expect("the queue has room");
@@ -304,7 +303,6 @@ async fn a_full_queue_makes_reservations_wait_then_refuse() {
         batch: batch("e1", 1, &[1, 2]),
         received_at: 5,
         origin: Origin::Agent,
-        verdicts: None,
         reply,
     });
     assert_eq!(answer.await.unwrap().unwrap().stored, 2);
