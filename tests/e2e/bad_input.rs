@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use tributary_bench::harness::{
-    CollectorProcess, MosquittoOptions, Publisher, Supervised, http, query_json, token_pair,
+    CollectorProcess, MosquittoOptions, Publisher, Supervised, http, query_json, query_text,
+    token_pair,
 };
 use tributary_wire::codec::{self, Encoding};
 use tributary_wire::{AgentStatus, Batch, Point};
@@ -244,14 +245,7 @@ async fn the_collector_refuses_bad_requests_with_a_json_reason() {
         (200, Some(0), Some(3))
     );
 
-    let metrics = http()
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = query_text(&url, "/metrics").await.unwrap();
     assert!(
         metrics.contains(
             "tributary_collector_errors_total{component=\"batches\",kind=\"too_large\"} 2"

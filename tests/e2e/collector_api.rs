@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use tributary_bench::harness::{CollectorProcess, http, query_json, token_pair};
+use tributary_bench::harness::{CollectorProcess, http, query_json, query_text, token_pair};
 
 use crate::blocking;
 
@@ -200,14 +200,7 @@ async fn golden_purchase_events_are_cleaned_labelled_and_summarised_per_user() {
             "{record}"
         );
     }
-    let metrics = http()
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = query_text(&url, "/metrics").await.unwrap();
     assert!(
         metrics.contains(&format!(
             "tributary_collector_quarantined_total{{reason=\"complete\"}} {}",
@@ -317,14 +310,7 @@ async fn line_protocol_writes_partially_and_the_api_exposes_the_result() {
     assert_eq!(agents["agents"][0]["points_received"], 7, "{agents}");
 
     // Aggregates as CSV, and a moving mean over two minutes.
-    let csv = http()
-        .get(format!("{url}/api/v1/query?name=weather&field=temp&tag.station=south&step=1m&agg=mean,count&format=csv&from=2024-01-01T00:00:00Z&to=2024-01-01T00:05:00Z"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let csv = query_text(&url, "/api/v1/query?name=weather&field=temp&tag.station=south&step=1m&agg=mean,count&format=csv&from=2024-01-01T00:00:00Z&to=2024-01-01T00:05:00Z").await.unwrap();
     assert_eq!(
         csv,
         "name,field,agg,time,value,agent,station\n\
@@ -359,14 +345,7 @@ async fn line_protocol_writes_partially_and_the_api_exposes_the_result() {
     assert!(response.text().await.unwrap().contains("median"));
 
     // Metrics: counters, latency histograms, each agent's health.
-    let metrics = http()
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = query_text(&url, "/metrics").await.unwrap();
     for needle in [
         "tributary_collector_lines_received_total 9",
         "tributary_collector_quarantined_total{reason=\"line_protocol\"} 2",

@@ -13,7 +13,7 @@ pub use process::Process;
 pub use publisher::Publisher;
 pub use tributary::{
     AgentProcess, CollectorProcess, Oracle, Supervised, Verdict, agent_config, agent_config_with,
-    bin_dir, query_json, token_pair,
+    bin_dir, query_json, query_text, token_pair,
 };
 
 use std::net::TcpListener;

@@ -355,8 +355,8 @@ impl Supervised for AgentProcess {
     }
 }
 
-/// GETs `path` from the collector and parses the JSON answer.
-pub async fn query_json(collector_url: &str, path: &str) -> anyhow::Result<serde_json::Value> {
+/// GETs `path` from the collector and returns the text of a successful answer.
+pub async fn query_text(collector_url: &str, path: &str) -> anyhow::Result<String> {
     let response = super::http()
         .get(format!("{collector_url}{path}"))
         .send()
@@ -364,7 +364,14 @@ pub async fn query_json(collector_url: &str, path: &str) -> anyhow::Result<serde
     let status = response.status();
     let body = response.text().await?;
     anyhow::ensure!(status.is_success(), "GET {path}: {status}: {body}");
-    Ok(serde_json::from_str(&body)?)
+    Ok(body)
+}
+
+/// GETs `path` from the collector and parses the JSON answer.
+pub async fn query_json(collector_url: &str, path: &str) -> anyhow::Result<serde_json::Value> {
+    Ok(serde_json::from_str(
+        &query_text(collector_url, path).await?,
+    )?)
 }
 
 /// Which message ids the collector stored, and how often.

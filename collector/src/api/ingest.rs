@@ -10,8 +10,10 @@ use axum::http::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
 use tributary_wire::codec::{self, DecodeError, Encoding};
 
+use tributary_wire::{Batch, BatchAck};
+
 use super::{ApiError, AppState};
-use crate::storage::{Origin, SubmitError, WriteJob};
+use crate::storage::{Origin, Reservation, SubmitError, WriteJob};
 
 const ENDPOINT: &str = "batches";
 
@@ -29,8 +31,94 @@ pub async fn post_batch(
     response
 }
 
+/// The agent id the request's token belongs to; `missing` says how to authenticate when the
+/// header is absent.
+pub(super) fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    unknown: &str,
+    missing: &str,
+) -> Result<String, ApiError> {
+    let authorization = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+    state
+        .auth
+        .agent_for(authorization)
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            ApiError::Unauthorized(if authorization.is_some() {
+                unknown.to_owned()
+            } else {
+                missing.to_owned()
+            })
+        })
+}
+
+/// The request body as received (413 past `server.max_body_size`), counted.
+pub(super) fn received_body(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, ApiError> {
+    let body = body.map_err(|rejection| match rejection {
+        BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
+            ApiError::TooLarge("request body exceeds server.max_body_size".into())
+        }
+        other => ApiError::BadRequest(format!("cannot read the request body: {other}")),
+    })?;
+    state.metrics.bytes_received.inc_by(body.len() as u64);
+    Ok(body)
+}
+
+impl From<DecodeError> for ApiError {
+    fn from(e: DecodeError) -> ApiError {
+        match e {
+            DecodeError::TooLarge { .. } => ApiError::TooLarge(e.to_string()),
+            DecodeError::UnsupportedContentEncoding(_) | DecodeError::UnsupportedContentType(_) => {
+                ApiError::UnsupportedMediaType(e.to_string())
+            }
+            DecodeError::Decompress(_) | DecodeError::Malformed(_) => {
+                ApiError::BadRequest(e.to_string())
+            }
+        }
+    }
+}
+
+/// Runs decompression and decoding on the blocking pool: they take CPU time.
+pub(super) async fn decode_off_executor<T: Send + 'static>(
+    decode: impl FnOnce() -> Result<T, DecodeError> + Send + 'static,
+) -> Result<T, ApiError> {
+    Ok(tokio::task::spawn_blocking(decode)
+        .await
+        .map_err(|e| ApiError::Internal(format!("decode task failed: {e}")))??)
+}
+
+/// Queues `batch` in the room held and waits for the commit that stores it.
+pub(super) async fn store(
+    reservation: Reservation,
+    agent_id: String,
+    batch: Batch,
+    received_at: i64,
+    origin: Origin,
+) -> Result<BatchAck, ApiError> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    reservation.submit(WriteJob {
+        agent_id,
+        batch,
+        received_at,
+        origin,
+        reply,
+    });
+    let what = match origin {
+        Origin::Agent => "batch",
+        Origin::LineProtocol => "write",
+    };
+    answer
+        .await
+        .map_err(|_| ApiError::Unavailable("the storage writer stopped".into()))?
+        .map_err(|e| ApiError::Unavailable(format!("storing the {what} failed: {e}")))
+}
+
 /// Waits (up to `server.ingest_wait`) for room in the writer's queue.
-pub(super) async fn reserve(state: &AppState) -> Result<crate::storage::Reservation, ApiError> {
+pub(super) async fn reserve(state: &AppState) -> Result<Reservation, ApiError> {
     state
         .storage
         .reserve(state.ingest_wait)
@@ -45,55 +133,28 @@ async fn ingest(
     state: &AppState,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<tributary_wire::BatchAck, ApiError> {
+) -> Result<BatchAck, ApiError> {
+    let agent_id = authenticate(
+        state,
+        headers,
+        "the bearer token is not known",
+        "missing Authorization: Bearer <token>",
+    )?;
+    let body = received_body(state, body)?;
     let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
-    let agent_id = state
-        .auth
-        .agent_for(header(AUTHORIZATION))
-        .ok_or_else(|| {
-            ApiError::Unauthorized(if header(AUTHORIZATION).is_some() {
-                "the bearer token is not known".into()
-            } else {
-                "missing Authorization: Bearer <token>".into()
-            })
-        })?
-        .to_owned();
-
-    let body = body.map_err(|rejection| match rejection {
-        BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
-            ApiError::TooLarge("request body exceeds server.max_body_size".into())
-        }
-        other => ApiError::BadRequest(format!("cannot read the request body: {other}")),
-    })?;
-    state.metrics.bytes_received.inc_by(body.len() as u64);
-
     let content_type = header(CONTENT_TYPE).unwrap_or(codec::CONTENT_TYPE_JSON);
-    let encoding = Encoding::from_content_type(content_type).ok_or_else(|| {
-        ApiError::UnsupportedMediaType(
-            DecodeError::UnsupportedContentType(content_type.into()).to_string(),
-        )
-    })?;
+    let encoding = Encoding::from_content_type(content_type)
+        .ok_or_else(|| DecodeError::UnsupportedContentType(content_type.into()))?;
     let content_encoding = header(CONTENT_ENCODING).map(str::to_owned);
     let limit = state.max_decompressed_size;
 
     // Room in the writer's queue first, so decoded batches never pile up in memory.
     let reservation = reserve(state).await?;
-    // Decompressing and decoding take CPU time: off the executor.
-    let batch = tokio::task::spawn_blocking(move || {
+    let batch = decode_off_executor(move || {
         let raw = codec::decompress_limited(&body, content_encoding.as_deref(), limit)?;
         codec::decode_batch(&raw, encoding)
     })
-    .await
-    .map_err(|e| ApiError::Internal(format!("decode task failed: {e}")))?
-    .map_err(|e| match e {
-        DecodeError::TooLarge { .. } => ApiError::TooLarge(e.to_string()),
-        DecodeError::UnsupportedContentEncoding(_) | DecodeError::UnsupportedContentType(_) => {
-            ApiError::UnsupportedMediaType(e.to_string())
-        }
-        DecodeError::Decompress(_) | DecodeError::Malformed(_) => {
-            ApiError::BadRequest(e.to_string())
-        }
-    })?;
+    .await?;
 
     state
         .metrics
@@ -105,18 +166,6 @@ async fn ingest(
             batch.agent_id
         )));
     }
-
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    let job = WriteJob {
-        agent_id,
-        batch,
-        received_at: tributary_wire::time::now_ns(),
-        origin: Origin::Agent,
-        reply,
-    };
-    reservation.submit(job);
-    answer
-        .await
-        .map_err(|_| ApiError::Unavailable("the storage writer stopped".into()))?
-        .map_err(|e| ApiError::Unavailable(format!("storing the batch failed: {e}")))
+    let received_at = tributary_wire::time::now_ns();
+    store(reservation, agent_id, batch, received_at, Origin::Agent).await
 }

@@ -12,7 +12,7 @@
 //! into a moving aggregate over the trailing window, e.g. `step=1m&window=5m&agg=mean`.
 //! Each (series, agg) is one entry of the answer, with an `agg` member.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
@@ -300,30 +300,29 @@ impl<'a> From<&'a AggregateResult> for JsonAggregate<'a> {
     }
 }
 
-/// One row per bucket and aggregation: name, field, agg, time, value, then one column per tag.
-fn aggregate_csv(result: &AggregateResult) -> Result<String, String> {
-    let tag_keys: BTreeSet<&str> = result
-        .series
+/// A CSV table: `columns`, then one column per tag key of any series; `rows` gives each
+/// series' rows (values for `columns`), `tags` its tags.
+fn csv_table<S>(
+    columns: &[&str],
+    series: &[S],
+    tags: impl Fn(&S) -> &BTreeMap<String, String>,
+    rows: impl Fn(&S) -> Vec<Vec<String>>,
+) -> Result<String, String> {
+    let tag_keys: BTreeSet<&str> = series
         .iter()
-        .flat_map(|s| s.tags.keys().map(String::as_str))
+        .flat_map(|s| tags(s).keys().map(String::as_str))
         .collect();
     let mut writer = csv::Writer::from_writer(Vec::new());
-    let mut header = vec!["name", "field", "agg", "time", "value"];
+    let mut header = columns.to_vec();
     header.extend(tag_keys.iter().copied());
     writer.write_record(&header).map_err(|e| e.to_string())?;
-    for series in &result.series {
-        for (ts, value) in &series.points {
-            let mut row = vec![
-                series.name.clone(),
-                series.field.clone(),
-                series.agg.name().to_owned(),
-                format_rfc3339(*ts),
-                value.to_string(),
-            ];
+    for one in series {
+        let series_tags = tags(one);
+        for mut row in rows(one) {
             row.extend(
                 tag_keys
                     .iter()
-                    .map(|k| series.tags.get(*k).cloned().unwrap_or_default()),
+                    .map(|k| series_tags.get(*k).cloned().unwrap_or_default()),
             );
             writer.write_record(&row).map_err(|e| e.to_string())?;
         }
@@ -332,40 +331,54 @@ fn aggregate_csv(result: &AggregateResult) -> Result<String, String> {
     String::from_utf8(bytes).map_err(|e| e.to_string())
 }
 
+/// One row per bucket and aggregation: name, field, agg, time, value, then one column per tag.
+fn aggregate_csv(result: &AggregateResult) -> Result<String, String> {
+    csv_table(
+        &["name", "field", "agg", "time", "value"],
+        &result.series,
+        |s| &s.tags,
+        |s| {
+            s.points
+                .iter()
+                .map(|(ts, value)| {
+                    vec![
+                        s.name.clone(),
+                        s.field.clone(),
+                        s.agg.name().to_owned(),
+                        format_rfc3339(*ts),
+                        value.to_string(),
+                    ]
+                })
+                .collect()
+        },
+    )
+}
+
 /// One row per point: name, field, time, value, then one column per tag key.
 fn to_csv(result: &QueryResult) -> Result<String, String> {
-    let tag_keys: BTreeSet<&str> = result
-        .series
-        .iter()
-        .flat_map(|s| s.tags.keys().map(String::as_str))
-        .collect();
-    let mut writer = csv::Writer::from_writer(Vec::new());
-    let mut header = vec!["name", "field", "time", "value"];
-    header.extend(tag_keys.iter().copied());
-    writer.write_record(&header).map_err(|e| e.to_string())?;
-    for series in &result.series {
-        for (ts, value) in &series.points {
-            let mut row = vec![
-                series.name.clone(),
-                series.field.clone(),
-                format_rfc3339(*ts),
-                match value {
-                    FieldValue::F64(v) => v.to_string(),
-                    FieldValue::I64(v) => v.to_string(),
-                    FieldValue::Bool(v) => v.to_string(),
-                    FieldValue::Str(v) => v.clone(),
-                },
-            ];
-            row.extend(
-                tag_keys
-                    .iter()
-                    .map(|k| series.tags.get(*k).cloned().unwrap_or_default()),
-            );
-            writer.write_record(&row).map_err(|e| e.to_string())?;
-        }
-    }
-    let bytes = writer.into_inner().map_err(|e| e.to_string())?;
-    String::from_utf8(bytes).map_err(|e| e.to_string())
+    csv_table(
+        &["name", "field", "time", "value"],
+        &result.series,
+        |s| &s.tags,
+        |s| {
+            s.points
+                .iter()
+                .map(|(ts, value)| {
+                    vec![
+                        s.name.clone(),
+                        s.field.clone(),
+                        format_rfc3339(*ts),
+                        match value {
+                            FieldValue::F64(v) => v.to_string(),
+                            FieldValue::I64(v) => v.to_string(),
+                            FieldValue::Bool(v) => v.to_string(),
+                            FieldValue::Str(v) => v.clone(),
+                        },
+                    ]
+                })
+                .collect()
+        },
+    )
 }
 
 #[cfg(test)]

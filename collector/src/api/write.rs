@@ -13,9 +13,9 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Query, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_ENCODING};
+use axum::http::header::CONTENT_ENCODING;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -23,8 +23,9 @@ use tributary_wire::codec::{self, DecodeError};
 use tributary_wire::line_protocol::{self, Precision};
 use tributary_wire::{AgentStatus, Batch, Reject};
 
+use super::ingest::{authenticate, decode_off_executor, received_body, reserve, store};
 use super::{ApiError, AppState};
-use crate::storage::{Origin, WriteJob};
+use crate::storage::Origin;
 
 const ENDPOINT: &str = "write";
 
@@ -62,18 +63,12 @@ async fn write(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
-    let agent_id = state
-        .auth
-        .agent_for(header(AUTHORIZATION))
-        .ok_or_else(|| {
-            ApiError::Unauthorized(if header(AUTHORIZATION).is_some() {
-                "the token is not known".into()
-            } else {
-                "missing Authorization: Token <token> (or Bearer <token>)".into()
-            })
-        })?
-        .to_owned();
+    let agent_id = authenticate(
+        state,
+        headers,
+        "the token is not known",
+        "missing Authorization: Token <token> (or Bearer <token>)",
+    )?;
     let mut precision = Precision::Nanoseconds;
     for (key, value) in params {
         match key.as_str() {
@@ -86,36 +81,23 @@ async fn write(
             other => return Err(ApiError::BadRequest(format!("unknown parameter {other:?}"))),
         }
     }
-    let body = body.map_err(|rejection| match rejection {
-        BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
-            ApiError::TooLarge("request body exceeds server.max_body_size".into())
-        }
-        other => ApiError::BadRequest(format!("cannot read the request body: {other}")),
-    })?;
-    state.metrics.bytes_received.inc_by(body.len() as u64);
-    let content_encoding = header(CONTENT_ENCODING).map(str::to_owned);
+    let body = received_body(state, body)?;
+    let content_encoding = headers
+        .get(CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let limit = state.max_decompressed_size;
     let received_at = tributary_wire::time::now_ns();
 
-    let reservation = super::ingest::reserve(state).await?;
-    let (batch, rejected, lines) = tokio::task::spawn_blocking(move || {
+    let reservation = reserve(state).await?;
+    let (batch, rejected, lines) = decode_off_executor(move || {
         let raw = codec::decompress_limited(&body, content_encoding.as_deref(), limit)?;
         let text = String::from_utf8(raw).map_err(|e| {
             DecodeError::Malformed(format!("the body is not UTF-8 text ({})", e.utf8_error()))
         })?;
-        Ok::<_, DecodeError>(to_batch(&agent_id, &text, precision, received_at))
+        Ok(to_batch(&agent_id, &text, precision, received_at))
     })
-    .await
-    .map_err(|e| ApiError::Internal(format!("decode task failed: {e}")))?
-    .map_err(|e| match e {
-        DecodeError::TooLarge { .. } => ApiError::TooLarge(e.to_string()),
-        DecodeError::UnsupportedContentEncoding(_) | DecodeError::UnsupportedContentType(_) => {
-            ApiError::UnsupportedMediaType(e.to_string())
-        }
-        DecodeError::Decompress(_) | DecodeError::Malformed(_) => {
-            ApiError::BadRequest(e.to_string())
-        }
-    })?;
+    .await?;
     state.metrics.lines_received.inc_by(lines as u64);
     state
         .metrics
@@ -125,19 +107,15 @@ async fn write(
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
 
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    let job = WriteJob {
-        agent_id: batch.agent_id.clone(),
+    let agent_id = batch.agent_id.clone();
+    let ack = store(
+        reservation,
+        agent_id,
         batch,
         received_at,
-        origin: Origin::LineProtocol,
-        reply,
-    };
-    reservation.submit(job);
-    let ack = answer
-        .await
-        .map_err(|_| ApiError::Unavailable("the storage writer stopped".into()))?
-        .map_err(|e| ApiError::Unavailable(format!("storing the write failed: {e}")))?;
+        Origin::LineProtocol,
+    )
+    .await?;
     if rejected.is_empty() {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }

@@ -50,11 +50,6 @@ impl Cleaner {
         }
     }
 
-    /// Whether any rule is configured (time sanity always runs).
-    pub fn has_rules(&self) -> bool {
-        !self.rules.is_empty()
-    }
-
     /// Forgets what stateful rules remember (after a failed commit, whose points will come
     /// again and must not be taken for repeats).
     pub fn reset_state(&mut self) {

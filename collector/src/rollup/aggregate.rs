@@ -157,10 +157,6 @@ impl Aggregate {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
     /// The sum, rounded once: `hi` is kept as the rounded value of `hi + lo`.
     pub fn sum(&self) -> f64 {
         self.sum_hi

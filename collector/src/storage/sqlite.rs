@@ -258,15 +258,6 @@ impl Storage {
         }
     }
 
-    /// Queues a batch without waiting; a full queue is `Busy` (the caller answers 429).
-    pub fn try_submit(&self, job: WriteJob) -> Result<(), SubmitError> {
-        let jobs = self.jobs.as_ref().ok_or(SubmitError::Closed)?;
-        jobs.try_send(Job::Write(job)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SubmitError::Busy,
-            mpsc::error::TrySendError::Closed(_) => SubmitError::Closed,
-        })
-    }
-
     /// Runs one retention pass on the writer thread (between commits) and waits for it.
     pub async fn retain(&self, now: i64) -> Result<RetentionReport, StorageError> {
         let jobs = self.jobs.as_ref().ok_or(StorageError::Closed)?;
@@ -421,7 +412,8 @@ impl WriterThread {
     }
 
     /// Runs time sanity and the rules on the points of each job that are not stored yet
-    /// (above the agent's mark), in place, once per job.
+    /// (above the agent's mark), in place, once per job. `store_batch` reads the mark again
+    /// inside the transaction: an earlier job of the same group may have raised it.
     fn clean(&mut self, jobs: &mut [Pending]) -> rusqlite::Result<()> {
         for pending in jobs.iter_mut().filter(|p| p.verdicts.is_none()) {
             let job = &mut pending.job;

@@ -18,6 +18,16 @@ use crate::rollup::aggregate::StoredColumns;
 use crate::rollup::{Aggregate, Resolution, choose_resolution, into_buckets, moving, window_start};
 use crate::storage::{AggregateQuery, AggregateResult, AggregateSeries};
 
+/// `SELECT` of whole windows (the columns `window_from_row` reads), then `$rest`.
+macro_rules! select_windows {
+    ($rest:literal) => {
+        concat!(
+            "SELECT count, sum, min, max, first_ts, first, last_ts, last, state, start FROM rollups ",
+            $rest
+        )
+    };
+}
+
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS rollups (
     series_id INTEGER NOT NULL,
@@ -110,14 +120,12 @@ impl RollupWriter {
                 }
             }
         }
-        let mut read = tx.prepare_cached(
-            "SELECT count, sum, min, max, first_ts, first, last_ts, last, state FROM rollups
-             WHERE series_id = ?1 AND res = ?2 AND start = ?3",
-        )?;
-        let mut newest_stmt = tx.prepare_cached(
-            "SELECT count, sum, min, max, first_ts, first, last_ts, last, state, start FROM rollups
-             WHERE series_id = ?1 AND res = ?2 ORDER BY start DESC LIMIT 1",
-        )?;
+        let mut read = tx.prepare_cached(select_windows!(
+            "WHERE series_id = ?1 AND res = ?2 AND start = ?3"
+        ))?;
+        let mut newest_stmt = tx.prepare_cached(select_windows!(
+            "WHERE series_id = ?1 AND res = ?2 ORDER BY start DESC LIMIT 1"
+        ))?;
         let mut write = tx.prepare_cached(
             "INSERT OR REPLACE INTO rollups (series_id, res, start, count, sum, min, max, first_ts, first, last_ts, last, state)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
@@ -206,21 +214,17 @@ impl RollupWriter {
     }
 }
 
+/// The window stored for `key`, if any.
 fn read_window(
     stmt: &mut rusqlite::CachedStatement<'_>,
     key: Key,
 ) -> rusqlite::Result<Option<Aggregate>> {
-    let row = stmt
+    Ok(stmt
         .query_row(params![key.series, key.res, key.start], |r| {
-            Ok((columns_from_row(r, 0)?, r.get::<_, Vec<u8>>(8)?))
+            window_from_row(r, true)
         })
-        .optional()?;
-    match row {
-        None => Ok(None),
-        Some((columns, blob)) => Aggregate::from_stored(&columns, &blob, true)
-            .map(Some)
-            .map_err(|e| corrupt(&e)),
-    }
+        .optional()?
+        .map(|(_, aggregate)| aggregate))
 }
 
 /// The newest stored window of a series at a resolution: (start, aggregate).
@@ -229,34 +233,24 @@ fn read_newest(
     series: i64,
     res: i64,
 ) -> rusqlite::Result<Option<(i64, Aggregate)>> {
-    let row = stmt
-        .query_row(params![series, res], |r| {
-            Ok((
-                columns_from_row(r, 0)?,
-                r.get::<_, Vec<u8>>(8)?,
-                r.get::<_, i64>(9)?,
-            ))
-        })
-        .optional()?;
-    match row {
-        None => Ok(None),
-        Some((columns, blob, start)) => Aggregate::from_stored(&columns, &blob, true)
-            .map(|a| Some((start, a)))
-            .map_err(|e| corrupt(&e)),
-    }
+    stmt.query_row(params![series, res], |r| window_from_row(r, true))
+        .optional()
 }
 
-/// Reads the plain columns starting at column `at`: count, sum, min, max, first_ts, first,
-/// last_ts, last.
-fn columns_from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<StoredColumns> {
-    Ok(StoredColumns {
-        count: r.get::<_, i64>(at)? as u64,
-        sum: r.get(at + 1)?,
-        min: r.get(at + 2)?,
-        max: r.get(at + 3)?,
-        first: (r.get(at + 4)?, r.get(at + 5)?),
-        last: (r.get(at + 6)?, r.get(at + 7)?),
-    })
+/// A row of `select_windows!` as (start, aggregate); without `with_sketch` the sketch is left
+/// empty.
+fn window_from_row(r: &rusqlite::Row<'_>, with_sketch: bool) -> rusqlite::Result<(i64, Aggregate)> {
+    let columns = StoredColumns {
+        count: r.get::<_, i64>(0)? as u64,
+        sum: r.get(1)?,
+        min: r.get(2)?,
+        max: r.get(3)?,
+        first: (r.get(4)?, r.get(5)?),
+        last: (r.get(6)?, r.get(7)?),
+    };
+    let blob = r.get_ref(8)?.as_blob()?;
+    let aggregate = Aggregate::from_stored(&columns, blob, with_sketch).map_err(|e| corrupt(&e))?;
+    Ok((r.get(9)?, aggregate))
 }
 
 fn corrupt(message: &str) -> rusqlite::Error {
@@ -277,22 +271,13 @@ pub fn read_windows(
     to: i64,
     with_sketch: bool,
 ) -> rusqlite::Result<Vec<(i64, Aggregate)>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT count, sum, min, max, first_ts, first, last_ts, last, state, start FROM rollups
-         WHERE series_id = ?1 AND res = ?2 AND start >= ?3 AND start < ?4 ORDER BY start",
-    )?;
-    let mut rows = stmt.query(params![series, res, from, to])?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        let columns = columns_from_row(row, 0)?;
-        let start: i64 = row.get(9)?;
-        let blob = row.get_ref(8)?.as_blob()?;
-        out.push((
-            start,
-            Aggregate::from_stored(&columns, blob, with_sketch).map_err(|e| corrupt(&e))?,
-        ));
-    }
-    Ok(out)
+    let mut stmt = conn.prepare_cached(select_windows!(
+        "WHERE series_id = ?1 AND res = ?2 AND start >= ?3 AND start < ?4 ORDER BY start"
+    ))?;
+    stmt.query_map(params![series, res, from, to], |r| {
+        window_from_row(r, with_sketch)
+    })?
+    .collect()
 }
 
 /// Rolls up every numeric point already stored (a database from before rollups existed), in
@@ -432,19 +417,9 @@ pub fn query_aggregated(
             if points.is_empty() {
                 continue;
             }
-            if points.len() > remaining {
-                result.truncated = true;
-                let mut points = points;
-                points.truncate(remaining);
-                result.series.push(AggregateSeries {
-                    name: name.clone(),
-                    tags: candidate.tags.clone(),
-                    field: candidate.field.clone(),
-                    agg: *agg,
-                    points,
-                });
-                break 'series;
-            }
+            let cut = points.len() > remaining;
+            let mut points = points;
+            points.truncate(remaining);
             remaining -= points.len();
             result.series.push(AggregateSeries {
                 name: name.clone(),
@@ -453,6 +428,10 @@ pub fn query_aggregated(
                 agg: *agg,
                 points,
             });
+            if cut {
+                result.truncated = true;
+                break 'series;
+            }
         }
     }
     Ok(result)

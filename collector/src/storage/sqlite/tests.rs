@@ -34,14 +34,16 @@ pub(super) async fn store(
 ) -> Result<BatchAck, StorageError> {
     let (reply, answer) = tokio::sync::oneshot::channel();
     storage
-        .try_submit(WriteJob {
+        .reserve(Duration::from_secs(10))
+        .await
+        .expect("the queue has room")
+        .submit(WriteJob {
             agent_id: agent_id.to_owned(),
             batch,
             received_at,
             origin: Origin::Agent,
             reply,
-        })
-        .expect("the queue has room");
+        });
     answer.await.expect("the writer answers")
 }
 
