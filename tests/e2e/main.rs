@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tributary_bench::harness::{
-    AgentProcess, CollectorProcess, Mosquitto, MosquittoOptions, Oracle, Publisher, Verdict,
+    AgentProcess, CollectorProcess, Mosquitto, MosquittoOptions, Oracle, Publisher, QoS, Verdict,
     agent_config, free_port, token_pair,
 };
 
@@ -193,9 +193,13 @@ pub struct Background {
 }
 
 impl Background {
-    /// Connects to the broker and starts publishing `range` at `per_second`.
+    /// Connects to the broker and starts publishing `range` at `per_second`, with QoS 2: these
+    /// tests stop the broker under the publisher, and a QoS 1 publisher would resend messages
+    /// whose PUBACK was lost, which the broker forwards again as new ones (see the publisher's
+    /// module docs). The agent's subscription stays QoS 1.
     pub async fn start(port: u16, range: std::ops::Range<u64>, per_second: u64) -> Background {
-        let publisher = Arc::new(Publisher::connect(port, "publisher", 100).await);
+        let publisher =
+            Arc::new(Publisher::connect_qos(port, "publisher", 100, QoS::ExactlyOnce).await);
         let stop = Arc::new(AtomicBool::new(false));
         let task = {
             let (publisher, stop) = (Arc::clone(&publisher), Arc::clone(&stop));

@@ -11,6 +11,7 @@ mod tributary;
 pub use mosquitto::{Mosquitto, MosquittoOptions, TlsListener};
 pub use process::Process;
 pub use publisher::Publisher;
+pub use rumqttc::QoS;
 pub use tributary::{
     AgentProcess, CollectorProcess, Oracle, Supervised, Verdict, agent_config, agent_config_with,
     bin_dir, query_json, query_text, token_pair,

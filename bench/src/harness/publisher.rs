@@ -4,6 +4,13 @@
 //! id in the order the messages were queued, and each PUBACK by packet id, so the publisher can
 //! tell exactly which ids the broker has taken responsibility for: the set the exactly-once
 //! oracle requires to be stored.
+//!
+//! QoS 1 on the publisher's own hop is at least once: if the broker goes away after taking a
+//! message but before its PUBACK reaches us, the message is sent again and the broker, which
+//! does not deduplicate QoS 1, forwards it as a new message that no subscriber can tell from a
+//! second reading. Tests that restart the broker under a publisher therefore publish with
+//! QoS 2 ([`Publisher::connect_qos`]): the broker then takes each message once, and the oracle
+//! checks only the hop under test (broker -> agent -> collector, QoS 1 on the subscription).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -16,7 +23,8 @@ use tokio::task::JoinHandle;
 struct Tracking {
     /// Ids queued but not yet seen going out, in order.
     queued: VecDeque<u64>,
-    /// Packet id -> message id, while the broker has not acknowledged it.
+    /// Packet id -> message id, while the broker has not acknowledged it (PUBACK for QoS 1,
+    /// PUBREC for QoS 2: either way the broker has taken the message).
     in_flight: HashMap<u16, u64>,
     acked: HashSet<u64>,
     connections: u64,
@@ -29,13 +37,24 @@ struct Tracking {
 /// reconnect, in order); it reconnects on its own.
 pub struct Publisher {
     client: AsyncClient,
+    qos: QoS,
     tracking: Arc<Mutex<Tracking>>,
     task: JoinHandle<()>,
 }
 
 impl Publisher {
-    /// Connects to the broker on 127.0.0.1:`port`; `inflight` bounds unacknowledged messages.
+    /// Connects to the broker on 127.0.0.1:`port` to publish with QoS 1; `inflight` bounds
+    /// unacknowledged messages.
     pub async fn connect(port: u16, client_id: &str, inflight: u16) -> Publisher {
+        Publisher::connect_qos(port, client_id, inflight, QoS::AtLeastOnce).await
+    }
+
+    /// Like [`Publisher::connect`], publishing with `qos` (1 or 2).
+    pub async fn connect_qos(port: u16, client_id: &str, inflight: u16, qos: QoS) -> Publisher {
+        assert!(
+            qos != QoS::AtMostOnce,
+            "QoS 0 messages are never acknowledged"
+        );
         let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
         options
             .set_keep_alive(Duration::from_secs(30))
@@ -57,9 +76,10 @@ impl Publisher {
                             t.in_flight.insert(pkid, id);
                         }
                     }
-                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                    Ok(Event::Incoming(Packet::PubAck(rumqttc::PubAck { pkid })))
+                    | Ok(Event::Incoming(Packet::PubRec(rumqttc::PubRec { pkid }))) => {
                         let mut t = state.lock().expect("tracking lock");
-                        if let Some(id) = t.in_flight.remove(&ack.pkid) {
+                        if let Some(id) = t.in_flight.remove(&pkid) {
                             t.acked.insert(id);
                         }
                     }
@@ -77,6 +97,7 @@ impl Publisher {
         });
         Publisher {
             client,
+            qos,
             tracking,
             task,
         }
@@ -91,7 +112,7 @@ impl Publisher {
             .push_back(id);
         if self
             .client
-            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .publish(topic, self.qos, false, payload)
             .await
             .is_err()
         {
