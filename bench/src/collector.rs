@@ -294,10 +294,14 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         disk += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     }
     let conn = rusqlite::Connection::open(&db)?;
-    let rows: i64 = conn.query_row("SELECT count(*) FROM points", [], |r| r.get(0))?;
+    let (rows, chunks): (i64, i64) = conn.query_row(
+        "SELECT coalesce(sum(count), 0), count(*) FROM chunks",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
     let windows: i64 = conn.query_row("SELECT count(*) FROM rollups", [], |r| r.get(0))?;
     println!(
-        "  disk: {:.1} MB for {stored} points ({rows} values) and {windows} rollup windows = {:.1} bytes per stored point",
+        "  disk: {:.1} MB for {stored} points ({rows} values in {chunks} chunks) and {windows} rollup windows = {:.1} bytes per stored point",
         disk as f64 / 1e6,
         disk as f64 / stored as f64
     );

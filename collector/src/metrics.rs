@@ -59,6 +59,12 @@ pub struct Metrics {
     pub rollup_windows: Counter,
     /// Rollup windows read back from disk to merge late points (or after a cold start).
     pub rollup_late_windows: Counter,
+    /// Chunks of raw values written as new rows.
+    pub chunks_written: Counter,
+    /// Runs of raw values appended to a series' newest chunk.
+    pub chunks_appended: Counter,
+    /// Checkpoints that restarted the WAL (it had grown past its bound).
+    pub wal_restarts: Counter,
     /// Line protocol lines received.
     pub lines_received: Counter,
     /// HTTP request latency by route, method and status.
@@ -146,6 +152,24 @@ impl Metrics {
             "Rollup windows read back to fold in late points",
             rollup_late_windows.clone(),
         );
+        let chunks_written = Counter::default();
+        registry.register(
+            "chunks_written",
+            "Chunks of raw values written as new rows",
+            chunks_written.clone(),
+        );
+        let chunks_appended = Counter::default();
+        registry.register(
+            "chunks_appended",
+            "Small runs of raw values appended to their series' newest chunk",
+            chunks_appended.clone(),
+        );
+        let wal_restarts = Counter::default();
+        registry.register(
+            "wal_restarts",
+            "Checkpoints that restarted the WAL after it grew past its bound",
+            wal_restarts.clone(),
+        );
         let lines_received = Counter::default();
         registry.register(
             "lines_received",
@@ -174,6 +198,9 @@ impl Metrics {
             rollup_seconds,
             rollup_windows,
             rollup_late_windows,
+            chunks_written,
+            chunks_appended,
+            wal_restarts,
             lines_received,
             requests,
             retention_deleted,

@@ -6,13 +6,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{error, warn};
-use tributary_common::sqlite::MultiRowInsert;
 use tributary_wire::{BatchAck, FieldValue};
 
+use self::chunks::ChunkWriter;
 use self::rollups::RollupWriter;
 use super::series::{SeriesCache, canonical_tags};
 use super::{
@@ -23,13 +23,11 @@ use crate::clean::{Cleaner, Rejection};
 use crate::metrics::Metrics;
 use crate::rollup::Resolution;
 
+pub mod chunks;
 pub mod rollups;
 
-/// `points` is clustered by `(series_id, ts)`: one b-tree insert per value, and a query for a
-/// series and a time range reads neighbouring pages. `n` (from `meta.next_n`) keeps two values
-/// with the same series and timestamp apart: they are two readings, both stored. `value` has
-/// no declared type, so SQLite keeps each value as it was given (a string that looks like a
-/// number stays a string).
+/// Raw values live in `chunks` (see [`chunks`]); schema 2 and older kept them in `points`, a
+/// row per value, which [`Storage::open`] converts.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS series (
     id       INTEGER PRIMARY KEY,
@@ -41,13 +39,6 @@ CREATE TABLE IF NOT EXISTS series (
     last_ts  INTEGER NOT NULL,
     UNIQUE (name, tags, field)
 );
-CREATE TABLE IF NOT EXISTS points (
-    series_id INTEGER NOT NULL,
-    ts        INTEGER NOT NULL,
-    n         INTEGER NOT NULL,
-    value,
-    PRIMARY KEY (series_id, ts, n)
-) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value
@@ -92,8 +83,8 @@ CREATE TABLE IF NOT EXISTS quarantine (
 CREATE INDEX IF NOT EXISTS quarantine_by_time ON quarantine (received_at);
 ";
 
-/// 2: rollups.
-const SCHEMA_VERSION: i64 = 2;
+/// 2: rollups. 3: raw values in chunks instead of a row per value.
+const SCHEMA_VERSION: i64 = 3;
 
 /// Page cache of the writer connection, in KiB.
 const WRITER_CACHE_KIB: u64 = 64 * 1024;
@@ -141,8 +132,22 @@ pub struct Storage {
 /// How often the checkpointer copies the WAL into the database.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 
+/// WAL frames (pages) past which the checkpointer restarts the WAL (~16 MiB of 4 KiB pages).
+const RESTART_FRAMES: i64 = 4096;
+
+/// How long a restarting checkpoint waits for the writer and for readers before it settles
+/// for a passive one: while it waits, the writer waits too.
+const RESTART_WAIT: Duration = Duration::from_millis(100);
+
 /// Checkpoints the WAL from its own connection, so the writer's commits never pay for it
 /// (SQLite's automatic checkpoint runs inside the commit that crosses its threshold).
+///
+/// Passive checkpoints alone never catch up with a busy writer: the WAL is reused from its
+/// start only once a checkpoint has copied all of it, so under steady ingest it grows without
+/// bound, and every commit appends to a growing file (the file system zero-fills each new
+/// block: a fifth of the writer's time in a profile of the 24 h benchmark). So once the WAL
+/// passes [`RESTART_FRAMES`], the checkpointer takes the write lock briefly (a passive pass
+/// just copied almost everything), copies the rest and resets the WAL.
 fn start_checkpointer(
     path: &Path,
     metrics: Arc<Metrics>,
@@ -151,14 +156,31 @@ fn start_checkpointer(
         path: path.display().to_string(),
         source,
     })?;
+    conn.busy_timeout(RESTART_WAIT)
+        .map_err(|source| StorageError::Sqlite {
+            path: path.display().to_string(),
+            source,
+        })?;
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let handle = std::thread::Builder::new()
         .name("storage-checkpoint".into())
         .spawn(move || {
+            let checkpoint = |mode: &str| {
+                conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+                    r.get::<_, i64>(1)
+                })
+            };
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                 stopped.recv_timeout(CHECKPOINT_INTERVAL)
             {
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                let result = checkpoint("PASSIVE").and_then(|frames| {
+                    if frames > RESTART_FRAMES {
+                        metrics.wal_restarts.inc();
+                        checkpoint("RESTART")?;
+                    }
+                    Ok(())
+                });
+                if let Err(e) = result {
                     warn!(error = %e, "WAL checkpoint failed; retrying");
                     metrics.error("storage", "checkpoint");
                 }
@@ -192,6 +214,7 @@ impl Storage {
             )));
         }
         conn.execute_batch(SCHEMA).map_err(sql)?;
+        conn.execute_batch(chunks::SCHEMA).map_err(sql)?;
         conn.execute_batch(rollups::SCHEMA).map_err(sql)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(sql)?;
@@ -206,8 +229,16 @@ impl Storage {
         // Checkpoints run on their own thread (start_checkpointer), not inside commits.
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(sql)?;
+        if version < 3 {
+            let values = convert_points(&conn).map_err(sql)?;
+            if values > 0 {
+                tracing::info!(
+                    values,
+                    "moved the raw values of an older database into chunks"
+                );
+            }
+        }
         let series = load_series(&conn).map_err(sql)?;
-        let next_n = load_next_n(&conn).map_err(sql)?;
 
         let mut rollups = RollupWriter::new(options.resolutions.clone());
         if version == 1 {
@@ -222,7 +253,7 @@ impl Storage {
             conn,
             path: path.to_owned(),
             series,
-            next_n,
+            chunks: ChunkWriter::default(),
             commit_max_points: options.commit_max_points,
             metrics: Arc::clone(&metrics),
             cleaner: Cleaner::new(options.rules.clone(), options.time.clone()),
@@ -317,20 +348,63 @@ fn load_series(conn: &Connection) -> rusqlite::Result<SeriesCache> {
     Ok(cache)
 }
 
-fn load_next_n(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.query_row(
-        "SELECT coalesce((SELECT value FROM meta WHERE key = 'next_n'), 0)",
+/// Moves the values of a database from before chunks (a `points` row per value) into chunks,
+/// in one transaction, and drops `points`; returns how many values moved.
+fn convert_points(conn: &Connection) -> rusqlite::Result<u64> {
+    let exists: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'points'",
         [],
         |r| r.get(0),
-    )
+    )?;
+    if !exists {
+        return Ok(0);
+    }
+    let tx = conn.unchecked_transaction()?;
+    let mut writer = ChunkWriter::default();
+    let mut moved = 0;
+    {
+        let mut stmt = tx.prepare(
+            "SELECT p.series_id, p.ts, p.value, s.kind = 'boolean' FROM points p
+             JOIN series s ON s.id = p.series_id ORDER BY p.series_id, p.ts, p.n",
+        )?;
+        let mut rows = stmt.query([])?;
+        let mut group: Vec<(i64, i64, FieldValue)> = Vec::with_capacity(100_000);
+        loop {
+            let row = rows.next()?;
+            let done = row.is_none();
+            if let Some(row) = row {
+                let value = match (row.get_ref(2)?, row.get::<_, bool>(3)?) {
+                    (ValueRef::Integer(v), true) => FieldValue::Bool(v != 0),
+                    (ValueRef::Integer(v), false) => FieldValue::I64(v),
+                    (ValueRef::Real(v), _) => FieldValue::F64(v),
+                    (ValueRef::Text(v), _) => {
+                        FieldValue::Str(String::from_utf8_lossy(v).into_owned())
+                    }
+                    (ValueRef::Null | ValueRef::Blob(_), _) => continue,
+                };
+                group.push((row.get(0)?, row.get(1)?, value));
+            }
+            if group.len() == 100_000 || (done && !group.is_empty()) {
+                let borrowed: Vec<(i64, i64, &FieldValue)> =
+                    group.iter().map(|(s, t, v)| (*s, *t, v)).collect();
+                moved += writer.write(&tx, &borrowed)?.values;
+                group.clear();
+            }
+            if done {
+                break;
+            }
+        }
+    }
+    tx.execute_batch("DROP TABLE points; DELETE FROM meta WHERE key = 'next_n';")?;
+    tx.commit()?;
+    Ok(moved)
 }
 
 struct WriterThread {
     conn: Connection,
     path: PathBuf,
     series: SeriesCache,
-    /// The next value of `points.n`.
-    next_n: i64,
+    chunks: ChunkWriter,
     commit_max_points: usize,
     metrics: Arc<Metrics>,
     cleaner: Cleaner,
@@ -362,8 +436,8 @@ struct Pending {
 struct GroupState<'a> {
     /// Series touched, with the min and max timestamps written.
     touched: HashMap<i64, (i64, i64), foldhash::fast::FixedState>,
-    /// Values to insert: (series id, ts, value), the value borrowed from its batch.
-    rows: Vec<(i64, i64, ValueRef<'a>)>,
+    /// Values to store: (series id, ts, value), the value borrowed from its batch.
+    rows: Vec<(i64, i64, &'a FieldValue)>,
     /// The numeric values among them, for the rollups.
     numeric: Vec<(i64, i64, f64)>,
 }
@@ -523,7 +597,6 @@ impl WriterThread {
             numeric: Vec::with_capacity(points + points / 4),
             ..GroupState::default()
         };
-        let next_n = self.next_n;
         let result = (|| {
             let tx = self
                 .conn
@@ -538,15 +611,11 @@ impl WriterThread {
                     &self.metrics,
                 )?);
             }
-            // In key order, each multi-row INSERT lands in one or two neighbouring leaf pages,
-            // so its statement journal copies those pages instead of one page per series.
+            // Stable: values with equal times keep their arrival order in the chunk.
             state.rows.sort_by_key(|(series, ts, _)| (*series, *ts));
-            let inserted = insert_points(&tx, &state.rows, next_n)?;
-            tx.prepare_cached(
-                "INSERT INTO meta (key, value) VALUES ('next_n', ?1)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            )?
-            .execute([next_n + inserted])?;
+            let chunked = self.chunks.write(&tx, &state.rows)?;
+            self.metrics.chunks_written.inc_by(chunked.inserted);
+            self.metrics.chunks_appended.inc_by(chunked.appended);
             {
                 let mut update = tx.prepare_cached(
                     "UPDATE series SET first_ts = min(first_ts, ?2), last_ts = max(last_ts, ?3) WHERE id = ?1",
@@ -568,15 +637,13 @@ impl WriterThread {
                 .rollup_late_windows
                 .inc_by(rolled.merged_from_disk);
             tx.commit()?;
-            Ok((acks, inserted))
+            Ok(acks)
         })();
         match result {
-            Ok((acks, inserted)) => {
-                self.next_n += inserted;
-                Ok(acks)
-            }
+            Ok(acks) => Ok(acks),
             Err(e) => {
                 self.rollups.forget();
+                self.chunks.forget();
                 // The rollback removed any series created in the transaction: forget their ids
                 // by reloading the index (failures are rare; correctness is what matters here).
                 match load_series(&self.conn) {
@@ -592,7 +659,8 @@ impl WriterThread {
     }
 }
 
-/// Rows one retention pass deletes at most, so ingest waits for it only briefly.
+/// Rows (chunks, windows, quarantined records) one retention pass deletes or rewrites at
+/// most, so ingest waits for it only briefly.
 const RETENTION_PASS_ROWS: usize = 50_000;
 
 impl WriterThread {
@@ -612,17 +680,13 @@ impl WriterThread {
                 .collect::<rusqlite::Result<_>>()?;
             if let Some(keep) = self.raw_retention {
                 let cutoff = now.saturating_sub(keep);
-                let mut delete = tx.prepare_cached(
-                    "DELETE FROM points WHERE (series_id, ts, n) IN
-                     (SELECT series_id, ts, n FROM points WHERE series_id = ?1 AND ts < ?2 LIMIT ?3)",
-                )?;
                 for id in &ids {
                     if budget == 0 {
                         break;
                     }
-                    let n = delete.execute(params![id, cutoff, budget as i64])?;
-                    report.points += n as u64;
-                    budget -= n;
+                    let trimmed = chunks::trim(&tx, *id, cutoff, budget)?;
+                    report.points += trimmed.values;
+                    budget -= trimmed.rows;
                 }
                 let n = tx.execute(
                     "DELETE FROM quarantine WHERE id IN
@@ -663,8 +727,9 @@ impl WriterThread {
             report.more = budget == 0;
             Ok(report)
         })();
-        // Windows the cache holds may just have been deleted.
+        // Windows and chunks the writer remembers may just have been deleted or rewritten.
         self.rollups.forget();
+        self.chunks.forget();
         result.map_err(|source| {
             error!(error = %source, "retention pass failed");
             self.metrics.error("storage", "retention");
@@ -676,51 +741,11 @@ impl WriterThread {
     }
 }
 
-/// Multi-row INSERTs of values, up to 64 rows a statement (`tributary_common::sqlite`).
-static INSERT_POINTS: std::sync::LazyLock<MultiRowInsert> = std::sync::LazyLock::new(|| {
-    MultiRowInsert::new("points", &["series_id", "ts", "n", "value"], 64)
-});
-
-/// Inserts the group's values with `n` counting up from `first_n`; returns how many.
-fn insert_points(
-    tx: &rusqlite::Transaction<'_>,
-    rows: &[(i64, i64, ValueRef<'_>)],
-    first_n: i64,
-) -> rusqlite::Result<i64> {
-    let mut n = first_n;
-    let mut params: Vec<ToSqlOutput<'_>> = Vec::with_capacity(4 * 64);
-    for (statement, chunk) in INSERT_POINTS.chunks(rows) {
-        params.clear();
-        for (series, ts, value) in chunk {
-            params.push(ToSqlOutput::Borrowed(ValueRef::Integer(*series)));
-            params.push(ToSqlOutput::Borrowed(ValueRef::Integer(*ts)));
-            params.push(ToSqlOutput::Borrowed(ValueRef::Integer(n)));
-            params.push(ToSqlOutput::Borrowed(*value));
-            n += 1;
-        }
-        tx.prepare_cached(statement)?
-            .execute(rusqlite::params_from_iter(params.iter()))?;
-    }
-    Ok(n - first_n)
-}
-
-/// A field value as SQLite stores it (booleans as 0 and 1; the series' kind tells them apart).
-fn sql_value(value: &FieldValue) -> ValueRef<'_> {
-    match value {
-        FieldValue::F64(v) => ValueRef::Real(*v),
-        FieldValue::I64(v) => ValueRef::Integer(*v),
-        FieldValue::Bool(v) => ValueRef::Integer(i64::from(*v)),
-        FieldValue::Str(v) => ValueRef::Text(v.as_bytes()),
-    }
-}
-
 /// Adds one value to the group: its row, its numeric value for the rollups, its series' span.
 fn record<'a>(state: &mut GroupState<'a>, id: i64, ts: i64, value: &'a FieldValue) {
-    state.rows.push((id, ts, sql_value(value)));
-    match value {
-        FieldValue::F64(v) => state.numeric.push((id, ts, *v)),
-        FieldValue::I64(v) => state.numeric.push((id, ts, *v as f64)),
-        FieldValue::Bool(_) | FieldValue::Str(_) => {}
+    state.rows.push((id, ts, value));
+    if let Some(number) = rollups::number(value) {
+        state.numeric.push((id, ts, number));
     }
     let span = state.touched.entry(id).or_insert((ts, ts));
     span.0 = span.0.min(ts);
@@ -1089,10 +1114,6 @@ pub fn query_raw(conn: &Connection, query: &RawQuery) -> rusqlite::Result<QueryR
         query.to,
         &query.tags,
     )?;
-    let mut points_stmt = conn.prepare_cached(
-        "SELECT ts, value FROM points WHERE series_id = ?1 AND ts >= ?2 AND ts < ?3
-         ORDER BY ts, n LIMIT ?4",
-    )?;
     let mut result = QueryResult::default();
     let mut remaining = query.limit;
     for (name, candidate) in candidates {
@@ -1100,29 +1121,9 @@ pub fn query_raw(conn: &Connection, query: &RawQuery) -> rusqlite::Result<QueryR
             result.truncated = true;
             break;
         }
-        let boolean = candidate.kind == "boolean";
-        let mut rows = points_stmt.query(params![
-            candidate.id,
-            query.from,
-            query.to,
-            remaining as i64 + 1
-        ])?;
-        let mut points = Vec::new();
-        while let Some(row) = rows.next()? {
-            if points.len() == remaining {
-                result.truncated = true;
-                break;
-            }
-            let ts: i64 = row.get(0)?;
-            let value = match row.get_ref(1)? {
-                ValueRef::Integer(v) if boolean => FieldValue::Bool(v != 0),
-                ValueRef::Integer(v) => FieldValue::I64(v),
-                ValueRef::Real(v) => FieldValue::F64(v),
-                ValueRef::Text(v) => FieldValue::Str(String::from_utf8_lossy(v).into_owned()),
-                ValueRef::Null | ValueRef::Blob(_) => continue,
-            };
-            points.push((ts, value));
-        }
+        let (points, truncated) =
+            chunks::read(conn, candidate.id, query.from, query.to, Some(remaining))?;
+        result.truncated |= truncated;
         remaining -= points.len();
         if !points.is_empty() {
             result.series.push(SeriesPoints {

@@ -10,13 +10,13 @@
 
 use std::collections::HashMap;
 
-use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use super::matching_series;
+use super::{chunks, matching_series};
 use crate::rollup::aggregate::StoredColumns;
 use crate::rollup::{Aggregate, Resolution, choose_resolution, into_buckets, moving, window_start};
 use crate::storage::{AggregateQuery, AggregateResult, AggregateSeries};
+use tributary_wire::FieldValue;
 
 /// `SELECT` of whole windows (the columns `window_from_row` reads), then `$rest`.
 macro_rules! select_windows {
@@ -285,27 +285,21 @@ pub fn read_windows(
 pub fn rebuild(conn: &Connection, rollups: &mut RollupWriter) -> rusqlite::Result<u64> {
     let tx = conn.unchecked_transaction()?;
     let mut windows = 0;
-    {
-        let mut stmt = tx.prepare(
-            "SELECT p.series_id, p.ts, p.value FROM points p JOIN series s ON s.id = p.series_id
-             WHERE s.kind IN ('float', 'integer') AND typeof(p.value) IN ('integer', 'real')
-             ORDER BY p.series_id, p.ts",
-        )?;
-        let mut rows = stmt.query([])?;
-        let mut chunk: Vec<(i64, i64, f64)> = Vec::with_capacity(100_000);
-        loop {
-            let row = rows.next()?;
-            let done = row.is_none();
-            if let Some(row) = row {
-                chunk.push((row.get(0)?, row.get(1)?, row.get(2)?));
-            }
-            if chunk.len() == 100_000 || (done && !chunk.is_empty()) {
-                windows += rollups.apply(&tx, &chunk)?.windows;
-                chunk.clear();
-            }
-            if done {
-                break;
-            }
+    let numeric: Vec<i64> = tx
+        .prepare("SELECT id FROM series WHERE kind IN ('float', 'integer') ORDER BY id")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut group: Vec<(i64, i64, f64)> = Vec::with_capacity(100_000);
+    for (index, id) in numeric.iter().enumerate() {
+        let (values, _) = chunks::read(&tx, *id, i64::MIN, i64::MAX, None)?;
+        group.extend(
+            values
+                .iter()
+                .filter_map(|(ts, value)| Some((*id, *ts, number(value)?))),
+        );
+        if group.len() >= 100_000 || index + 1 == numeric.len() {
+            windows += rollups.apply(&tx, &group)?.windows;
+            group.clear();
         }
     }
     tx.commit()?;
@@ -339,9 +333,6 @@ pub fn query_aggregated(
         fetch_from,
         raw.to,
         &raw.tags,
-    )?;
-    let mut raw_stmt = conn.prepare_cached(
-        "SELECT ts, value FROM points WHERE series_id = ?1 AND ts >= ?2 AND ts < ?3 ORDER BY ts",
     )?;
     let mut result = AggregateResult {
         resolution,
@@ -379,13 +370,10 @@ pub fn query_aggregated(
             }
             None => {
                 let mut buckets: Vec<(i64, Aggregate)> = Vec::new();
-                let mut rows = raw_stmt.query(params![candidate.id, fetch_from, raw.to])?;
-                while let Some(row) = rows.next()? {
-                    let ts: i64 = row.get(0)?;
-                    let value = match row.get_ref(1)? {
-                        ValueRef::Integer(v) => v as f64,
-                        ValueRef::Real(v) => v,
-                        _ => continue,
+                let (values, _) = chunks::read(conn, candidate.id, fetch_from, raw.to, None)?;
+                for (ts, value) in values {
+                    let Some(value) = number(&value) else {
+                        continue;
                     };
                     let bucket = if query.step == 0 {
                         whole(buckets.first().map_or(ts, |b| b.0))
@@ -435,4 +423,13 @@ pub fn query_aggregated(
         }
     }
     Ok(result)
+}
+
+/// A value the rollups take: floats and integers (booleans and strings are not rolled up).
+pub(crate) fn number(value: &FieldValue) -> Option<f64> {
+    match value {
+        FieldValue::F64(v) => Some(*v),
+        FieldValue::I64(v) => Some(*v as f64),
+        FieldValue::Bool(_) | FieldValue::Str(_) => None,
+    }
 }

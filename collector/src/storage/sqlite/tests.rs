@@ -310,3 +310,58 @@ async fn a_full_queue_makes_reservations_wait_then_refuse() {
     assert_eq!(answer.await.unwrap().unwrap().stored, 2);
     assert!(storage.reserve(Duration::from_secs(5)).await.is_ok());
 }
+
+/// A database from schema 2 kept a `points` row per value; opening it moves them into chunks
+/// (booleans were stored as integers and come back as booleans) and drops the table.
+#[tokio::test]
+async fn a_database_with_a_row_per_value_is_converted_to_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let conn = Connection::open(dir.path().join("c.db")).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE series (id INTEGER PRIMARY KEY, name TEXT NOT NULL, tags TEXT NOT NULL,
+                 field TEXT NOT NULL, kind TEXT NOT NULL, first_ts INTEGER NOT NULL,
+                 last_ts INTEGER NOT NULL, UNIQUE (name, tags, field));
+             CREATE TABLE points (series_id INTEGER NOT NULL, ts INTEGER NOT NULL,
+                 n INTEGER NOT NULL, value, PRIMARY KEY (series_id, ts, n)) WITHOUT ROWID;
+             CREATE TABLE meta (key TEXT PRIMARY KEY, value);
+             INSERT INTO meta VALUES ('next_n', 5);
+             INSERT INTO series VALUES
+                 (1, 'm', '{\"agent\":\"a1\"}', 'f', 'float', 100, 300),
+                 (2, 'm', '{\"agent\":\"a1\"}', 'b', 'boolean', 100, 100),
+                 (3, 'm', '{\"agent\":\"a1\"}', 's', 'string', 100, 100);
+             INSERT INTO points VALUES (1, 300, 2, 3.5), (1, 100, 0, 1.5), (1, 100, 1, 2),
+                 (2, 100, 3, 1), (3, 100, 4, '42');
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+    }
+    let storage = open(&dir);
+    let result = all(&storage, "m").await;
+    let by_field: BTreeMap<&str, &Vec<(i64, FieldValue)>> = result
+        .series
+        .iter()
+        .map(|s| (s.field.as_str(), &s.points))
+        .collect();
+    assert_eq!(
+        by_field["f"],
+        &vec![
+            (100, FieldValue::F64(1.5)),
+            (100, FieldValue::I64(2)),
+            (300, FieldValue::F64(3.5))
+        ]
+    );
+    assert_eq!(by_field["b"], &vec![(100, FieldValue::Bool(true))]);
+    assert_eq!(by_field["s"], &vec![(100, FieldValue::Str("42".into()))]);
+    drop(storage);
+    let conn = Connection::open(dir.path().join("c.db")).unwrap();
+    let (tables, version): (i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT count(*) FROM sqlite_master WHERE name = 'points'),
+                    (SELECT user_version FROM pragma_user_version)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((tables, version), (0, SCHEMA_VERSION));
+}
