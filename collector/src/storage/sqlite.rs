@@ -1,6 +1,6 @@
 //! The SQLite store: schema, the group-committing writer thread, and the read pool.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -431,15 +431,11 @@ struct Pending {
     verdicts: Option<Vec<Option<Rejection>>>,
 }
 
-/// What one transaction builds up besides its rows.
+/// What one transaction stores.
 #[derive(Default)]
 struct GroupState<'a> {
-    /// Series touched, with the min and max timestamps written.
-    touched: HashMap<i64, (i64, i64), foldhash::fast::FixedState>,
     /// Values to store: (series id, ts, value), the value borrowed from its batch.
     rows: Vec<(i64, i64, &'a FieldValue)>,
-    /// The numeric values among them, for the rollups.
-    numeric: Vec<(i64, i64, f64)>,
 }
 
 impl WriterThread {
@@ -594,8 +590,6 @@ impl WriterThread {
         let points: usize = jobs.iter().map(|p| p.job.batch.points.len()).sum();
         let mut state = GroupState {
             rows: Vec::with_capacity(points + points / 4),
-            numeric: Vec::with_capacity(points + points / 4),
-            ..GroupState::default()
         };
         let result = (|| {
             let tx = self
@@ -616,19 +610,24 @@ impl WriterThread {
             let chunked = self.chunks.write(&tx, &state.rows)?;
             self.metrics.chunks_written.inc_by(chunked.inserted);
             self.metrics.chunks_appended.inc_by(chunked.appended);
+            // Sorted, each series' values are a run: its span is the run's ends, and the
+            // numeric values come out in the order the rollups want.
+            let rollup_started = Instant::now();
+            let mut numeric = Vec::with_capacity(state.rows.len());
             {
                 let mut update = tx.prepare_cached(
                     "UPDATE series SET first_ts = min(first_ts, ?2), last_ts = max(last_ts, ?3) WHERE id = ?1",
                 )?;
-                for (id, (min, max)) in &state.touched {
-                    update.execute(params![id, min, max])?;
+                for run in state.rows.chunk_by(|a, b| a.0 == b.0) {
+                    let (id, first, last) = (run[0].0, run[0].1, run[run.len() - 1].1);
+                    update.execute(params![id, first, last])?;
+                    numeric.extend(
+                        run.iter()
+                            .filter_map(|(id, ts, v)| Some((*id, *ts, rollups::number(v)?))),
+                    );
                 }
             }
-            let rollup_started = Instant::now();
-            state
-                .numeric
-                .sort_unstable_by_key(|(series, ts, _)| (*series, *ts));
-            let rolled = self.rollups.apply(&tx, &state.numeric)?;
+            let rolled = self.rollups.apply(&tx, &numeric)?;
             self.metrics
                 .rollup_seconds
                 .observe(rollup_started.elapsed().as_secs_f64());
@@ -741,15 +740,9 @@ impl WriterThread {
     }
 }
 
-/// Adds one value to the group: its row, its numeric value for the rollups, its series' span.
+/// Adds one value to the group.
 fn record<'a>(state: &mut GroupState<'a>, id: i64, ts: i64, value: &'a FieldValue) {
     state.rows.push((id, ts, value));
-    if let Some(number) = rollups::number(value) {
-        state.numeric.push((id, ts, number));
-    }
-    let span = state.touched.entry(id).or_insert((ts, ts));
-    span.0 = span.0.min(ts);
-    span.1 = span.1.max(ts);
 }
 
 /// Stores one batch inside the group's transaction: points above the mark (or the reason
