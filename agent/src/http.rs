@@ -23,22 +23,30 @@ struct AppState {
     depth: Arc<Depth>,
 }
 
-/// Serves until `shutdown`.
+/// Binds the listener (before the agent reports itself ready); `None` if it cannot, which is
+/// logged and counted.
+pub async fn bind(address: SocketAddr, metrics: &Metrics) -> Option<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind(address).await {
+        Ok(listener) => Some(listener),
+        Err(e) => {
+            error!(%address, error = %e, "cannot listen for /metrics; continuing without it (set agent.listen)");
+            metrics.error("http", "bind");
+            None
+        }
+    }
+}
+
+/// Serves on `listener` until `shutdown`.
 pub async fn serve(
-    address: SocketAddr,
+    listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     depth: Arc<Depth>,
     shutdown: CancellationToken,
 ) {
-    let listener = match tokio::net::TcpListener::bind(address).await {
-        Ok(listener) => listener,
-        Err(e) => {
-            error!(%address, error = %e, "cannot listen for /metrics; continuing without it (set agent.listen)");
-            metrics.error("http", "bind");
-            return;
-        }
+    let Ok(address) = listener.local_addr() else {
+        return;
     };
-    info!(address = %listener.local_addr().unwrap_or(address), "serving /metrics and /health");
+    info!(%address, "serving /metrics and /health");
     let app = Router::new()
         .route("/metrics", get(render_metrics))
         .route("/health", get(health))

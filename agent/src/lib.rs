@@ -29,8 +29,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
+use tributary_common::systemd;
 
-use crate::buffer::{BufferHandle, Depth, ForwarderLink, Reader, Store, Writer};
+use crate::buffer::{BufferHandle, Control, Depth, ForwarderLink, Reader, Store, Writer};
 use crate::config::{Config, InputConfig};
 use crate::forward::Forwarder;
 use crate::inputs::file::FileInput;
@@ -152,6 +153,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     );
     let writer = tokio::spawn(writer.run(drained.clone()));
 
+    let watchdog_control = control_tx.clone();
     let link = ForwarderLink {
         depth: Arc::clone(&depth),
         committed: committed_rx,
@@ -168,17 +170,52 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let stop_forwarding = CancellationToken::new();
     let forwarder = tokio::spawn(forwarder.run(stop_forwarding.clone(), drained.clone()));
 
-    let listener = config.agent.listen.map(|address| {
-        tokio::spawn(http::serve(
-            address,
-            Arc::clone(&metrics),
-            Arc::clone(&depth),
-            shutdown.clone(),
-        ))
-    });
+    let listener = match config.agent.listen {
+        Some(address) => http::bind(address, &metrics).await.map(|listener| {
+            tokio::spawn(http::serve(
+                listener,
+                Arc::clone(&metrics),
+                Arc::clone(&depth),
+                shutdown.clone(),
+            ))
+        }),
+        None => None,
+    };
 
     info!(agent = %config.agent.id, inputs = config.inputs.len(), collector = %config.forward.batches_url, "agent running");
+    systemd::ready(
+        &metrics.status_line(&depth, config.inputs.len()),
+        &metrics.errors,
+    );
+    match systemd::watchdog_interval() {
+        Some(interval) => {
+            // The writer answering a ping proves the buffer (the path every reading takes)
+            // still makes progress; the executor running this task proves the rest is alive.
+            let errors = metrics.errors.clone();
+            let (metrics, depth, inputs) = (
+                Arc::clone(&metrics),
+                Arc::clone(&depth),
+                config.inputs.len(),
+            );
+            let probe = move || {
+                let (control, metrics, depth) = (
+                    watchdog_control.clone(),
+                    Arc::clone(&metrics),
+                    Arc::clone(&depth),
+                );
+                async move {
+                    let (done, answer) = tokio::sync::oneshot::channel();
+                    control.send(Control::Ping { done }).ok()?;
+                    answer.await.ok()?.ok()?;
+                    Some(metrics.status_line(&depth, inputs))
+                }
+            };
+            tokio::spawn(systemd::watchdog(interval, probe, errors, shutdown.clone()));
+        }
+        None => drop(watchdog_control),
+    }
     shutdown.cancelled().await;
+    systemd::stopping(&metrics.errors);
     info!("shutting down: stopping inputs");
 
     let deadline = tokio::time::Instant::now() + config.agent.shutdown_timeout;

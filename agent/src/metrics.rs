@@ -165,6 +165,23 @@ impl Metrics {
         self.errors.count(component, kind);
     }
 
+    /// One line for the service manager's `STATUS=`: backlog and forwarding.
+    pub fn status_line(&self, depth: &crate::buffer::Depth, inputs: usize) -> String {
+        let last = self.last_send_success.get();
+        let sent = if last > 0.0 {
+            let ago = (tributary_wire::time::now_ns() as f64 / 1e9 - last).max(0.0);
+            format!("last batch confirmed {ago:.0}s ago")
+        } else {
+            "no batch confirmed yet".to_owned()
+        };
+        format!(
+            "{inputs} input(s); backlog {} points ({} bytes); {} points sent; {sent}",
+            depth.points(),
+            depth.bytes(),
+            self.points_sent.get()
+        )
+    }
+
     /// Counts one forward attempt.
     pub fn send_outcome(&self, outcome: &str) {
         self.sends

@@ -27,6 +27,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use tributary_common::systemd;
 
 use crate::api::AppState;
 use crate::auth::Authenticator;
@@ -74,7 +75,25 @@ pub async fn serve(
     let server = axum::serve(listener, app)
         .with_graceful_shutdown(async move { graceful.cancelled().await });
     let server = tokio::spawn(async move { server.await });
+    systemd::ready(&state.metrics.status_line(), &state.metrics.errors);
+    let watchdog = systemd::watchdog_interval().map(|interval| {
+        let watched = Arc::clone(&state);
+        let probe = move || {
+            let state = Arc::clone(&watched);
+            async move {
+                state.storage.ping().await.ok()?;
+                Some(state.metrics.status_line())
+            }
+        };
+        tokio::spawn(systemd::watchdog(
+            interval,
+            probe,
+            state.metrics.errors.clone(),
+            shutdown.clone(),
+        ))
+    });
     shutdown.cancelled().await;
+    systemd::stopping(&state.metrics.errors);
     info!("shutting down: finishing requests in flight");
     match tokio::time::timeout(config.shutdown_timeout, server).await {
         Ok(result) => result.context("server task")?.context("server")?,
@@ -82,6 +101,10 @@ pub async fn serve(
             warn!(timeout = ?config.shutdown_timeout, "requests still in flight at the shutdown deadline");
             state.metrics.error("server", "shutdown_timeout");
         }
+    }
+    if let Some(watchdog) = watchdog {
+        // It holds the state; it ends at once on shutdown.
+        let _ = watchdog.await;
     }
     if let Err(e) = retention.await {
         warn!(error = %e, "the retention task failed");

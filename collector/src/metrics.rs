@@ -221,6 +221,16 @@ impl Metrics {
         self.errors.count(component, kind);
     }
 
+    /// One line for the service manager's `STATUS=`.
+    pub fn status_line(&self) -> String {
+        format!(
+            "{} points received, {} stored, {} duplicates skipped",
+            self.points_received.get(),
+            self.points_stored.get(),
+            self.points_duplicate.get()
+        )
+    }
+
     /// Counts one quarantined record.
     pub fn quarantined(&self, reason: &str) {
         self.quarantine

@@ -11,6 +11,7 @@ mod config_check;
 mod overflow;
 mod scheduled;
 mod spine;
+mod systemd;
 mod tail;
 mod transport;
 

@@ -32,6 +32,10 @@ pub enum Control {
         reason: String,
         done: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// Answer once the store can be reached (the watchdog's proof of progress).
+    Ping {
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 /// A piece of store work requested by the forwarder, run on the blocking pool.
@@ -257,6 +261,7 @@ impl Writer {
                 Box::new(move |store| store.quarantine_point(seq, &reason)),
                 done,
             ),
+            Control::Ping { done } => (Box::new(|_store| Ok(())), done),
         };
         let store = Arc::clone(&self.store);
         let result = tokio::task::spawn_blocking(move || {

@@ -105,6 +105,8 @@ enum Job {
         now: i64,
         reply: tokio::sync::oneshot::Sender<Result<RetentionReport, StorageError>>,
     },
+    /// Answer between commits (the watchdog's proof that the writer makes progress).
+    Ping(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Room held in the writer's queue for one batch.
@@ -299,6 +301,17 @@ impl Storage {
         answer.await.map_err(|_| StorageError::Closed)?
     }
 
+    /// Returns once the writer thread has taken a ping from its queue, behind the batches
+    /// queued before it: proof that it makes progress.
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        let jobs = self.jobs.as_ref().ok_or(StorageError::Closed)?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        jobs.send(Job::Ping(reply))
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        answer.await.map_err(|_| StorageError::Closed)
+    }
+
     /// The read side.
     pub fn reads(&self) -> &Arc<ReadPool> {
         &self.reads
@@ -453,6 +466,10 @@ impl WriterThread {
                 Job::Write(job) => job,
                 Job::Retention { now, reply } => {
                     let _ = reply.send(self.retention(now));
+                    continue;
+                }
+                Job::Ping(reply) => {
+                    let _ = reply.send(());
                     continue;
                 }
             };

@@ -1,0 +1,195 @@
+//! `Type=notify`: both programs talk to a fake service manager on `NOTIFY_SOCKET`. READY comes
+//! once the listeners answer, WATCHDOG keeps coming at half of `WATCHDOG_USEC`, and STOPPING
+//! comes on SIGTERM.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tributary_bench::harness::{Process, agent_config_with, bin_dir, free_port, token_pair};
+
+/// The service manager's end of `NOTIFY_SOCKET`: keeps every datagram it receives.
+struct FakeManager {
+    socket: UnixDatagram,
+    received: Vec<String>,
+}
+
+impl FakeManager {
+    fn bind(path: &Path) -> FakeManager {
+        let socket = UnixDatagram::bind(path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        FakeManager {
+            socket,
+            received: Vec::new(),
+        }
+    }
+
+    /// Receives until a message contains `needle` (true) or `timeout` passes (false).
+    fn wait_for(&mut self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+                self.received.push(message.clone());
+                if message.lines().any(|line| line == needle) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Receives for `duration` and counts the messages that contain line `needle`.
+    fn count_for(&mut self, needle: &str, duration: Duration) -> usize {
+        let start = self.received.len();
+        let deadline = Instant::now() + duration;
+        while Instant::now() < deadline {
+            self.wait_for(
+                "\u{0}never",
+                deadline.saturating_duration_since(Instant::now()),
+            );
+        }
+        self.received[start..]
+            .iter()
+            .filter(|m| m.lines().any(|line| line == needle))
+            .count()
+    }
+}
+
+fn port_answers(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+/// Starts `program` with `args` and the notify environment (a 400 ms watchdog, so pings every
+/// 200 ms), checks READY (with the port `listening` already answering), WATCHDOG and STOPPING.
+fn check_notify(program: &str, args: &[&str], env: &[(&str, &str)], listening: u16) {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("notify.sock");
+    let mut manager = FakeManager::bind(&socket);
+    let mut command = Command::new(bin_dir().join(program));
+    command
+        .args(args)
+        .env("NOTIFY_SOCKET", &socket)
+        .env("WATCHDOG_USEC", "400000")
+        .env_remove("WATCHDOG_PID");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut process = Process::spawn(program, command).unwrap();
+
+    assert!(
+        manager.wait_for("READY=1", Duration::from_secs(20)),
+        "{program} sent READY=1: {:?}",
+        manager.received
+    );
+    assert!(
+        port_answers(listening),
+        "{program} was listening when it said it was ready"
+    );
+    let ready = manager.received.last().unwrap();
+    assert!(
+        ready
+            .lines()
+            .any(|l| l.starts_with("STATUS=") && l.len() > 10),
+        "READY carries a status line: {ready:?}"
+    );
+    let pings = manager.count_for("WATCHDOG=1", Duration::from_secs(2));
+    assert!(
+        (5..=14).contains(&pings),
+        "{program} pinged the watchdog every ~200 ms: {pings} in 2 s"
+    );
+    let with_status = manager
+        .received
+        .iter()
+        .rev()
+        .take(3)
+        .all(|m| m.contains("STATUS="));
+    assert!(
+        with_status,
+        "each ping updates the status: {:?}",
+        manager.received
+    );
+
+    let status = process.terminate(Duration::from_secs(20));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{program} exits 0");
+    assert!(
+        manager.wait_for("STOPPING=1", Duration::from_secs(1)),
+        "{program} sent STOPPING=1: {:?}",
+        manager.received
+    );
+}
+
+#[test]
+fn the_agent_notifies_ready_watchdog_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics_port = free_port();
+    let config = agent_config_with(
+        "edge-1",
+        &dir.path().join("data"),
+        &format!("http://127.0.0.1:{}", free_port()),
+        metrics_port,
+        "",
+    );
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, config).unwrap();
+    let (token, _) = token_pair("edge-1");
+    check_notify(
+        "tributary-agent",
+        &["--config", path.to_str().unwrap()],
+        &[("TRIBUTARY_TOKEN", &token)],
+        metrics_port,
+    );
+}
+
+#[test]
+fn the_collector_notifies_ready_watchdog_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let path = dir.path().join("collector.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\npath = \"{}\"\n",
+            dir.path().join("collector.db").display()
+        ),
+    )
+    .unwrap();
+    check_notify(
+        "tributary-collector",
+        &["--config", path.to_str().unwrap()],
+        &[],
+        port,
+    );
+}
+
+/// `WATCHDOG_PID` naming another process: the watchdog is not ours to feed.
+#[test]
+fn a_watchdog_for_another_process_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("notify.sock");
+    let mut manager = FakeManager::bind(&socket);
+    let port = free_port();
+    let path = dir.path().join("collector.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\npath = \"{}\"\n",
+            dir.path().join("collector.db").display()
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new(bin_dir().join("tributary-collector"));
+    command
+        .args(["--config", path.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &socket)
+        .env("WATCHDOG_USEC", "400000")
+        .env("WATCHDOG_PID", "1");
+    let mut process = Process::spawn("tributary-collector", command).unwrap();
+    assert!(manager.wait_for("READY=1", Duration::from_secs(20)));
+    assert_eq!(manager.count_for("WATCHDOG=1", Duration::from_secs(1)), 0);
+    process.kill9();
+}
