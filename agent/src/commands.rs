@@ -150,7 +150,7 @@ pub async fn quickstart(options: &Quickstart, shutdown: CancellationToken) -> an
          Press Ctrl-C to stop both.\n",
         dir = dir.display()
     );
-    let result = crate::run(config, shutdown).await;
+    let result = crate::run(config, None, shutdown).await;
     if let Some(pid) = child
         .id()
         .and_then(|p| rustix::process::Pid::from_raw(p as i32))

@@ -9,7 +9,10 @@
 //!
 //! [`run`] wires the parts together and owns the shutdown order: inputs stop taking data, the
 //! writer commits what they handed over and acknowledges it, the forwarder makes a last
-//! attempt, and the writer closes. `main.rs` only parses the command line.
+//! attempt, and the writer closes. On SIGHUP it reloads the configuration file: the inputs
+//! stop the same way and start again with the new `[[inputs]]`, while the buffer, the writer
+//! and the forwarder run on (an invalid file is refused and the running inputs keep going).
+//! `main.rs` only parses the command line.
 
 pub mod backoff;
 pub mod buffer;
@@ -46,8 +49,134 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// Runs the agent until `shutdown` is cancelled, then shuts down in order.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Loads and checks the configuration at `path` (what SIGHUP reloads).
+pub fn load_config(path: &std::path::Path) -> Result<Config, String> {
+    tributary_common::config::load_file::<config::RawConfig>(path).map_err(|e| e.to_string())
+}
+
+/// The inputs of one configuration: a reload stops them and starts the next set.
+struct InputSet {
+    intake: CancellationToken,
+    tasks: TaskTracker,
+    count: usize,
+}
+
+impl InputSet {
+    /// Stops taking data and waits until each input has handed over what it took and (MQTT)
+    /// seen it committed and acknowledged.
+    async fn stop(&self) {
+        self.intake.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// What the inputs share: where they hand their items, and the figures they keep.
+struct InputContext {
+    buffer: BufferHandle,
+    metrics: Arc<Metrics>,
+    hooks: TestHooks,
+}
+
+impl InputContext {
+    /// Starts `configs` with what each recorded in the buffer before (`saved`, in order).
+    fn start(&self, config: &Config, saved: Vec<Saved>) -> InputSet {
+        let intake = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let agent_tags = Arc::new(config.agent.tags.clone());
+        let metrics = &self.metrics;
+        for (input, saved) in config.inputs.iter().zip(saved) {
+            match input {
+                InputConfig::Mqtt(mqtt) => {
+                    let Saved::Deliveries(_, stored) = saved else {
+                        unreachable!("MQTT inputs load deliveries")
+                    };
+                    let task = MqttInput::new(
+                        mqtt.clone(),
+                        self.buffer.clone(),
+                        Arc::clone(metrics),
+                        Arc::clone(&agent_tags),
+                        stored,
+                        self.hooks,
+                    );
+                    tasks.spawn(task.run(intake.clone()));
+                }
+                InputConfig::File(file) => {
+                    let task = FileInput::new(
+                        file.clone(),
+                        saved.checkpoints(),
+                        self.buffer.clone(),
+                        Arc::clone(metrics),
+                        Arc::clone(&agent_tags),
+                    );
+                    tasks.spawn(task.run(intake.clone()));
+                }
+                other => {
+                    let polled = match inputs::polled(other, &saved.checkpoints()) {
+                        Some(Ok(polled)) => polled,
+                        Some(Err(e)) => {
+                            error!(error = %e, "input disabled");
+                            metrics.error("agent", "input_setup");
+                            continue;
+                        }
+                        None => continue,
+                    };
+                    tasks.spawn(polled.run(
+                        self.buffer.clone(),
+                        Arc::clone(metrics),
+                        Arc::clone(&agent_tags),
+                        intake.clone(),
+                    ));
+                }
+            }
+        }
+        if config.inputs.is_empty() {
+            warn!("no inputs are configured; the agent only forwards what is already buffered");
+            metrics.error("agent", "no_inputs");
+        }
+        InputSet {
+            intake,
+            tasks,
+            count: config.inputs.len(),
+        }
+    }
+}
+
+/// Reads what `config`'s inputs recorded in the buffer, through the writer (which owns the
+/// store while the agent runs).
+async fn load_saved(
+    control: &mpsc::UnboundedSender<Control>,
+    config: &Config,
+) -> Result<Vec<Saved>, crate::buffer::StoreError> {
+    let wanted: Vec<Saved> = config.inputs.iter().map(Saved::wanted).collect();
+    let (loaded_tx, loaded) = tokio::sync::oneshot::channel();
+    let (done, answer) = tokio::sync::oneshot::channel();
+    let job: crate::buffer::StoreJob = Box::new(move |store| {
+        let saved = wanted
+            .into_iter()
+            .map(|wanted| wanted.load(store))
+            .collect::<Result<Vec<_>, _>>()?;
+        let _ = loaded_tx.send(saved);
+        Ok(())
+    });
+    let gone = || crate::buffer::StoreError::Invalid {
+        path: Default::default(),
+        message: "the buffer writer has stopped".into(),
+    };
+    control
+        .send(Control::Run { job, done })
+        .map_err(|_| gone())?;
+    answer.await.map_err(|_| gone())??;
+    loaded.await.map_err(|_| gone())
+}
+
+/// Runs the agent until `shutdown` is cancelled, then shuts down in order. With
+/// `config_path`, SIGHUP reloads the inputs from that file.
+pub async fn run(
+    config: Config,
+    config_path: Option<std::path::PathBuf>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     install_crypto_provider();
     let metrics = Arc::new(Metrics::new());
     let data_dir = config.agent.data_dir.clone();
@@ -58,7 +187,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let depth = Arc::new(Depth::default());
     // Opening the file and reading what the inputs recorded (MQTT deliveries, file offsets,
     // SQL tracking values) is SQLite work: off the executor, like all of it.
-    let (store, reader, mut saved) = {
+    let (store, reader, saved) = {
         let (path, depth) = (path.clone(), Arc::clone(&depth));
         let (max_size, when_full) = (config.buffer.max_size, config.buffer.when_full);
         let wanted: Vec<Saved> = config.inputs.iter().map(Saved::wanted).collect();
@@ -81,65 +210,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let (committed_tx, committed_rx) = watch::channel(store.last_seq());
     let buffer = BufferHandle::new(ingest_tx);
 
-    // Inputs stop when `intake` is cancelled. The writer cancels `drained` once it has committed
-    // (and acknowledged) everything the inputs handed it.
-    let intake = CancellationToken::new();
+    // The writer cancels `drained` once every input has let go of its handle and everything
+    // they handed over is committed (and acknowledged).
     let drained = CancellationToken::new();
-    let inputs = TaskTracker::new();
-    let agent_tags = Arc::new(config.agent.tags.clone());
-    let hooks = TestHooks::from_env();
-    for (input, saved) in config.inputs.iter().zip(saved.iter_mut()) {
-        let saved = std::mem::take(saved);
-        match input {
-            InputConfig::Mqtt(mqtt) => {
-                let Saved::Deliveries(_, stored) = saved else {
-                    unreachable!("MQTT inputs load deliveries")
-                };
-                let task = MqttInput::new(
-                    mqtt.clone(),
-                    buffer.clone(),
-                    Arc::clone(&metrics),
-                    Arc::clone(&agent_tags),
-                    stored,
-                    hooks,
-                );
-                inputs.spawn(task.run(intake.clone(), drained.clone()));
-            }
-            InputConfig::File(file) => {
-                let task = FileInput::new(
-                    file.clone(),
-                    saved.checkpoints(),
-                    buffer.clone(),
-                    Arc::clone(&metrics),
-                    Arc::clone(&agent_tags),
-                );
-                inputs.spawn(task.run(intake.clone()));
-            }
-            other => {
-                let polled = match inputs::polled(other, &saved.checkpoints()) {
-                    Some(Ok(polled)) => polled,
-                    Some(Err(e)) => {
-                        error!(error = %e, "input disabled");
-                        metrics.error("agent", "input_setup");
-                        continue;
-                    }
-                    None => continue,
-                };
-                inputs.spawn(polled.run(
-                    buffer.clone(),
-                    Arc::clone(&metrics),
-                    Arc::clone(&agent_tags),
-                    intake.clone(),
-                ));
-            }
-        }
-    }
-    inputs.close();
-    drop(buffer);
-    if config.inputs.is_empty() {
-        warn!("no inputs are configured; the agent only forwards what is already buffered");
-        metrics.error("agent", "no_inputs");
-    }
+    let context = InputContext {
+        buffer,
+        metrics: Arc::clone(&metrics),
+        hooks: TestHooks::from_env(),
+    };
+    let mut inputs = context.start(&config, saved);
 
     // The writer ends once inputs and forwarder have let go of it.
     let writer = Writer::new(
@@ -154,6 +233,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let writer = tokio::spawn(writer.run(drained.clone()));
 
     let watchdog_control = control_tx.clone();
+    let reload_control = control_tx.clone();
     let link = ForwarderLink {
         depth: Arc::clone(&depth),
         committed: committed_rx,
@@ -182,11 +262,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         None => None,
     };
 
+    // Installed before READY: SIGHUP's default action would end the process.
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot install the SIGHUP handler")?;
+    let input_count = Arc::new(std::sync::atomic::AtomicUsize::new(inputs.count));
     info!(agent = %config.agent.id, inputs = config.inputs.len(), collector = %config.forward.batches_url, "agent running");
-    systemd::ready(
-        &metrics.status_line(&depth, config.inputs.len()),
-        &metrics.errors,
-    );
+    systemd::ready(&metrics.status_line(&depth, inputs.count), &metrics.errors);
     match systemd::watchdog_interval() {
         Some(interval) => {
             // The writer answering a ping proves the buffer (the path every reading takes)
@@ -195,18 +276,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             let (metrics, depth, inputs) = (
                 Arc::clone(&metrics),
                 Arc::clone(&depth),
-                config.inputs.len(),
+                Arc::clone(&input_count),
             );
             let probe = move || {
-                let (control, metrics, depth) = (
+                let (control, metrics, depth, inputs) = (
                     watchdog_control.clone(),
                     Arc::clone(&metrics),
                     Arc::clone(&depth),
+                    Arc::clone(&inputs),
                 );
                 async move {
                     let (done, answer) = tokio::sync::oneshot::channel();
                     control.send(Control::Ping { done }).ok()?;
                     answer.await.ok()?.ok()?;
+                    let inputs = inputs.load(std::sync::atomic::Ordering::Relaxed);
                     Some(metrics.status_line(&depth, inputs))
                 }
             };
@@ -214,23 +297,44 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
         None => drop(watchdog_control),
     }
-    shutdown.cancelled().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = hangups.recv() => {
+                let Some(path) = config_path.as_deref() else {
+                    warn!("SIGHUP: no configuration file to reload (started without --config)");
+                    metrics.error("config", "reload_without_file");
+                    continue;
+                };
+                if let Some(next) = reload(path, &inputs, &context, &reload_control).await {
+                    inputs = next;
+                    input_count.store(inputs.count, std::sync::atomic::Ordering::Relaxed);
+                }
+                systemd::ready(&metrics.status_line(&depth, inputs.count), &metrics.errors);
+            }
+        }
+    }
     systemd::stopping(&metrics.errors);
     info!("shutting down: stopping inputs");
 
     let deadline = tokio::time::Instant::now() + config.agent.shutdown_timeout;
-    intake.cancel();
+    inputs.intake.cancel();
+    inputs.tasks.close();
     stop_forwarding.cancel();
+    // The inputs hold the other handles; once they end, the writer sees its queue close (and
+    // its control channel once the forwarder ends).
+    drop(context);
+    drop(reload_control);
     let order = async {
-        inputs.wait().await;
+        inputs.tasks.wait().await;
         info!("inputs stopped; committing what they handed over");
         let _ = forwarder.await;
         let _ = writer.await;
     };
     if tokio::time::timeout_at(deadline, order).await.is_err() {
         let mut running = Vec::new();
-        if !inputs.is_empty() {
-            running.push(format!("{} input(s)", inputs.len()));
+        if !inputs.tasks.is_empty() {
+            running.push(format!("{} input(s)", inputs.tasks.len()));
         }
         running.push("forwarder or buffer writer".to_owned());
         warn!(still_running = %running.join(", "), timeout = ?config.agent.shutdown_timeout, "shutdown deadline passed; exiting anyway (committed data is safe, unacknowledged data stays with its source)");
@@ -241,6 +345,51 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     info!(backlog = depth.points(), "agent stopped");
     Ok(())
+}
+
+/// Reloads the configuration at `path` for SIGHUP: if it loads, stops `running` (they hand
+/// over and see committed what they took) and returns the new inputs, started with what they
+/// recorded in the buffer. If it does not, logs why and returns `None`: `running` go on.
+async fn reload(
+    path: &std::path::Path,
+    running: &InputSet,
+    context: &InputContext,
+    control: &mpsc::UnboundedSender<Control>,
+) -> Option<InputSet> {
+    let metrics = &context.metrics;
+    info!(file = %path.display(), "SIGHUP: reloading the configuration");
+    systemd::reloading(&metrics.errors);
+    let path = path.to_owned();
+    let loaded = tokio::task::spawn_blocking(move || load_config(&path))
+        .await
+        .unwrap_or_else(|e| Err(format!("loading failed: {e}")));
+    let config = match loaded {
+        Ok(config) => config,
+        Err(e) => {
+            error!(error = %e, "reload refused; the running configuration stays");
+            metrics.error("config", "reload_invalid");
+            return None;
+        }
+    };
+    running.stop().await;
+    let saved = match load_saved(control, &config).await {
+        Ok(saved) => saved,
+        Err(e) => {
+            // The old inputs are stopped; start the new ones without their records rather
+            // than none (an MQTT redelivery may then be stored twice; a file is re-read from
+            // its start). Reading the buffer failing is already an alarm of its own.
+            error!(error = %e, "cannot read the inputs' records from the buffer; starting them without");
+            metrics.error("config", "reload_records");
+            config.inputs.iter().map(Saved::wanted).collect()
+        }
+    };
+    let next = context.start(&config, saved);
+    metrics.reloads.inc();
+    info!(
+        inputs = next.count,
+        "configuration reloaded: inputs restarted (changes outside [[inputs]] and agent.tags take effect at the next start)"
+    );
+    Some(next)
 }
 
 /// What an input kept in the buffer from earlier runs.

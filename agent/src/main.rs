@@ -95,7 +95,7 @@ fn main() -> ExitCode {
         }
         Command::Quickstart { .. } => unreachable!("handled above"),
         Command::Run => block_on(|shutdown| async move {
-            match tributary_agent::run(config, shutdown).await {
+            match tributary_agent::run(config, cli.config, shutdown).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "agent failed");

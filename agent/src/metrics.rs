@@ -55,6 +55,8 @@ pub struct Metrics {
     pub skipped_runs: Family<InputLabels, Counter>,
     /// Tailed files found truncated (copytruncate rotation) and read again from the start.
     pub file_truncations: Counter,
+    /// Configuration reloads applied (SIGHUP); refused ones count as errors.
+    pub reloads: Counter,
     /// Errors and warnings logged, by component and kind.
     pub errors: ErrorCounter,
 }
@@ -138,6 +140,12 @@ impl Metrics {
             "Tailed files found truncated and read again from the start",
             file_truncations.clone(),
         );
+        let reloads = Counter::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads applied (SIGHUP)",
+            reloads.clone(),
+        );
         let errors = ErrorCounter::default();
         errors.register(&mut registry);
         Metrics {
@@ -156,6 +164,7 @@ impl Metrics {
             mqtt_connected,
             skipped_runs,
             file_truncations,
+            reloads,
             errors,
         }
     }

@@ -29,6 +29,14 @@ pub fn ready(status: &str, errors: &ErrorCounter) {
     send(&[NotifyState::Ready, NotifyState::Status(status)], errors);
 }
 
+/// `RELOADING=1` (a `READY=1` follows when the reload is done or refused).
+pub fn reloading(errors: &ErrorCounter) {
+    send(
+        &[NotifyState::Reloading, NotifyState::Status("reloading")],
+        errors,
+    );
+}
+
 /// `STOPPING=1`.
 pub fn stopping(errors: &ErrorCounter) {
     send(

@@ -51,7 +51,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use points::Points;
 pub use store::{Reader, Store, StoreError, StoredBatch};
-pub use writer::{Control, Writer};
+pub use writer::{Control, StoreJob, Writer};
 
 /// Something an input received, ready to be committed as one unit.
 #[derive(Default)]

@@ -36,10 +36,16 @@ pub enum Control {
     Ping {
         done: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// Run `job` on the store (reading what inputs recorded, for a reload).
+    Run {
+        job: StoreJob,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 /// A piece of store work requested by the forwarder, run on the blocking pool.
-type StoreJob = Box<dyn FnOnce(&mut Store) -> Result<(), StoreError> + Send>;
+/// Work on the store, run on the blocking pool between commits.
+pub type StoreJob = Box<dyn FnOnce(&mut Store) -> Result<(), StoreError> + Send>;
 
 /// The task that owns the write side of the buffer.
 pub struct Writer {
@@ -262,6 +268,7 @@ impl Writer {
                 done,
             ),
             Control::Ping { done } => (Box::new(|_store| Ok(())), done),
+            Control::Run { job, done } => (job, done),
         };
         let store = Arc::clone(&self.store);
         let result = tokio::task::spawn_blocking(move || {

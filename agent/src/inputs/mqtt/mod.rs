@@ -171,9 +171,11 @@ impl MqttInput {
     }
 
     /// Runs until `shutdown`; then stops taking messages (unacknowledged ones stay with the
-    /// broker) and keeps the connection until `drained` (the writer committed and acknowledged
-    /// what this input handed it), so those acks still reach the broker before it disconnects.
-    pub async fn run(mut self, shutdown: CancellationToken, drained: CancellationToken) {
+    /// broker) and keeps the connection until the writer has committed and acknowledged what
+    /// this input handed it (a marker item queued behind them is acknowledged), so those acks
+    /// still reach the broker before it disconnects. Inputs can so be stopped and started
+    /// again (a reload) while the writer runs on.
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let options = match self.options() {
             Ok(options) => options,
             Err(e) => {
@@ -252,6 +254,19 @@ impl MqttInput {
             }
         }
         self.metrics.mqtt_connected.get_or_create(&labels).set(0);
+        // Acks are called in commit order: once the marker's comes, every earlier one has.
+        let drained = CancellationToken::new();
+        let marker = Ingest {
+            ack: Some(Ack {
+                sink: Arc::new(Drained(drained.clone())),
+                token: 0,
+            }),
+            ..Ingest::default()
+        };
+        if self.buffer.send(marker).await.is_err() {
+            // The writer is gone: nothing more will be acknowledged.
+            drained.cancel();
+        }
         drop(self);
         drain_acks(client, eventloop, drained).await;
     }
@@ -379,6 +394,15 @@ impl MqttInput {
 /// disconnect (rumqttc sends queued acks before the DISCONNECT). Messages that arrive meanwhile
 /// are not acknowledged; the broker keeps them for the next run. Bounded, so a dead broker
 /// cannot hold up shutdown.
+/// Cancels its token when acknowledged: the end marker of an input's items.
+struct Drained(CancellationToken);
+
+impl AckSink for Drained {
+    fn ack(&self, _token: u64) {
+        self.0.cancel();
+    }
+}
+
 async fn drain_acks(
     client: AsyncClient,
     mut eventloop: rumqttc::EventLoop,
