@@ -2,10 +2,11 @@
 //! and `quickstart` (a collector and an agent on this machine, with embedded defaults).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tributary_wire::line_protocol::format_point;
@@ -101,7 +102,6 @@ pub struct Quickstart {
 /// starts `tributary-collector` (found next to this program, or in PATH), and runs the agent
 /// with the system input until Ctrl-C, then stops both.
 pub async fn quickstart(options: &Quickstart, shutdown: CancellationToken) -> anyhow::Result<()> {
-    use anyhow::Context;
     let dir = &options.dir;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = std::fs::canonicalize(dir)?;
@@ -193,4 +193,65 @@ async fn wait_for_collector(url: &str, child: &mut tokio::process::Child) -> any
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     anyhow::bail!("the collector did not answer {health} within 10 s")
+}
+
+/// `buffer inspect`: prints what the buffer at `path` holds; exit 1 if SQLite finds damage.
+pub fn buffer_inspect(path: &Path) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(path.exists(), "{} does not exist", path.display());
+    let time = |ns: i64| {
+        chrono::DateTime::from_timestamp_nanos(ns)
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    };
+    let i = crate::buffer::repair::inspect(path)
+        .with_context(|| format!("cannot read {} (try `buffer repair`)", path.display()))?;
+    println!("buffer     {}", path.display());
+    println!("epoch      {}", i.epoch.as_deref().unwrap_or("(none)"));
+    println!(
+        "points     {} in {} rows, {} bytes",
+        i.points, i.rows, i.bytes
+    );
+    println!("last seq   {}", i.last_seq);
+    println!(
+        "dropped    {} (by the overflow policy or a salvage, since the epoch began)",
+        i.dropped_total
+    );
+    for (label, end) in [("oldest", &i.oldest), ("newest", &i.newest)] {
+        match end {
+            Some((seq, ts, name)) => println!("{label}     seq {seq}, {} ({name})", time(*ts)),
+            None => println!("{label}     -"),
+        }
+    }
+    println!("quarantine {} records", i.quarantined);
+    for (at, source, topic, reason) in &i.recent_quarantine {
+        println!("  {} {source} {topic}: {reason}", time(*at));
+    }
+    if i.problems.is_empty() {
+        println!("integrity  ok");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("integrity  DAMAGED");
+        for problem in &i.problems {
+            println!("  {problem}");
+        }
+        Ok(ExitCode::from(1))
+    }
+}
+
+/// `buffer repair`: checks the buffer at `path` and, if damaged (or `force`), salvages it.
+pub fn buffer_repair(path: &Path, force: bool) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(path.exists(), "{} does not exist", path.display());
+    let problems = crate::buffer::repair::integrity(path, true);
+    if problems.is_empty() && !force {
+        println!(
+            "{}: integrity check ok; nothing to repair (--force salvages anyway)",
+            path.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for problem in &problems {
+        println!("damage: {problem}");
+    }
+    let report = crate::buffer::repair::salvage(path).map_err(anyhow::Error::msg)?;
+    println!("{}: {report}", path.display());
+    Ok(ExitCode::SUCCESS)
 }

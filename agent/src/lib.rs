@@ -34,7 +34,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 use tributary_common::systemd;
 
-use crate::buffer::{BufferHandle, Control, Depth, ForwarderLink, Reader, Store, Writer};
+use crate::buffer::{BufferHandle, Control, Depth, ForwarderLink, Reader, Store, Writer, repair};
 use crate::config::{Config, InputConfig};
 use crate::forward::Forwarder;
 use crate::inputs::file::FileInput;
@@ -186,22 +186,62 @@ pub async fn run(
 
     let depth = Arc::new(Depth::default());
     // Opening the file and reading what the inputs recorded (MQTT deliveries, file offsets,
-    // SQL tracking values) is SQLite work: off the executor, like all of it.
-    let (store, reader, saved) = {
+    // SQL tracking values) is SQLite work: off the executor, like all of it. A damaged file is
+    // moved aside and salvaged first (`buffer::repair`), so it cannot stop the agent.
+    let (store, reader, saved, damage) = {
         let (path, depth) = (path.clone(), Arc::clone(&depth));
         let (max_size, when_full) = (config.buffer.max_size, config.buffer.when_full);
         let wanted: Vec<Saved> = config.inputs.iter().map(Saved::wanted).collect();
         tokio::task::spawn_blocking(move || {
-            let store = Store::open(&path, max_size, when_full, depth)?;
-            let reader = Reader::open(&path)?;
-            let saved = wanted
-                .into_iter()
-                .map(|wanted| wanted.load(&store))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok::<_, crate::buffer::StoreError>((store, reader, saved))
+            let open = |wanted: Vec<Saved>| {
+                let store = Store::open(&path, max_size, when_full, Arc::clone(&depth))?;
+                let reader = Reader::open(&path)?;
+                let saved = wanted
+                    .into_iter()
+                    .map(|wanted| wanted.load(&store))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok::<_, crate::buffer::StoreError>((store, reader, saved))
+            };
+            let salvage = |problems: Vec<String>| Damage {
+                problems,
+                salvage: repair::salvage(&path),
+            };
+            let mut damage = None;
+            if path.exists() {
+                let problems = repair::integrity(&path, false);
+                if !problems.is_empty() {
+                    damage = Some(salvage(problems));
+                }
+            }
+            let wanted_again: Vec<Saved> = wanted.iter().map(Saved::again).collect();
+            match open(wanted) {
+                Ok((store, reader, saved)) => Ok((store, reader, saved, damage)),
+                // The check passed but the file still does not open: salvage it then.
+                Err(e) if damage.is_none() && path.exists() => {
+                    let damage = salvage(vec![e.to_string()]);
+                    let (store, reader, saved) = open(wanted_again)?;
+                    Ok((store, reader, saved, Some(damage)))
+                }
+                Err(e) => Err(e),
+            }
         })
         .await??
     };
+    if let Some(damage) = damage {
+        let problems: Vec<&str> = damage.problems.iter().map(String::as_str).take(5).collect();
+        error!(path = %path.display(), problems = %problems.join("; "), "the buffer database was damaged; it was moved aside and salvaged");
+        metrics.error("buffer", "corrupt");
+        match damage.salvage {
+            Ok(report) => {
+                warn!(%report, "buffer salvage");
+                metrics.salvaged_points.inc_by(report.points);
+            }
+            Err(e) => {
+                error!(error = %e, "the buffer could not be salvaged; starting with an empty one");
+                metrics.error("buffer", "salvage");
+            }
+        }
+    }
     let epoch = store.epoch().to_owned();
     info!(agent = %config.agent.id, path = %path.display(), %epoch, points = depth.points(), bytes = depth.bytes(), "buffer opened");
 
@@ -392,6 +432,12 @@ async fn reload(
     Some(next)
 }
 
+/// A damaged buffer found at start: what SQLite's check said, and what the salvage did.
+struct Damage {
+    problems: Vec<String>,
+    salvage: Result<repair::Salvage, String>,
+}
+
 /// What an input kept in the buffer from earlier runs.
 #[derive(Default)]
 enum Saved {
@@ -412,6 +458,15 @@ impl Saved {
                 Some(source) => Saved::Checkpoints(source, Vec::new()),
                 None => Saved::Nothing,
             },
+        }
+    }
+
+    /// The same request again (not loaded).
+    fn again(&self) -> Saved {
+        match self {
+            Saved::Nothing => Saved::Nothing,
+            Saved::Deliveries(session, _) => Saved::Deliveries(session.clone(), Default::default()),
+            Saved::Checkpoints(source, _) => Saved::Checkpoints(source.clone(), Vec::new()),
         }
     }
 

@@ -36,6 +36,15 @@ enum Command {
     /// Run every input once and print the points it would buffer, as line protocol; nothing
     /// is buffered or forwarded.
     Test,
+    /// Look into the buffer file (`inspect`) or salvage a damaged one into a fresh file
+    /// (`repair`; stop the agent first). The agent also does the latter by itself at start.
+    Buffer {
+        #[command(subcommand)]
+        action: BufferAction,
+        /// The buffer file; by default buffer.db in agent.data_dir of --config.
+        #[arg(long, global = true)]
+        path: Option<PathBuf>,
+    },
     /// Start a collector and an agent on this machine (SQLite, the system input, no broker)
     /// and print where to query the live data. Ctrl-C stops both.
     Quickstart {
@@ -45,6 +54,19 @@ enum Command {
         /// The collector's port on 127.0.0.1.
         #[arg(long, default_value_t = 8080)]
         port: u16,
+    },
+}
+
+#[derive(Subcommand, Clone, Copy)]
+enum BufferAction {
+    /// Depth, oldest and newest points, the quarantine, and SQLite's quick check.
+    Inspect,
+    /// Run SQLite's integrity check; if it finds damage (or with --force), move the file aside
+    /// and salvage what reads into a fresh buffer.
+    Repair {
+        /// Salvage even if the check finds nothing.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -63,6 +85,13 @@ fn main() -> ExitCode {
                 }
             }
         });
+    }
+    if let Some(Command::Buffer {
+        action,
+        path: Some(path),
+    }) = &cli.command
+    {
+        return buffer_command(*action, path);
     }
     let config = match load_for_main::<RawConfig>(cli.config.as_deref(), "config/agent.toml") {
         Ok(config) => config,
@@ -93,6 +122,10 @@ fn main() -> ExitCode {
         Command::Test => {
             block_on(|_| async move { tributary_agent::commands::test(&config).await })
         }
+        Command::Buffer { action, .. } => buffer_command(
+            action,
+            &config.agent.data_dir.join(tributary_agent::BUFFER_FILE),
+        ),
         Command::Quickstart { .. } => unreachable!("handled above"),
         Command::Run => block_on(|shutdown| async move {
             match tributary_agent::run(config, cli.config, shutdown).await {
@@ -103,6 +136,20 @@ fn main() -> ExitCode {
                 }
             }
         }),
+    }
+}
+
+fn buffer_command(action: BufferAction, path: &std::path::Path) -> ExitCode {
+    let result = match action {
+        BufferAction::Inspect => tributary_agent::commands::buffer_inspect(path),
+        BufferAction::Repair { force } => tributary_agent::commands::buffer_repair(path, force),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -57,6 +57,8 @@ pub struct Metrics {
     pub file_truncations: Counter,
     /// Configuration reloads applied (SIGHUP); refused ones count as errors.
     pub reloads: Counter,
+    /// Points recovered from a damaged buffer at start.
+    pub salvaged_points: Counter,
     /// Errors and warnings logged, by component and kind.
     pub errors: ErrorCounter,
 }
@@ -140,6 +142,12 @@ impl Metrics {
             "Tailed files found truncated and read again from the start",
             file_truncations.clone(),
         );
+        let salvaged_points = Counter::default();
+        registry.register(
+            "buffer_salvaged_points",
+            "Points recovered from a damaged buffer at start",
+            salvaged_points.clone(),
+        );
         let reloads = Counter::default();
         registry.register(
             "config_reloads",
@@ -165,6 +173,7 @@ impl Metrics {
             skipped_runs,
             file_truncations,
             reloads,
+            salvaged_points,
             errors,
         }
     }

@@ -8,6 +8,7 @@
 mod bad_input;
 mod collector_api;
 mod config_check;
+mod damaged;
 mod overflow;
 mod reload;
 mod scheduled;

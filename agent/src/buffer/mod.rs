@@ -41,6 +41,7 @@
 //! `committed_through` at or above its sequence (or by the overflow policy, counted).
 
 pub mod points;
+pub mod repair;
 pub mod store;
 pub mod writer;
 

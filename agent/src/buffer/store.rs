@@ -31,7 +31,7 @@ const REJECTS_PER_BATCH: usize = 100;
 
 /// 1: one point per row, sequences from AUTOINCREMENT. 2: blocks of points, sequences kept
 /// in `meta`.
-const SCHEMA_VERSION: i64 = 2;
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 /// Delivery entries kept per MQTT session: one per possible packet id, so any message the
 /// broker may still hold unacknowledged is covered.
@@ -47,7 +47,7 @@ struct DeliveryLog {
     entries: u64,
 }
 
-const SCHEMA: &str = "
+pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value

@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS marks (
     last_seq    INTEGER NOT NULL,
     last_reject INTEGER NOT NULL,
     dropped     INTEGER NOT NULL,
+    explained   INTEGER NOT NULL DEFAULT 0,
     first_seen  INTEGER NOT NULL,
     last_seen   INTEGER NOT NULL,
     PRIMARY KEY (agent_id, epoch)
@@ -83,7 +84,7 @@ CREATE TABLE IF NOT EXISTS quarantine (
 CREATE INDEX IF NOT EXISTS quarantine_by_time ON quarantine (received_at);
 ";
 
-/// 2: rollups. 3: raw values in chunks instead of a row per value.
+/// 2: rollups. 3: raw values in chunks instead of a row per value; `marks.explained`.
 const SCHEMA_VERSION: i64 = 3;
 
 /// Page cache of the writer connection, in KiB.
@@ -232,6 +233,7 @@ impl Storage {
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(sql)?;
         if version < 3 {
+            add_explained(&conn).map_err(sql)?;
             let values = convert_points(&conn).map_err(sql)?;
             if values > 0 {
                 tracing::info!(
@@ -359,6 +361,23 @@ fn load_series(conn: &Connection) -> rusqlite::Result<SeriesCache> {
         cache.insert(&name, &tags, &field, id);
     }
     Ok(cache)
+}
+
+/// Adds `marks.explained` to a database from before it (schema 2 and older): drop counts
+/// already seen are taken as used.
+fn add_explained(conn: &Connection) -> rusqlite::Result<()> {
+    let has: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('marks') WHERE name = 'explained'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has {
+        conn.execute_batch(
+            "ALTER TABLE marks ADD COLUMN explained INTEGER NOT NULL DEFAULT 0;
+             UPDATE marks SET explained = dropped;",
+        )?;
+    }
+    Ok(())
 }
 
 /// Moves the values of a database from before chunks (a `points` row per value) into chunks,
@@ -775,9 +794,10 @@ fn store_batch<'a>(
     let job = &pending.job;
     let batch = &job.batch;
     let agent_origin = job.origin == Origin::Agent;
-    let (mark, reject_mark, dropped_before): (u64, u64, u64) = if agent_origin {
+    // `explained`: how much of the agent's drop count earlier gaps already used.
+    let (mark, reject_mark, explained_before): (u64, u64, u64) = if agent_origin {
         tx.query_row(
-            "SELECT last_seq, last_reject, dropped FROM marks WHERE agent_id = ?1 AND epoch = ?2",
+            "SELECT last_seq, last_reject, explained FROM marks WHERE agent_id = ?1 AND epoch = ?2",
             params![job.agent_id, batch.epoch],
             |r| {
                 Ok((
@@ -907,12 +927,17 @@ fn store_batch<'a>(
         }
     }
 
-    // A jump past the mark that the agent's drop count does not explain is a gap.
+    // A jump past the mark that the agent's drop count does not explain is a gap. Drops are
+    // counted when they happen, which may be before the jump reaches us (a salvaged buffer
+    // counts its lost rows at once, and sends the points before them first): the count not
+    // yet used by earlier jumps explains this one.
     let mut gaps = 0u64;
+    let mut explained_after = explained_before;
     if agent_origin && !batch.points.is_empty() && batch.first_seq > mark + 1 {
         let missing = batch.first_seq - mark - 1;
-        let explained = batch.dropped.saturating_sub(dropped_before);
-        gaps = missing.saturating_sub(explained);
+        let explained = missing.min(batch.dropped.saturating_sub(explained_before));
+        explained_after += explained;
+        gaps = missing - explained;
         if gaps > 0 {
             warn!(agent = %job.agent_id, epoch = %batch.epoch, mark, first_seq = batch.first_seq, gaps, "sequences missing from an agent without a drop count to explain them");
             metrics.error("storage", "sequence_gap");
@@ -926,12 +951,13 @@ fn store_batch<'a>(
         .map_or(reject_mark, |r| reject_mark.max(r.id));
     if agent_origin {
         tx.execute(
-        "INSERT INTO marks (agent_id, epoch, last_seq, last_reject, dropped, first_seen, last_seen)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+        "INSERT INTO marks (agent_id, epoch, last_seq, last_reject, dropped, explained, first_seen, last_seen)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?7, ?6, ?6)
          ON CONFLICT (agent_id, epoch) DO UPDATE SET
              last_seq = max(last_seq, excluded.last_seq),
              last_reject = max(last_reject, excluded.last_reject),
              dropped = max(dropped, excluded.dropped),
+             explained = max(explained, excluded.explained),
              last_seen = excluded.last_seen",
         params![
             job.agent_id,
@@ -939,7 +965,8 @@ fn store_batch<'a>(
             new_mark as i64,
             new_reject_mark as i64,
             batch.dropped as i64,
-            job.received_at
+            job.received_at,
+            explained_after as i64
         ],
     )?;
     }

@@ -254,6 +254,29 @@ async fn rejects_are_stored_once_and_gaps_are_counted() {
     assert_eq!(agents[0].epochs[0].dropped, 2);
 }
 
+/// A drop count that arrives before its gap (a salvaged buffer counts its lost rows at once,
+/// then sends the points before them) still explains the gap when it comes, and only once.
+#[tokio::test]
+async fn a_drop_count_explains_a_later_gap_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(&dir);
+    let mut b = batch("e1", 1, &[1, 2, 3]);
+    b.dropped = 2;
+    store(&storage, "a1", b, 5).await.unwrap();
+    // 4 and 5 lost: the count sent with the first batch explains them.
+    let mut b = batch("e1", 6, &[6, 7]);
+    b.dropped = 2;
+    store(&storage, "a1", b, 6).await.unwrap();
+    let records = storage.reads().run(agents).await.unwrap();
+    assert_eq!(records[0].gaps, 0);
+    // 8 and 9 lost too, with no new drops counted: that gap is unexplained.
+    let mut b = batch("e1", 10, &[10]);
+    b.dropped = 2;
+    store(&storage, "a1", b, 7).await.unwrap();
+    let records = storage.reads().run(agents).await.unwrap();
+    assert_eq!(records[0].gaps, 2);
+}
+
 #[tokio::test]
 async fn many_batches_in_flight_commit_together_and_correctly() {
     let dir = tempfile::tempdir().unwrap();
