@@ -32,19 +32,39 @@ impl TokenHash {
     }
 }
 
-/// Maps presented tokens to agent ids.
-#[derive(Debug, Clone, Default)]
+/// Maps presented tokens to agent ids. The map can be replaced while requests run (a reload
+/// adds or revokes agents).
+#[derive(Debug, Default)]
 pub struct Authenticator {
-    agents: HashMap<TokenHash, String>,
+    agents: std::sync::RwLock<std::sync::Arc<HashMap<TokenHash, String>>>,
 }
 
 impl Authenticator {
     pub fn new(agents: HashMap<TokenHash, String>) -> Authenticator {
-        Authenticator { agents }
+        Authenticator {
+            agents: std::sync::RwLock::new(std::sync::Arc::new(agents)),
+        }
+    }
+
+    fn current(&self) -> std::sync::Arc<HashMap<TokenHash, String>> {
+        std::sync::Arc::clone(
+            &self
+                .agents
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Replaces the configured agents (a reload).
+    pub fn replace(&self, agents: HashMap<TokenHash, String>) {
+        *self
+            .agents
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::new(agents);
     }
 
     /// The agent an `Authorization` header value belongs to, if any.
-    pub fn agent_for(&self, authorization: Option<&str>) -> Option<&str> {
+    pub fn agent_for(&self, authorization: Option<&str>) -> Option<String> {
         let value = authorization?.trim();
         let (scheme, token) = value.split_once(' ')?;
         // `Token` is what InfluxDB v2 clients (Telegraf's influxdb_v2 output) send.
@@ -53,14 +73,12 @@ impl Authenticator {
         }
         // Hashing first means the lookup compares digests, which reveal nothing about the
         // token through timing.
-        self.agents
-            .get(&TokenHash::of(token.trim()))
-            .map(String::as_str)
+        self.current().get(&TokenHash::of(token.trim())).cloned()
     }
 
     /// Every configured agent id.
-    pub fn agent_ids(&self) -> impl Iterator<Item = &str> {
-        self.agents.values().map(String::as_str)
+    pub fn agent_ids(&self) -> Vec<String> {
+        self.current().values().cloned().collect()
     }
 }
 
@@ -83,16 +101,25 @@ mod tests {
         let auth = Authenticator::new(HashMap::from([(hash, "pump-7".to_owned())]));
         assert_eq!(
             auth.agent_for(Some(&format!("Bearer {token}"))),
-            Some("pump-7")
+            Some("pump-7".to_owned())
         );
         assert_eq!(
             auth.agent_for(Some(&format!("bearer {token}"))),
-            Some("pump-7")
+            Some("pump-7".to_owned())
         );
         assert_eq!(auth.agent_for(Some("Bearer wrong")), None);
         assert_eq!(auth.agent_for(Some(&format!("Basic {token}"))), None);
         assert_eq!(auth.agent_for(Some(&token)), None);
         assert_eq!(auth.agent_for(None), None);
+        // A reload revokes the token and admits another.
+        let (other, other_hash) = new_token();
+        auth.replace(HashMap::from([(other_hash, "pump-8".to_owned())]));
+        assert_eq!(auth.agent_for(Some(&format!("Bearer {token}"))), None);
+        assert_eq!(
+            auth.agent_for(Some(&format!("Bearer {other}"))),
+            Some("pump-8".to_owned())
+        );
+        assert_eq!(auth.agent_ids(), vec!["pump-8".to_owned()]);
     }
 
     #[test]

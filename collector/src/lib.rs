@@ -36,9 +36,12 @@ use crate::metrics::Metrics;
 use crate::storage::Storage;
 
 /// Opens storage and serves on `listener` until `shutdown`; then stops taking requests, lets
-/// queued batches commit, and returns.
+/// queued batches commit, and returns. With `config_path`, SIGHUP reloads `[[agents]]` from
+/// that file (tokens added or revoked without a restart); a file that does not load is refused
+/// and the running configuration stays.
 pub async fn serve(
     config: Config,
+    config_path: Option<std::path::PathBuf>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -75,6 +78,9 @@ pub async fn serve(
     let server = axum::serve(listener, app)
         .with_graceful_shutdown(async move { graceful.cancelled().await });
     let server = tokio::spawn(async move { server.await });
+    // Installed before READY: SIGHUP's default action would end the process.
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot install the SIGHUP handler")?;
     systemd::ready(&state.metrics.status_line(), &state.metrics.errors);
     let watchdog = systemd::watchdog_interval().map(|interval| {
         let watched = Arc::clone(&state);
@@ -92,7 +98,15 @@ pub async fn serve(
             shutdown.clone(),
         ))
     });
-    shutdown.cancelled().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = hangups.recv() => {
+                reload(&state, config_path.as_deref()).await;
+                systemd::ready(&state.metrics.status_line(), &state.metrics.errors);
+            }
+        }
+    }
     systemd::stopping(&state.metrics.errors);
     info!("shutting down: finishing requests in flight");
     match tokio::time::timeout(config.shutdown_timeout, server).await {
@@ -122,6 +136,37 @@ pub async fn serve(
     }
     info!("collector stopped");
     Ok(())
+}
+
+/// SIGHUP: loads the file again and applies its `[[agents]]`.
+async fn reload(state: &AppState, path: Option<&std::path::Path>) {
+    let Some(path) = path.map(std::path::Path::to_owned) else {
+        warn!("SIGHUP: no configuration file to reload");
+        state.metrics.error("config", "reload_without_file");
+        return;
+    };
+    info!(file = %path.display(), "SIGHUP: reloading the configuration");
+    systemd::reloading(&state.metrics.errors);
+    let loaded = tokio::task::spawn_blocking(move || {
+        tributary_common::config::load_file::<config::RawConfig>(&path).map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("loading failed: {e}")));
+    match loaded {
+        Ok(config) => {
+            let agents = config.agents.len();
+            state.auth.replace(config.agents);
+            state.metrics.reloads.inc();
+            info!(
+                agents,
+                "configuration reloaded: [[agents]] applied (other changes take effect at the next start)"
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused; the running configuration stays");
+            state.metrics.error("config", "reload_invalid");
+        }
+    }
 }
 
 /// Every `interval` (the first after one interval), deletes what is past its retention, in

@@ -91,11 +91,11 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Run | Command::Token { .. } => run(config),
+        Command::Run | Command::Token { .. } => run(config, cli.config),
     }
 }
 
-fn run(config: Config) -> ExitCode {
+fn run(config: Config, path: Option<PathBuf>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -116,7 +116,7 @@ fn run(config: Config) -> ExitCode {
         };
         let shutdown = CancellationToken::new();
         tokio::spawn(signals::cancel_on_signal(shutdown.clone()));
-        match tributary_collector::serve(config, listener, shutdown).await {
+        match tributary_collector::serve(config, path, listener, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = format!("{e:#}"), "collector failed");

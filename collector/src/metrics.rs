@@ -65,6 +65,8 @@ pub struct Metrics {
     pub chunks_appended: Counter,
     /// Checkpoints that restarted the WAL (it had grown past its bound).
     pub wal_restarts: Counter,
+    /// Configuration reloads applied (SIGHUP); refused ones count as errors.
+    pub reloads: Counter,
     /// Line protocol lines received.
     pub lines_received: Counter,
     /// HTTP request latency by route, method and status.
@@ -170,6 +172,12 @@ impl Metrics {
             "Checkpoints that restarted the WAL after it grew past its bound",
             wal_restarts.clone(),
         );
+        let reloads = Counter::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads applied (SIGHUP)",
+            reloads.clone(),
+        );
         let lines_received = Counter::default();
         registry.register(
             "lines_received",
@@ -201,6 +209,7 @@ impl Metrics {
             chunks_written,
             chunks_appended,
             wal_restarts,
+            reloads,
             lines_received,
             requests,
             retention_deleted,

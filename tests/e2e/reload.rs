@@ -81,6 +81,14 @@ async fn sighup_keeps_the_buffer_applies_new_inputs_and_refuses_a_bad_file() {
             .is_some_and(|n| n >= 1.0)
     );
     let after = publish_all(s.broker.port, 300..500).await;
+    // The input the good reload added has run (its schedule is whole seconds).
+    wait_metric(
+        &s.agent,
+        "tributary_agent_received_total{input=\"inputs.exec[0]\"}",
+        1.0,
+        Duration::from_secs(20),
+    )
+    .await;
 
     // The collector comes back: everything arrives once, the new input's points too.
     blocking(|| s.collector.restart()).unwrap();
@@ -112,4 +120,55 @@ async fn sighup_keeps_the_buffer_applies_new_inputs_and_refuses_a_bad_file() {
         2,
         "the MQTT input was restarted once, by the good reload"
     );
+}
+
+/// The collector's SIGHUP applies `[[agents]]`: a token added to the file is accepted without
+/// a restart, and a broken file is refused while the running agents keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_the_collectors_agents() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, _) = tributary_bench::harness::token_pair("a1");
+    let (second, second_hash) = tributary_bench::harness::token_pair("a2");
+    let mut collector =
+        tributary_bench::harness::CollectorProcess::start(dir.path(), &[("a1", &first)]).unwrap();
+    let base = collector.url();
+    let write = |token: &str| {
+        let url = format!("{base}/api/v2/write?precision=s");
+        let token = token.to_owned();
+        async move {
+            tributary_bench::harness::http()
+                .post(url)
+                .header("Authorization", format!("Token {token}"))
+                .body("m value=1 1700000000")
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(write(&first).await, 204);
+    assert_eq!(write(&second).await, 401);
+
+    let path = dir.path().join("collector.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        format!("{text}\n[[agents]]\nid = \"a2\"\ntoken_sha256 = \"{second_hash}\"\n"),
+    )
+    .unwrap();
+    hangup(collector.process().pid());
+    assert!(blocking(|| collector.process().wait_for_log(
+        "configuration reloaded",
+        Duration::from_secs(20)
+    )));
+    assert_eq!(write(&second).await, 204, "the added agent is admitted");
+
+    std::fs::write(&path, "[server\n").unwrap();
+    hangup(collector.process().pid());
+    assert!(blocking(|| collector
+        .process()
+        .wait_for_log("reload refused", Duration::from_secs(20))));
+    assert_eq!(write(&first).await, 204, "the running configuration stays");
+    assert_eq!(write(&second).await, 204);
 }

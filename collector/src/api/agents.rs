@@ -61,7 +61,7 @@ pub async fn get_agents(State(state): State<Arc<AppState>>) -> Response {
         .collect();
     for id in state.auth.agent_ids() {
         views
-            .entry(id.to_owned())
+            .entry(id.clone())
             .or_insert_with(|| {
                 view(AgentRecord {
                     agent_id: id.to_owned(),

@@ -40,17 +40,13 @@ pub(super) fn authenticate(
     missing: &str,
 ) -> Result<String, ApiError> {
     let authorization = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
-    state
-        .auth
-        .agent_for(authorization)
-        .map(str::to_owned)
-        .ok_or_else(|| {
-            ApiError::Unauthorized(if authorization.is_some() {
-                unknown.to_owned()
-            } else {
-                missing.to_owned()
-            })
+    state.auth.agent_for(authorization).ok_or_else(|| {
+        ApiError::Unauthorized(if authorization.is_some() {
+            unknown.to_owned()
+        } else {
+            missing.to_owned()
         })
+    })
 }
 
 /// The request body as received (413 past `server.max_body_size`), counted.
