@@ -36,6 +36,13 @@ enum Command {
     /// Run every input once and print the points it would buffer, as line protocol; nothing
     /// is buffered or forwarded.
     Test,
+    /// Ask the running agent's /health (agent.listen of --config, or --url): exit 0 if it
+    /// answers 2xx, 1 if not. For container HEALTHCHECKs.
+    Health {
+        /// The URL to ask instead.
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Look into the buffer file (`inspect`) or salvage a damaged one into a fresh file
     /// (`repair`; stop the agent first). The agent also does the latter by itself at start.
     Buffer {
@@ -86,6 +93,9 @@ fn main() -> ExitCode {
             }
         });
     }
+    if let Some(Command::Health { url: Some(url) }) = &cli.command {
+        return tributary_common::health::check(url);
+    }
     if let Some(Command::Buffer {
         action,
         path: Some(path),
@@ -122,6 +132,15 @@ fn main() -> ExitCode {
         Command::Test => {
             block_on(|_| async move { tributary_agent::commands::test(&config).await })
         }
+        Command::Health { .. } => match config.agent.listen {
+            Some(address) => tributary_common::health::check(&tributary_common::health::local_url(
+                address, "/health",
+            )),
+            None => {
+                eprintln!("unhealthy: agent.listen is off, so there is no /health to ask");
+                ExitCode::from(2)
+            }
+        },
         Command::Buffer { action, .. } => buffer_command(
             action,
             &config.agent.data_dir.join(tributary_agent::BUFFER_FILE),

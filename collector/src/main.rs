@@ -34,6 +34,13 @@ enum Command {
     Run,
     /// Validate the configuration and exit: 0 if valid, 2 with the file, key and reason if not.
     Check,
+    /// Ask the running collector's /healthz (server.listen of --config, or --url): exit 0 if
+    /// it answers 2xx (storage reachable), 1 if not. For container HEALTHCHECKs.
+    Health {
+        /// The URL to ask instead.
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Print a new agent token and the SHA-256 to put in collector.toml.
     Token {
         /// The agent id to put in the printed [[agents]] table.
@@ -63,6 +70,9 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    if let Command::Health { url: Some(url) } = &command {
+        return tributary_common::health::check(url);
+    }
     logging::init(cli.log_format);
     let config = match load_for_main::<RawConfig>(cli.config.as_deref(), "config/collector.toml") {
         Ok(config) => config,
@@ -91,6 +101,9 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        Command::Health { .. } => tributary_common::health::check(
+            &tributary_common::health::local_url(config.listen, "/healthz"),
+        ),
         Command::Run | Command::Token { .. } => run(config, cli.config),
     }
 }

@@ -1,14 +1,15 @@
 //! What both Tributary programs need from their surroundings, written once: loading
 //! configuration ([`config`]), logging ([`logging`]), signals ([`signals`]), the error
 //! counter behind the rule "every error that is logged is counted" ([`errors`]), and the
-//! multi-row INSERT statements both SQLite stores use ([`sqlite`]), and the service manager's
-//! notifications ([`systemd`]).
+//! multi-row INSERT statements both SQLite stores use ([`sqlite`]), the service manager's
+//! notifications ([`systemd`]) and the `health` subcommand ([`health`]).
 //!
 //! Only process plumbing belongs here. The data model and wire format live in
 //! `tributary-wire`; anything specific to one program lives in that program.
 
 pub mod config;
 pub mod errors;
+pub mod health;
 pub mod logging;
 pub mod signals;
 pub mod sqlite;

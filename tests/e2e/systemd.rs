@@ -1,6 +1,6 @@
 //! `Type=notify`: both programs talk to a fake service manager on `NOTIFY_SOCKET`. READY comes
 //! once the listeners answer, WATCHDOG keeps coming at half of `WATCHDOG_USEC`, and STOPPING
-//! comes on SIGTERM.
+//! comes on SIGTERM. The `health` subcommand answers 0 while it runs, 1 once it stopped.
 
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
@@ -97,6 +97,21 @@ fn check_notify(program: &str, args: &[&str], env: &[(&str, &str)], listening: u
             .any(|l| l.starts_with("STATUS=") && l.len() > 10),
         "READY carries a status line: {ready:?}"
     );
+    // The `health` subcommand (the container HEALTHCHECK) finds the listener from the config.
+    let health = || {
+        Command::new(bin_dir().join(program))
+            .arg("health")
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let healthy = health();
+    assert!(
+        healthy.status.success(),
+        "{program} health: {}",
+        String::from_utf8_lossy(&healthy.stderr)
+    );
     let pings = manager.count_for("WATCHDOG=1", Duration::from_secs(2));
     assert!(
         (5..=14).contains(&pings),
@@ -120,6 +135,11 @@ fn check_notify(program: &str, args: &[&str], env: &[(&str, &str)], listening: u
         manager.wait_for("STOPPING=1", Duration::from_secs(1)),
         "{program} sent STOPPING=1: {:?}",
         manager.received
+    );
+    assert_eq!(
+        health().status.code(),
+        Some(1),
+        "nothing answers once it stopped"
     );
 }
 

@@ -1,0 +1,59 @@
+//! The `health` subcommand both programs have, for container `HEALTHCHECK`s and scripts: it
+//! asks the running process's own health endpoint and exits 0 only if that answers 2xx.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// The URL of `path` on a listener bound to `address` (an unspecified address such as 0.0.0.0
+/// is asked on loopback).
+pub fn local_url(address: SocketAddr, path: &str) -> String {
+    let ip = if address.ip().is_unspecified() {
+        match address {
+            SocketAddr::V4(_) => "127.0.0.1".to_owned(),
+            SocketAddr::V6(_) => "[::1]".to_owned(),
+        }
+    } else if address.is_ipv6() {
+        format!("[{}]", address.ip())
+    } else {
+        address.ip().to_string()
+    };
+    format!("http://{ip}:{}{path}", address.port())
+}
+
+/// GETs `url` (5 s timeout): exit 0 on a 2xx answer, 1 otherwise, with the reason on stderr.
+pub fn check(url: &str) -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("unhealthy: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let answer = runtime.block_on(async {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()?
+            .get(url)
+            .send()
+            .await
+    });
+    match answer {
+        Ok(response) if response.status().is_success() => {
+            println!("healthy: {url} answered {}", response.status());
+            ExitCode::SUCCESS
+        }
+        Ok(response) => {
+            eprintln!("unhealthy: {url} answered {}", response.status());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {url}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
