@@ -57,6 +57,9 @@ pub struct RawAgent {
     pub listen: Option<String>,
     /// How long shutdown may take before the agent exits anyway.
     pub shutdown_timeout: Option<String>,
+    /// How often the agent buffers its own figures as `tributary_agent*` points, forwarded
+    /// like any reading; `"0s"` switches that off.
+    pub self_metrics: Option<String>,
 }
 
 /// `[buffer]`
@@ -194,6 +197,8 @@ pub struct AgentSettings {
     pub tags: BTreeMap<String, String>,
     pub listen: Option<SocketAddr>,
     pub shutdown_timeout: Duration,
+    /// `None`: off.
+    pub self_metrics: Option<Duration>,
 }
 
 /// The durable buffer.
@@ -380,6 +385,13 @@ fn resolve_agent(raw: RawAgent, source: &Source) -> Result<AgentSettings, Config
             raw.shutdown_timeout.as_deref(),
             "15s",
         )?,
+        self_metrics: Some(duration(
+            source,
+            "agent.self_metrics",
+            raw.self_metrics.as_deref(),
+            "60s",
+        )?)
+        .filter(|d| !d.is_zero()),
     })
 }
 

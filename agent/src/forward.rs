@@ -370,6 +370,7 @@ impl Forwarder {
         let encoding = self.encoding();
         let level = self.settings.compression_level;
         let reader = Arc::clone(&self.reader);
+        let oldest_gauge = self.metrics.oldest_unsent.clone();
         let task = tokio::task::spawn_blocking(move || {
             let oldest = reader
                 .lock()
@@ -377,6 +378,7 @@ impl Forwarder {
                 .oldest_ts_after(header.last_seq);
             let body = oldest.map_err(|e| e.to_string()).and_then(|oldest| {
                 header.status.oldest_unsent_ts = oldest;
+                oldest_gauge.set(oldest.map_or(0.0, |ts| ts as f64 / 1e9));
                 codec::encode_stored_batch_compressed(
                     &header,
                     batch.points.iter(),

@@ -75,6 +75,7 @@ impl InputSet {
 struct InputContext {
     buffer: BufferHandle,
     metrics: Arc<Metrics>,
+    depth: Arc<Depth>,
     hooks: TestHooks,
 }
 
@@ -133,6 +134,24 @@ impl InputContext {
         if config.inputs.is_empty() {
             warn!("no inputs are configured; the agent only forwards what is already buffered");
             metrics.error("agent", "no_inputs");
+        }
+        if let Some(interval) = config.agent.self_metrics {
+            let watched = config
+                .inputs
+                .iter()
+                .map(|input| inputs::own::Watched {
+                    label: input.label(),
+                    mqtt: matches!(input, InputConfig::Mqtt(_)),
+                })
+                .collect();
+            tasks.spawn(inputs::own::run(
+                interval,
+                watched,
+                Arc::clone(metrics),
+                Arc::clone(&self.depth),
+                self.buffer.clone(),
+                intake.clone(),
+            ));
         }
         InputSet {
             intake,
@@ -256,6 +275,7 @@ pub async fn run(
     let context = InputContext {
         buffer,
         metrics: Arc::clone(&metrics),
+        depth: Arc::clone(&depth),
         hooks: TestHooks::from_env(),
     };
     let mut inputs = context.start(&config, saved);

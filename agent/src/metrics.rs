@@ -49,6 +49,9 @@ pub struct Metrics {
     pub points_sent: Counter,
     /// Unix time of the last confirmed batch.
     pub last_send_success: Gauge<f64, AtomicU64>,
+    /// Event time (Unix seconds) of the oldest point buffered behind the batch last sent; 0
+    /// when none was.
+    pub oldest_unsent: Gauge<f64, AtomicU64>,
     /// 1 while the input's MQTT connection is up.
     pub mqtt_connected: Family<InputLabels, Gauge>,
     /// Scheduled runs skipped because the previous run of the input was still busy.
@@ -118,6 +121,12 @@ impl Metrics {
             "Points the collector confirmed",
             points_sent.clone(),
         );
+        let oldest_unsent = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "oldest_unsent_timestamp_seconds",
+            "Event time of the oldest point buffered behind the batch last sent (0: none)",
+            oldest_unsent.clone(),
+        );
         let last_send_success = Gauge::default();
         registry.register(
             "last_send_success_timestamp_seconds",
@@ -169,6 +178,7 @@ impl Metrics {
             sends,
             points_sent,
             last_send_success,
+            oldest_unsent,
             mqtt_connected,
             skipped_runs,
             file_truncations,

@@ -14,17 +14,23 @@ pub struct ErrorLabels {
 
 /// `<prefix>_errors_total{component, kind}`.
 #[derive(Clone, Debug, Default)]
-pub struct ErrorCounter(Family<ErrorLabels, Counter>);
+pub struct ErrorCounter(Family<ErrorLabels, Counter>, Counter);
 
 impl ErrorCounter {
     /// Counts one logged error or warning.
     pub fn count(&self, component: &str, kind: &str) {
+        self.1.inc();
         self.0
             .get_or_create(&ErrorLabels {
                 component: component.to_owned(),
                 kind: kind.to_owned(),
             })
             .inc();
+    }
+
+    /// Errors counted so far, of every component and kind.
+    pub fn total(&self) -> u64 {
+        self.1.get()
     }
 
     /// Registers the counter as `errors` in `registry`.

@@ -9,6 +9,7 @@ mod bad_input;
 mod collector_api;
 mod config_check;
 mod damaged;
+mod observe;
 mod overflow;
 mod reload;
 mod scheduled;

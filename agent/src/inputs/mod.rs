@@ -5,6 +5,7 @@ pub mod exec;
 pub mod file;
 pub mod http;
 pub mod mqtt;
+pub mod own;
 pub mod polled;
 pub mod prometheus;
 pub mod schedule;
