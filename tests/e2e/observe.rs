@@ -1,5 +1,5 @@
 //! Self-observation: the agent's own figures travel as `tributary_agent*` points, so the
-//! collector holds every device's health as series.
+//! collector holds every device's health as series, and `/api/v1/agents` shows the newest.
 
 use std::time::Duration;
 

@@ -33,7 +33,17 @@ struct AgentView {
     backlog_bytes: u64,
     oldest_unsent_age_seconds: Option<f64>,
     clock_skew_seconds: Option<f64>,
+    /// The newest figures the agent reported about itself (`agent.self_metrics`): buffer,
+    /// sends, errors; `null` before the first report.
+    health: Option<HealthView>,
     epochs: Vec<EpochView>,
+}
+
+#[derive(Serialize)]
+struct HealthView {
+    reported_at: String,
+    #[serde(flatten)]
+    figures: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -47,8 +57,13 @@ struct EpochView {
 }
 
 pub async fn get_agents(State(state): State<Arc<AppState>>) -> Response {
-    let records = match state.storage.reads().run(sqlite::agents).await {
-        Ok(records) => records,
+    let read = state
+        .storage
+        .reads()
+        .run(|conn| Ok((sqlite::agents(conn)?, sqlite::agents_self_reports(conn)?)))
+        .await;
+    let (records, mut reports) = match read {
+        Ok(read) => read,
         Err(e) => {
             return state
                 .fail("agents", ApiError::Internal(e.to_string()))
@@ -69,6 +84,15 @@ pub async fn get_agents(State(state): State<Arc<AppState>>) -> Response {
                 })
             })
             .configured = true;
+    }
+    for (id, view) in &mut views {
+        view.health = reports.remove(id).map(|(ts, figures)| HealthView {
+            reported_at: format_rfc3339(ts),
+            figures: figures
+                .into_iter()
+                .map(|(field, value)| (field, serde_json::to_value(&value).unwrap_or_default()))
+                .collect(),
+        });
     }
     axum::Json(AgentsAnswer {
         agents: views.into_values().collect(),
@@ -95,6 +119,7 @@ fn view(record: AgentRecord) -> AgentView {
             .oldest_unsent_ts
             .map(|ts| now.saturating_sub(ts) as f64 / 1e9),
         clock_skew_seconds: record.clock_skew_ns.map(|ns| ns as f64 / 1e9),
+        health: None,
         epochs: record
             .epochs
             .into_iter()

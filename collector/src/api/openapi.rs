@@ -200,7 +200,7 @@ pub fn document() -> Value {
             },
             "/api/v1/agents": {
                 "get": {
-                    "summary": "Every agent: last seen, marks, points received, reported backlog and lag, clock skew",
+                    "summary": "Every agent: last seen, marks, points received, reported backlog and lag, clock skew, and `health`: the newest figures it reported about itself (tributary_agent points)",
                     "responses": { "200": { "description": "The agents", "content": { "application/json": { "schema": { "type": "object", "properties": {
                         "agents": { "type": "array", "items": { "type": "object" } }
                     } } } } } }

@@ -1,6 +1,6 @@
 //! The SQLite store: schema, the group-committing writer thread, and the read pool.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -1232,6 +1232,47 @@ pub fn list_quarantine(
     let truncated = records.len() > limit;
     records.truncate(limit);
     Ok((records, truncated))
+}
+
+/// The newest figures each agent reported about itself (its `tributary_agent` points, see
+/// the agent's `inputs/own.rs`): agent id -> (time, field -> value).
+pub fn agents_self_reports(
+    conn: &Connection,
+) -> rusqlite::Result<HashMap<String, (i64, BTreeMap<String, FieldValue>)>> {
+    let series: Vec<(i64, String, String)> = conn
+        .prepare_cached("SELECT id, tags, field FROM series WHERE name = 'tributary_agent'")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut newest = conn.prepare_cached(
+        "SELECT start_ts, data FROM chunks WHERE series_id = ?1 ORDER BY start_ts DESC, id DESC LIMIT 1",
+    )?;
+    let mut reports: HashMap<String, (i64, BTreeMap<String, FieldValue>)> = HashMap::new();
+    for (id, tags, field) in series {
+        let Some(agent) = serde_json::from_str::<BTreeMap<String, String>>(&tags)
+            .ok()
+            .and_then(|mut tags| tags.remove(super::series::AGENT_TAG))
+        else {
+            continue;
+        };
+        let row: Option<(i64, Vec<u8>)> = newest
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let Some((start_ts, data)) = row else {
+            continue;
+        };
+        let mut last: Option<(i64, FieldValue)> = None;
+        chunks::decode(id, start_ts, &data, |ts, value| {
+            if last.as_ref().is_none_or(|(t, _)| ts >= *t) {
+                last = Some((ts, value));
+            }
+        })?;
+        if let Some((ts, value)) = last {
+            let report = reports.entry(agent).or_default();
+            report.0 = report.0.max(ts);
+            report.1.insert(field, value);
+        }
+    }
+    Ok(reports)
 }
 
 /// Every agent the store has heard from, with its marks.
