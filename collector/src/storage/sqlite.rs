@@ -1234,11 +1234,12 @@ pub fn list_quarantine(
     Ok((records, truncated))
 }
 
+/// An agent's newest report about itself: when (ns), and field -> value.
+pub type SelfReport = (i64, BTreeMap<String, FieldValue>);
+
 /// The newest figures each agent reported about itself (its `tributary_agent` points, see
-/// the agent's `inputs/own.rs`): agent id -> (time, field -> value).
-pub fn agents_self_reports(
-    conn: &Connection,
-) -> rusqlite::Result<HashMap<String, (i64, BTreeMap<String, FieldValue>)>> {
+/// the agent's `inputs/own.rs`), by agent id.
+pub fn agents_self_reports(conn: &Connection) -> rusqlite::Result<HashMap<String, SelfReport>> {
     let series: Vec<(i64, String, String)> = conn
         .prepare_cached("SELECT id, tags, field FROM series WHERE name = 'tributary_agent'")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
@@ -1246,7 +1247,7 @@ pub fn agents_self_reports(
     let mut newest = conn.prepare_cached(
         "SELECT start_ts, data FROM chunks WHERE series_id = ?1 ORDER BY start_ts DESC, id DESC LIMIT 1",
     )?;
-    let mut reports: HashMap<String, (i64, BTreeMap<String, FieldValue>)> = HashMap::new();
+    let mut reports: HashMap<String, SelfReport> = HashMap::new();
     for (id, tags, field) in series {
         let Some(agent) = serde_json::from_str::<BTreeMap<String, String>>(&tags)
             .ok()
