@@ -56,6 +56,8 @@ pub struct Metrics {
     pub mqtt_connected: Family<InputLabels, Gauge>,
     /// Scheduled runs skipped because the previous run of the input was still busy.
     pub skipped_runs: Family<InputLabels, Counter>,
+    /// Errors and warnings logged by each input (also in `errors` by component and kind).
+    pub input_errors: Family<InputLabels, Counter>,
     /// Tailed files found truncated (copytruncate rotation) and read again from the start.
     pub file_truncations: Counter,
     /// Configuration reloads applied (SIGHUP); refused ones count as errors.
@@ -157,6 +159,12 @@ impl Metrics {
             "Points recovered from a damaged buffer at start",
             salvaged_points.clone(),
         );
+        let input_errors = Family::default();
+        registry.register(
+            "input_errors",
+            "Errors and warnings logged by each input",
+            input_errors.clone(),
+        );
         let reloads = Counter::default();
         registry.register(
             "config_reloads",
@@ -184,6 +192,7 @@ impl Metrics {
             file_truncations,
             reloads,
             salvaged_points,
+            input_errors,
             errors,
         }
     }
@@ -191,6 +200,14 @@ impl Metrics {
     /// Counts one logged error or warning.
     pub fn error(&self, component: &str, kind: &str) {
         self.errors.count(component, kind);
+    }
+
+    /// Counts one logged error or warning of the input labelled `input`.
+    pub fn input_error(&self, input: &str, component: &str, kind: &str) {
+        self.errors.count(component, kind);
+        self.input_errors
+            .get_or_create(&Metrics::input(input))
+            .inc();
     }
 
     /// One line for the service manager's `STATUS=`: backlog and forwarding.

@@ -496,7 +496,7 @@ impl FileInput {
                         Ok(n) => n,
                         Err(e) => {
                             warn!(input = %self.config.label, path = %self.tails[index].path.display(), error = %e, "read failed");
-                            self.metrics.error("file", "read");
+                            self.metrics.input_error(&self.config.label, "file", "read");
                             break;
                         }
                     };
@@ -580,7 +580,8 @@ impl FileInput {
         }
         if !ingest.rejects.is_empty() {
             warn!(input = %config.label, path = %path, count = ingest.rejects.len(), reason = %ingest.rejects[0].reason, "quarantined records");
-            self.metrics.error("file", "record_quarantined");
+            self.metrics
+                .input_error(&self.config.label, "file", "record_quarantined");
             self.metrics
                 .rejected
                 .get_or_create(&Metrics::input(&config.label))
@@ -602,7 +603,7 @@ impl FileInput {
                 Ok(paths) => found.extend(paths.filter_map(Result::ok)),
                 Err(e) => {
                     warn!(input = %self.config.label, %pattern, error = %e, "bad glob");
-                    self.metrics.error("file", "glob");
+                    self.metrics.input_error(&self.config.label, "file", "glob");
                 }
             }
         }
@@ -636,7 +637,7 @@ impl FileInput {
                 }
                 Err(e) => {
                     warn!(input = %self.config.label, path = %path.display(), error = %e, "cannot open file");
-                    self.metrics.error("file", "open");
+                    self.metrics.input_error(&self.config.label, "file", "open");
                 }
             }
         }
@@ -779,7 +780,7 @@ impl FileInput {
                 }
                 Err(e) => {
                     warn!(input = %self.config.label, path = %path.display(), error = %e, "cannot open file");
-                    self.metrics.error("file", "open");
+                    self.metrics.input_error(&self.config.label, "file", "open");
                 }
             }
         }
@@ -803,7 +804,7 @@ impl FileInput {
         tail.fingerprint = fingerprint(&tail.file, head).unwrap_or([0; 8]);
         if let Err(e) = tail.file.seek(SeekFrom::Start(0)) {
             warn!(input = %self.config.label, path = %tail.path.display(), error = %e, "cannot seek");
-            self.metrics.error("file", "read");
+            self.metrics.input_error(&self.config.label, "file", "read");
         }
         item.checkpoint = self.position_item(&self.tails[index]).checkpoint;
         item

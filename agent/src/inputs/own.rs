@@ -1,7 +1,7 @@
 //! The agent's own figures as readings: every `agent.self_metrics` it buffers a
 //! `tributary_agent` point (buffer depth, oldest unsent age, dropped and quarantined counts,
 //! sends ok and failed, the last success) and a `tributary_agent_input` point per input
-//! (receipts, quarantined payloads, skipped runs, MQTT connection). They travel exactly once
+//! (receipts, quarantined payloads, skipped runs, errors, MQTT connection). They travel exactly once
 //! like any reading, so the collector holds every device's health as series (the collector
 //! adds the `agent` tag from the token).
 
@@ -84,6 +84,10 @@ pub fn sample(metrics: &Metrics, depth: &Depth, inputs: &[Watched], now: i64) ->
             .with_field(
                 "skipped_runs_total",
                 input_counter(&metrics.skipped_runs, &input.label),
+            )
+            .with_field(
+                "errors_total",
+                input_counter(&metrics.input_errors, &input.label),
             );
         if input.mqtt {
             let connected = metrics
@@ -157,7 +161,7 @@ mod tests {
             .mqtt_connected
             .get_or_create(&Metrics::input("inputs.mqtt[0]"))
             .set(1);
-        metrics.error("mqtt", "connection");
+        metrics.input_error("inputs.mqtt[0]", "mqtt", "connection");
         let inputs = [Watched {
             label: "inputs.mqtt[0]".into(),
             mqtt: true,
@@ -175,5 +179,6 @@ mod tests {
         assert_eq!(input.tags["input"], "inputs.mqtt[0]");
         assert_eq!(input.fields["received_total"], FieldValue::I64(5));
         assert_eq!(input.fields["mqtt_connected"], FieldValue::Bool(true));
+        assert_eq!(input.fields["errors_total"], FieldValue::I64(1));
     }
 }

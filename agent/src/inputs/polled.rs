@@ -184,13 +184,13 @@ impl PolledInput {
         for (kind, message) in &polled.warnings {
             warn!(input = %common.label, "{message}");
             if let Some(metrics) = metrics {
-                metrics.error(common.kind, kind);
+                metrics.input_error(&common.label, common.kind, kind);
             }
         }
         if let Some(first) = polled.rejected.first() {
             warn!(input = %common.label, origin = %polled.origin, reason = %first.reason, count = polled.rejected.len(), "quarantined output that could not be decoded");
             if let Some(metrics) = metrics {
-                metrics.error(common.kind, "output_quarantined");
+                metrics.input_error(&common.label, common.kind, "output_quarantined");
                 metrics
                     .rejected
                     .get_or_create(&Metrics::input(&common.label))
@@ -216,14 +216,14 @@ impl PolledInput {
             && let Some(problem) = exec.missing_program()
         {
             warn!(input = %self.common.label, "{problem}; every run will fail until it is installed");
-            metrics.error(self.common.kind, "missing_program");
+            metrics.input_error(&self.common.label, self.common.kind, "missing_program");
         }
         let mut runs = self.common.schedule.runs_after(Utc::now());
         debug!(input = %self.common.label, schedule = %self.common.schedule.describe(), "input scheduled");
         loop {
             let Some(due) = runs.next() else {
                 error!(input = %self.common.label, "the schedule has no further occurrence; the input stops");
-                metrics.error(self.common.kind, "schedule_ended");
+                metrics.input_error(&self.common.label, self.common.kind, "schedule_ended");
                 return;
             };
             let now = Utc::now();
@@ -254,7 +254,7 @@ impl PolledInput {
                 Ok(polled) => polled,
                 Err(e) => {
                     warn!(input = %self.common.label, kind = e.kind, error = %e, "poll failed");
-                    metrics.error(self.common.kind, e.kind);
+                    metrics.input_error(&self.common.label, self.common.kind, e.kind);
                     continue;
                 }
             };

@@ -180,17 +180,17 @@ impl MqttInput {
             Ok(options) => options,
             Err(e) => {
                 error!(input = %self.label, error = %e, "cannot set up the MQTT connection; input disabled");
-                self.metrics.error("mqtt", "setup");
+                self.metrics.input_error(&self.label, "mqtt", "setup");
                 return;
             }
         };
         if self.hooks.auto_ack {
             warn!(input = %self.label, "TEST HOOK: acknowledging MQTT messages before they are committed; data WILL be lost on a crash");
-            self.metrics.error("mqtt", "test_hook");
+            self.metrics.input_error(&self.label, "mqtt", "test_hook");
         }
         if self.hooks.withhold_acks {
             warn!(input = %self.label, "TEST HOOK: never acknowledging MQTT messages");
-            self.metrics.error("mqtt", "test_hook");
+            self.metrics.input_error(&self.label, "mqtt", "test_hook");
         }
         let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
         let acker: Arc<dyn AckSink> = Arc::new(Acker {
@@ -221,7 +221,7 @@ impl MqttInput {
                             .map(|t| rumqttc::SubscribeFilter::new(t.clone(), self.config.qos));
                         if let Err(e) = client.try_subscribe_many(filters) {
                             error!(input = %self.label, error = %e, "could not queue the subscription");
-                            self.metrics.error("mqtt", "subscribe");
+                            self.metrics.input_error(&self.label, "mqtt", "subscribe");
                         }
                     }
                 }
@@ -229,7 +229,8 @@ impl MqttInput {
                     for (code, topic) in suback.return_codes.iter().zip(&self.config.topics) {
                         if matches!(code, SubscribeReasonCode::Failure) {
                             error!(input = %self.label, topic = %topic, "the broker refused the subscription");
-                            self.metrics.error("mqtt", "subscription_refused");
+                            self.metrics
+                                .input_error(&self.label, "mqtt", "subscription_refused");
                         } else {
                             info!(input = %self.label, topic = %topic, ?code, "subscribed");
                         }
@@ -245,7 +246,7 @@ impl MqttInput {
                     self.metrics.mqtt_connected.get_or_create(&labels).set(0);
                     let delay = backoff.next_random();
                     warn!(input = %self.label, %broker, error = %e, retry_in = ?delay, "MQTT connection failed");
-                    self.metrics.error("mqtt", "connection");
+                    self.metrics.input_error(&self.label, "mqtt", "connection");
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep(delay) => {}
@@ -304,7 +305,8 @@ impl MqttInput {
             let count = ingest.rejects.len() as u64;
             warn!(input = %self.label, topic = %publish.topic, reason = %ingest.rejects[0].reason, count, "quarantined an undecodable payload");
             self.rejected.inc_by(count);
-            self.metrics.error("mqtt", "payload_quarantined");
+            self.metrics
+                .input_error(&self.label, "mqtt", "payload_quarantined");
         }
         if let Some(digest) = digest {
             self.stored.insert(publish.pkid, digest);
