@@ -54,6 +54,8 @@ pub struct Metrics {
     pub oldest_unsent: Gauge<f64, AtomicU64>,
     /// 1 while the input's MQTT connection is up.
     pub mqtt_connected: Family<InputLabels, Gauge>,
+    /// MQTT inputs connected now (the sum of `mqtt_connected`, for the status line).
+    mqtt_up: Gauge,
     /// Scheduled runs skipped because the previous run of the input was still busy.
     pub skipped_runs: Family<InputLabels, Counter>,
     /// Errors and warnings logged by each input (also in `errors` by component and kind).
@@ -188,6 +190,7 @@ impl Metrics {
             last_send_success,
             oldest_unsent,
             mqtt_connected,
+            mqtt_up: Gauge::default(),
             skipped_runs,
             file_truncations,
             reloads,
@@ -200,6 +203,13 @@ impl Metrics {
     /// Counts one logged error or warning.
     pub fn error(&self, component: &str, kind: &str) {
         self.errors.count(component, kind);
+    }
+
+    /// Records whether the MQTT input `labels` is connected.
+    pub fn set_mqtt_connected(&self, labels: &InputLabels, connected: bool) {
+        let now = i64::from(connected);
+        let before = self.mqtt_connected.get_or_create(labels).set(now);
+        self.mqtt_up.inc_by(now - before);
     }
 
     /// Counts one logged error or warning of the input labelled `input`.
@@ -220,7 +230,8 @@ impl Metrics {
             "no batch confirmed yet".to_owned()
         };
         format!(
-            "{inputs} input(s); backlog {} points ({} bytes); {} points sent; {sent}",
+            "{inputs} input(s), {} MQTT connected; backlog {} points ({} bytes); {} points sent; {sent}",
+            self.mqtt_up.get(),
             depth.points(),
             depth.bytes(),
             self.points_sent.get()

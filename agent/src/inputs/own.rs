@@ -157,10 +157,8 @@ mod tests {
             .received
             .get_or_create(&Metrics::input("inputs.mqtt[0]"))
             .inc_by(5);
-        metrics
-            .mqtt_connected
-            .get_or_create(&Metrics::input("inputs.mqtt[0]"))
-            .set(1);
+        metrics.set_mqtt_connected(&Metrics::input("inputs.mqtt[0]"), true);
+        metrics.set_mqtt_connected(&Metrics::input("inputs.mqtt[0]"), true);
         metrics.input_error("inputs.mqtt[0]", "mqtt", "connection");
         let inputs = [Watched {
             label: "inputs.mqtt[0]".into(),
@@ -180,5 +178,13 @@ mod tests {
         assert_eq!(input.fields["received_total"], FieldValue::I64(5));
         assert_eq!(input.fields["mqtt_connected"], FieldValue::Bool(true));
         assert_eq!(input.fields["errors_total"], FieldValue::I64(1));
+        // The status line counts connections, not connect events.
+        assert!(
+            metrics.status_line(&depth, 1).contains("1 MQTT connected"),
+            "{}",
+            metrics.status_line(&depth, 1)
+        );
+        metrics.set_mqtt_connected(&Metrics::input("inputs.mqtt[0]"), false);
+        assert!(metrics.status_line(&depth, 1).contains("0 MQTT connected"));
     }
 }

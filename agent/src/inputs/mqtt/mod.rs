@@ -211,7 +211,7 @@ impl MqttInput {
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(connack))) => {
                     backoff.reset();
-                    self.metrics.mqtt_connected.get_or_create(&labels).set(1);
+                    self.metrics.set_mqtt_connected(&labels, true);
                     info!(input = %self.label, %broker, client_id = %self.config.client_id, session_present = connack.session_present, "connected to MQTT broker");
                     if !connack.session_present {
                         let filters = self
@@ -243,7 +243,7 @@ impl MqttInput {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    self.metrics.mqtt_connected.get_or_create(&labels).set(0);
+                    self.metrics.set_mqtt_connected(&labels, false);
                     let delay = backoff.next_random();
                     warn!(input = %self.label, %broker, error = %e, retry_in = ?delay, "MQTT connection failed");
                     self.metrics.input_error(&self.label, "mqtt", "connection");
@@ -254,7 +254,7 @@ impl MqttInput {
                 }
             }
         }
-        self.metrics.mqtt_connected.get_or_create(&labels).set(0);
+        self.metrics.set_mqtt_connected(&labels, false);
         // Acks are called in commit order: once the marker's comes, every earlier one has.
         let drained = CancellationToken::new();
         let marker = Ingest {
