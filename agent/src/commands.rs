@@ -202,9 +202,19 @@ pub fn buffer_inspect(path: &Path) -> anyhow::Result<ExitCode> {
         chrono::DateTime::from_timestamp_nanos(ns)
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
     };
-    let i = crate::buffer::repair::inspect(path)
-        .with_context(|| format!("cannot read {} (try `buffer repair`)", path.display()))?;
     println!("buffer     {}", path.display());
+    let i = match crate::buffer::repair::inspect(path) {
+        Ok(i) => i,
+        Err(e) => {
+            // Too damaged to read its figures: say so, with what SQLite's check finds.
+            println!("read       failed: {e}");
+            println!("integrity  DAMAGED (`tributary-agent buffer repair` salvages what reads)");
+            for problem in crate::buffer::repair::integrity(path, false) {
+                println!("  {problem}");
+            }
+            return Ok(ExitCode::from(1));
+        }
+    };
     println!("epoch      {}", i.epoch.as_deref().unwrap_or("(none)"));
     println!(
         "points     {} in {} rows, {} bytes",
@@ -229,7 +239,7 @@ pub fn buffer_inspect(path: &Path) -> anyhow::Result<ExitCode> {
         println!("integrity  ok");
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("integrity  DAMAGED");
+        println!("integrity  DAMAGED (`tributary-agent buffer repair` salvages what reads)");
         for problem in &i.problems {
             println!("  {problem}");
         }

@@ -136,7 +136,19 @@ fn buffer_repair_salvages_a_damaged_file_by_hand() {
         Some(0)
     );
     let size = std::fs::metadata(&file).unwrap().len();
+    // A copy with its header destroyed does not even read: inspect still says why.
+    let headless = dir.path().join("headless.db");
+    std::fs::copy(&file, &headless).unwrap();
+    damage(&headless, &[0]);
+    let inspected = buffer("inspect", &headless);
+    let text = String::from_utf8_lossy(&inspected.stdout);
+    assert_eq!(inspected.status.code(), Some(1), "{text}");
+    assert!(text.contains("integrity  DAMAGED"), "{text}");
+
     damage(&file, &[size / 2]);
+    let inspected = buffer("inspect", &file);
+    assert_eq!(inspected.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&inspected.stdout).contains("integrity  DAMAGED"));
 
     let repaired = buffer("repair", &file);
     let text = String::from_utf8_lossy(&repaired.stdout);
