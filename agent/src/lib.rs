@@ -49,11 +49,6 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// Loads and checks the configuration at `path` (what SIGHUP reloads).
-pub fn load_config(path: &std::path::Path) -> Result<Config, String> {
-    tributary_common::config::load_file::<config::RawConfig>(path).map_err(|e| e.to_string())
-}
-
 /// The inputs of one configuration: a reload stops them and starts the next set.
 struct InputSet {
     intake: CancellationToken,
@@ -210,7 +205,9 @@ pub async fn run(
     let (store, reader, saved, damage) = {
         let (path, depth) = (path.clone(), Arc::clone(&depth));
         let (max_size, when_full) = (config.buffer.max_size, config.buffer.when_full);
+        // Twice: a second open (after a late salvage) asks again.
         let wanted: Vec<Saved> = config.inputs.iter().map(Saved::wanted).collect();
+        let wanted_again: Vec<Saved> = config.inputs.iter().map(Saved::wanted).collect();
         tokio::task::spawn_blocking(move || {
             let open = |wanted: Vec<Saved>| {
                 let store = Store::open(&path, max_size, when_full, Arc::clone(&depth))?;
@@ -232,7 +229,6 @@ pub async fn run(
                     damage = Some(salvage(problems));
                 }
             }
-            let wanted_again: Vec<Saved> = wanted.iter().map(Saved::again).collect();
             match open(wanted) {
                 Ok((store, reader, saved)) => Ok((store, reader, saved, damage)),
                 // The check passed but the file still does not open: salvage it then.
@@ -419,11 +415,7 @@ async fn reload(
     let metrics = &context.metrics;
     info!(file = %path.display(), "SIGHUP: reloading the configuration");
     systemd::reloading(&metrics.errors);
-    let path = path.to_owned();
-    let loaded = tokio::task::spawn_blocking(move || load_config(&path))
-        .await
-        .unwrap_or_else(|e| Err(format!("loading failed: {e}")));
-    let config = match loaded {
+    let config = match tributary_common::config::reload_file::<config::RawConfig>(path).await {
         Ok(config) => config,
         Err(e) => {
             error!(error = %e, "reload refused; the running configuration stays");
@@ -478,15 +470,6 @@ impl Saved {
                 Some(source) => Saved::Checkpoints(source, Vec::new()),
                 None => Saved::Nothing,
             },
-        }
-    }
-
-    /// The same request again (not loaded).
-    fn again(&self) -> Saved {
-        match self {
-            Saved::Nothing => Saved::Nothing,
-            Saved::Deliveries(session, _) => Saved::Deliveries(session.clone(), Default::default()),
-            Saved::Checkpoints(source, _) => Saved::Checkpoints(source.clone(), Vec::new()),
         }
     }
 

@@ -140,19 +140,14 @@ pub async fn serve(
 
 /// SIGHUP: loads the file again and applies its `[[agents]]`.
 async fn reload(state: &AppState, path: Option<&std::path::Path>) {
-    let Some(path) = path.map(std::path::Path::to_owned) else {
+    let Some(path) = path else {
         warn!("SIGHUP: no configuration file to reload");
         state.metrics.error("config", "reload_without_file");
         return;
     };
     info!(file = %path.display(), "SIGHUP: reloading the configuration");
     systemd::reloading(&state.metrics.errors);
-    let loaded = tokio::task::spawn_blocking(move || {
-        tributary_common::config::load_file::<config::RawConfig>(&path).map_err(|e| e.to_string())
-    })
-    .await
-    .unwrap_or_else(|e| Err(format!("loading failed: {e}")));
-    match loaded {
+    match tributary_common::config::reload_file::<config::RawConfig>(path).await {
         Ok(config) => {
             let agents = config.agents.len();
             state.auth.replace(config.agents);

@@ -60,6 +60,21 @@ impl FakeManager {
     }
 }
 
+/// A collector configuration in `dir` (no agents) and its free port.
+fn collector_config(dir: &Path) -> (std::path::PathBuf, u16) {
+    let port = free_port();
+    let path = dir.join("collector.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\npath = \"{}\"\n",
+            dir.join("collector.db").display()
+        ),
+    )
+    .unwrap();
+    (path, port)
+}
+
 fn port_answers(port: u16) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
 }
@@ -168,16 +183,7 @@ fn the_agent_notifies_ready_watchdog_and_stopping() {
 #[test]
 fn the_collector_notifies_ready_watchdog_and_stopping() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let path = dir.path().join("collector.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\npath = \"{}\"\n",
-            dir.path().join("collector.db").display()
-        ),
-    )
-    .unwrap();
+    let (path, port) = collector_config(dir.path());
     check_notify(
         "tributary-collector",
         &["--config", path.to_str().unwrap()],
@@ -192,16 +198,7 @@ fn a_watchdog_for_another_process_is_left_alone() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("notify.sock");
     let mut manager = FakeManager::bind(&socket);
-    let port = free_port();
-    let path = dir.path().join("collector.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\npath = \"{}\"\n",
-            dir.path().join("collector.db").display()
-        ),
-    )
-    .unwrap();
+    let (path, _) = collector_config(dir.path());
     let mut command = Command::new(bin_dir().join("tributary-collector"));
     command
         .args(["--config", path.to_str().unwrap()])

@@ -116,6 +116,19 @@ pub fn load_file<R: Resolve>(path: &Path) -> Result<R::Checked, ConfigError> {
     raw.resolve(&source)
 }
 
+/// [`load_file`] on the blocking pool, for a reload while the program runs; the error as text
+/// (file, line, key and reason).
+pub async fn reload_file<R>(path: &Path) -> Result<R::Checked, String>
+where
+    R: Resolve,
+    R::Checked: Send + 'static,
+{
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || load_file::<R>(&path).map_err(|e| e.to_string()))
+        .await
+        .unwrap_or_else(|e| Err(format!("loading failed: {e}")))
+}
+
 /// For a program's `main`: the checked configuration from `--config`, or, when the option is
 /// missing or the file is wrong, a message on stderr and exit status 2. `example` names the
 /// documented example file, e.g. `config/agent.toml`.

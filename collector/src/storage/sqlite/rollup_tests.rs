@@ -17,6 +17,22 @@ const HOUR: i64 = 60 * MINUTE;
 const T0: i64 = 1_700_000_000_000_000_000 - 1_700_000_000_000_000_000 % (24 * HOUR);
 
 /// Three hours of readings from two devices, every 7 s, with values that wander.
+/// (device, time, value) readings.
+type Readings = Vec<(String, i64, f64)>;
+
+/// Every `nth` reading (held back, as by an agent offline) and the rest, in their order.
+fn hold_back(readings: &[(String, i64, f64)], nth: usize) -> (Readings, Readings) {
+    let (mut late, mut on_time) = (Vec::new(), Vec::new());
+    for (i, reading) in readings.iter().enumerate() {
+        if i % nth == 0 {
+            late.push(reading.clone());
+        } else {
+            on_time.push(reading.clone());
+        }
+    }
+    (late, on_time)
+}
+
 fn readings() -> Vec<(String, i64, f64)> {
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let mut out = Vec::new();
@@ -248,13 +264,7 @@ async fn points_six_hours_late_fold_into_their_windows() {
     let mut readings = readings();
     readings.sort_by_key(|r| r.1);
     // Every third reading is held back (an agent offline), the rest arrive on time...
-    let (late, on_time): (Vec<_>, Vec<_>) = readings
-        .iter()
-        .cloned()
-        .enumerate()
-        .partition(|(i, _)| i % 3 == 0);
-    let late: Vec<_> = late.into_iter().map(|(_, r)| r).collect();
-    let on_time: Vec<_> = on_time.into_iter().map(|(_, r)| r).collect();
+    let (late, on_time) = hold_back(&readings, 3);
     let next = send(&storage, "e1", &on_time, &[40], 1).await;
     // ...then six hours of other traffic, enough commits for the writer to let go of the
     // early windows, so the late points must be merged with what is on disk.
@@ -338,13 +348,7 @@ async fn after_a_restart_late_then_newer_points_merge_with_what_is_stored() {
     let dir = tempfile::tempdir().unwrap();
     let mut readings = readings();
     readings.sort_by_key(|r| r.1);
-    let (late, on_time): (Vec<_>, Vec<_>) = readings
-        .iter()
-        .cloned()
-        .enumerate()
-        .partition(|(i, _)| i % 5 == 0);
-    let late: Vec<_> = late.into_iter().map(|(_, r)| r).collect();
-    let on_time: Vec<_> = on_time.into_iter().map(|(_, r)| r).collect();
+    let (late, on_time) = hold_back(&readings, 5);
     let next = {
         let storage = open(&dir);
         send(&storage, "e1", &on_time, &[300], 1).await
