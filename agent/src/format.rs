@@ -80,13 +80,17 @@ impl Decoded {
 
 /// Decodes `payload` in `format`.
 pub fn decode(format: Format, payload: &[u8], ctx: &DecodeContext<'_>) -> Decoded {
+    // Line protocol checks UTF-8 line by line: one bad line does not reject its neighbours.
+    if format == Format::Influx {
+        return decode_influx(payload, ctx);
+    }
     let text = match std::str::from_utf8(payload) {
         Ok(text) => text,
         Err(e) => return Decoded::reject_all(payload, format!("payload is not UTF-8: {e}")),
     };
     match format {
         Format::Json => decode_json(text, ctx),
-        Format::Influx => decode_influx(text, ctx),
+        Format::Influx => decode_influx(text.as_bytes(), ctx),
         Format::Value => decode_value(text, ctx),
         Format::Lines => decode_lines(text, ctx),
     }
@@ -370,7 +374,7 @@ mod stream {
     }
 }
 
-fn decode_influx(text: &str, ctx: &DecodeContext<'_>) -> Decoded {
+fn decode_influx(text: &[u8], ctx: &DecodeContext<'_>) -> Decoded {
     let mut decoded = Decoded::default();
     for result in line_protocol::parse(text, Precision::Nanoseconds, ctx.received_at) {
         match result {

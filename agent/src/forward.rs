@@ -365,6 +365,7 @@ impl Forwarder {
                 backlog_points: depth.points().saturating_sub(batch.points.len() as u64),
                 backlog_bytes: depth.bytes().saturating_sub(batch.buffered_size()),
                 oldest_unsent_ts: None,
+                clock: None,
             },
         };
         let encoding = self.encoding();

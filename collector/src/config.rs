@@ -64,6 +64,15 @@ pub struct RawServer {
     pub max_body_size: Option<RawSize>,
     /// Largest request body after decompression.
     pub max_decompressed_size: Option<RawSize>,
+    /// Largest batch once decoded (estimated heap bytes).
+    pub max_decoded_size: Option<RawSize>,
+    /// Most points (and rejects, or lines of line protocol) in one request.
+    pub max_batch_points: Option<usize>,
+    /// What all ingest requests may hold in memory at once: bodies, decompressed bodies and
+    /// decoded batches waiting for the storage writer.
+    pub ingest_memory: Option<RawSize>,
+    /// How long a request body may take to arrive.
+    pub body_timeout: Option<String>,
     /// Batches decoded and waiting for the storage writer.
     pub ingest_queue: Option<usize>,
     /// How long a request waits for room in that queue before the answer is 429.
@@ -107,6 +116,10 @@ pub struct Config {
     pub listen: SocketAddr,
     pub max_body_size: usize,
     pub max_decompressed_size: usize,
+    pub max_decoded_size: usize,
+    pub max_batch_points: usize,
+    pub ingest_memory: usize,
+    pub body_timeout: Duration,
     pub ingest_queue: usize,
     pub ingest_wait: Duration,
     pub shutdown_timeout: Duration,
@@ -138,6 +151,18 @@ impl Config {
 }
 
 impl Config {
+    /// What one ingest request may send and become.
+    pub fn ingest_limits(&self) -> crate::api::IngestLimits {
+        crate::api::IngestLimits {
+            max_body_size: self.max_body_size,
+            max_decompressed_size: self.max_decompressed_size,
+            max_decoded_size: self.max_decoded_size,
+            max_batch_points: self.max_batch_points,
+            body_timeout: self.body_timeout,
+            ingest_wait: self.ingest_wait,
+        }
+    }
+
     /// How storage is to be set up.
     pub fn storage_options(&self) -> StorageOptions {
         StorageOptions {
@@ -186,6 +211,29 @@ impl Resolve for RawConfig {
                 "must be at least server.max_body_size",
             ));
         }
+        let max_decoded_size = size(
+            "server.max_decoded_size",
+            raw.server.max_decoded_size,
+            "64MiB",
+        )?;
+        let max_batch_points = raw.server.max_batch_points.unwrap_or(100_000);
+        if max_batch_points == 0 {
+            return Err(source.error("server.max_batch_points", "must be at least 1"));
+        }
+        let ingest_memory = size("server.ingest_memory", raw.server.ingest_memory, "512MiB")?;
+        let one_request = max_body_size
+            .saturating_add(max_decompressed_size)
+            .saturating_add(max_decoded_size);
+        if ingest_memory < one_request {
+            return Err(source.error(
+                "server.ingest_memory",
+                format!(
+                    "must hold at least one request at its limits: max_body_size + max_decompressed_size + max_decoded_size = {one_request} bytes"
+                ),
+            ));
+        }
+        let body_timeout = parse_duration(raw.server.body_timeout.as_deref().unwrap_or("30s"))
+            .map_err(|m| source.error("server.body_timeout", m))?;
         let ingest_queue = raw.server.ingest_queue.unwrap_or(16);
         if ingest_queue == 0 {
             return Err(source.error("server.ingest_queue", "must be at least 1"));
@@ -254,6 +302,10 @@ impl Resolve for RawConfig {
             listen,
             max_body_size,
             max_decompressed_size,
+            max_decoded_size,
+            max_batch_points,
+            ingest_memory,
+            body_timeout,
             ingest_queue,
             ingest_wait,
             shutdown_timeout,
@@ -304,12 +356,19 @@ fn resolve_rollups(
         if step < 1_000_000_000 {
             return Err(source.error(key, format!("{name:?} is shorter than a second")));
         }
+        if step > crate::clean::time::MAX_RESOLUTION {
+            return Err(source.error(key, format!("{name:?} is longer than 31 days")));
+        }
         if let Some(previous) = out.last()
-            && step % previous.step != 0
+            && step.checked_rem(previous.step) != Some(0)
         {
+            let before = index
+                .checked_sub(1)
+                .and_then(|i| names.get(i))
+                .map_or("", String::as_str);
             return Err(source.error(
                 key,
-                format!("{name:?} is not a multiple of the resolution before it ({:?}); windows must nest", names[index - 1]),
+                format!("{name:?} is not a multiple of the resolution before it ({before:?}); windows must nest"),
             ));
         }
         out.push(Resolution {

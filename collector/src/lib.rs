@@ -9,6 +9,23 @@
 //!
 //! [`serve`] runs the HTTP server on a listener the caller bound, so tests can use port 0.
 
+// Panic policy (RELIABILITY.md): with `panic = "abort"`, a panic that outside data can reach
+// is a remote kill switch, so this crate, which handles what arrives from the network and
+// from files, returns errors instead. Arithmetic is checked or saturating, slices are read
+// with `get`, and nothing unwraps; tests may.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::arithmetic_side_effects,
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::unreachable,
+        clippy::todo,
+        clippy::unimplemented
+    )
+)]
 // The OpenAPI document is one large `serde_json::json!` literal.
 #![recursion_limit = "256"]
 
@@ -60,12 +77,12 @@ pub async fn serve(
         storage,
         auth: Authenticator::new(config.agents.clone()),
         metrics,
-        max_decompressed_size: config.max_decompressed_size,
+        limits: config.ingest_limits(),
+        memory: api::memory::IngestMemory::new(config.ingest_memory, config.ingest_wait),
         query_max_points: config.query_max_points,
-        ingest_wait: config.ingest_wait,
         resolutions: config.resolutions.clone(),
     });
-    let app = api::router(Arc::clone(&state), config.max_body_size);
+    let app = api::router(Arc::clone(&state));
     let address = listener.local_addr().context("listener address")?;
     info!(address = %address, storage = %config.storage_path.display(), agents = config.agents.len(), "collector listening");
 
@@ -171,7 +188,10 @@ async fn retention_loop(
     interval: std::time::Duration,
     shutdown: CancellationToken,
 ) {
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    let first = tokio::time::Instant::now()
+        .checked_add(interval)
+        .unwrap_or_else(tokio::time::Instant::now);
+    let mut ticks = tokio::time::interval_at(first, interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

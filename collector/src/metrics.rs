@@ -287,8 +287,8 @@ pub fn with_agent_health(
     now: i64,
 ) -> String {
     use std::fmt::Write;
-    if text.ends_with("# EOF\n") {
-        text.truncate(text.len() - "# EOF\n".len());
+    if let Some(body) = text.strip_suffix("# EOF\n") {
+        text.truncate(body.len());
     }
     type Figure = fn(&crate::storage::AgentRecord, i64) -> Option<f64>;
     let families: [(&str, &str, &str, Figure); 8] = [

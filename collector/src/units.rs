@@ -59,7 +59,7 @@ pub struct Unit {
 impl Unit {
     /// The canonical name, e.g. `degC`.
     pub fn name(&self) -> &'static str {
-        self.names[0]
+        self.names.first().copied().unwrap_or("")
     }
 
     fn base_value(&self, value: f64) -> f64 {

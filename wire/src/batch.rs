@@ -45,8 +45,11 @@ impl Batch {
         if self.first_seq == 0 {
             return Err("first_seq must be at least 1".into());
         }
-        let expected_last = self.first_seq - 1 + self.points.len() as u64;
-        if self.last_seq != expected_last {
+        let expected_last = u64::try_from(self.points.len())
+            .ok()
+            .and_then(|n| self.first_seq.checked_add(n))
+            .and_then(|end| end.checked_sub(1));
+        if expected_last != Some(self.last_seq) {
             return Err(format!(
                 "last_seq {} does not match first_seq {} and {} points",
                 self.last_seq,
@@ -54,8 +57,11 @@ impl Batch {
                 self.points.len()
             ));
         }
-        if let Some(pair) = self.rejects.windows(2).find(|w| w[0].id >= w[1].id) {
-            return Err(format!("reject ids are not increasing at {}", pair[1].id));
+        if let Some(pair) = self.rejects.windows(2).find_map(|w| match w {
+            [a, b] if a.id >= b.id => Some(b.id),
+            _ => None,
+        }) {
+            return Err(format!("reject ids are not increasing at {pair}"));
         }
         if self.epoch.is_empty() {
             return Err("epoch is empty".into());
@@ -73,6 +79,54 @@ pub struct AgentStatus {
     pub backlog_bytes: u64,
     /// Event time of the oldest point still buffered after this batch, if any.
     pub oldest_unsent_ts: Option<i64>,
+    /// The agent's estimate of its clock's offset from the collector's, if it has a recent
+    /// one. Absent from agents before it (the last element of the array: older collectors
+    /// refuse a status with it, so upgrade collectors first).
+    #[serde(default)]
+    pub clock: Option<ClockEstimate>,
+}
+
+/// How far the agent's clock is from the collector's, measured as NTP does: from one request's
+/// four times (agent sends `t0`, collector receives `t1` and replies `t2`, agent receives
+/// `t3`), `offset = ((t1 - t0) + (t2 - t3)) / 2` and the true offset lies within
+/// `error = round trip / 2` of it, however the delay splits between the two directions. Time
+/// a request waits in queues or on a stalled collector widens the bound; it cannot move the
+/// estimate outside it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockEstimate {
+    /// Collector clock minus agent clock (ns): add it to an agent timestamp to get the
+    /// collector's time.
+    pub offset_ns: i64,
+    /// The true offset lies within this of `offset_ns` (ns).
+    pub error_ns: u64,
+}
+
+impl ClockEstimate {
+    /// The estimate from one exchange: `sent` and `answered` on the agent's clock,
+    /// `received` and `replied` on the collector's. `None` if the times cannot be from one
+    /// exchange (the answer before the request, or the collector's times reversed).
+    pub fn from_exchange(
+        sent: i64,
+        received: i64,
+        replied: i64,
+        answered: i64,
+    ) -> Option<ClockEstimate> {
+        let (t0, t1, t2, t3) = (
+            i128::from(sent),
+            i128::from(received),
+            i128::from(replied),
+            i128::from(answered),
+        );
+        let round_trip = t3.checked_sub(t0)?.checked_sub(t2.checked_sub(t1)?)?;
+        if t3 < t0 || t2 < t1 || round_trip < 0 {
+            return None;
+        }
+        let offset = t1.checked_sub(t0)?.checked_add(t2.checked_sub(t3)?)? / 2;
+        Some(ClockEstimate {
+            offset_ns: i64::try_from(offset).ok()?,
+            error_ns: u64::try_from(round_trip / 2).ok()?,
+        })
+    }
 }
 
 /// A payload an input could not decode, kept with its reason instead of being dropped.
@@ -109,6 +163,20 @@ pub struct BatchAck {
     /// committed: they are kept there with their reason). Absent from older collectors.
     #[serde(default)]
     pub quarantined: u64,
+    /// The collector's clock when it began handling the request and when it answered (UTC
+    /// ns), for the agent's clock estimate ([`ClockEstimate::from_exchange`]).
+    #[serde(default)]
+    pub received_at: Option<i64>,
+    #[serde(default)]
+    pub replied_at: Option<i64>,
+}
+
+/// The answer of `GET /api/v1/time`: the collector's clock, for an agent's first clock
+/// estimate before it has sent anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeAnswer {
+    pub received_at: i64,
+    pub replied_at: i64,
 }
 
 /// The JSON body of every error answer from the collector.

@@ -9,6 +9,7 @@
 //! Decoding is bounded: the decompressed size may not pass a limit, so a small compressed body
 //! cannot expand into an unbounded allocation.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::Read;
 
@@ -64,6 +65,10 @@ pub enum DecodeError {
     Decompress(std::io::Error),
     #[error("body is not a valid batch: {0}")]
     Malformed(String),
+    #[error("the batch has more than {limit} points and rejects; send smaller batches")]
+    TooManyPoints { limit: usize },
+    #[error("the batch takes more than {limit} bytes once decoded; send smaller batches")]
+    DecodedTooLarge { limit: usize },
 }
 
 /// Why a batch could not be encoded.
@@ -89,9 +94,15 @@ pub fn encode_point(point: &Point) -> Vec<u8> {
 }
 
 /// Appends the encoding of [`encode_point`] to `out`.
+///
+/// Writing into a `Vec` cannot fail; MessagePack itself refuses only a string or map of 2^32
+/// or more entries, which no point in memory has. Were it to happen, nothing is appended and
+/// the stored point would fail to decode (and be quarantined) rather than stop the program.
 pub fn encode_point_into(out: &mut Vec<u8>, point: &Point) {
-    // Writing a plain struct into a Vec cannot fail: every type here serializes infallibly.
-    rmp_serde::encode::write(out, point).expect("a point always encodes to MessagePack");
+    let start = out.len();
+    if rmp_serde::encode::write(out, point).is_err() {
+        out.truncate(start);
+    }
 }
 
 /// Encodes points that differ only in one string field and the time, such as log lines: the
@@ -107,7 +118,8 @@ impl TextPointEncoder {
     pub fn new(name: &str, tags: &BTreeMap<String, String>, field: &str) -> TextPointEncoder {
         let mut prefix = Vec::with_capacity(64);
         // `Point` is a struct of four fields, serialized as an array (see the module docs).
-        write_array_len(&mut prefix, 4).expect("writing to a Vec cannot fail");
+        // Into a Vec, with a length that fits: cannot fail.
+        let _ = rmp::encode::write_array_len(&mut prefix, 4);
         write_str(&mut prefix, name);
         write_map_len(&mut prefix, tags.len());
         for (key, value) in tags {
@@ -123,17 +135,18 @@ impl TextPointEncoder {
     pub fn encode_into(&self, out: &mut Vec<u8>, value: &str, ts: i64) {
         out.extend_from_slice(&self.prefix);
         write_str(out, value);
-        rmp::encode::write_sint(out, ts).expect("writing to a Vec cannot fail");
+        // Into a Vec: cannot fail.
+        let _ = rmp::encode::write_sint(out, ts);
     }
 }
 
+/// Writing into a Vec cannot fail (strings of 4 GiB aside, which no point has).
 fn write_str(out: &mut Vec<u8>, value: &str) {
-    rmp::encode::write_str(out, value).expect("writing to a Vec cannot fail");
+    let _ = rmp::encode::write_str(out, value);
 }
 
 fn write_map_len(out: &mut Vec<u8>, len: usize) {
-    let len = u32::try_from(len).expect("a point has fewer than 2^32 tags");
-    rmp::encode::write_map_len(out, len).expect("writing to a Vec cannot fail");
+    let _ = rmp::encode::write_map_len(out, u32::try_from(len).unwrap_or(u32::MAX));
 }
 
 /// Decodes one point stored by [`encode_point`].
@@ -163,7 +176,7 @@ pub fn encode_stored_batch<'a>(
     rejects: &[Reject],
     encoding: Encoding,
 ) -> Result<Vec<u8>, EncodeError> {
-    let mut out = Vec::with_capacity(256 + points.len() * 48);
+    let mut out = Vec::with_capacity(points.len().saturating_mul(48).saturating_add(256));
     write_stored_batch(&mut out, header, points, rejects, encoding)?;
     Ok(out)
 }
@@ -231,7 +244,11 @@ fn write_stored_batch<'a, W: std::io::Write>(
 
 fn write_array_len<W: std::io::Write>(out: &mut W, len: usize) -> Result<(), EncodeError> {
     // A batch never holds 2^32 points; the forwarder caps batches far below that.
-    let len = u32::try_from(len).expect("batch length fits in u32");
+    let len = u32::try_from(len).map_err(|_| {
+        EncodeError::Write(std::io::Error::other(format!(
+            "{len} elements do not fit in a MessagePack array"
+        )))
+    })?;
     rmp::encode::write_array_len(out, len)
         .map(drop)
         .map_err(|e| EncodeError::Write(std::io::Error::other(e.to_string())))
@@ -251,17 +268,18 @@ pub fn compress(body: &[u8], level: i32) -> Result<Vec<u8>, EncodeError> {
 }
 
 /// Decompresses `body` per its `Content-Encoding` (zstd, gzip or none), refusing to produce more than `limit` bytes.
-pub fn decompress_limited(
-    body: &[u8],
+/// An uncompressed body comes back as it is, uncopied.
+pub fn decompress_limited<'a>(
+    body: &'a [u8],
     content_encoding: Option<&str>,
     limit: usize,
-) -> Result<Vec<u8>, DecodeError> {
+) -> Result<Cow<'a, [u8]>, DecodeError> {
     let encoding = content_encoding.map(str::trim).unwrap_or("");
-    if encoding.is_empty() || encoding.eq_ignore_ascii_case("identity") {
+    if !is_compressed(content_encoding) {
         if body.len() > limit {
             return Err(DecodeError::TooLarge { limit });
         }
-        return Ok(body.to_vec());
+        return Ok(Cow::Borrowed(body));
     }
     let decoder: Box<dyn Read + '_> = if encoding.eq_ignore_ascii_case(ENCODING_ZSTD) {
         Box::new(zstd::stream::read::Decoder::new(body).map_err(DecodeError::Decompress)?)
@@ -274,27 +292,27 @@ pub fn decompress_limited(
     let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
     // Read one byte past the limit: if it arrives, the body was too large.
     decoder
-        .take(limit as u64 + 1)
+        .take((limit as u64).saturating_add(1))
         .read_to_end(&mut out)
         .map_err(DecodeError::Decompress)?;
     if out.len() > limit {
         return Err(DecodeError::TooLarge { limit });
     }
-    Ok(out)
+    Ok(Cow::Owned(out))
 }
 
-/// Decodes a decompressed body into a batch and checks its sequence arithmetic.
+/// Whether a `Content-Encoding` value names a compression (not absent, empty or `identity`).
+pub fn is_compressed(content_encoding: Option<&str>) -> bool {
+    let encoding = content_encoding.map(str::trim).unwrap_or("");
+    !(encoding.is_empty() || encoding.eq_ignore_ascii_case("identity"))
+}
+
+/// Decodes a decompressed body into a batch and checks its sequence arithmetic, with no limit
+/// on its decoded size beyond the body's own (for tools and tests; the collector uses
+/// [`crate::decode::decode_batch_limited`]).
 pub fn decode_batch(body: &[u8], encoding: Encoding) -> Result<Batch, DecodeError> {
-    let batch: Batch = match encoding {
-        Encoding::MsgPack => {
-            rmp_serde::from_slice(body).map_err(|e| DecodeError::Malformed(e.to_string()))?
-        }
-        Encoding::Json => {
-            serde_json::from_slice(body).map_err(|e| DecodeError::Malformed(e.to_string()))?
-        }
-    };
-    batch.validate().map_err(DecodeError::Malformed)?;
-    Ok(batch)
+    crate::decode::decode_batch_limited(body, encoding, crate::decode::DecodeLimits::NONE)
+        .map(|decoded| decoded.batch)
 }
 
 #[cfg(test)]
@@ -324,6 +342,7 @@ mod tests {
                 backlog_points: 7,
                 backlog_bytes: 512,
                 oldest_unsent_ts: Some(1_700_000_000_000_000_000),
+                clock: None,
             },
             points,
             rejects: vec![Reject {

@@ -10,11 +10,29 @@
 //! [`codec::BatchEncoder`] splices those stored bytes into a batch without decoding them again.
 //! A test proves the spliced bytes equal what `rmp_serde` produces for the whole [`Batch`].
 
+// Panic policy (RELIABILITY.md): with `panic = "abort"`, a panic that outside data can reach
+// is a remote kill switch, so this crate, which handles what arrives from the network and
+// from files, returns errors instead. Arithmetic is checked or saturating, slices are read
+// with `get`, and nothing unwraps; tests may.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::arithmetic_side_effects,
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::unreachable,
+        clippy::todo,
+        clippy::unimplemented
+    )
+)]
 pub mod batch;
 pub mod codec;
+pub mod decode;
 pub mod line_protocol;
 pub mod point;
 pub mod time;
 
-pub use batch::{AgentStatus, Batch, BatchAck, ErrorBody, Reject};
+pub use batch::{AgentStatus, Batch, BatchAck, ClockEstimate, ErrorBody, Reject, TimeAnswer};
 pub use point::{FieldValue, Point};

@@ -4,7 +4,7 @@
 //! Parsing reports errors per line, so one bad line does not take its neighbours down.
 
 use influxdb_line_protocol::builder::LineProtocolBuilder;
-use influxdb_line_protocol::{FieldValue as LpValue, parse_lines, split_lines};
+use influxdb_line_protocol::{FieldValue as LpValue, parse_lines};
 
 use crate::point::{FieldValue, Point};
 
@@ -57,25 +57,103 @@ impl std::fmt::Display for LineError {
     }
 }
 
-/// Parses line protocol text. Lines without a timestamp get `default_ts`. Blank lines and
-/// `#` comments are skipped; every other line yields a point or an error.
-pub fn parse(text: &str, precision: Precision, default_ts: i64) -> Vec<Result<Point, LineError>> {
-    let mut out = Vec::new();
-    for (index, raw) in split_lines(text).enumerate() {
-        let line = raw.strip_suffix('\r').unwrap_or(raw);
-        let error = |reason: String| LineError {
-            line: index + 1,
-            text: line.to_owned(),
-            reason,
-        };
-        for parsed in parse_lines(line) {
-            out.push(match parsed {
-                Ok(parsed) => convert(&parsed, precision, default_ts).map_err(error),
-                Err(e) => Err(error(e.to_string())),
-            });
+/// Parses line protocol. Lines without a timestamp get `default_ts`. Blank lines and `#`
+/// comments are skipped; every other line yields its 1-based number and a point or an error,
+/// lazily, so a caller can stop early (at a memory limit). A line that is not valid UTF-8 is
+/// an error of its own: the lines around it parse as usual.
+pub fn parse_numbered(
+    text: &[u8],
+    precision: Precision,
+    default_ts: i64,
+) -> impl Iterator<Item = (usize, Result<Point, LineError>)> + '_ {
+    split_lines(text)
+        .zip(1usize..)
+        .flat_map(move |(raw, number)| {
+            let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+            let error = move |text: String, reason: String| LineError {
+                line: number,
+                text,
+                reason,
+            };
+            let line = match std::str::from_utf8(raw) {
+                Ok(line) => line,
+                Err(e) => {
+                    let reason = format!(
+                        "the line is not valid UTF-8 (byte {} of the line)",
+                        e.valid_up_to().saturating_add(1)
+                    );
+                    let text = String::from_utf8_lossy(raw).into_owned();
+                    return vec![(number, Err(error(text, reason)))];
+                }
+            };
+            parse_lines(line)
+                .map(|parsed| {
+                    let result = match parsed {
+                        Ok(parsed) => convert(&parsed, precision, default_ts)
+                            .map_err(|reason| error(line.to_owned(), reason)),
+                        Err(e) => Err(error(line.to_owned(), e.to_string())),
+                    };
+                    (number, result)
+                })
+                .collect::<Vec<_>>()
+        })
+}
+
+/// [`parse_numbered`] without the line numbers (errors carry theirs).
+pub fn parse(
+    text: &[u8],
+    precision: Precision,
+    default_ts: i64,
+) -> impl Iterator<Item = Result<Point, LineError>> + '_ {
+    parse_numbered(text, precision, default_ts).map(|(_, result)| result)
+}
+
+/// Splits line protocol into lines at newlines that are not inside a quoted string field,
+/// as InfluxDB does (`influxdb_line_protocol::split_lines`, here on bytes so that a line with
+/// invalid UTF-8 does not take the whole text with it). Every byte it looks at is ASCII, so
+/// on valid UTF-8 it splits exactly where the text version does.
+pub fn split_lines(input: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut quoted = false;
+    let mut fields = false;
+    // How many '=' and ',' the fields have had: a quote opens a string only after an '='.
+    let mut equals = 0u32;
+    let mut commas = 0u32;
+    let mut in_escape = false;
+    input.split(move |&c| {
+        if in_escape {
+            in_escape = false;
+            return false;
         }
-    }
-    out
+        match c {
+            b'\\' => {
+                in_escape = true;
+                false
+            }
+            b' ' => {
+                fields = true;
+                false
+            }
+            b'=' if fields && !quoted => {
+                equals = equals.saturating_add(1);
+                false
+            }
+            b',' if fields && !quoted => {
+                commas = commas.saturating_add(1);
+                false
+            }
+            b'"' if fields && equals > commas => {
+                quoted = !quoted;
+                false
+            }
+            b'\n' if !quoted => {
+                fields = false;
+                equals = 0;
+                commas = 0;
+                true
+            }
+            _ => false,
+        }
+    })
 }
 
 fn convert(
@@ -136,7 +214,9 @@ pub fn format_point(point: &Point) -> String {
         };
     }
     let bytes = builder.timestamp(point.ts).close_line().build();
-    let mut line = String::from_utf8(bytes).expect("line protocol built from strings is UTF-8");
+    // Built from strings, so UTF-8; lossy would only matter if the builder broke that.
+    let mut line = String::from_utf8(bytes)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
     if line.ends_with('\n') {
         line.pop();
     }
@@ -150,7 +230,7 @@ mod tests {
     #[test]
     fn parses_types_tags_and_timestamps() {
         let text = "weather,location=us\\ midwest,season=summer temperature=82,humidity=71i,ok=true,note=\"a \\\"b\\\"\" 1465839830100400200\n";
-        let points = parse(text, Precision::Nanoseconds, 0);
+        let points: Vec<_> = parse(text.as_bytes(), Precision::Nanoseconds, 0).collect();
         let point = points[0].as_ref().unwrap();
         assert_eq!(point.name, "weather");
         assert_eq!(point.tags["location"], "us midwest");
@@ -163,20 +243,21 @@ mod tests {
 
     #[test]
     fn precision_and_default_timestamp() {
-        let points = parse("m v=1 1700000000\nm v=2", Precision::Seconds, 42);
+        let points: Vec<_> = parse(b"m v=1 1700000000\nm v=2", Precision::Seconds, 42).collect();
         assert_eq!(points[0].as_ref().unwrap().ts, 1_700_000_000_000_000_000);
         assert_eq!(points[1].as_ref().unwrap().ts, 42);
-        let overflow = parse("m v=1 9223372036854775807", Precision::Seconds, 0);
+        let overflow: Vec<_> = parse(b"m v=1 9223372036854775807", Precision::Seconds, 0).collect();
         assert!(overflow[0].is_err());
     }
 
     #[test]
     fn bad_lines_are_reported_alone_with_their_number() {
-        let points = parse(
-            "# comment\nm v=1\nnot line protocol\n\nm v=2u\nm v=18446744073709551615u",
+        let points: Vec<_> = parse(
+            b"# comment\nm v=1\nnot line protocol\n\nm v=2u\nm v=18446744073709551615u",
             Precision::Nanoseconds,
             7,
-        );
+        )
+        .collect();
         assert_eq!(points.len(), 4);
         assert!(points[0].is_ok());
         let error = points[1].as_ref().unwrap_err();
@@ -193,6 +274,29 @@ mod tests {
     }
 
     #[test]
+    fn invalid_utf8_is_an_error_of_its_own_line() {
+        let body = b"utf_ok v=1i\nutf,k=\xff\xfe v=2i\nutf_ok v=3i\n";
+        let points: Vec<_> = parse(body, Precision::Nanoseconds, 0).collect();
+        assert_eq!(points.len(), 3);
+        assert_eq!(points[0].as_ref().unwrap().fields["v"], FieldValue::I64(1));
+        let error = points[1].as_ref().unwrap_err();
+        assert_eq!(error.line, 2);
+        assert!(error.reason.contains("not valid UTF-8"), "{error}");
+        assert_eq!(points[2].as_ref().unwrap().fields["v"], FieldValue::I64(3));
+    }
+
+    #[test]
+    fn bytes_split_where_the_text_splitter_does() {
+        let text = "a s=\"x\ny\" 1\nb,t=a\\ b v=1 2\r\n\nc s=\"q\\\"\n\" 3\n# c\nd v=1";
+        let ours: Vec<&[u8]> = split_lines(text.as_bytes()).collect();
+        let theirs: Vec<&[u8]> = influxdb_line_protocol::split_lines(text)
+            .map(str::as_bytes)
+            .collect();
+        assert_eq!(ours, theirs);
+        assert_eq!(ours.len(), 6, "a quoted newline does not end a line");
+    }
+
+    #[test]
     fn format_then_parse_is_identity() {
         let point = Point::new("my meas,x", 123)
             .with_tag("a b", "c=d,e")
@@ -201,7 +305,7 @@ mod tests {
             .with_field("b", false)
             .with_field("s", "quote \" and back\\slash");
         let line = format_point(&point);
-        let parsed = parse(&line, Precision::Nanoseconds, 0);
+        let parsed: Vec<_> = parse(line.as_bytes(), Precision::Nanoseconds, 0).collect();
         assert_eq!(parsed[0].as_ref().unwrap(), &point, "line was {line}");
     }
 }

@@ -2,33 +2,50 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::http::HeaderMap;
-use axum::http::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE};
+use axum::http::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
 use tributary_wire::codec::{self, DecodeError, Encoding};
+use tributary_wire::decode::{DecodeLimits, decode_batch_limited};
+use tributary_wire::{Batch, BatchAck, TimeAnswer};
 
-use tributary_wire::{Batch, BatchAck};
-
+use super::memory::MemoryPermit;
 use super::{ApiError, AppState};
-use crate::storage::{Origin, Reservation, SubmitError, WriteJob};
+use crate::storage::{Origin, Reservation, Stored, SubmitError, WriteJob};
 
 const ENDPOINT: &str = "batches";
 
 pub async fn post_batch(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
-    let result = ingest(&state, &headers, body).await;
+    let received_at = tributary_wire::time::now_ns();
+    let result = ingest(&state, &headers, body, received_at).await;
     let response = match result {
-        Ok(ack) => axum::Json(ack).into_response(),
+        Ok(mut ack) => {
+            ack.received_at = Some(received_at);
+            ack.replied_at = Some(tributary_wire::time::now_ns());
+            axum::Json(ack).into_response()
+        }
         Err(error) => state.fail(ENDPOINT, error).into_response(),
     };
     state.metrics.batch_status(response.status().as_u16());
     response
+}
+
+/// `GET /api/v1/time`: the collector's clock, so an agent can estimate its offset (see
+/// `tributary_wire::ClockEstimate`) before its first batch. Open: it tells nothing but the
+/// time.
+pub async fn get_time() -> axum::Json<TimeAnswer> {
+    let received_at = tributary_wire::time::now_ns();
+    axum::Json(TimeAnswer {
+        received_at,
+        replied_at: tributary_wire::time::now_ns(),
+    })
 }
 
 /// The agent id the request's token belongs to; `missing` says how to authenticate when the
@@ -49,25 +66,60 @@ pub(super) fn authenticate(
     })
 }
 
-/// The request body as received (413 past `server.max_body_size`), counted.
-pub(super) fn received_body(
+/// Reads the request body within `server.max_body_size` and `server.body_timeout`, after
+/// reserving memory for it: its `Content-Length`, or the limit when it has none. Call it only
+/// after authenticating, so nobody without a token makes the collector hold a body.
+pub(super) async fn read_body(
     state: &AppState,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Bytes, ApiError> {
-    let body = body.map_err(|rejection| match rejection {
-        BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
-            ApiError::TooLarge("request body exceeds server.max_body_size".into())
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Bytes, MemoryPermit), ApiError> {
+    let limit = state.limits.max_body_size;
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let expected = match declared {
+        Some(length) if length > limit as u64 => {
+            return Err(ApiError::TooLarge(format!(
+                "the request body ({length} bytes) exceeds server.max_body_size ({limit} bytes)"
+            )));
         }
-        other => ApiError::BadRequest(format!("cannot read the request body: {other}")),
-    })?;
+        Some(length) => usize::try_from(length).unwrap_or(limit),
+        None => limit,
+    };
+    let mut permit = state.memory.reserve(expected).await?;
+    let collect = http_body_util::Limited::new(body, limit).collect();
+    let body = match tokio::time::timeout(state.limits.body_timeout, collect).await {
+        Err(_) => {
+            return Err(ApiError::Timeout(format!(
+                "the request body did not arrive within server.body_timeout ({:?})",
+                state.limits.body_timeout
+            )));
+        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(ApiError::TooLarge(format!(
+                "the request body exceeds server.max_body_size ({limit} bytes)"
+            )));
+        }
+        Ok(Err(e)) => {
+            return Err(ApiError::BadRequest(format!(
+                "cannot read the request body: {e}"
+            )));
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    permit.shrink_to(body.len());
     state.metrics.bytes_received.inc_by(body.len() as u64);
-    Ok(body)
+    Ok((body, permit))
 }
 
 impl From<DecodeError> for ApiError {
     fn from(e: DecodeError) -> ApiError {
         match e {
-            DecodeError::TooLarge { .. } => ApiError::TooLarge(e.to_string()),
+            DecodeError::TooLarge { .. }
+            | DecodeError::TooManyPoints { .. }
+            | DecodeError::DecodedTooLarge { .. } => ApiError::TooLarge(e.to_string()),
             DecodeError::UnsupportedContentEncoding(_) | DecodeError::UnsupportedContentType(_) => {
                 ApiError::UnsupportedMediaType(e.to_string())
             }
@@ -78,13 +130,34 @@ impl From<DecodeError> for ApiError {
     }
 }
 
-/// Runs decompression and decoding on the blocking pool: they take CPU time.
-pub(super) async fn decode_off_executor<T: Send + 'static>(
-    decode: impl FnOnce() -> Result<T, DecodeError> + Send + 'static,
-) -> Result<T, ApiError> {
-    Ok(tokio::task::spawn_blocking(decode)
+/// Reserves what decoding a body may take (room for its decompressed form if it is
+/// compressed, and for the decoded batch) and a place in the writer's queue, then runs
+/// `decode` on the blocking pool (it takes CPU time). What `decode` returns says how large
+/// its result is; the reservation shrinks to that and comes back with it.
+pub(super) async fn decode_within_budget<T: Send + 'static>(
+    state: &AppState,
+    compressed: bool,
+    mut held: MemoryPermit,
+    decode: impl FnOnce(DecodeLimits) -> Result<(T, usize), DecodeError> + Send + 'static,
+) -> Result<(T, MemoryPermit, Reservation), ApiError> {
+    let limits = &state.limits;
+    let room = limits.max_decoded_size.saturating_add(if compressed {
+        limits.max_decompressed_size
+    } else {
+        0
+    });
+    held.merge(state.memory.reserve(room).await?);
+    let reservation = reserve(state).await?;
+    let decode_limits = DecodeLimits {
+        max_points: limits.max_batch_points,
+        max_bytes: limits.max_decoded_size,
+    };
+    let (value, size) = tokio::task::spawn_blocking(move || decode(decode_limits))
         .await
-        .map_err(|e| ApiError::Internal(format!("decode task failed: {e}")))??)
+        .map_err(|e| ApiError::Internal(format!("decode task failed: {e}")))??;
+    // The body and its decompressed copy were dropped with the task.
+    held.shrink_to(size);
+    Ok((value, held, reservation))
 }
 
 /// Queues `batch` in the room held and waits for the commit that stores it.
@@ -94,7 +167,8 @@ pub(super) async fn store(
     batch: Batch,
     received_at: i64,
     origin: Origin,
-) -> Result<BatchAck, ApiError> {
+    memory: MemoryPermit,
+) -> Result<Stored, ApiError> {
     let (reply, answer) = tokio::sync::oneshot::channel();
     reservation.submit(WriteJob {
         agent_id,
@@ -102,6 +176,7 @@ pub(super) async fn store(
         received_at,
         origin,
         reply,
+        memory: Some(memory.into_inner()),
     });
     let what = match origin {
         Origin::Agent => "batch",
@@ -117,7 +192,7 @@ pub(super) async fn store(
 pub(super) async fn reserve(state: &AppState) -> Result<Reservation, ApiError> {
     state
         .storage
-        .reserve(state.ingest_wait)
+        .reserve(state.limits.ingest_wait)
         .await
         .map_err(|e| match e {
             SubmitError::Busy => ApiError::Busy,
@@ -128,7 +203,8 @@ pub(super) async fn reserve(state: &AppState) -> Result<Reservation, ApiError> {
 async fn ingest(
     state: &AppState,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
+    received_at: i64,
 ) -> Result<BatchAck, ApiError> {
     let agent_id = authenticate(
         state,
@@ -136,21 +212,21 @@ async fn ingest(
         "the bearer token is not known",
         "missing Authorization: Bearer <token>",
     )?;
-    let body = received_body(state, body)?;
     let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
     let content_type = header(CONTENT_TYPE).unwrap_or(codec::CONTENT_TYPE_JSON);
     let encoding = Encoding::from_content_type(content_type)
         .ok_or_else(|| DecodeError::UnsupportedContentType(content_type.into()))?;
     let content_encoding = header(CONTENT_ENCODING).map(str::to_owned);
-    let limit = state.max_decompressed_size;
-
-    // Room in the writer's queue first, so decoded batches never pile up in memory.
-    let reservation = reserve(state).await?;
-    let batch = decode_off_executor(move || {
-        let raw = codec::decompress_limited(&body, content_encoding.as_deref(), limit)?;
-        codec::decode_batch(&raw, encoding)
-    })
-    .await?;
+    let compressed = codec::is_compressed(content_encoding.as_deref());
+    let (body, held) = read_body(state, headers, body).await?;
+    let limit = state.limits.max_decompressed_size;
+    let (batch, memory, reservation) =
+        decode_within_budget(state, compressed, held, move |limits| {
+            let raw = codec::decompress_limited(&body, content_encoding.as_deref(), limit)?;
+            let decoded = decode_batch_limited(&raw, encoding, limits)?;
+            Ok((decoded.batch, decoded.size))
+        })
+        .await?;
 
     state
         .metrics
@@ -162,6 +238,14 @@ async fn ingest(
             batch.agent_id
         )));
     }
-    let received_at = tributary_wire::time::now_ns();
-    store(reservation, agent_id, batch, received_at, Origin::Agent).await
+    let stored = store(
+        reservation,
+        agent_id,
+        batch,
+        received_at,
+        Origin::Agent,
+        memory,
+    )
+    .await?;
+    Ok(stored.ack)
 }

@@ -4,6 +4,7 @@
 mod agents;
 mod ingest;
 mod listings;
+pub mod memory;
 pub mod openapi;
 mod query;
 mod write;
@@ -11,7 +12,7 @@ mod write;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -28,25 +29,34 @@ pub struct AppState {
     pub storage: Storage,
     pub auth: Authenticator,
     pub metrics: Arc<Metrics>,
-    pub max_decompressed_size: usize,
-    /// How long ingest waits for room in the writer's queue before answering 429.
-    pub ingest_wait: std::time::Duration,
+    pub limits: IngestLimits,
+    /// What ingest requests may hold in memory at once.
+    pub memory: memory::IngestMemory,
     pub query_max_points: usize,
     /// Rollup resolutions, finest first (queries pick one).
     pub resolutions: Vec<crate::rollup::Resolution>,
 }
 
+/// What one ingest request may send and become (`[server]`).
+#[derive(Debug, Clone)]
+pub struct IngestLimits {
+    pub max_body_size: usize,
+    pub max_decompressed_size: usize,
+    pub max_decoded_size: usize,
+    pub max_batch_points: usize,
+    /// How long the body may take to arrive.
+    pub body_timeout: std::time::Duration,
+    /// How long ingest waits for memory or room in the writer's queue before answering 429.
+    pub ingest_wait: std::time::Duration,
+}
+
 /// The router with every endpoint (each listed in [`openapi::ROUTES`] and documented there).
-pub fn router(state: Arc<AppState>, max_body_size: usize) -> Router {
+/// Ingest reads its bodies itself, within [`IngestLimits`] and the memory budget.
+pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route(
-            "/api/v1/batches",
-            post(ingest::post_batch).layer(DefaultBodyLimit::max(max_body_size)),
-        )
-        .route(
-            "/api/v2/write",
-            post(write::post_write).layer(DefaultBodyLimit::max(max_body_size)),
-        )
+        .route("/api/v1/batches", post(ingest::post_batch))
+        .route("/api/v2/write", post(write::post_write))
+        .route("/api/v1/time", get(ingest::get_time))
         .route("/api/v1/query", get(query::get_query))
         .route("/api/v1/series", get(listings::get_series))
         .route("/api/v1/quarantine", get(listings::get_quarantine))
@@ -102,6 +112,8 @@ pub enum ApiError {
     #[error("the ingest queue is full; retry shortly")]
     Busy,
     #[error("{0}")]
+    Timeout(String),
+    #[error("{0}")]
     NotImplemented(String),
     #[error("{0}")]
     Unavailable(String),
@@ -118,6 +130,7 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Busy => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -133,6 +146,7 @@ impl ApiError {
             ApiError::TooLarge(_) => "too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Busy => "busy",
+            ApiError::Timeout(_) => "timeout",
             ApiError::NotImplemented(_) => "not_implemented",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
@@ -177,6 +191,8 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// 200 while the store answers reads and its writer can commit; 503 with the reason while it
+/// cannot (a full disk, I/O errors), so a load balancer or supervisor sees what ingest sees.
 async fn healthz(State(state): State<Arc<AppState>>) -> Result<impl IntoResponse, ApiError> {
     state
         .storage
@@ -184,6 +200,15 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Result<impl IntoResponse
         .run(crate::storage::sqlite::ping)
         .await
         .map_err(|e| state.fail("healthz", ApiError::Unavailable(e.to_string())))?;
+    if let Some((reason, since)) = state.storage.health().failure() {
+        return Err(state.fail(
+            "healthz",
+            ApiError::Unavailable(format!(
+                "storage cannot commit since {}: {reason}",
+                tributary_wire::time::format_rfc3339(since)
+            )),
+        ));
+    }
     Ok(axum::Json(serde_json::json!({ "status": "ok" })))
 }
 

@@ -187,13 +187,14 @@ fn parse(params: Vec<(String, String)>, max_points: usize) -> Result<(Parsed, Fo
                 "window: needs step (the moving aggregate is computed at every step)".into(),
             ));
         }
-        if window % step != 0 {
+        if window.checked_rem(step) != Some(0) {
             return Err(bad("window: must be a multiple of step".into()));
         }
     }
     if step > 0 && query.from != i64::MIN && query.to != i64::MAX {
-        let buckets = (query.to - query.from) / step;
-        if buckets as u128 > max_points as u128 {
+        let span = i128::from(query.to).saturating_sub(i128::from(query.from));
+        let buckets = span.checked_div(i128::from(step)).unwrap_or(0);
+        if buckets > max_points as i128 {
             return Err(bad(format!(
                 "step: {buckets} buckets is more than query.max_points ({max_points}); use a larger step"
             )));

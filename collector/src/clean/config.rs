@@ -475,7 +475,12 @@ fn resolve_rule(raw: &RawRule, index: usize, source: &Source) -> Result<Rule, Co
                 window: i64::try_from(window.as_nanos()).unwrap_or(i64::MAX),
             }
         }
-        _ => unreachable!("allowed_keys knows every action"),
+        other => {
+            return Err(err(
+                "action",
+                format!("{other:?} is not an action this collector knows"),
+            ));
+        }
     };
     Ok(Rule {
         name,

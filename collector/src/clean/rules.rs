@@ -241,12 +241,19 @@ fn numeric(value: &FieldValue) -> Option<f64> {
     }
 }
 
+/// The median of sorted values (NaN for none).
 fn median(sorted: &[f64]) -> f64 {
-    let n = sorted.len();
-    if n % 2 == 1 {
-        sorted[n / 2]
+    let middle = sorted.len() / 2;
+    let upper = sorted.get(middle).copied().unwrap_or(f64::NAN);
+    if sorted.len() % 2 == 1 {
+        upper
     } else {
-        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+        let lower = middle
+            .checked_sub(1)
+            .and_then(|i| sorted.get(i))
+            .copied()
+            .unwrap_or(f64::NAN);
+        (lower + upper) / 2.0
     }
 }
 
@@ -524,7 +531,7 @@ impl Rule {
                 point.hash_identity(&mut h);
                 let key = h.finish();
                 state.newest = state.newest.max(point.ts);
-                state.since_trim += 1;
+                state.since_trim = state.since_trim.saturating_add(1);
                 if state.since_trim >= 4096 {
                     state.since_trim = 0;
                     let horizon = state.newest.saturating_sub(*window);

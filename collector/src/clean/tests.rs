@@ -1,6 +1,6 @@
 use std::path::Path;
 
-use tributary_wire::{FieldValue, Point};
+use tributary_wire::{AgentStatus, ClockEstimate, FieldValue, Point};
 
 use super::*;
 use crate::config::Config;
@@ -269,15 +269,34 @@ fn time_sanity_shifts_skewed_batches_and_bounds_timestamps() {
     let mut c = cleaner(
         "[time]\ncorrect_clock_skew = true\nskew_threshold = \"10s\"\nfloor = \"2000-01-01T00:00:00Z\"\nmax_future = \"1h\"\n",
     );
-    // An agent whose clock is two hours behind: shifted forward.
-    let shift = c.time.batch_shift(NOW - 2 * HOUR, NOW);
+    let status = |offset_ns: i64, error_ns: u64| AgentStatus {
+        clock: Some(ClockEstimate {
+            offset_ns,
+            error_ns,
+        }),
+        ..AgentStatus::default()
+    };
+    // An agent whose clock is two hours behind, measured within 20 ms: shifted forward.
+    let shift = c.time.batch_shift(&status(2 * HOUR, 20_000_000));
     assert_eq!(shift, 2 * HOUR);
     let mut p = reading(1.0);
     p.ts = NOW - 2 * HOUR - 5;
     c.clean("a1", &mut p, shift, NOW).unwrap();
     assert_eq!(p.ts, NOW - 5);
-    // A few seconds of delay are not skew.
-    assert_eq!(c.time.batch_shift(NOW - 3_000_000_000, NOW), 0);
+    // A few seconds are within the threshold.
+    assert_eq!(c.time.batch_shift(&status(-3_000_000_000, 1_000_000)), 0);
+    // An offset that only a slow round trip suggests is not sure: 20 s measured through a
+    // collector that held the request for 20 s (error 10 s) leaves 10 s, not past 10 s.
+    assert_eq!(
+        c.time.batch_shift(&status(10_000_000_000, 10_000_000_000)),
+        0
+    );
+    assert_eq!(
+        c.time.batch_shift(&status(-30_000_000_000, 10_000_000_000)),
+        -30_000_000_000
+    );
+    // No estimate: no shift.
+    assert_eq!(c.time.batch_shift(&AgentStatus::default()), 0);
     let mut early = reading(1.0);
     early.ts = 5_000_000_000;
     assert!(
@@ -297,7 +316,49 @@ fn time_sanity_shifts_skewed_batches_and_bounds_timestamps() {
     fix.clean("a1", &mut early, 0, NOW).unwrap();
     assert_eq!(early.ts, NOW);
     // Correction off: no shift whatever the skew.
-    assert_eq!(fix.time.batch_shift(0, NOW), 0);
+    assert_eq!(fix.time.batch_shift(&status(-2 * HOUR, 0)), 0);
+}
+
+#[test]
+fn every_timestamp_is_kept_or_quarantined_and_only_storable_ones_are_kept() {
+    let mut off = cleaner("[time]\nmax_future = \"off\"\n");
+    let mut fix = cleaner("[time]\nmax_future = \"off\"\nout_of_bounds = \"receive_time\"\n");
+    let edges = [
+        i64::MIN,
+        i64::MIN + 1,
+        *crate::clean::time::STORABLE.start() - 1,
+        *crate::clean::time::STORABLE.start(),
+        0,
+        *crate::clean::time::STORABLE.end(),
+        *crate::clean::time::STORABLE.end() + 1,
+        i64::MAX - 1,
+        i64::MAX,
+    ];
+    for ts in edges {
+        for shift in [0, i64::MIN, i64::MAX, -HOUR, HOUR] {
+            let mut p = reading(1.0);
+            p.ts = ts;
+            let want = ts.saturating_add(shift);
+            match off.clean("a1", &mut p, shift, NOW) {
+                Ok(()) => {
+                    assert!(
+                        crate::clean::time::STORABLE.contains(&p.ts),
+                        "{ts} + {shift}"
+                    );
+                    assert_eq!(p.ts, want);
+                }
+                Err(rejection) => {
+                    assert_eq!(rejection.rule, "time");
+                    assert!(rejection.reason.contains("storable range"), "{rejection}");
+                    assert!(!crate::clean::time::STORABLE.contains(&want));
+                }
+            }
+            let mut p = reading(1.0);
+            p.ts = ts;
+            fix.clean("a1", &mut p, shift, NOW).unwrap();
+            assert!(p.ts == want || p.ts == NOW);
+        }
+    }
 }
 
 #[test]

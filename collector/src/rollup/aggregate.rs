@@ -158,11 +158,20 @@ impl Aggregate {
     }
 
     /// The sum, rounded once: `hi` is kept as the rounded value of `hi + lo`.
+    /// The sum (`hi + lo` is `hi` while both are finite: `lo` is below half an ulp of it).
     pub fn sum(&self) -> f64 {
-        self.sum_hi
+        self.sum_hi + self.sum_lo
     }
 
     fn add_to_sum(&mut self, hi: f64, lo: f64) {
+        let plain = self.sum_hi + hi;
+        if !plain.is_finite() || !self.sum_lo.is_finite() || !lo.is_finite() {
+            // Past the range of f64 the compensation means nothing: the sum is an infinity
+            // (or NaN, once both signs have overflowed), kept as that.
+            self.sum_hi = plain + self.sum_lo + lo;
+            self.sum_lo = 0.0;
+            return;
+        }
         let (s, e) = two_sum(self.sum_hi, hi);
         let e = e + self.sum_lo + lo;
         let (s, e) = two_sum(s, e);
@@ -180,7 +189,7 @@ impl Aggregate {
         } else {
             self.sum() / self.count as f64
         };
-        self.count += 1;
+        self.count = self.count.saturating_add(1);
         self.add_to_sum(value, 0.0);
         let new_mean = self.sum() / self.count as f64;
         if self.count > 1 {
@@ -209,7 +218,7 @@ impl Aggregate {
         let (na, nb) = (self.count as f64, other.count as f64);
         let delta = other.sum() / nb - self.sum() / na;
         self.m2 += other.m2 + delta * delta * na * nb / (na + nb);
-        self.count += other.count;
+        self.count = self.count.saturating_add(other.count);
         self.add_to_sum(other.sum_hi, other.sum_lo);
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
@@ -238,7 +247,7 @@ impl Aggregate {
                 if self.count < 2 {
                     return None;
                 }
-                (self.m2.max(0.0) / (self.count - 1) as f64).sqrt()
+                (self.m2.max(0.0) / self.count.saturating_sub(1) as f64).sqrt()
             }
             Agg::First => self.first.1,
             Agg::Last => self.last.1,
@@ -254,9 +263,16 @@ impl Aggregate {
     /// portable binary format.
     pub fn state_blob(&self) -> Vec<u8> {
         let sketch = self.sketch.to_java_bytes();
-        let mut out = Vec::with_capacity(17 + sketch.len());
+        let mut out = Vec::with_capacity(sketch.len().saturating_add(17));
         out.push(1u8);
-        out.extend_from_slice(&self.sum_lo.to_le_bytes());
+        // A NaN sum travels here, since the `sum` column cannot hold NaN (SQLite stores it
+        // as NULL): the column gets 0, and `sum()` of 0 and NaN is NaN again.
+        let lo = if self.sum_hi.is_nan() {
+            f64::NAN
+        } else {
+            self.sum_lo
+        };
+        out.extend_from_slice(&lo.to_le_bytes());
         out.extend_from_slice(&self.m2.to_le_bytes());
         out.extend_from_slice(&sketch);
         out
@@ -269,14 +285,18 @@ impl Aggregate {
         blob: &[u8],
         with_sketch: bool,
     ) -> Result<Aggregate, String> {
-        if blob.len() < 17 || blob[0] != 1 {
+        let (Some(1), Some(sum_lo), Some(m2), Some(sketch_bytes)) = (
+            blob.first().copied(),
+            blob.get(1..9),
+            blob.get(9..17),
+            blob.get(17..),
+        ) else {
             return Err("rollup state blob has an unknown layout".into());
-        }
-        let f = |at: usize| f64::from_le_bytes(blob[at..at + 8].try_into().unwrap_or([0; 8]));
-        let sum_lo = f(1);
-        let m2 = f(9);
+        };
+        let f = |bytes: &[u8]| f64::from_le_bytes(bytes.try_into().unwrap_or([0; 8]));
+        let (sum_lo, m2) = (f(sum_lo), f(m2));
         let sketch = if with_sketch {
-            DDSketch::from_java_bytes(&blob[17..]).map_err(|e| format!("rollup sketch: {e:?}"))?
+            DDSketch::from_java_bytes(sketch_bytes).map_err(|e| format!("rollup sketch: {e:?}"))?
         } else {
             DDSketch::new(sketch_config())
         };
@@ -297,7 +317,12 @@ impl Aggregate {
     pub fn columns(&self) -> StoredColumns {
         StoredColumns {
             count: self.count,
-            sum: self.sum(),
+            // NaN goes in the state blob instead (see `state_blob`).
+            sum: if self.sum_hi.is_nan() {
+                0.0
+            } else {
+                self.sum_hi
+            },
             min: self.min,
             max: self.max,
             first: self.first,

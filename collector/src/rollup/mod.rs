@@ -64,9 +64,9 @@ pub fn choose_resolution(
         .enumerate()
         .rev()
         .find(|(_, r)| {
-            step % r.step == 0
-                && (from == i64::MIN || from.rem_euclid(r.step) == 0)
-                && (to == i64::MAX || to.rem_euclid(r.step) == 0)
+            step.checked_rem(r.step) == Some(0)
+                && (from == i64::MIN || from.checked_rem_euclid(r.step) == Some(0))
+                && (to == i64::MAX || to.checked_rem_euclid(r.step) == Some(0))
         })
         .map(|(index, _)| index)
 }
@@ -101,26 +101,34 @@ pub fn moving(
     let (Some(first), Some(last)) = (buckets.first(), buckets.last()) else {
         return Vec::new();
     };
+    if step <= 0 {
+        return Vec::new();
+    }
     let window = window.max(step);
     let stop = last.0.saturating_add(window).min(end);
     let mut out = Vec::new();
-    let (mut lo, mut hi) = (0, 0);
+    let (mut lo, mut hi) = (0usize, 0usize);
+    let starts_at = |i: usize| buckets.get(i).map(|(start, _)| *start);
     let mut t = first.0;
     while t < stop {
-        while hi < buckets.len() && buckets[hi].0 <= t {
-            hi += 1;
+        while starts_at(hi).is_some_and(|start| start <= t) {
+            hi = hi.saturating_add(1);
         }
-        while lo < hi && buckets[lo].0 <= t - window {
-            lo += 1;
+        let horizon = t.saturating_sub(window);
+        while lo < hi && starts_at(lo).is_some_and(|start| start <= horizon) {
+            lo = lo.saturating_add(1);
         }
-        if lo < hi {
+        if let Some(window) = buckets.get(lo..hi).filter(|w| !w.is_empty()) {
             let mut merged = Aggregate::new();
-            for (_, aggregate) in &buckets[lo..hi] {
+            for (_, aggregate) in window {
                 merged.merge(aggregate);
             }
             out.push((t, merged));
         }
-        t += step;
+        let Some(next) = t.checked_add(step) else {
+            break;
+        };
+        t = next;
     }
     out
 }

@@ -133,6 +133,47 @@ fn the_stored_form_round_trips() {
     assert!(Aggregate::from_stored(&aggregate.columns(), &[2, 0], true).is_err());
 }
 
+/// Sums past the range of f64 become infinities (and NaN once both signs overflowed), and
+/// keep that through the stored form; nothing in them is a panic or a value SQLite refuses.
+#[test]
+fn sums_that_overflow_stay_infinite_through_storage() {
+    let mut down = build(&[(0, f64::MIN), (1, f64::MIN)]);
+    assert_eq!(down.value(Agg::Sum), Some(f64::NEG_INFINITY));
+    down.merge(&build(&[(2, f64::MIN)]));
+    assert_eq!(down.value(Agg::Sum), Some(f64::NEG_INFINITY));
+    assert_eq!(down.value(Agg::Min), Some(f64::MIN));
+    let back = Aggregate::from_stored(&down.columns(), &down.state_blob(), true).unwrap();
+    assert_eq!(back.value(Agg::Sum), Some(f64::NEG_INFINITY));
+    let up = build(&[(3, f64::MAX), (4, f64::MAX)]);
+    let mut both = back.clone();
+    both.merge(&up);
+    assert!(both.value(Agg::Sum).unwrap().is_nan());
+    let columns = both.columns();
+    assert!(!columns.sum.is_nan(), "the column must hold a number");
+    let back = Aggregate::from_stored(&columns, &both.state_blob(), true).unwrap();
+    assert!(back.value(Agg::Sum).unwrap().is_nan());
+    assert_eq!(back.value(Agg::Count), Some(5.0));
+    for agg in Agg::ALL {
+        let _ = back.value(agg);
+    }
+}
+
+/// Window arithmetic is total over the whole i64 range and any positive step.
+#[test]
+fn window_arithmetic_never_overflows() {
+    for ts in [i64::MIN, i64::MIN + 1, -1, 0, 1, i64::MAX - 1, i64::MAX] {
+        for step in [1, 7, SECOND, 86_400 * SECOND, i64::MAX] {
+            let start = window_start(ts, step);
+            assert!(start <= ts);
+            let _ = into_buckets(vec![(ts, build(&[(ts, 1.0)]))], step);
+            let buckets = vec![(start, build(&[(ts, 1.0)]))];
+            assert!(moving(&buckets, step, step, i64::MAX).len() <= 2);
+        }
+    }
+    assert!(moving(&[(0, build(&[(0, 1.0)]))], 10, 0, 100).is_empty());
+    assert!(moving(&[(0, build(&[(0, 1.0)]))], 10, -5, 100).is_empty());
+}
+
 #[test]
 fn windows_nest_and_resolutions_are_chosen_coarsest_first() {
     const MINUTE: i64 = 60 * SECOND;

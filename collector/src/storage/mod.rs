@@ -76,7 +76,74 @@ pub struct WriteJob {
     /// When the collector received it (UTC ns).
     pub received_at: i64,
     pub origin: Origin,
-    pub reply: tokio::sync::oneshot::Sender<Result<BatchAck, StorageError>>,
+    pub reply: tokio::sync::oneshot::Sender<Result<Stored, StorageError>>,
+    /// The job's share of the ingest memory budget, given back when the batch is freed.
+    pub memory: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// What storing one batch did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    pub ack: BatchAck,
+    /// Points that went to the quarantine instead (index in the batch, reason), at most the
+    /// first thousand: a line protocol write lists them in its answer.
+    pub quarantined: Vec<(usize, String)>,
+}
+
+impl Stored {
+    /// Nothing stored, nothing committed.
+    pub fn nothing() -> Stored {
+        Stored {
+            ack: BatchAck {
+                committed_through: 0,
+                stored: 0,
+                duplicates: 0,
+                rejects_stored: 0,
+                quarantined: 0,
+                received_at: None,
+                replied_at: None,
+            },
+            quarantined: Vec::new(),
+        }
+    }
+}
+
+/// Whether the store can commit, as its writer last found: `/healthz` answers 503 with the
+/// reason while it cannot. A failed commit sets it; a commit (or a probe write) clears it.
+#[derive(Debug, Default)]
+pub struct StoreHealth {
+    failure: std::sync::Mutex<Option<(String, i64)>>,
+}
+
+impl StoreHealth {
+    pub fn commit_succeeded(&self) {
+        let mut failure = self
+            .failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if failure.is_some() {
+            tracing::info!("storage commits again");
+            *failure = None;
+        }
+    }
+
+    pub fn commit_failed(&self, reason: &str) {
+        let mut failure = self
+            .failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if failure.is_none() {
+            *failure = Some((reason.to_owned(), tributary_wire::time::now_ns()));
+        }
+    }
+
+    /// Why the store cannot commit, and since when (UTC ns); `None` while it can.
+    pub fn failure(&self) -> Option<(String, i64)> {
+        self.failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// How the store is set up.
@@ -219,7 +286,9 @@ pub struct AgentRecord {
     pub backlog_points: u64,
     pub backlog_bytes: u64,
     pub oldest_unsent_ts: Option<i64>,
-    /// Receive time minus the agent's `sent_at` of its last batch (includes network delay).
+    /// The agent's clock offset from the collector's (collector minus agent, ns), as it
+    /// last measured and reported it, and the bound of that estimate.
     pub clock_skew_ns: Option<i64>,
+    pub clock_error_ns: Option<u64>,
     pub epochs: Vec<EpochMark>,
 }

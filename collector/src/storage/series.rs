@@ -110,21 +110,23 @@ impl SeriesCache {
         let agent = canonical.get(AGENT_TAG).map(String::as_str).unwrap_or("");
         let hash = identity_hash(&self.hasher, name, canonical.iter(), agent);
         let entries = self.by_hash.entry(hash).or_default();
-        let entry = match entries
+        let index = match entries
             .iter()
             .position(|e| e.name == name && e.tags == *canonical)
         {
-            Some(index) => &mut entries[index],
+            Some(index) => index,
             None => {
                 entries.push(Entry {
                     name: name.to_owned(),
                     tags: canonical.clone(),
                     ids: HashMap::default(),
                 });
-                entries.last_mut().expect("just pushed")
+                entries.len().saturating_sub(1)
             }
         };
-        entry.ids.insert(field.to_owned(), id);
+        if let Some(entry) = entries.get_mut(index) {
+            entry.ids.insert(field.to_owned(), id);
+        }
     }
 }
 

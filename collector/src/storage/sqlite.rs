@@ -1,6 +1,7 @@
 //! The SQLite store: schema, the group-committing writer thread, and the read pool.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -17,7 +18,8 @@ use self::rollups::RollupWriter;
 use super::series::{SeriesCache, canonical_tags};
 use super::{
     AgentRecord, EpochMark, Origin, QuarantineRecord, QueryResult, RawQuery, RetentionReport,
-    SeriesInfo, SeriesPoints, StorageError, StorageOptions, SubmitError, WriteJob,
+    SeriesInfo, SeriesPoints, StorageError, StorageOptions, StoreHealth, Stored, SubmitError,
+    WriteJob,
 };
 use crate::clean::{Cleaner, Rejection};
 use crate::metrics::Metrics;
@@ -66,7 +68,8 @@ CREATE TABLE IF NOT EXISTS agents (
     backlog_points   INTEGER,
     backlog_bytes    INTEGER,
     oldest_unsent_ts INTEGER,
-    clock_skew_ns    INTEGER
+    clock_skew_ns    INTEGER,
+    clock_error_ns   INTEGER
 );
 CREATE TABLE IF NOT EXISTS quarantine (
     id              INTEGER PRIMARY KEY,
@@ -85,7 +88,8 @@ CREATE INDEX IF NOT EXISTS quarantine_by_time ON quarantine (received_at);
 ";
 
 /// 2: rollups. 3: raw values in chunks instead of a row per value; `marks.explained`.
-const SCHEMA_VERSION: i64 = 3;
+/// 4: `agents.clock_error_ns` (the bound of the agent's clock estimate).
+const SCHEMA_VERSION: i64 = 4;
 
 /// Page cache of the writer connection, in KiB.
 const WRITER_CACHE_KIB: u64 = 64 * 1024;
@@ -100,7 +104,7 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
 
 /// What the writer thread is asked to do.
 enum Job {
-    Write(WriteJob),
+    Write(Box<WriteJob>),
     /// Delete what is past its retention (one bounded pass).
     Retention {
         now: i64,
@@ -118,7 +122,7 @@ pub struct Reservation {
 impl Reservation {
     /// Queues the batch in the room held.
     pub fn submit(self, job: WriteJob) {
-        self.permit.send(Job::Write(job));
+        self.permit.send(Job::Write(Box::new(job)));
     }
 }
 
@@ -130,6 +134,7 @@ pub struct Storage {
     checkpoints: Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>,
     reads: Arc<ReadPool>,
     metrics: Arc<Metrics>,
+    health: Arc<StoreHealth>,
 }
 
 /// How often the checkpointer copies the WAL into the database.
@@ -151,9 +156,14 @@ const RESTART_WAIT: Duration = Duration::from_millis(100);
 /// block: a fifth of the writer's time in a profile of the 24 h benchmark). So once the WAL
 /// passes [`RESTART_FRAMES`], the checkpointer takes the write lock briefly (a passive pass
 /// just copied almost everything), copies the rest and resets the WAL.
+///
+/// While the writer's last commit failed for want of storage (a full disk), it also tries a
+/// one-row write now and then, so health recovers once the store can commit again, whether or
+/// not a sender is retrying.
 fn start_checkpointer(
     path: &Path,
     metrics: Arc<Metrics>,
+    health: Arc<StoreHealth>,
 ) -> Result<(std::sync::mpsc::Sender<()>, JoinHandle<()>), StorageError> {
     let conn = open_connection(path).map_err(|source| StorageError::Sqlite {
         path: path.display().to_string(),
@@ -186,6 +196,19 @@ fn start_checkpointer(
                 if let Err(e) = result {
                     warn!(error = %e, "WAL checkpoint failed; retrying");
                     metrics.error("storage", "checkpoint");
+                }
+                if health.failure().is_some() {
+                    match conn.execute(
+                        "INSERT INTO meta (key, value) VALUES ('probe', ?1)
+                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        [tributary_wire::time::now_ns()],
+                    ) {
+                        Ok(_) => health.commit_succeeded(),
+                        Err(e) if storage_cannot_commit(&e) => {
+                            health.commit_failed(&e.to_string());
+                        }
+                        Err(_) => {}
+                    }
                 }
             }
         })
@@ -223,8 +246,12 @@ impl Storage {
             .map_err(sql)?;
         // A transaction touches a leaf page per series it writes to; a cache smaller than that
         // spills dirty pages to the WAL before the commit, writing them twice.
-        conn.pragma_update(None, "cache_size", -(WRITER_CACHE_KIB as i64))
-            .map_err(sql)?;
+        conn.pragma_update(
+            None,
+            "cache_size",
+            0i64.saturating_sub_unsigned(WRITER_CACHE_KIB),
+        )
+        .map_err(sql)?;
         // A multi-row INSERT into a table with a key keeps a statement journal (to undo just
         // that statement on a conflict); in a temporary file, that costs a write per page.
         conn.pragma_update(None, "temp_store", "MEMORY")
@@ -232,6 +259,9 @@ impl Storage {
         // Checkpoints run on their own thread (start_checkpointer), not inside commits.
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(sql)?;
+        if version < 4 {
+            add_column(&conn, "agents", "clock_error_ns", "INTEGER").map_err(sql)?;
+        }
         if version < 3 {
             add_explained(&conn).map_err(sql)?;
             let values = convert_points(&conn).map_err(sql)?;
@@ -253,6 +283,7 @@ impl Storage {
             );
         }
         let (jobs, rx) = mpsc::channel(options.queue);
+        let health = Arc::new(StoreHealth::default());
         let writer = WriterThread {
             conn,
             path: path.to_owned(),
@@ -267,6 +298,7 @@ impl Storage {
             dropper: start_dropper().map_err(|e| {
                 StorageError::Other(format!("cannot start the storage-free thread: {e}"))
             })?,
+            health: Arc::clone(&health),
         };
         let writer = std::thread::Builder::new()
             .name("storage-writer".into())
@@ -275,9 +307,14 @@ impl Storage {
         Ok(Storage {
             jobs: Some(jobs),
             writer: Some(writer),
-            checkpoints: Some(start_checkpointer(path, Arc::clone(&metrics))?),
+            checkpoints: Some(start_checkpointer(
+                path,
+                Arc::clone(&metrics),
+                Arc::clone(&health),
+            )?),
             reads: Arc::new(ReadPool::new(path, options.readers)),
             metrics,
+            health,
         })
     }
 
@@ -317,6 +354,11 @@ impl Storage {
     /// The read side.
     pub fn reads(&self) -> &Arc<ReadPool> {
         &self.reads
+    }
+
+    /// Whether the store can commit.
+    pub fn health(&self) -> &StoreHealth {
+        &self.health
     }
 
     /// Stops taking jobs, lets the writer finish the queued ones, and waits for it.
@@ -363,6 +405,19 @@ fn load_series(conn: &Connection) -> rusqlite::Result<SeriesCache> {
     Ok(cache)
 }
 
+/// Adds a column to a table of a database from before it, if it is missing.
+fn add_column(conn: &Connection, table: &str, column: &str, kind: &str) -> rusqlite::Result<()> {
+    let has: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+        [table, column],
+        |r| r.get(0),
+    )?;
+    if !has {
+        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind};"))?;
+    }
+    Ok(())
+}
+
 /// Adds `marks.explained` to a database from before it (schema 2 and older): drop counts
 /// already seen are taken as used.
 fn add_explained(conn: &Connection) -> rusqlite::Result<()> {
@@ -393,7 +448,7 @@ fn convert_points(conn: &Connection) -> rusqlite::Result<u64> {
     }
     let tx = conn.unchecked_transaction()?;
     let mut writer = ChunkWriter::default();
-    let mut moved = 0;
+    let mut moved = 0u64;
     {
         let mut stmt = tx.prepare(
             "SELECT p.series_id, p.ts, p.value, s.kind = 'boolean' FROM points p
@@ -419,7 +474,7 @@ fn convert_points(conn: &Connection) -> rusqlite::Result<u64> {
             if group.len() == 100_000 || (done && !group.is_empty()) {
                 let borrowed: Vec<(i64, i64, &FieldValue)> =
                     group.iter().map(|(s, t, v)| (*s, *t, v)).collect();
-                moved += writer.write(&tx, &borrowed)?.values;
+                moved = moved.saturating_add(writer.write(&tx, &borrowed)?.values);
                 group.clear();
             }
             if done {
@@ -444,23 +499,49 @@ struct WriterThread {
     resolutions: Vec<Resolution>,
     raw_retention: Option<i64>,
     /// Where stored batches go to be freed, off the writer thread.
-    dropper: std::sync::mpsc::SyncSender<Vec<tributary_wire::Batch>>,
+    dropper: std::sync::mpsc::SyncSender<Vec<Freed>>,
+    health: Arc<StoreHealth>,
 }
 
+/// A stored batch on its way to be freed, with the ingest memory it holds.
+type Freed = (
+    tributary_wire::Batch,
+    Option<tokio::sync::OwnedSemaphorePermit>,
+);
+
 /// Starts the thread that frees stored batches; it ends when the writer drops its sender.
-fn start_dropper() -> std::io::Result<std::sync::mpsc::SyncSender<Vec<tributary_wire::Batch>>> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<tributary_wire::Batch>>(4);
+fn start_dropper() -> std::io::Result<std::sync::mpsc::SyncSender<Vec<Freed>>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Freed>>(4);
     std::thread::Builder::new()
         .name("storage-free".into())
         .spawn(move || rx.into_iter().for_each(drop))?;
     Ok(tx)
 }
 
-/// A job with what cleaning decided for each of its points (`None`: not cleaned yet).
+/// A job with what cleaning decided for each of its points (`None`: not cleaned yet), and
+/// which of its points this attempt stores.
 struct Pending {
     job: WriteJob,
     /// Per point: why it was rejected, if it was.
     verdicts: Option<Vec<Option<Rejection>>>,
+    /// The points (indexes into the batch) this attempt stores; all of them unless the batch
+    /// is being isolated after a failure (see [`WriterThread::isolate`]).
+    range: Range<usize>,
+    /// Set when storing `range` failed alone: its points go to the quarantine with this
+    /// reason instead.
+    poison: Option<String>,
+}
+
+impl Pending {
+    fn new(job: WriteJob) -> Pending {
+        let range = 0..job.batch.points.len();
+        Pending {
+            job,
+            verdicts: None,
+            range,
+            poison: None,
+        }
+    }
 }
 
 /// What one transaction stores.
@@ -469,6 +550,37 @@ struct GroupState<'a> {
     /// Values to store: (series id, ts, value), the value borrowed from its batch.
     rows: Vec<(i64, i64, &'a FieldValue)>,
 }
+
+/// Whether a failed transaction says the store cannot commit at all (disk full, I/O errors,
+/// a locked or damaged file), as opposed to something in the data it was given. Only the
+/// first kind is answered with 503 for the sender to retry; a batch whose data fails is
+/// isolated instead, so it cannot come back forever.
+pub(crate) fn storage_cannot_commit(error: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode as C;
+    match error.sqlite_error_code() {
+        Some(code) => matches!(
+            code,
+            C::PermissionDenied
+                | C::OperationAborted
+                | C::DatabaseBusy
+                | C::DatabaseLocked
+                | C::OutOfMemory
+                | C::ReadOnly
+                | C::OperationInterrupted
+                | C::SystemIoFailure
+                | C::DatabaseCorrupt
+                | C::DiskFull
+                | C::CannotOpen
+                | C::FileLockingProtocolFailed
+                | C::NoLargeFileSupport
+                | C::NotADatabase
+        ),
+        None => false,
+    }
+}
+
+/// Most quarantined points of one write listed back to its sender.
+const LISTED_QUARANTINED: usize = 1000;
 
 impl WriterThread {
     fn run(mut self, mut rx: mpsc::Receiver<Job>) {
@@ -482,7 +594,7 @@ impl WriterThread {
                 },
             };
             let first = match first {
-                Job::Write(job) => job,
+                Job::Write(job) => *job,
                 Job::Retention { now, reply } => {
                     let _ = reply.send(self.retention(now));
                     continue;
@@ -493,18 +605,12 @@ impl WriterThread {
                 }
             };
             let mut points = first.batch.points.len();
-            let mut jobs = vec![Pending {
-                job: first,
-                verdicts: None,
-            }];
+            let mut jobs = vec![Pending::new(first)];
             while points < self.commit_max_points {
                 match rx.try_recv() {
                     Ok(Job::Write(job)) => {
-                        points += job.batch.points.len();
-                        jobs.push(Pending {
-                            job,
-                            verdicts: None,
-                        });
+                        points = points.saturating_add(job.batch.points.len());
+                        jobs.push(Pending::new(*job));
                     }
                     Ok(other) => {
                         deferred = Some(other);
@@ -525,20 +631,8 @@ impl WriterThread {
             let job = &mut pending.job;
             let (mark, shift) = match job.origin {
                 Origin::Agent => {
-                    let mark: u64 = self
-                        .conn
-                        .prepare_cached(
-                            "SELECT last_seq FROM marks WHERE agent_id = ?1 AND epoch = ?2",
-                        )?
-                        .query_row(params![job.agent_id, job.batch.epoch], |r| {
-                            r.get::<_, i64>(0)
-                        })
-                        .optional()?
-                        .map_or(0, |m| m as u64);
-                    let shift = self
-                        .cleaner
-                        .time
-                        .batch_shift(job.batch.sent_at, job.received_at);
+                    let mark = read_mark(&self.conn, &job.agent_id, &job.batch.epoch)?.last_seq;
+                    let shift = self.cleaner.time.batch_shift(&job.batch.status);
                     if shift != 0 {
                         self.metrics.clock_corrected_batches.inc();
                     }
@@ -548,8 +642,8 @@ impl WriterThread {
             };
             let first_seq = job.batch.first_seq;
             let mut verdicts = Vec::with_capacity(job.batch.points.len());
-            for (index, point) in job.batch.points.iter_mut().enumerate() {
-                if job.origin == Origin::Agent && first_seq + index as u64 <= mark {
+            for (seq, point) in (first_seq..).zip(job.batch.points.iter_mut()) {
+                if job.origin == Origin::Agent && seq <= mark {
                     verdicts.push(None);
                     continue;
                 }
@@ -564,35 +658,34 @@ impl WriterThread {
         Ok(())
     }
 
-    /// Stores the jobs in one transaction; if that fails, each alone, so one bad batch cannot
-    /// fail the others.
+    /// Stores the jobs in one transaction. If that fails, each is stored alone, so one bad
+    /// batch cannot fail the others; a batch that fails alone is isolated.
     fn commit_group(&mut self, mut jobs: Vec<Pending>) {
         let started = Instant::now();
         if let Err(e) = self.clean(&mut jobs) {
+            self.cannot_commit(&e);
             error!(error = %e, "reading marks to clean a batch failed; the agent will retry");
             self.metrics.error("storage", "clean");
             for pending in jobs {
-                let _ = pending.job.reply.send(Err(StorageError::Other(format!(
-                    "{}: {e}",
-                    self.path.display()
-                ))));
+                let _ = pending.job.reply.send(Err(self.failure(&e)));
             }
             return;
         }
         match self.store_all(&jobs) {
-            Ok(acks) => {
-                self.metrics.commits.inc();
-                self.metrics
-                    .commit_seconds
-                    .observe(started.elapsed().as_secs_f64());
+            Ok(stored) => {
+                self.committed(started);
                 let mut batches = Vec::with_capacity(jobs.len());
-                for (pending, ack) in jobs.into_iter().zip(acks) {
-                    self.metrics.points_stored.inc_by(ack.stored);
-                    self.metrics.points_duplicate.inc_by(ack.duplicates);
-                    self.metrics.rejects_stored.inc_by(ack.rejects_stored);
-                    let WriteJob { batch, reply, .. } = pending.job;
-                    let _ = reply.send(Ok(ack));
-                    batches.push(batch);
+                for (pending, stored) in jobs.into_iter().zip(stored) {
+                    self.count_stored(&stored.ack);
+                    let WriteJob {
+                        batch,
+                        reply,
+                        memory,
+                        ..
+                    } = pending.job;
+                    let _ = reply.send(Ok(stored));
+                    // Its memory is given back once it is freed.
+                    batches.push((batch, memory));
                 }
                 // Freeing a group's points (many small allocations) is not the writer's job:
                 // it is the bottleneck of ingest.
@@ -600,40 +693,128 @@ impl WriterThread {
                     drop(returned);
                 }
             }
-            Err(e) if jobs.len() > 1 => {
+            Err(e) if jobs.len() > 1 && !storage_cannot_commit(&e) => {
                 warn!(error = %e, batches = jobs.len(), "group commit failed; storing the batches one by one");
                 self.metrics.error("storage", "group_commit");
                 for job in jobs {
                     self.commit_group(vec![job]);
                 }
             }
+            Err(e) if storage_cannot_commit(&e) => self.refuse(jobs, &e),
             Err(e) => {
-                error!(error = %e, "storing a batch failed; the agent will retry");
-                self.metrics.error("storage", "commit");
-                // Its points come again: stateful rules must not remember them as seen.
-                self.cleaner.reset_state();
                 for pending in jobs {
-                    let _ = pending.job.reply.send(Err(StorageError::Other(format!(
-                        "{}: {e}",
-                        self.path.display()
-                    ))));
+                    self.isolate(pending, &e);
                 }
             }
         }
     }
 
-    fn store_all(&mut self, jobs: &[Pending]) -> rusqlite::Result<Vec<BatchAck>> {
-        let points: usize = jobs.iter().map(|p| p.job.batch.points.len()).sum();
+    /// Answers every job with the failure of a store that cannot commit (the senders retry).
+    fn refuse(&mut self, jobs: Vec<Pending>, e: &rusqlite::Error) {
+        self.cannot_commit(e);
+        error!(error = %e, batches = jobs.len(), "storage cannot commit; the senders will retry");
+        self.metrics.error("storage", "commit");
+        // Their points come again: stateful rules must not remember them as seen.
+        self.cleaner.reset_state();
+        for pending in jobs {
+            let _ = pending.job.reply.send(Err(self.failure(e)));
+        }
+    }
+
+    /// A batch whose data made its transaction fail (not the store: that is [`Self::refuse`]).
+    /// Its points are stored in halves, and halves of those, each in its own transaction,
+    /// until every point that fails alone is found; those go to the quarantine with the
+    /// error as their reason. Marks rise with each part, so exactly once holds whatever
+    /// happens on the way, and the sender gets one answer for the whole batch.
+    fn isolate(&mut self, mut pending: Pending, first_error: &rusqlite::Error) {
+        warn!(agent = %pending.job.agent_id, points = pending.job.batch.points.len(), error = %first_error,
+            "a batch cannot be stored; storing it in parts to find the points that fail");
+        self.metrics.error("storage", "isolate_batch");
+        let started = Instant::now();
+        let mut parts: VecDeque<Range<usize>> = VecDeque::from([pending.range.clone()]);
+        let mut total: Option<Stored> = None;
+        // Each failing part is split in two or, alone, quarantined: at most 2n parts.
+        let mut budget = pending
+            .job
+            .batch
+            .points
+            .len()
+            .saturating_mul(2)
+            .saturating_add(2);
+        while let Some(range) = parts.pop_front() {
+            budget = budget.saturating_sub(1);
+            pending.range = range.clone();
+            pending.poison = None;
+            let error = match self.store_all(std::slice::from_ref(&pending)) {
+                Ok(mut stored) => {
+                    merge_stored(&mut total, stored.pop());
+                    continue;
+                }
+                Err(e) => e,
+            };
+            if storage_cannot_commit(&error) || budget == 0 {
+                return self.refuse(vec![pending], &error);
+            }
+            let half = range.len() / 2;
+            if half > 0 {
+                let middle = range.start.saturating_add(half);
+                parts.push_front(middle..range.end);
+                parts.push_front(range.start..middle);
+                continue;
+            }
+            let reason = format!("the store cannot hold it: {error}");
+            error!(agent = %pending.job.agent_id, index = range.start, reason = %reason, "moving a point the store refuses to the quarantine");
+            self.metrics.error("storage", "poison_point");
+            pending.poison = Some(reason);
+            match self.store_all(std::slice::from_ref(&pending)) {
+                Ok(mut stored) => merge_stored(&mut total, stored.pop()),
+                Err(e) => return self.refuse(vec![pending], &e),
+            }
+        }
+        self.committed(started);
+        let stored = total.unwrap_or_else(Stored::nothing);
+        self.count_stored(&stored.ack);
+        let _ = pending.job.reply.send(Ok(stored));
+    }
+
+    fn count_stored(&self, ack: &BatchAck) {
+        self.metrics.points_stored.inc_by(ack.stored);
+        self.metrics.points_duplicate.inc_by(ack.duplicates);
+        self.metrics.rejects_stored.inc_by(ack.rejects_stored);
+    }
+
+    /// A transaction committed: the store is healthy.
+    fn committed(&self, started: Instant) {
+        self.metrics.commits.inc();
+        self.metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.health.commit_succeeded();
+    }
+
+    /// Records that the store cannot commit, if `e` says so (health answers 503 meanwhile).
+    fn cannot_commit(&self, e: &rusqlite::Error) {
+        if storage_cannot_commit(e) {
+            self.health.commit_failed(&e.to_string());
+        }
+    }
+
+    fn failure(&self, e: &rusqlite::Error) -> StorageError {
+        StorageError::Other(format!("{}: {e}", self.path.display()))
+    }
+
+    fn store_all(&mut self, jobs: &[Pending]) -> rusqlite::Result<Vec<Stored>> {
+        let points: usize = jobs.iter().map(|p| p.range.len()).sum();
         let mut state = GroupState {
-            rows: Vec::with_capacity(points + points / 4),
+            rows: Vec::with_capacity(points.saturating_add(points / 4)),
         };
         let result = (|| {
             let tx = self
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut acks = Vec::with_capacity(jobs.len());
+            let mut stored = Vec::with_capacity(jobs.len());
             for pending in jobs {
-                acks.push(store_batch(
+                stored.push(store_batch(
                     &tx,
                     &mut self.series,
                     &mut state,
@@ -655,8 +836,10 @@ impl WriterThread {
                     "UPDATE series SET first_ts = min(first_ts, ?2), last_ts = max(last_ts, ?3) WHERE id = ?1",
                 )?;
                 for run in state.rows.chunk_by(|a, b| a.0 == b.0) {
-                    let (id, first, last) = (run[0].0, run[0].1, run[run.len() - 1].1);
-                    update.execute(params![id, first, last])?;
+                    let (Some(first), Some(last)) = (run.first(), run.last()) else {
+                        continue;
+                    };
+                    update.execute(params![first.0, first.1, last.1])?;
                     numeric.extend(
                         run.iter()
                             .filter_map(|(id, ts, v)| Some((*id, *ts, rollups::number(v)?))),
@@ -672,10 +855,10 @@ impl WriterThread {
                 .rollup_late_windows
                 .inc_by(rolled.merged_from_disk);
             tx.commit()?;
-            Ok(acks)
+            Ok(stored)
         })();
         match result {
-            Ok(acks) => Ok(acks),
+            Ok(stored) => Ok(stored),
             Err(e) => {
                 self.rollups.forget();
                 self.chunks.forget();
@@ -692,6 +875,51 @@ impl WriterThread {
             }
         }
     }
+}
+
+/// Adds the result of one part of an isolated batch to the total.
+fn merge_stored(total: &mut Option<Stored>, part: Option<Stored>) {
+    let Some(part) = part else { return };
+    match total {
+        None => *total = Some(part),
+        Some(total) => {
+            let (a, b) = (&mut total.ack, &part.ack);
+            a.committed_through = a.committed_through.max(b.committed_through);
+            a.stored = a.stored.saturating_add(b.stored);
+            a.duplicates = a.duplicates.saturating_add(b.duplicates);
+            a.rejects_stored = a.rejects_stored.saturating_add(b.rejects_stored);
+            a.quarantined = a.quarantined.saturating_add(b.quarantined);
+            let room = LISTED_QUARANTINED.saturating_sub(total.quarantined.len());
+            total
+                .quarantined
+                .extend(part.quarantined.into_iter().take(room));
+        }
+    }
+}
+
+/// An agent's marks for one epoch (zeros before its first batch).
+#[derive(Debug, Default, Clone, Copy)]
+struct Mark {
+    last_seq: u64,
+    last_reject: u64,
+    /// How much of the agent's drop count earlier gaps already used.
+    explained: u64,
+}
+
+fn read_mark(conn: &Connection, agent_id: &str, epoch: &str) -> rusqlite::Result<Mark> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT last_seq, last_reject, explained FROM marks WHERE agent_id = ?1 AND epoch = ?2",
+        )?
+        .query_row(params![agent_id, epoch], |r| {
+            Ok(Mark {
+                last_seq: r.get::<_, i64>(0)? as u64,
+                last_reject: r.get::<_, i64>(1)? as u64,
+                explained: r.get::<_, i64>(2)? as u64,
+            })
+        })
+        .optional()?
+        .unwrap_or_default())
 }
 
 /// Rows (chunks, windows, quarantined records) one retention pass deletes or rewrites at
@@ -720,16 +948,16 @@ impl WriterThread {
                         break;
                     }
                     let trimmed = chunks::trim(&tx, *id, cutoff, budget)?;
-                    report.points += trimmed.values;
-                    budget -= trimmed.rows;
+                    report.points = report.points.saturating_add(trimmed.values);
+                    budget = budget.saturating_sub(trimmed.rows);
                 }
                 let n = tx.execute(
                     "DELETE FROM quarantine WHERE id IN
                      (SELECT id FROM quarantine WHERE received_at < ?1 ORDER BY received_at LIMIT ?2)",
                     params![cutoff, budget as i64],
                 )?;
-                report.quarantined += n as u64;
-                budget -= n;
+                report.quarantined = report.quarantined.saturating_add(n as u64);
+                budget = budget.saturating_sub(n);
             }
             {
                 let mut delete = tx.prepare_cached(
@@ -753,8 +981,8 @@ impl WriterThread {
                             last_start,
                             budget as i64
                         ])?;
-                        report.windows += n as u64;
-                        budget -= n;
+                        report.windows = report.windows.saturating_add(n as u64);
+                        budget = budget.saturating_sub(n);
                     }
                 }
             }
@@ -781,42 +1009,67 @@ fn record<'a>(state: &mut GroupState<'a>, id: i64, ts: i64, value: &'a FieldValu
     state.rows.push((id, ts, value));
 }
 
-/// Stores one batch inside the group's transaction: points above the mark (or the reason
-/// cleaning gave, in the quarantine), rejects above the reject mark, the marks themselves, and
-/// the agent's figures. Line protocol writes have no marks: all their points are new.
+/// What a jump in an agent's sequences means, given the drop counts it sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct GapAccount {
+    /// Sequences missing that no drop count explains.
+    pub gaps: u64,
+    /// How much of the drop count is used after this jump (the new `marks.explained`).
+    pub explained: u64,
+}
+
+/// Accounts for the sequences between `mark` and `first_seq` (the first point that arrived
+/// after it). Drops are counted when they happen, which may be before the jump reaches the
+/// collector (a salvaged buffer counts its lost rows at once, and sends the points before
+/// them first): the part of the cumulative `dropped` that no earlier jump used explains this
+/// one, and what it does not explain is a gap.
+pub(crate) fn account_gap(mark: u64, first_seq: u64, dropped: u64, explained: u64) -> GapAccount {
+    let missing = first_seq.saturating_sub(mark.saturating_add(1));
+    let used = missing.min(dropped.saturating_sub(explained));
+    GapAccount {
+        gaps: missing.saturating_sub(used),
+        explained: explained.saturating_add(used),
+    }
+}
+
+/// Caps what a poisoned batch keeps of a text it quarantines, so the quarantine row itself
+/// cannot be what fails.
+const POISON_KEPT: usize = 4096;
+
+fn cut(text: &[u8], poison: bool) -> &[u8] {
+    if poison {
+        text.get(..POISON_KEPT).unwrap_or(text)
+    } else {
+        text
+    }
+}
+
+/// Stores one batch (its points in `pending.range`) inside the group's transaction: points
+/// above the mark (or the reason cleaning gave, in the quarantine), rejects above the reject
+/// mark (with the part that starts the batch), the marks themselves, and the agent's figures.
+/// Line protocol writes have no marks: all their points are new.
 fn store_batch<'a>(
     tx: &rusqlite::Transaction<'_>,
     series: &mut SeriesCache,
     state: &mut GroupState<'a>,
     pending: &'a Pending,
     metrics: &Metrics,
-) -> rusqlite::Result<BatchAck> {
+) -> rusqlite::Result<Stored> {
     let job = &pending.job;
     let batch = &job.batch;
     let agent_origin = job.origin == Origin::Agent;
-    // `explained`: how much of the agent's drop count earlier gaps already used.
-    let (mark, reject_mark, explained_before): (u64, u64, u64) = if agent_origin {
-        tx.query_row(
-            "SELECT last_seq, last_reject, explained FROM marks WHERE agent_id = ?1 AND epoch = ?2",
-            params![job.agent_id, batch.epoch],
-            |r| {
-                Ok((
-                    r.get::<_, i64>(0)? as u64,
-                    r.get::<_, i64>(1)? as u64,
-                    r.get::<_, i64>(2)? as u64,
-                ))
-            },
-        )
-        .optional()?
-        .unwrap_or((0, 0, 0))
+    let mark = if agent_origin {
+        read_mark(tx, &job.agent_id, &batch.epoch)?
     } else {
-        (0, 0, 0)
+        Mark::default()
     };
     let verdicts = pending.verdicts.as_deref().unwrap_or(&[]);
+    let range = pending.range.clone();
+    let first_seq = batch.first_seq.saturating_add(range.start as u64);
+    let poison = pending.poison.is_some();
 
-    let mut stored = 0u64;
-    let mut duplicates = 0u64;
-    let mut quarantined = 0u64;
+    let mut out = Stored::nothing();
+    let (mut stored, mut duplicates, mut quarantined) = (0u64, 0u64, 0u64);
     {
         let mut insert_series = tx.prepare_cached(
             "INSERT INTO series (name, tags, field, kind, first_ts, last_ts) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
@@ -830,14 +1083,23 @@ fn store_batch<'a>(
         } else {
             "line_protocol"
         };
-        for (index, point) in batch.points.iter().enumerate() {
-            let seq = batch.first_seq + index as u64;
-            if agent_origin && seq <= mark {
-                duplicates += 1;
+        let points = batch.points.get(range.clone()).unwrap_or_default();
+        for ((index, seq), point) in range.clone().zip(first_seq..).zip(points) {
+            if agent_origin && seq <= mark.last_seq {
+                duplicates = duplicates.saturating_add(1);
                 continue;
             }
-            if let Some(rejection) = verdicts.get(index).and_then(Option::as_ref) {
+            let rejection = match (&pending.poison, verdicts.get(index)) {
+                (Some(reason), _) => Some(Rejection {
+                    rule: "storage".into(),
+                    reason: reason.clone(),
+                }),
+                (None, Some(Some(rejection))) => Some(rejection.clone()),
+                _ => None,
+            };
+            if let Some(rejection) = rejection {
                 let line = tributary_wire::line_protocol::format_point(point);
+                let reason = rejection.to_string();
                 quarantine.execute(params![
                     job.received_at,
                     job.agent_id,
@@ -846,14 +1108,17 @@ fn store_batch<'a>(
                     if agent_origin {
                         format!("seq {seq}")
                     } else {
-                        format!("line {}", index + 1)
+                        format!("line {}", index.saturating_add(1))
                     },
                     point.ts,
-                    line.as_bytes(),
-                    rejection.to_string()
+                    cut(line.as_bytes(), poison),
+                    reason
                 ])?;
                 metrics.quarantined(&rejection.rule);
-                quarantined += 1;
+                quarantined = quarantined.saturating_add(1);
+                if out.quarantined.len() < LISTED_QUARANTINED {
+                    out.quarantined.push((index, reason));
+                }
                 continue;
             }
             // The agent tag comes from the token, so a device cannot write as another.
@@ -862,10 +1127,11 @@ fn store_batch<'a>(
                 && point.fields.keys().all(|f| entry.field(f).is_some())
             {
                 for (field, value) in &point.fields {
-                    let id = entry.field(field).unwrap_or_default();
-                    record(state, id, point.ts, value);
+                    if let Some(id) = entry.field(field) {
+                        record(state, id, point.ts, value);
+                    }
                 }
-                stored += 1;
+                stored = stored.saturating_add(1);
                 continue;
             }
             let mut canonical = None;
@@ -890,12 +1156,14 @@ fn store_batch<'a>(
                 };
                 record(state, id, point.ts, value);
             }
-            stored += 1;
+            stored = stored.saturating_add(1);
         }
     }
 
+    // Rejects travel with the part that starts the batch (every batch has one).
+    let starts_batch = range.start == 0;
     let mut rejects_stored = 0u64;
-    {
+    if starts_batch {
         let mut insert = tx.prepare_cached(
             "INSERT INTO quarantine (received_at, origin, agent_id, epoch, agent_reject_id, source, topic, ts, payload, reason)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -908,75 +1176,77 @@ fn store_batch<'a>(
         for reject in batch
             .rejects
             .iter()
-            .filter(|r| !agent_origin || r.id > reject_mark)
+            .filter(|r| !agent_origin || r.id > mark.last_reject)
         {
             insert.execute(params![
                 job.received_at,
                 origin,
                 job.agent_id,
                 batch.epoch,
-                reject.id as i64,
+                i64::try_from(reject.id).unwrap_or(i64::MAX),
                 reject.source,
                 reject.topic,
                 reject.received_at,
-                reject.payload,
+                cut(&reject.payload, poison),
                 reject.reason
             ])?;
             metrics.quarantined(origin);
-            rejects_stored += 1;
+            rejects_stored = rejects_stored.saturating_add(1);
         }
     }
 
-    // A jump past the mark that the agent's drop count does not explain is a gap. Drops are
-    // counted when they happen, which may be before the jump reaches us (a salvaged buffer
-    // counts its lost rows at once, and sends the points before them first): the count not
-    // yet used by earlier jumps explains this one.
-    let mut gaps = 0u64;
-    let mut explained_after = explained_before;
-    if agent_origin && !batch.points.is_empty() && batch.first_seq > mark + 1 {
-        let missing = batch.first_seq - mark - 1;
-        let explained = missing.min(batch.dropped.saturating_sub(explained_before));
-        explained_after += explained;
-        gaps = missing - explained;
-        if gaps > 0 {
-            warn!(agent = %job.agent_id, epoch = %batch.epoch, mark, first_seq = batch.first_seq, gaps, "sequences missing from an agent without a drop count to explain them");
+    // A jump past the mark that the agent's drop count does not explain is a gap.
+    let mut gap = GapAccount {
+        gaps: 0,
+        explained: mark.explained,
+    };
+    if agent_origin && !range.is_empty() {
+        gap = account_gap(mark.last_seq, first_seq, batch.dropped, mark.explained);
+        if gap.gaps > 0 {
+            warn!(agent = %job.agent_id, epoch = %batch.epoch, mark = mark.last_seq, first_seq, gaps = gap.gaps, "sequences missing from an agent without a drop count to explain them");
             metrics.error("storage", "sequence_gap");
         }
     }
 
-    let new_mark = mark.max(batch.last_seq);
-    let new_reject_mark = batch
-        .rejects
-        .last()
-        .map_or(reject_mark, |r| reject_mark.max(r.id));
+    // The last sequence of this part (of an empty batch: `first_seq - 1`, its `last_seq`).
+    let part_last = batch
+        .first_seq
+        .saturating_add(range.end as u64)
+        .saturating_sub(1);
+    let new_mark = mark.last_seq.max(part_last);
+    let new_reject_mark = match batch.rejects.last() {
+        Some(last) if starts_batch => mark.last_reject.max(last.id),
+        _ => mark.last_reject,
+    };
+    let as_sql = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     if agent_origin {
         tx.execute(
-        "INSERT INTO marks (agent_id, epoch, last_seq, last_reject, dropped, explained, first_seen, last_seen)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?7, ?6, ?6)
-         ON CONFLICT (agent_id, epoch) DO UPDATE SET
-             last_seq = max(last_seq, excluded.last_seq),
-             last_reject = max(last_reject, excluded.last_reject),
-             dropped = max(dropped, excluded.dropped),
-             explained = max(explained, excluded.explained),
-             last_seen = excluded.last_seen",
-        params![
-            job.agent_id,
-            batch.epoch,
-            new_mark as i64,
-            new_reject_mark as i64,
-            batch.dropped as i64,
-            job.received_at,
-            explained_after as i64
-        ],
-    )?;
+            "INSERT INTO marks (agent_id, epoch, last_seq, last_reject, dropped, explained, first_seen, last_seen)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?7, ?6, ?6)
+             ON CONFLICT (agent_id, epoch) DO UPDATE SET
+                 last_seq = max(last_seq, excluded.last_seq),
+                 last_reject = max(last_reject, excluded.last_reject),
+                 dropped = max(dropped, excluded.dropped),
+                 explained = max(explained, excluded.explained),
+                 last_seen = excluded.last_seen",
+            params![
+                job.agent_id,
+                batch.epoch,
+                as_sql(new_mark),
+                as_sql(new_reject_mark),
+                as_sql(batch.dropped),
+                job.received_at,
+                as_sql(gap.explained)
+            ],
+        )?;
     }
     tx.execute(
         "INSERT INTO agents (agent_id, first_seen, last_seen, batches, points_received, duplicates, quarantined, gaps,
-                             backlog_points, backlog_bytes, oldest_unsent_ts, clock_skew_ns)
-         VALUES (?1, ?2, ?2, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                             backlog_points, backlog_bytes, oldest_unsent_ts, clock_skew_ns, clock_error_ns)
+         VALUES (?1, ?2, ?2, ?11, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?12)
          ON CONFLICT (agent_id) DO UPDATE SET
              last_seen = excluded.last_seen,
-             batches = batches + 1,
+             batches = batches + excluded.batches,
              points_received = points_received + excluded.points_received,
              duplicates = duplicates + excluded.duplicates,
              quarantined = quarantined + excluded.quarantined,
@@ -984,27 +1254,33 @@ fn store_batch<'a>(
              backlog_points = coalesce(excluded.backlog_points, backlog_points),
              backlog_bytes = coalesce(excluded.backlog_bytes, backlog_bytes),
              oldest_unsent_ts = CASE WHEN excluded.backlog_points IS NULL THEN oldest_unsent_ts ELSE excluded.oldest_unsent_ts END,
-             clock_skew_ns = coalesce(excluded.clock_skew_ns, clock_skew_ns)",
+             clock_skew_ns = coalesce(excluded.clock_skew_ns, clock_skew_ns),
+             clock_error_ns = CASE WHEN excluded.clock_skew_ns IS NULL THEN clock_error_ns ELSE excluded.clock_error_ns END",
         params![
             job.agent_id,
             job.received_at,
-            stored as i64,
-            duplicates as i64,
-            (rejects_stored + quarantined) as i64,
-            gaps as i64,
-            agent_origin.then_some(batch.status.backlog_points as i64),
-            agent_origin.then_some(batch.status.backlog_bytes as i64),
+            as_sql(stored),
+            as_sql(duplicates),
+            as_sql(rejects_stored.saturating_add(quarantined)),
+            as_sql(gap.gaps),
+            agent_origin.then_some(as_sql(batch.status.backlog_points)),
+            agent_origin.then_some(as_sql(batch.status.backlog_bytes)),
             batch.status.oldest_unsent_ts.filter(|_| agent_origin),
-            agent_origin.then(|| job.received_at.saturating_sub(batch.sent_at))
+            batch.status.clock.filter(|_| agent_origin).map(|c| c.offset_ns),
+            i64::from(starts_batch),
+            batch.status.clock.filter(|_| agent_origin).map(|c| as_sql(c.error_ns)),
         ],
     )?;
-    Ok(BatchAck {
+    out.ack = BatchAck {
         committed_through: new_mark,
         stored,
         duplicates,
         rejects_stored,
         quarantined,
-    })
+        received_at: None,
+        replied_at: None,
+    };
+    Ok(out)
 }
 
 /// Read connections, used one request at a time each, on the blocking pool.
@@ -1100,8 +1376,8 @@ pub(crate) fn matching_series(
         let path = format!("$.\"{}\"", key.replace('\\', "\\\\").replace('"', "\\\""));
         sql.push_str(&format!(
             " AND json_extract(tags, ?{}) = ?{}",
-            values.len() + 1,
-            values.len() + 2
+            values.len().saturating_add(1),
+            values.len().saturating_add(2)
         ));
         values.push(path.into());
         values.push(value.clone().into());
@@ -1161,7 +1437,7 @@ pub fn query_raw(conn: &Connection, query: &RawQuery) -> rusqlite::Result<QueryR
         let (points, truncated) =
             chunks::read(conn, candidate.id, query.from, query.to, Some(remaining))?;
         result.truncated |= truncated;
-        remaining -= points.len();
+        remaining = remaining.saturating_sub(points.len());
         if !points.is_empty() {
             result.series.push(SeriesPoints {
                 name,
@@ -1215,7 +1491,7 @@ pub fn list_quarantine(
          WHERE received_at >= ?1 AND received_at < ?2 ORDER BY received_at, id LIMIT ?3",
     )?;
     let mut records = stmt
-        .query_map(params![from, to, limit as i64 + 1], |r| {
+        .query_map(params![from, to, (limit as i64).saturating_add(1)], |r| {
             Ok(QuarantineRecord {
                 id: r.get(0)?,
                 received_at: r.get(1)?,
@@ -1281,7 +1557,7 @@ pub fn agents(conn: &Connection) -> rusqlite::Result<Vec<AgentRecord>> {
     let mut records: BTreeMap<String, AgentRecord> = BTreeMap::new();
     let mut stmt = conn.prepare_cached(
         "SELECT agent_id, first_seen, last_seen, batches, points_received, duplicates, quarantined, gaps,
-                backlog_points, backlog_bytes, oldest_unsent_ts, clock_skew_ns FROM agents",
+                backlog_points, backlog_bytes, oldest_unsent_ts, clock_skew_ns, clock_error_ns FROM agents",
     )?;
     let rows = stmt.query_map([], |r| {
         Ok(AgentRecord {
@@ -1297,6 +1573,7 @@ pub fn agents(conn: &Connection) -> rusqlite::Result<Vec<AgentRecord>> {
             backlog_bytes: r.get::<_, Option<i64>>(9)?.unwrap_or(0) as u64,
             oldest_unsent_ts: r.get(10)?,
             clock_skew_ns: r.get(11)?,
+            clock_error_ns: r.get::<_, Option<i64>>(12)?.map(|e| e.max(0) as u64),
             epochs: Vec::new(),
         })
     })?;

@@ -89,15 +89,24 @@ impl ChunkWriter {
         let mut rest = rows;
         while let Some(&(series, first_ts, _)) = rest.first() {
             let span = window_start(first_ts, CHUNK_SPAN);
+            // The last span of the i64 range has no end to compare with.
+            let span_end = span.checked_add(CHUNK_SPAN);
             let len = rest
                 .iter()
                 .take(MAX_VALUES)
-                .take_while(|(s, ts, _)| *s == series && *ts < span + CHUNK_SPAN)
-                .count();
-            let (run, next) = rest.split_at(len);
+                .take_while(|(s, ts, _)| *s == series && span_end.is_none_or(|end| *ts < end))
+                .count()
+                // The first value is always in its own span; at least one value is taken, so
+                // the loop ends.
+                .max(1);
+            let Some((run, next)) = rest.split_at_checked(len) else {
+                break;
+            };
             rest = next;
-            let end_ts = run[len - 1].1;
-            stats.values += len as u64;
+            let Some(&(_, end_ts, _)) = run.last() else {
+                break;
+            };
+            stats.values = stats.values.saturating_add(len as u64);
             match self.open.get_mut(&series) {
                 Some(open)
                     if open.bytes < APPEND_BELOW
@@ -107,8 +116,8 @@ impl ChunkWriter {
                     encode(&mut self.buf, open.end_ts, run);
                     append.execute(params![open.id, self.buf, end_ts, len as i64])?;
                     open.end_ts = end_ts;
-                    open.bytes += self.buf.len();
-                    stats.appended += 1;
+                    open.bytes = open.bytes.saturating_add(self.buf.len());
+                    stats.appended = stats.appended.saturating_add(1);
                 }
                 _ => {
                     encode(&mut self.buf, first_ts, run);
@@ -127,7 +136,7 @@ impl ChunkWriter {
                             self.open.insert(series, chunk);
                         }
                     }
-                    stats.inserted += 1;
+                    stats.inserted = stats.inserted.saturating_add(1);
                 }
             }
         }
@@ -218,7 +227,7 @@ pub fn read(
                 values.sort_by_key(|(ts, _)| *ts);
                 sorted = true;
             }
-            if values[limit].0 < start_ts {
+            if values.get(limit).is_some_and(|(ts, _)| *ts < start_ts) {
                 break;
             }
         }
@@ -275,24 +284,30 @@ pub fn trim(
     let mut trimmed = Trimmed::default();
     let mut delete = tx.prepare_cached("DELETE FROM chunks WHERE id = ?1")?;
     for (id, start_ts, end_ts, count, data) in old {
-        trimmed.rows += 1;
-        if end_ts < cutoff {
-            delete.execute([id])?;
-            trimmed.values += count as u64;
-            continue;
-        }
+        trimmed.rows = trimmed.rows.saturating_add(1);
+        let count = u64::try_from(count).unwrap_or_default();
         let mut kept = Vec::new();
-        decode(series, start_ts, &data, |ts, value| {
-            if ts >= cutoff {
-                kept.push((series, ts, value));
-            }
-        })?;
+        if end_ts >= cutoff {
+            decode(series, start_ts, &data, |ts, value| {
+                if ts >= cutoff {
+                    kept.push((series, ts, value));
+                }
+            })?;
+        }
         let run: Vec<(i64, i64, &FieldValue)> = kept.iter().map(|(s, t, v)| (*s, *t, v)).collect();
+        // No value left (the chunk ended before the cutoff, or its end was wrong): it goes.
+        let Some(&(_, new_start, _)) = run.first() else {
+            delete.execute([id])?;
+            trimmed.values = trimmed.values.saturating_add(count);
+            continue;
+        };
         let mut buf = Vec::with_capacity(data.len());
-        encode(&mut buf, run[0].1, &run);
+        encode(&mut buf, new_start, &run);
         tx.prepare_cached("UPDATE chunks SET start_ts = ?2, count = ?3, data = ?4 WHERE id = ?1")?
-            .execute(params![id, run[0].1, run.len() as i64, buf])?;
-        trimmed.values += (count as usize - run.len()) as u64;
+            .execute(params![id, new_start, run.len() as i64, buf])?;
+        trimmed.values = trimmed
+            .values
+            .saturating_add(count.saturating_sub(run.len() as u64));
     }
     Ok(trimmed)
 }

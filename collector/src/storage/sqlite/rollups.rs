@@ -130,11 +130,11 @@ impl RollupWriter {
             "INSERT OR REPLACE INTO rollups (series_id, res, start, count, sum, min, max, first_ts, first, last_ts, last, state)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         )?;
-        let mut index = 0;
+        let mut index = 0usize;
         loop {
             // The next level from this one's partials (sorted by series and start), built
             // first so this level's partials can be moved into the cache below.
-            let next: Vec<(Key, Aggregate)> = match self.resolutions.get(index + 1) {
+            let next: Vec<(Key, Aggregate)> = match self.resolutions.get(index.saturating_add(1)) {
                 Some(coarser) => {
                     let mut next: Vec<(Key, Aggregate)> = Vec::new();
                     for (key, partial) in &level {
@@ -179,7 +179,7 @@ impl RollupWriter {
                     // Late data: what is on disk.
                     late = match read_window(&mut read, key)? {
                         Some(mut stored) => {
-                            stats.merged_from_disk += 1;
+                            stats.merged_from_disk = stats.merged_from_disk.saturating_add(1);
                             stored.merge(&partial);
                             stored
                         }
@@ -202,9 +202,9 @@ impl RollupWriter {
                     c.last.1,
                     merged.state_blob()
                 ])?;
-                stats.windows += 1;
+                stats.windows = stats.windows.saturating_add(1);
             }
-            index += 1;
+            index = index.saturating_add(1);
             if next.is_empty() {
                 break;
             }
@@ -284,7 +284,7 @@ pub fn read_windows(
 /// one transaction; returns the windows written.
 pub fn rebuild(conn: &Connection, rollups: &mut RollupWriter) -> rusqlite::Result<u64> {
     let tx = conn.unchecked_transaction()?;
-    let mut windows = 0;
+    let mut windows = 0u64;
     let numeric: Vec<i64> = tx
         .prepare("SELECT id FROM series WHERE kind IN ('float', 'integer') ORDER BY id")?
         .query_map([], |r| r.get(0))?
@@ -297,8 +297,8 @@ pub fn rebuild(conn: &Connection, rollups: &mut RollupWriter) -> rusqlite::Resul
                 .iter()
                 .filter_map(|(ts, value)| Some((*id, *ts, number(value)?))),
         );
-        if group.len() >= 100_000 || index + 1 == numeric.len() {
-            windows += rollups.apply(&tx, &group)?.windows;
+        if group.len() >= 100_000 || index.saturating_add(1) == numeric.len() {
+            windows = windows.saturating_add(rollups.apply(&tx, &group)?.windows);
             group.clear();
         }
     }
@@ -315,7 +315,8 @@ pub fn query_aggregated(
 ) -> rusqlite::Result<AggregateResult> {
     let raw = &query.raw;
     let resolution = choose_resolution(resolutions, query.step, raw.from, raw.to)
-        .map(|index| resolutions[index].step);
+        .and_then(|index| resolutions.get(index))
+        .map(|r| r.step);
     // A moving window needs the buckets before `from` that it reaches back to.
     let lookback = query
         .window
@@ -408,7 +409,7 @@ pub fn query_aggregated(
             let cut = points.len() > remaining;
             let mut points = points;
             points.truncate(remaining);
-            remaining -= points.len();
+            remaining = remaining.saturating_sub(points.len());
             result.series.push(AggregateSeries {
                 name: name.clone(),
                 tags: candidate.tags.clone(),

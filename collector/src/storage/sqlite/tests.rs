@@ -32,6 +32,19 @@ pub(super) async fn store(
     batch: Batch,
     received_at: i64,
 ) -> Result<BatchAck, StorageError> {
+    store_from(storage, agent_id, batch, received_at, Origin::Agent)
+        .await
+        .map(|stored| stored.ack)
+}
+
+/// [`store`] from any origin, with the whole answer.
+pub(super) async fn store_from(
+    storage: &Storage,
+    agent_id: &str,
+    batch: Batch,
+    received_at: i64,
+    origin: Origin,
+) -> Result<Stored, StorageError> {
     let (reply, answer) = tokio::sync::oneshot::channel();
     storage
         .reserve(Duration::from_secs(10))
@@ -41,8 +54,9 @@ pub(super) async fn store(
             agent_id: agent_id.to_owned(),
             batch,
             received_at,
-            origin: Origin::Agent,
+            origin,
             reply,
+            memory: None,
         });
     answer.await.expect("the writer answers")
 }
@@ -329,8 +343,9 @@ async fn a_full_queue_makes_reservations_wait_then_refuse() {
         received_at: 5,
         origin: Origin::Agent,
         reply,
+        memory: None,
     });
-    assert_eq!(answer.await.unwrap().unwrap().stored, 2);
+    assert_eq!(answer.await.unwrap().unwrap().ack.stored, 2);
     assert!(storage.reserve(Duration::from_secs(5)).await.is_ok());
 }
 
@@ -387,4 +402,236 @@ async fn a_database_with_a_row_per_value_is_converted_to_chunks() {
         )
         .unwrap();
     assert_eq!((tables, version), (0, SCHEMA_VERSION));
+}
+
+async fn quarantine(storage: &Storage) -> Vec<QuarantineRecord> {
+    storage
+        .reads()
+        .run(|c| list_quarantine(c, i64::MIN, i64::MAX, 100_000))
+        .await
+        .unwrap()
+        .0
+}
+
+fn open_with(dir: &tempfile::TempDir, change: impl FnOnce(&mut StorageOptions)) -> Storage {
+    let mut options = StorageOptions::new(&dir.path().join("c.db"));
+    change(&mut options);
+    Storage::open(&options, Arc::new(Metrics::new())).unwrap()
+}
+
+/// Regression (D1 of the adversarial run): a timestamp at the end of the i64 range made the
+/// chunk writer's span arithmetic overflow and aborted the collector on every restart. Every
+/// timestamp is now stored or quarantined with its reason, whatever `max_future` says.
+#[tokio::test]
+async fn timestamps_at_the_ends_of_the_range_are_quarantined_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open_with(&dir, |o| o.time.max_future = None);
+    let edges = [
+        i64::MAX,
+        i64::MAX - 1,
+        i64::MIN,
+        i64::MIN + 1,
+        0,
+        1_700_000_000_000_000_000,
+    ];
+    let mut b = batch("e1", 1, &[0; 6]);
+    for (point, ts) in b.points.iter_mut().zip(edges) {
+        point.ts = ts;
+    }
+    let ack = store(&storage, "a1", b, 1_700_000_000_000_000_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        (ack.committed_through, ack.stored, ack.quarantined),
+        (6, 2, 4)
+    );
+    let kept = quarantine(&storage).await;
+    assert_eq!(kept.len(), 4);
+    assert!(
+        kept.iter().all(|r| r.reason.contains("storable range")),
+        "{kept:?}"
+    );
+    assert_eq!(
+        values(&all(&storage, "temp").await),
+        vec![0, 1_700_000_000_000_000_000]
+    );
+    // The store goes on taking batches.
+    let ack = store(&storage, "a1", batch("e1", 7, &[5]), 6)
+        .await
+        .unwrap();
+    assert_eq!(ack.stored, 1);
+}
+
+/// One agent's batch that the store cannot hold is isolated: the points that fail alone go
+/// to the quarantine with the store's error, the rest of it is stored, and batches from other
+/// agents in the same group commit as if nothing happened. Exactly once holds through it.
+#[tokio::test]
+async fn a_batch_the_store_refuses_is_isolated_and_others_are_not_blocked() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(&dir);
+    // A real failure inside SQLite for one series name: what a point that breaks the store
+    // looks like to the writer.
+    let conn = Connection::open(dir.path().join("c.db")).unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER poison BEFORE INSERT ON series WHEN NEW.name = 'poison'
+         BEGIN SELECT RAISE(ABORT, 'this series cannot be stored'); END;",
+    )
+    .unwrap();
+    drop(conn);
+
+    let mut bad = batch("e1", 1, &[1, 2, 3, 4, 5, 6, 7, 8]);
+    bad.points[2].name = "poison".into();
+    bad.points[6].name = "poison".into();
+    let good = {
+        let mut b = batch("e9", 1, &[1, 2, 3]);
+        b.agent_id = "a2".into();
+        b
+    };
+    // Both in flight at once, so they can share a group commit.
+    let (bad_ack, good_ack) = tokio::join!(
+        store(&storage, "a1", bad.clone(), 10),
+        store(&storage, "a2", good, 10)
+    );
+    let good_ack = good_ack.unwrap();
+    assert_eq!((good_ack.stored, good_ack.committed_through), (3, 3));
+    let bad_ack = bad_ack.unwrap();
+    assert_eq!(
+        (
+            bad_ack.committed_through,
+            bad_ack.stored,
+            bad_ack.quarantined
+        ),
+        (8, 6, 2)
+    );
+    let kept = quarantine(&storage).await;
+    assert_eq!(kept.len(), 2);
+    assert!(
+        kept.iter().all(
+            |r| r.reason.contains("rule storage: the store cannot hold it")
+                && r.reason.contains("this series cannot be stored")
+        ),
+        "{kept:?}"
+    );
+    assert_eq!(
+        kept.iter().map(|r| r.topic.as_str()).collect::<Vec<_>>(),
+        vec!["seq 3", "seq 7"]
+    );
+    // A retry stores nothing twice and quarantines nothing twice.
+    let again = store(&storage, "a1", bad, 11).await.unwrap();
+    assert_eq!(
+        (again.stored, again.duplicates, again.quarantined),
+        (0, 8, 0)
+    );
+    assert_eq!(quarantine(&storage).await.len(), 2);
+    let stored = all(&storage, "temp").await;
+    assert_eq!(values(&stored).len(), 6 + 3);
+    // The store is healthy: this was the data, not the disk.
+    assert!(storage.health().failure().is_none());
+}
+
+/// Line protocol writes are told which points were quarantined, with their index.
+#[tokio::test]
+async fn quarantined_points_of_a_write_are_listed_with_their_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(&dir);
+    let mut b = batch("", 0, &[1, 2, 3]);
+    b.first_seq = 0;
+    b.last_seq = 0;
+    b.points[1].ts = i64::MAX;
+    let stored = store_from(&storage, "t1", b, 5, Origin::LineProtocol)
+        .await
+        .unwrap();
+    assert_eq!((stored.ack.stored, stored.ack.quarantined), (2, 1));
+    assert_eq!(stored.quarantined.len(), 1);
+    assert_eq!(stored.quarantined[0].0, 1);
+    assert!(stored.quarantined[0].1.contains("storable range"));
+}
+
+mod extremes {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Values that have broken stores before: the ends of every range.
+    fn value() -> impl Strategy<Value = FieldValue> {
+        prop_oneof![
+            any::<i64>().prop_map(FieldValue::I64),
+            prop::sample::select(vec![
+                f64::NAN,
+                f64::INFINITY,
+                f64::NEG_INFINITY,
+                -0.0,
+                0.0,
+                f64::MIN_POSITIVE,
+                f64::MIN_POSITIVE / 2.0,
+                f64::MAX,
+                f64::MIN,
+                5e-324,
+            ])
+            .prop_map(FieldValue::F64),
+            any::<f64>().prop_map(FieldValue::F64),
+            any::<bool>().prop_map(FieldValue::Bool),
+            prop::sample::select(vec![0usize, 1, 65_536])
+                .prop_map(|n| FieldValue::Str("s".repeat(n))),
+        ]
+    }
+
+    fn timestamp() -> impl Strategy<Value = i64> {
+        prop_oneof![
+            any::<i64>(),
+            prop::sample::select(vec![
+                i64::MIN,
+                i64::MIN + 1,
+                i64::MAX,
+                i64::MAX - 1,
+                0,
+                -1,
+                *crate::clean::time::STORABLE.start(),
+                *crate::clean::time::STORABLE.end(),
+            ]),
+            (-2_000_000_000_000_000_000i64..2_000_000_000_000_000_000),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// Any timestamps and values, in any number of batches: every point is stored or
+        /// quarantined with a reason, none twice, the writer never stops, and what is stored
+        /// reads back with its own time.
+        #[test]
+        fn every_point_is_stored_or_quarantined(
+            batches in prop::collection::vec(
+                prop::collection::vec((timestamp(), value()), 1..20), 1..5),
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let storage = open_with(&dir, |o| o.time.max_future = None);
+                let mut seq = 1u64;
+                let mut sent = 0u64;
+                let mut want: Vec<i64> = Vec::new();
+                for points in &batches {
+                    let mut b = batch("e1", seq, &vec![0; points.len()]);
+                    for (point, (ts, value)) in b.points.iter_mut().zip(points) {
+                        point.ts = *ts;
+                        point.fields.clear();
+                        point.fields.insert("v".into(), value.clone());
+                        if crate::clean::time::STORABLE.contains(ts) {
+                            want.push(*ts);
+                        }
+                    }
+                    seq += points.len() as u64;
+                    sent += points.len() as u64;
+                    let ack = store(&storage, "a1", b, 1_700_000_000_000_000_000).await.unwrap();
+                    assert_eq!(ack.committed_through, seq - 1);
+                    assert_eq!(ack.stored + ack.quarantined, points.len() as u64);
+                }
+                let mut got = values(&all(&storage, "temp").await);
+                got.sort_unstable();
+                want.sort_unstable();
+                assert_eq!(got, want);
+                assert_eq!(quarantine(&storage).await.len() as u64, sent - want.len() as u64);
+            });
+        }
+    }
 }
