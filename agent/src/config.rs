@@ -216,6 +216,8 @@ pub struct BufferSettings {
 pub struct ForwardSettings {
     /// The batches endpoint, `<url>/api/v1/batches`.
     pub batches_url: Url,
+    /// The collector's clock, `<url>/api/v1/time`.
+    pub time_url: Url,
     pub token: Option<String>,
     pub batch_max_points: usize,
     pub batch_max_bytes: usize,
@@ -439,6 +441,9 @@ fn resolve_forward(raw: RawForward, source: &Source) -> Result<ForwardSettings, 
     let batches_url = base
         .join("api/v1/batches")
         .map_err(|e| source.error("forward.url", e.to_string()))?;
+    let time_url = base
+        .join("api/v1/time")
+        .map_err(|e| source.error("forward.url", e.to_string()))?;
 
     let token = raw.token.filter(|t| !t.is_empty());
     if let Some(token) = &token
@@ -494,6 +499,7 @@ fn resolve_forward(raw: RawForward, source: &Source) -> Result<ForwardSettings, 
     }
     Ok(ForwardSettings {
         batches_url,
+        time_url,
         token,
         batch_max_points,
         batch_max_bytes: usize::try_from(batch_max_bytes).unwrap_or(usize::MAX),

@@ -8,9 +8,16 @@
 //! every attempt while data keeps buffering; 400/413 split the batch until the one point the
 //! collector refuses is found, which is then moved to the quarantine, with the collector's reason.
 //! There is no retry limit: a device may be offline for days.
+//!
+//! A confirmed range is never sent again while its delete is pending: if the delete fails (a
+//! full disk), the forwarder moves on past it and retries the delete before each send.
+//!
+//! Each answered request also measures the agent's clock against the collector's
+//! ([`crate::clock`]); the best recent estimate travels in every batch's status, and before the
+//! first batch (or after a quiet quarter of an hour) the forwarder asks `GET /api/v1/time`.
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, RETRY_AFTER};
@@ -18,10 +25,11 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 use tributary_wire::codec::{self, BatchHeader, Encoding};
-use tributary_wire::{AgentStatus, BatchAck};
+use tributary_wire::{AgentStatus, BatchAck, TimeAnswer};
 
 use crate::backoff::Backoff;
 use crate::buffer::{Control, ForwarderLink, Reader, StoreError, StoredBatch};
+use crate::clock::ClockFilter;
 use crate::config::{ForwardSettings, WireEncoding};
 use crate::format::truncate;
 use crate::metrics::Metrics;
@@ -97,7 +105,27 @@ pub struct Forwarder {
     /// The batch after the one in flight, read and encoded while the collector was storing
     /// that one (see [`Prepared`]).
     prepared: Option<Prepared>,
+    /// Confirmed, but not yet deleted (the delete failed): retried before the next send;
+    /// the points are not read or sent again meanwhile.
+    pending_delete: Option<PendingDelete>,
+    /// The agent's clock against the collector's.
+    clock: ClockFilter,
+    /// When the collector's time was last asked for.
+    last_probe: Option<Instant>,
 }
+
+/// What is confirmed and waits to be deleted.
+#[derive(Debug, Clone, Copy, Default)]
+struct PendingDelete {
+    seq: u64,
+    reject_id: u64,
+    /// Points and buffered bytes it covers (not backlog any more).
+    points: u64,
+    bytes: u64,
+}
+
+/// How often the forwarder asks the collector's time while it has no recent estimate.
+const PROBE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A batch read and encoded ahead. Only one request is ever in flight; preparing the next
 /// batch during it overlaps the agent's reading, encoding and compressing with the collector's
@@ -150,6 +178,9 @@ impl Forwarder {
             confirmed_seq: 0,
             confirmed_reject: 0,
             prepared: None,
+            pending_delete: None,
+            clock: ClockFilter::default(),
+            last_probe: None,
         })
     }
 
@@ -211,11 +242,19 @@ impl Forwarder {
 
     /// One attempt: read a batch, send it, act on the answer.
     pub async fn step(&mut self) -> Step {
+        self.retry_pending_delete().await;
+        if !self.clock.has_recent(Instant::now())
+            && self
+                .last_probe
+                .is_none_or(|at| at.elapsed() >= PROBE_INTERVAL)
+        {
+            self.probe_clock().await;
+        }
         let after = (self.confirmed_seq, self.confirmed_reject);
         let prepared = self
             .prepared
             .take()
-            .filter(|p| p.after == after && p.dropped == self.link.depth.dropped_total());
+            .filter(|p| p.after == after && p.dropped == self.link.depth.removed_total());
         let (batch, body) = match prepared {
             Some(prepared) => (prepared.batch, prepared.body),
             None => {
@@ -230,7 +269,7 @@ impl Forwarder {
                 if batch.is_empty() {
                     return Step::Idle;
                 }
-                match self.encode(batch).await {
+                match self.encode(batch, None).await {
                     (batch, Ok(body)) => (batch, body),
                     (_, Err(e)) => {
                         error!(error = %e, "cannot encode a batch");
@@ -254,9 +293,9 @@ impl Forwarder {
             batch.last_seq(),
             batch.rejects.last().map_or(self.confirmed_reject, |r| r.id),
         );
-        let dropped = self.link.depth.dropped_total();
+        let dropped = self.link.depth.removed_total();
         let next = self.read(after).await.ok().filter(|b| !b.is_empty())?;
-        match self.encode(next).await {
+        match self.encode(next, Some(batch)).await {
             (batch, Ok(body)) => Some(Prepared {
                 batch,
                 body,
@@ -280,7 +319,15 @@ impl Forwarder {
         if let Some(token) = &self.settings.token {
             request = request.header(AUTHORIZATION, format!("Bearer {token}"));
         }
-        let (response, next) = tokio::join!(request.send(), self.prepare_after(&batch));
+        // The exchange's times on this side, for the clock estimate: the answer's arrival is
+        // stamped as it comes, not after the batch prepared alongside.
+        let sent = tributary_wire::time::now_ns();
+        let send = async {
+            let response = request.send().await;
+            (response, tributary_wire::time::now_ns(), Instant::now())
+        };
+        let ((response, answered, answered_at), next) =
+            tokio::join!(send, self.prepare_after(&batch));
         self.prepared = next;
         let response = match response {
             Ok(response) => response,
@@ -295,7 +342,10 @@ impl Forwarder {
         let status = response.status();
         let retry_after = parse_retry_after(response.headers());
         match classify(status, retry_after) {
-            Verdict::Confirmed => self.confirmed(batch, response).await,
+            Verdict::Confirmed => {
+                self.confirmed(batch, response, (sent, answered, answered_at))
+                    .await
+            }
             Verdict::Retry(after) => {
                 let body = response.text().await.unwrap_or_default();
                 let delay = after.unwrap_or_else(|| self.backoff.next_random());
@@ -351,21 +401,39 @@ impl Forwarder {
     }
 
     /// Encodes and compresses off the executor; also looks up the oldest point left behind.
-    /// The batch moves into the blocking task and comes back with the body.
-    async fn encode(&self, batch: StoredBatch) -> (StoredBatch, Result<Vec<u8>, String>) {
+    /// The batch moves into the blocking task and comes back with the body. `ahead` is the
+    /// batch in flight when this one is prepared during it: the backlog the status reports is
+    /// what is left once both are stored (and what is confirmed but not yet deleted is not
+    /// backlog either).
+    async fn encode(
+        &self,
+        batch: StoredBatch,
+        ahead: Option<&StoredBatch>,
+    ) -> (StoredBatch, Result<Vec<u8>, String>) {
         let depth = &self.link.depth;
+        let (ahead_points, ahead_bytes) =
+            ahead.map_or((0, 0), |b| (b.points.len() as u64, b.buffered_size()));
+        let now = tributary_wire::time::now_ns();
         let mut header = BatchHeader {
             agent_id: self.agent_id.clone(),
             epoch: self.epoch.clone(),
             first_seq: batch.first_seq,
             last_seq: batch.last_seq(),
-            dropped: depth.dropped_total(),
-            sent_at: tributary_wire::time::now_ns(),
+            dropped: depth.removed_total(),
+            sent_at: now,
             status: AgentStatus {
-                backlog_points: depth.points().saturating_sub(batch.points.len() as u64),
-                backlog_bytes: depth.bytes().saturating_sub(batch.buffered_size()),
+                backlog_points: depth
+                    .points()
+                    .saturating_sub(batch.points.len() as u64)
+                    .saturating_sub(ahead_points)
+                    .saturating_sub(self.pending_delete.map_or(0, |p| p.points)),
+                backlog_bytes: depth
+                    .bytes()
+                    .saturating_sub(batch.buffered_size())
+                    .saturating_sub(ahead_bytes)
+                    .saturating_sub(self.pending_delete.map_or(0, |p| p.bytes)),
                 oldest_unsent_ts: None,
-                clock: None,
+                clock: self.clock.estimate(now, Instant::now()),
             },
         };
         let encoding = self.encoding();
@@ -402,7 +470,12 @@ impl Forwarder {
         }
     }
 
-    async fn confirmed(&mut self, batch: StoredBatch, response: reqwest::Response) -> Step {
+    async fn confirmed(
+        &mut self,
+        batch: StoredBatch,
+        response: reqwest::Response,
+        (sent, answered, answered_at): (i64, i64, Instant),
+    ) -> Step {
         let ack: BatchAck = match response.json().await {
             Ok(ack) => ack,
             Err(e) => {
@@ -421,15 +494,22 @@ impl Forwarder {
             self.metrics.send_outcome("retry");
             return Step::Retry(delay);
         }
-        let reject_id = batch.rejects.last().map_or(self.confirmed_reject, |r| r.id);
-        if let Err(e) = self.delete(last_seq, reject_id).await {
-            // The data is safe at the collector; a failed delete only means a resend later.
-            error!(error = %e, "cannot delete confirmed points from the buffer");
-            self.metrics.error("forward", "delete");
-            return Step::Retry(self.backoff.next_random());
+        if let (Some(received), Some(replied)) = (ack.received_at, ack.replied_at) {
+            self.clock
+                .record(sent, received, replied, answered, answered_at);
         }
+        let reject_id = batch.rejects.last().map_or(self.confirmed_reject, |r| r.id);
+        // Confirmed: never read or sent again, whether or not the delete goes through now.
         self.confirmed_seq = self.confirmed_seq.max(last_seq);
         self.confirmed_reject = reject_id;
+        let pending = self.pending_delete.unwrap_or_default();
+        self.pending_delete = Some(PendingDelete {
+            seq: pending.seq.max(last_seq),
+            reject_id: pending.reject_id.max(reject_id),
+            points: pending.points.saturating_add(batch.points.len() as u64),
+            bytes: pending.bytes.saturating_add(batch.buffered_size()),
+        });
+        self.retry_pending_delete().await;
         self.backoff.reset();
         let limit = self.max_points;
         self.max_points = (self.max_points * 2).min(self.settings.batch_max_points);
@@ -451,6 +531,52 @@ impl Forwarder {
             "batch confirmed"
         );
         Step::Sent { points, full }
+    }
+
+    /// Deletes what is confirmed and not yet deleted, if anything. A failure (a full disk)
+    /// is logged and counted; the points stay buffered but are never sent again, and the
+    /// delete is tried again before the next send.
+    async fn retry_pending_delete(&mut self) {
+        let Some(pending) = self.pending_delete else {
+            return;
+        };
+        match self.delete(pending.seq, pending.reject_id).await {
+            Ok(()) => self.pending_delete = None,
+            Err(e) => {
+                error!(error = %e, through = pending.seq, "cannot delete confirmed points from the buffer; they will not be sent again, and the delete is retried");
+                self.metrics.error("forward", "delete");
+            }
+        }
+    }
+
+    /// Asks the collector's time, for a first clock estimate. A collector without
+    /// `/api/v1/time` (or one that cannot be reached) only means no estimate for now.
+    async fn probe_clock(&mut self) {
+        self.last_probe = Some(Instant::now());
+        let sent = tributary_wire::time::now_ns();
+        let response = self.client.get(self.settings.time_url.clone()).send().await;
+        let (answered, answered_at) = (tributary_wire::time::now_ns(), Instant::now());
+        let answer = match response {
+            Ok(response) if response.status().is_success() => {
+                response.json::<TimeAnswer>().await.ok()
+            }
+            _ => None,
+        };
+        match answer {
+            Some(time) => {
+                self.clock.record(
+                    sent,
+                    time.received_at,
+                    time.replied_at,
+                    answered,
+                    answered_at,
+                );
+                debug!(estimate = ?self.clock.estimate(answered, answered_at), "measured the clock against the collector's");
+            }
+            None => debug!(
+                "the collector's time is not available; batches go without a clock estimate for now"
+            ),
+        }
     }
 
     async fn delete(&self, seq: u64, reject_id: u64) -> Result<(), StoreError> {

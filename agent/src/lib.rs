@@ -16,6 +16,7 @@
 
 pub mod backoff;
 pub mod buffer;
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod format;

@@ -125,7 +125,24 @@ async fn golden_purchase_events_are_cleaned_labelled_and_summarised_per_user() {
         true,
     )
     .await;
-    assert_eq!(status, 204, "{body}");
+    // Every line parsed; the points the rules refused are stored in the quarantine and the
+    // write says so, line by line (a partial write, as InfluxDB answers one).
+    assert_eq!(status, 400, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (body["stored"].as_u64(), body["quarantined"].as_u64()),
+        (Some(48), Some(12)),
+        "{body}"
+    );
+    let rejected = body["rejected"].as_array().unwrap();
+    assert_eq!(rejected.len(), 12);
+    assert!(
+        rejected.iter().all(|r| r["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("quarantined: rule complete")),
+        "{body}"
+    );
 
     let range = "from=2024-03-01T00:00:00Z&to=2024-03-02T00:00:00Z";
     let stats = "count,sum,min,max,mean,stddev";

@@ -139,6 +139,8 @@ pub struct Depth {
     pub bytes: AtomicU64,
     /// Points discarded by the overflow policy in this epoch (cumulative).
     pub dropped_total: AtomicU64,
+    /// Points moved to the quarantine because the collector refused them (cumulative).
+    pub refused_total: AtomicU64,
 }
 
 impl Depth {
@@ -150,6 +152,13 @@ impl Depth {
     }
     pub fn dropped_total(&self) -> u64 {
         self.dropped_total.load(Ordering::Relaxed)
+    }
+    /// Sequences taken out of the buffer without being sent as points: overflow drops and
+    /// points refused by the collector (now in the quarantine, sent as rejects). A batch's
+    /// `dropped` carries this, so the collector explains the gaps both leave.
+    pub fn removed_total(&self) -> u64 {
+        self.dropped_total()
+            .saturating_add(self.refused_total.load(Ordering::Relaxed))
     }
 }
 

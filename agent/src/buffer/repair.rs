@@ -220,7 +220,7 @@ pub fn salvage(path: &Path) -> Result<Salvage, String> {
         old.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
             .ok()
     };
-    for key in ["epoch", "created_at"] {
+    for key in ["epoch", "created_at", "refused_total"] {
         if let Some(value) = meta(key) {
             tx.execute(
                 "INSERT INTO meta (key, value) VALUES (?1, ?2)",

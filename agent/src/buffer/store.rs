@@ -202,11 +202,12 @@ impl Store {
                 epoch
             }
         };
-        let dropped_total: i64 = conn
+        let (dropped_total, refused_total): (i64, i64) = conn
             .query_row(
-                "SELECT coalesce((SELECT value FROM meta WHERE key = 'dropped_total'), 0)",
+                "SELECT coalesce((SELECT value FROM meta WHERE key = 'dropped_total'), 0),
+                        coalesce((SELECT value FROM meta WHERE key = 'refused_total'), 0)",
                 [],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .map_err(sql)?;
         let (points, point_bytes): (i64, i64) = conn
@@ -236,6 +237,9 @@ impl Store {
         depth
             .dropped_total
             .store(dropped_total as u64, Ordering::Relaxed);
+        depth
+            .refused_total
+            .store(refused_total as u64, Ordering::Relaxed);
         depth
             .bytes
             .store((point_bytes + reject_bytes) as u64, Ordering::Relaxed);
@@ -478,11 +482,18 @@ impl Store {
                 "INSERT INTO quarantine (received_at, source, topic, payload, reason) VALUES (?1, 'forward', ?2, ?3, ?4)",
                 params![tributary_wire::time::now_ns(), topic, payload, reason],
             )?;
+            // Its sequence leaves a gap the collector must not count as lost.
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('refused_total', 1)
+                 ON CONFLICT (key) DO UPDATE SET value = value + 1",
+                [],
+            )?;
             Ok(Some((body, payload)))
         })?;
         let Some((body, payload)) = moved else {
             return Ok(());
         };
+        self.depth.refused_total.fetch_add(1, Ordering::Relaxed);
         let added = payload.len() + topic.len() + reason.len() + "forward".len() + ROW_OVERHEAD;
         let removed = body.len() + ROW_OVERHEAD;
         self.depth

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::header::{CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -184,6 +184,11 @@ impl IntoResponse for ApiError {
             }
             ApiError::Busy | ApiError::Unavailable(_) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            // The body may be left unread (refused by its declared length, or too slow):
+            // the connection cannot carry another request.
+            ApiError::TooLarge(_) | ApiError::Timeout(_) => {
+                headers.insert(CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }
