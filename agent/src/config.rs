@@ -70,6 +70,9 @@ pub struct RawBuffer {
     pub max_size: Option<RawSize>,
     /// `drop_oldest` or `block`.
     pub when_full: Option<WhenFull>,
+    /// Disk space held back beside the buffer (`buffer.reserve`) and given back when the
+    /// disk is full, so confirmed points can still be deleted; `0` switches it off.
+    pub disk_reserve: Option<RawSize>,
     /// Group commit: the longest a point waits for others before its transaction commits (a
     /// commit also goes as soon as the stream pauses for a millisecond).
     pub flush_interval: Option<String>,
@@ -206,6 +209,7 @@ pub struct AgentSettings {
 pub struct BufferSettings {
     pub max_size: u64,
     pub when_full: WhenFull,
+    pub disk_reserve: u64,
     pub flush_interval: Duration,
     pub flush_points: usize,
     pub queue_capacity: usize,
@@ -410,9 +414,11 @@ fn resolve_buffer(raw: RawBuffer, source: &Source) -> Result<BufferSettings, Con
     if queue_capacity == 0 {
         return Err(source.error("buffer.queue_capacity", "must be at least 1"));
     }
+    let disk_reserve = size(source, "buffer.disk_reserve", raw.disk_reserve, "16MiB")?;
     Ok(BufferSettings {
         max_size,
         when_full: raw.when_full.unwrap_or_default(),
+        disk_reserve,
         flush_interval: duration(
             source,
             "buffer.flush_interval",

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -70,10 +71,24 @@ async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
+/// 200 while the buffer commits; 503 with the reason while its commits fail (a full disk),
+/// so a supervisor or the `health` subcommand sees what the inputs see.
 async fn health(State(state): State<AppState>) -> impl IntoResponse {
-    axum::Json(serde_json::json!({
+    let mut body = serde_json::json!({
         "status": "ok",
         "buffer_points": state.depth.points(),
         "buffer_bytes": state.depth.bytes(),
-    }))
+    });
+    match state.depth.commit_failure() {
+        None => (StatusCode::OK, axum::Json(body)),
+        Some((reason, since)) => {
+            body["status"] = "failing".into();
+            body["error"] = format!(
+                "the buffer cannot commit since {}: {reason}",
+                tributary_wire::time::format_rfc3339(since)
+            )
+            .into();
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body))
+        }
+    }
 }

@@ -205,13 +205,18 @@ pub async fn run(
     // moved aside and salvaged first (`buffer::repair`), so it cannot stop the agent.
     let (store, reader, saved, damage) = {
         let (path, depth) = (path.clone(), Arc::clone(&depth));
-        let (max_size, when_full) = (config.buffer.max_size, config.buffer.when_full);
+        let (max_size, when_full, disk_reserve) = (
+            config.buffer.max_size,
+            config.buffer.when_full,
+            config.buffer.disk_reserve,
+        );
         // Twice: a second open (after a late salvage) asks again.
         let wanted: Vec<Saved> = config.inputs.iter().map(Saved::wanted).collect();
         let wanted_again: Vec<Saved> = config.inputs.iter().map(Saved::wanted).collect();
         tokio::task::spawn_blocking(move || {
             let open = |wanted: Vec<Saved>| {
-                let store = Store::open(&path, max_size, when_full, Arc::clone(&depth))?;
+                let store =
+                    Store::open(&path, max_size, when_full, Arc::clone(&depth), disk_reserve)?;
                 let reader = Reader::open(&path)?;
                 let saved = wanted
                     .into_iter()
@@ -232,8 +237,10 @@ pub async fn run(
             }
             match open(wanted) {
                 Ok((store, reader, saved)) => Ok((store, reader, saved, damage)),
-                // The check passed but the file still does not open: salvage it then.
-                Err(e) if damage.is_none() && path.exists() => {
+                // The check passed but the file still does not open for its damage: salvage it
+                // then. Any other failure (a full disk) is reported as it is: a salvage would
+                // not help and must not move a sound file aside.
+                Err(e) if damage.is_none() && path.exists() && e.is_damage() => {
                     let damage = salvage(vec![e.to_string()]);
                     let (store, reader, saved) = open(wanted_again)?;
                     Ok((store, reader, saved, Some(damage)))

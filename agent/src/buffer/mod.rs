@@ -42,6 +42,7 @@
 
 pub mod points;
 pub mod repair;
+pub mod reserve;
 pub mod store;
 pub mod writer;
 
@@ -141,6 +142,9 @@ pub struct Depth {
     pub dropped_total: AtomicU64,
     /// Points moved to the quarantine because the collector refused them (cumulative).
     pub refused_total: AtomicU64,
+    /// Why the last commit failed, and since when (UTC ns), while commits fail: `/health`
+    /// answers 503 with it.
+    pub commit_failure: std::sync::Mutex<Option<(String, i64)>>,
 }
 
 impl Depth {
@@ -152,6 +156,29 @@ impl Depth {
     }
     pub fn dropped_total(&self) -> u64 {
         self.dropped_total.load(Ordering::Relaxed)
+    }
+    /// Records the outcome of a commit: `Some(reason)` if it failed.
+    pub fn set_commit_failure(&self, failure: Option<String>) {
+        let mut held = self
+            .commit_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match failure {
+            None => *held = None,
+            Some(reason) => {
+                let since = held
+                    .as_ref()
+                    .map_or_else(tributary_wire::time::now_ns, |(_, since)| *since);
+                *held = Some((reason, since));
+            }
+        }
+    }
+    /// Why commits fail, and since when, if they do.
+    pub fn commit_failure(&self) -> Option<(String, i64)> {
+        self.commit_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
     /// Sequences taken out of the buffer without being sent as points: overflow drops and
     /// points refused by the collector (now in the quarantine, sent as rejects). A batch's

@@ -40,7 +40,22 @@ pub fn integrity(path: &Path, full: bool) -> Vec<String> {
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows.into_iter().filter(|r| r != "ok").collect())
     };
-    check().unwrap_or_else(|e| vec![e.to_string()])
+    match check() {
+        Ok(problems) => problems,
+        // Damage is what SQLite finds wrong with the file. A full disk, an I/O error or a
+        // lock says nothing about it, and salvaging (which writes a copy) would only fail or
+        // make things worse: the open that follows reports those.
+        Err(e) if is_damage(&e) => vec![e.to_string()],
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Whether an error says the file itself is damaged.
+pub fn is_damage(error: &rusqlite::Error) -> bool {
+    matches!(
+        error.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
 }
 
 /// What `buffer inspect` shows.

@@ -8,6 +8,9 @@ use std::sync::atomic::Ordering;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tributary_wire::Reject;
 
+use tracing::warn;
+
+use super::reserve::Reserve;
 use super::{Checkpoint, Depth, Ingest, Points};
 use crate::config::WhenFull;
 
@@ -90,6 +93,33 @@ pub enum StoreError {
     },
     #[error("buffer database {path}: {message}")]
     Invalid { path: PathBuf, message: String },
+    /// The disk is full and nothing may be dropped (`when_full = "block"`): new points wait
+    /// for the forwarder's deletes.
+    #[error(
+        "buffer database {path}: the disk is full; new data waits until confirmed points are deleted"
+    )]
+    DiskFull { path: PathBuf },
+}
+
+impl StoreError {
+    /// Whether the file is damaged (what a salvage is for).
+    pub fn is_damage(&self) -> bool {
+        match self {
+            StoreError::Sqlite { source, .. } => super::repair::is_damage(source),
+            StoreError::Invalid { .. } | StoreError::DiskFull { .. } => false,
+        }
+    }
+
+    /// Whether the disk (or file system) is full.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Sqlite { source, .. } => {
+                source.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+            }
+            StoreError::DiskFull { .. } => true,
+            StoreError::Invalid { .. } => false,
+        }
+    }
 }
 
 /// What one append committed.
@@ -150,11 +180,46 @@ pub struct Store {
     depth: Arc<Depth>,
     /// Per MQTT session, the delivery rows in the table (loaded on first use).
     delivery_logs: HashMap<Arc<str>, DeliveryLog>,
+    /// Disk space held back for deletes on a full disk.
+    reserve: Reserve,
+    /// When the reserve was last checked for (re)creation.
+    last_ensure: Option<std::time::Instant>,
+    /// A write failed for want of disk since the reserve was last held.
+    disk_full: bool,
 }
 
 impl Store {
-    /// Opens (creating if needed) the buffer at `path`.
+    /// Opens (creating if needed) the buffer at `path`, with `disk_reserve` bytes held back
+    /// beside it for deletes on a full disk ([`Reserve`]). On a full disk opening may need
+    /// room too (the WAL of a killed process is replayed): the reserve is given back for it.
     pub fn open(
+        path: &Path,
+        max_size: u64,
+        when_full: WhenFull,
+        depth: Arc<Depth>,
+        disk_reserve: u64,
+    ) -> Result<Store, StoreError> {
+        let reserve = Reserve::new(path, disk_reserve);
+        let store = match Store::open_once(path, max_size, when_full, Arc::clone(&depth)) {
+            Err(e) if e.is_disk_full() && reserve.release() => {
+                warn!(path = %path.display(), "the disk is full; gave back the buffer's reserve to open it");
+                Store::open_once(path, max_size, when_full, depth)
+            }
+            other => other,
+        };
+        let mut store = store?;
+        store.reserve = reserve;
+        // A disk without room for the reserve is full as far as the buffer is concerned,
+        // from the first commit on: a restarted agent must not grow the database into the
+        // room the last one gave back.
+        if !store.reserve.ensure() {
+            warn!(path = %path.display(), "the disk has no room for the buffer's reserve; new points go only into room the buffer frees");
+            store.set_disk_full(true);
+        }
+        Ok(store)
+    }
+
+    fn open_once(
         path: &Path,
         max_size: u64,
         when_full: WhenFull,
@@ -181,8 +246,11 @@ impl Store {
             migrate_from_v1(&mut conn).map_err(sql)?;
         }
         conn.execute_batch(SCHEMA).map_err(sql)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
-            .map_err(sql)?;
+        // Written only when it changes: on a full disk even this write may not fit.
+        if version != SCHEMA_VERSION {
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(sql)?;
+        }
 
         let epoch: Option<String> = conn
             .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
@@ -253,7 +321,51 @@ impl Store {
             when_full,
             depth,
             delivery_logs: HashMap::new(),
+            reserve: Reserve::new(path, 0),
+            last_ensure: None,
+            disk_full: false,
         })
+    }
+
+    /// After a write failed for want of disk: gives back the reserve (if it is held) and
+    /// checkpoints the whole WAL into the database, which grows into the freed room, so the
+    /// next transaction writes the WAL from its start instead of growing it. (A passive
+    /// checkpoint would leave the WAL in use while the forwarder reads, and the retry would
+    /// grow it into the reserve's room.)
+    fn make_room(&mut self) {
+        if self.reserve.release() {
+            warn!(path = %self.path.display(), "the disk is full; gave back the buffer's reserve so the WAL can be checkpointed and confirmed points deleted");
+        }
+        self.checkpoint();
+    }
+
+    /// After a delete: while the disk has been full, checkpoints, so the pages the delete
+    /// freed are there for the next commit without the WAL growing.
+    fn after_delete(&mut self) {
+        if self.disk_full {
+            self.checkpoint();
+        }
+        self.maybe_ensure_reserve();
+    }
+
+    /// Takes the reserve back once the disk has room again (checked at most every few
+    /// seconds); with the reserve held, the disk is no longer taken for full.
+    fn maybe_ensure_reserve(&mut self) {
+        let due = self
+            .last_ensure
+            .is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(5));
+        if due {
+            self.last_ensure = Some(std::time::Instant::now());
+            if self.reserve.ensure() && self.disk_full {
+                tracing::info!(path = %self.path.display(), "the disk has room again; the buffer holds its reserve");
+                self.set_disk_full(false);
+            }
+        }
+    }
+
+    /// Whether the disk reserve is held now.
+    pub fn reserve_held(&self) -> bool {
+        self.reserve.held()
     }
 
     fn sql(&self, source: rusqlite::Error) -> StoreError {
@@ -321,7 +433,153 @@ impl Store {
 
     /// Commits `items` in one durable transaction, applying `drop_oldest` if they would
     /// overflow. The caller acknowledges the items only if this returns `Ok`.
+    ///
+    /// Once a write has failed for want of disk, the buffer is in "disk full" mode until the
+    /// disk has room for the reserve again: the database may not grow, because a database
+    /// that grows needs new room to checkpoint its WAL into, which a full disk does not have,
+    /// and then nothing (not even a delete) can be written. So new points go only into pages
+    /// the database has free: under `drop_oldest` the oldest points are dropped first, in a
+    /// transaction of their own, to make them; under `block` the points wait for the
+    /// forwarder's deletes. Every commit is then followed by a checkpoint, so the WAL is
+    /// written from its start instead of growing.
     pub fn append(&mut self, items: &[Ingest]) -> Result<AppendOutcome, StoreError> {
+        if !self.disk_full {
+            match self.append_once(items) {
+                Err(e) if e.is_disk_full() => {
+                    warn!(path = %self.path.display(), when_full = ?self.when_full, "the disk is full; the buffer takes new points only into room it frees");
+                    self.set_disk_full(true);
+                }
+                other => return other,
+            }
+        }
+        self.maybe_ensure_reserve();
+        if !self.disk_full {
+            return self.append_once(items);
+        }
+        // Twice what comes in: points take more pages than their bytes (rows, indexes).
+        let incoming: u64 = items.iter().map(Ingest::size).sum();
+        let mut need = incoming.saturating_mul(2).saturating_add(256 << 10);
+        let mut dropped = 0u64;
+        // Each round drops more; the database cannot grow (`max_page_count`), so a commit
+        // that does not fit fails instead.
+        for _ in 0..4 {
+            let free = self.free_pages_bytes().unwrap_or(0);
+            if free < need {
+                if self.when_full != WhenFull::DropOldest || self.depth.points() == 0 {
+                    return Err(StoreError::DiskFull {
+                        path: self.path.clone(),
+                    });
+                }
+                let room = need.saturating_sub(free);
+                dropped = dropped.saturating_add(match self.drop_only(room) {
+                    Err(e) if e.is_disk_full() => {
+                        self.make_room();
+                        self.drop_only(room)?
+                    }
+                    other => other?,
+                });
+                self.checkpoint();
+            }
+            let result = self.append_once(items);
+            self.checkpoint();
+            match result {
+                Ok(mut outcome) => {
+                    outcome.dropped = outcome.dropped.saturating_add(dropped);
+                    return Ok(outcome);
+                }
+                Err(e) if e.is_disk_full() => need = need.saturating_mul(2),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StoreError::DiskFull {
+            path: self.path.clone(),
+        })
+    }
+
+    /// Enters or leaves "disk full" mode ([`Store::append`]): while in it, the database is
+    /// held at its size (`max_page_count`), so no commit can grow it past what the disk can
+    /// checkpoint.
+    fn set_disk_full(&mut self, on: bool) {
+        self.disk_full = on;
+        let limit: i64 = if on {
+            self.conn
+                .query_row("PRAGMA page_count", [], |r| r.get(0))
+                .unwrap_or(i64::from(u32::MAX))
+        } else {
+            // SQLite's default.
+            4_294_967_294
+        };
+        if let Err(e) = self
+            .conn
+            .query_row(&format!("PRAGMA max_page_count = {limit}"), [], |_| Ok(()))
+        {
+            warn!(path = %self.path.display(), error = %e, "cannot bound the buffer database's size");
+        }
+    }
+
+    /// Bytes of the pages the database has free (its freelist).
+    fn free_pages_bytes(&self) -> rusqlite::Result<u64> {
+        let (free, page): (i64, i64) = self.conn.query_row(
+            "SELECT freelist_count, page_size FROM pragma_freelist_count, pragma_page_size",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(u64::try_from(free.saturating_mul(page)).unwrap_or(0))
+    }
+
+    /// Drops at least `need` bytes of the oldest points in a transaction of its own, counted
+    /// like any overflow drop; returns how many points went.
+    fn drop_only(&mut self, need: u64) -> Result<u64, StoreError> {
+        let (count, freed) = in_transaction(&mut self.conn, &self.path, |tx| {
+            let (count, freed) = drop_oldest(tx, need)?;
+            if count > 0 {
+                tx.execute(
+                    "UPDATE meta SET value = value + ?1 WHERE key = 'dropped_total'",
+                    [count as i64],
+                )?;
+            }
+            Ok((count, freed))
+        })?;
+        self.dropped_total = self.dropped_total.saturating_add(count);
+        self.depth
+            .dropped_total
+            .store(self.dropped_total, Ordering::Relaxed);
+        self.depth
+            .points
+            .fetch_sub(count.min(self.depth.points()), Ordering::Relaxed);
+        self.depth
+            .bytes
+            .fetch_sub(freed.min(self.depth.bytes()), Ordering::Relaxed);
+        Ok(count)
+    }
+
+    /// Copies the whole WAL into the database and lets the next write start it over,
+    /// waiting (up to the busy timeout) for the forwarder's reads. Returns whether it did.
+    fn checkpoint(&mut self) -> bool {
+        let checkpoint = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            });
+        match checkpoint {
+            Ok((0, _, _)) => true,
+            Ok((_, log, done)) => {
+                warn!(path = %self.path.display(), log, done, "the WAL could not be checkpointed whole; readers held it");
+                false
+            }
+            Err(e) => {
+                warn!(path = %self.path.display(), error = %e, "the WAL could not be checkpointed; the disk has no room for the database to grow");
+                false
+            }
+        }
+    }
+
+    /// [`Store::append`] in one transaction, without the full-disk handling.
+    fn append_once(&mut self, items: &[Ingest]) -> Result<AppendOutcome, StoreError> {
         let incoming: u64 = items.iter().map(Ingest::size).sum();
         let bytes_before = self.depth.bytes();
         let (max_size, when_full, last_seq) = (self.max_size, self.when_full, self.last_seq);
@@ -329,8 +587,9 @@ impl Store {
         let (outcome, freed, pruned) = in_transaction(&mut self.conn, &self.path, |tx| {
             let mut outcome = AppendOutcome::default();
             let mut freed = 0u64;
-            if when_full == WhenFull::DropOldest && bytes_before + incoming > max_size {
-                let need = bytes_before + incoming - max_size;
+            let over = (bytes_before + incoming).saturating_sub(max_size);
+            if when_full == WhenFull::DropOldest && over > 0 {
+                let need = over;
                 let (count, bytes) = drop_oldest(tx, need)?;
                 outcome.dropped = count;
                 freed = bytes;
@@ -396,8 +655,23 @@ impl Store {
     }
 
     /// Deletes points through `seq` and rejects through `reject_id`, after the collector
-    /// confirmed them. Not fsynced: a delete lost to a power cut only causes a retry.
+    /// confirmed them. Not fsynced: a delete lost to a power cut only causes a retry. On a
+    /// full disk the reserve is given back for it ([`Reserve`]).
     pub fn delete_through(&mut self, seq: u64, reject_id: u64) -> Result<(), StoreError> {
+        let result = match self.delete_through_once(seq, reject_id) {
+            Err(e) if e.is_disk_full() => {
+                self.make_room();
+                self.delete_through_once(seq, reject_id)
+            }
+            other => other,
+        };
+        if result.is_ok() {
+            self.after_delete();
+        }
+        result
+    }
+
+    fn delete_through_once(&mut self, seq: u64, reject_id: u64) -> Result<(), StoreError> {
         self.conn
             .pragma_update(None, "synchronous", "NORMAL")
             .map_err(|e| self.sql(e))?;
@@ -456,8 +730,19 @@ impl Store {
 }
 
 impl Store {
-    /// Moves the point at `seq` to the quarantine (as line protocol) with `reason`.
+    /// Moves the point at `seq` to the quarantine (as line protocol) with `reason`; on a full
+    /// disk, after giving back the reserve.
     pub fn quarantine_point(&mut self, seq: u64, reason: &str) -> Result<(), StoreError> {
+        match self.quarantine_point_once(seq, reason) {
+            Err(e) if e.is_disk_full() => {
+                self.make_room();
+                self.quarantine_point_once(seq, reason)
+            }
+            other => other,
+        }
+    }
+
+    fn quarantine_point_once(&mut self, seq: u64, reason: &str) -> Result<(), StoreError> {
         let topic = format!("buffer seq {seq}");
         let moved = in_transaction(&mut self.conn, &self.path, |tx| {
             let Some(block) = block_holding(tx, seq)? else {

@@ -113,7 +113,7 @@ impl Writer {
             tokio::select! {
                 biased;
                 request = self.control.recv(), if control_open => match request {
-                    Some(request) => self.handle_control(request).await,
+                    Some(request) => { self.handle_control(request).await; }
                     None => control_open = false,
                 },
                 item = self.ingest.recv(), if ingest_open => match item {
@@ -182,7 +182,9 @@ impl Writer {
                 warned = true;
             }
             match self.control.recv().await {
-                Some(request) => self.handle_control(request).await,
+                Some(request) => {
+                    self.handle_control(request).await;
+                }
                 None => *control_open = false,
             }
         }
@@ -204,10 +206,14 @@ impl Writer {
             })
             .await;
             match result {
-                Ok(Ok(outcome)) => break outcome,
+                Ok(Ok(outcome)) => {
+                    self.depth.set_commit_failure(None);
+                    break outcome;
+                }
                 Ok(Err(e)) => {
                     error!(error = %e, retry_in = ?delay, items = items.len(), "buffer commit failed; nothing was acknowledged, retrying");
                     self.metrics.error("buffer", "commit_failed");
+                    self.depth.set_commit_failure(Some(e.to_string()));
                 }
                 Err(e) => {
                     error!(error = %e, "buffer commit task failed; retrying");
@@ -220,7 +226,11 @@ impl Writer {
                 tokio::select! {
                     _ = &mut sleep => break,
                     request = self.control.recv(), if *control_open => match request {
-                        Some(request) => self.handle_control(request).await,
+                        // A delete may be what frees the disk: try again at once after one.
+                        Some(request) => if self.handle_control(request).await {
+                            delay = Duration::from_millis(100);
+                            break;
+                        },
                         None => *control_open = false,
                     },
                 }
@@ -253,7 +263,9 @@ impl Writer {
         self.committed.send_replace(outcome.last_seq);
     }
 
-    async fn handle_control(&mut self, request: Control) {
+    /// Runs a forwarder's request; returns whether it was a delete that went through.
+    async fn handle_control(&mut self, request: Control) -> bool {
+        let delete = matches!(request, Control::Delete { .. });
         let (job, done): (StoreJob, _) = match request {
             Control::Delete {
                 seq,
@@ -282,7 +294,9 @@ impl Writer {
             })
         });
         self.publish_depth();
+        let deleted = delete && result.is_ok();
         let _ = done.send(result);
+        deleted
     }
 
     fn publish_depth(&self) {

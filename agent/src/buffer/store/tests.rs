@@ -29,6 +29,7 @@ fn open(dir: &tempfile::TempDir, max_size: u64, when_full: WhenFull) -> (Store, 
         max_size,
         when_full,
         Arc::clone(&depth),
+        0,
     )
     .unwrap();
     (store, depth)
