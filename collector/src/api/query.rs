@@ -11,6 +11,10 @@
 //! whole range into one bucket. `window` (a duration, a multiple of `step`) turns each bucket
 //! into a moving aggregate over the trailing window, e.g. `step=1m&window=5m&agg=mean`.
 //! Each (series, agg) is one entry of the answer, with an `agg` member.
+//!
+//! Values that are not finite numbers (a float field that held NaN or an infinity, a sum that
+//! overflowed) are kept, as Prometheus keeps them: JSON has no such numbers, so they are the
+//! strings `"NaN"`, `"+Inf"` and `"-Inf"` in JSON, and the same words in CSV.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -211,6 +215,48 @@ fn parse(params: Vec<(String, String)>, max_points: usize) -> Result<(Parsed, Fo
     ))
 }
 
+/// The text of a float that JSON has no number for, as Prometheus writes it.
+fn non_finite(v: f64) -> Option<&'static str> {
+    if v.is_nan() {
+        Some("NaN")
+    } else if v == f64::INFINITY {
+        Some("+Inf")
+    } else if v == f64::NEG_INFINITY {
+        Some("-Inf")
+    } else {
+        None
+    }
+}
+
+/// A float for a text answer (CSV): `NaN`, `+Inf` and `-Inf` as in JSON.
+fn float_text(v: f64) -> String {
+    non_finite(v).map_or_else(|| v.to_string(), str::to_owned)
+}
+
+/// A number in a JSON answer; not finite, a string (module docs).
+struct JsonFloat(f64);
+
+impl Serialize for JsonFloat {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match non_finite(self.0) {
+            Some(text) => serializer.serialize_str(text),
+            None => serializer.serialize_f64(self.0),
+        }
+    }
+}
+
+/// A field's value in a JSON answer.
+struct JsonValue<'a>(&'a FieldValue);
+
+impl Serialize for JsonValue<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            FieldValue::F64(v) => JsonFloat(*v).serialize(serializer),
+            other => other.serialize(serializer),
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct JsonAnswer<'a> {
     series: Vec<JsonSeries<'a>>,
@@ -223,7 +269,7 @@ struct JsonSeries<'a> {
     name: &'a str,
     tags: &'a std::collections::BTreeMap<String, String>,
     field: &'a str,
-    points: Vec<(String, &'a FieldValue)>,
+    points: Vec<(String, JsonValue<'a>)>,
 }
 
 impl<'a> From<&'a QueryResult> for JsonAnswer<'a> {
@@ -244,7 +290,7 @@ impl<'a> From<&'a SeriesPoints> for JsonSeries<'a> {
             points: series
                 .points
                 .iter()
-                .map(|(ts, value)| (format_rfc3339(*ts), value))
+                .map(|(ts, value)| (format_rfc3339(*ts), JsonValue(value)))
                 .collect(),
         }
     }
@@ -265,7 +311,7 @@ struct JsonAggregateSeries<'a> {
     tags: &'a std::collections::BTreeMap<String, String>,
     field: &'a str,
     agg: &'static str,
-    points: Vec<(String, f64)>,
+    points: Vec<(String, JsonFloat)>,
 }
 
 fn source_name(resolution: Option<i64>) -> String {
@@ -291,7 +337,7 @@ impl<'a> From<&'a AggregateResult> for JsonAggregate<'a> {
                     points: s
                         .points
                         .iter()
-                        .map(|(ts, v)| (format_rfc3339(*ts), *v))
+                        .map(|(ts, v)| (format_rfc3339(*ts), JsonFloat(*v)))
                         .collect(),
                 })
                 .collect(),
@@ -347,7 +393,7 @@ fn aggregate_csv(result: &AggregateResult) -> Result<String, String> {
                         s.field.clone(),
                         s.agg.name().to_owned(),
                         format_rfc3339(*ts),
-                        value.to_string(),
+                        float_text(*value),
                     ]
                 })
                 .collect()
@@ -370,7 +416,7 @@ fn to_csv(result: &QueryResult) -> Result<String, String> {
                         s.field.clone(),
                         format_rfc3339(*ts),
                         match value {
-                            FieldValue::F64(v) => v.to_string(),
+                            FieldValue::F64(v) => float_text(*v),
                             FieldValue::I64(v) => v.to_string(),
                             FieldValue::Bool(v) => v.to_string(),
                             FieldValue::Str(v) => v.clone(),
@@ -391,6 +437,43 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn non_finite_values_are_kept_as_prometheus_writes_them() {
+        let series = SeriesPoints {
+            name: "m".into(),
+            tags: BTreeMap::new(),
+            field: "v".into(),
+            points: vec![
+                (0, FieldValue::F64(f64::NAN)),
+                (1, FieldValue::F64(f64::INFINITY)),
+                (2, FieldValue::F64(f64::NEG_INFINITY)),
+                (3, FieldValue::F64(-0.0)),
+                (4, FieldValue::I64(7)),
+            ],
+        };
+        let result = QueryResult {
+            series: vec![series],
+            truncated: false,
+        };
+        let json = serde_json::to_value(JsonAnswer::from(&result)).unwrap();
+        let values: Vec<&serde_json::Value> = json["series"][0]["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| &p[1])
+            .collect();
+        assert_eq!(values[0], "NaN");
+        assert_eq!(values[1], "+Inf");
+        assert_eq!(values[2], "-Inf");
+        assert_eq!(values[3].as_f64(), Some(-0.0));
+        assert_eq!(values[4], 7);
+        let csv = to_csv(&result).unwrap();
+        assert!(
+            csv.contains(",NaN") && csv.contains(",+Inf") && csv.contains(",-Inf"),
+            "{csv}"
+        );
     }
 
     #[test]
