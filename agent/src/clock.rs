@@ -14,6 +14,20 @@
 //!
 //! Pure: the caller passes the times, so tests need no clock.
 
+// Panic policy (RELIABILITY.md): this module reads what devices and files send; it returns
+// errors instead of panicking (checked arithmetic, `get` instead of indexing, no unwrap).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::arithmetic_side_effects,
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::unreachable
+    )
+)]
+
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -99,7 +113,7 @@ impl ClockFilter {
             .map(|s| {
                 let age = u64::try_from(now.saturating_duration_since(s.at).as_nanos())
                     .unwrap_or(u64::MAX);
-                let drift = age / 1_000_000 * DRIFT_PPM;
+                let drift = (age / 1_000_000).saturating_mul(DRIFT_PPM);
                 ClockEstimate {
                     offset_ns: s.estimate.offset_ns,
                     error_ns: s.estimate.error_ns.saturating_add(drift),

@@ -13,6 +13,20 @@
 //! with its reason, for the quarantine. For `influx` and JSON arrays that is per line or per
 //! element, so one bad record does not take its neighbours with it.
 
+// Panic policy (RELIABILITY.md): this module reads what devices and files send; it returns
+// errors instead of panicking (checked arithmetic, `get` instead of indexing, no unwrap).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::arithmetic_side_effects,
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::unreachable
+    )
+)]
+
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
@@ -367,7 +381,7 @@ mod stream {
                 })?
                 .is_some()
             {
-                index += 1;
+                index = index.saturating_add(1);
             }
             Ok(())
         }

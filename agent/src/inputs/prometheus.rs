@@ -13,6 +13,20 @@
 //! LGPL-3.0. This parser follows the format's escaping rules and reports every line it
 //! cannot read, for the quarantine.
 
+// Panic policy (RELIABILITY.md): this module reads what devices and files send; it returns
+// errors instead of panicking (checked arithmetic, `get` instead of indexing, no unwrap).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::arithmetic_side_effects,
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::unreachable
+    )
+)]
+
 use std::collections::HashMap;
 
 use tributary_wire::{FieldValue, Point};
@@ -41,7 +55,7 @@ pub fn parse(text: &str, default_ts: i64) -> Decoded {
             Ok(point) => decoded.points.push(point),
             Err(reason) => decoded.rejected.push(Rejected {
                 payload: line.as_bytes().to_vec(),
-                reason: format!("line {}: {reason}", number + 1),
+                reason: format!("line {}: {reason}", number.saturating_add(1)),
             }),
         }
     }
@@ -99,7 +113,7 @@ fn labels<'a>(mut text: &'a str, point: &mut Point) -> Result<&'a str, String> {
         if !valid_name(key) || key.contains(':') {
             return Err(format!("{key:?} is not a valid label name"));
         }
-        let after = text[eq + 1..].trim_start();
+        let after = text.get(eq.saturating_add(1)..).unwrap_or("").trim_start();
         let mut chars = after
             .strip_prefix('"')
             .ok_or("a label value is not quoted")?
@@ -122,7 +136,11 @@ fn labels<'a>(mut text: &'a str, point: &mut Point) -> Result<&'a str, String> {
             }
         };
         point.tags.insert(key.to_owned(), value);
-        text = after[1 + end + 1..].trim_start();
+        // Past the opening quote (1 byte), the value and the closing quote.
+        text = after
+            .get(end.saturating_add(2)..)
+            .unwrap_or("")
+            .trim_start();
         if let Some(rest) = text.strip_prefix(',') {
             text = rest;
         } else if !text.starts_with('}') {

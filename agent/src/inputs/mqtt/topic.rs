@@ -1,5 +1,19 @@
 //! MQTT topic filters (validation) and topic templates (levels to tags and the point name).
 
+// Panic policy (RELIABILITY.md): this module reads what devices and files send; it returns
+// errors instead of panicking (checked arithmetic, `get` instead of indexing, no unwrap).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::arithmetic_side_effects,
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::unreachable
+    )
+)]
+
 /// Checks a subscription filter against the MQTT rules, with a reason for the user.
 pub fn validate_filter(filter: &str) -> Result<(), String> {
     if filter.is_empty() {
@@ -25,7 +39,7 @@ pub fn validate_filter(filter: &str) -> Result<(), String> {
     };
     let levels: Vec<&str> = inner.split('/').collect();
     for (index, level) in levels.iter().enumerate() {
-        if level.contains('#') && (*level != "#" || index != levels.len() - 1) {
+        if level.contains('#') && (*level != "#" || index != levels.len().saturating_sub(1)) {
             return Err(format!(
                 "{filter:?}: '#' must stand alone in the last level"
             ));
@@ -98,7 +112,7 @@ impl TopicTemplate {
             } else if *part == "+" {
                 Level::Any
             } else if *part == "#" {
-                if index != parts.len() - 1 {
+                if index != parts.len().saturating_sub(1) {
                     return Err("'#' may only be the last level".into());
                 }
                 Level::Rest
