@@ -167,13 +167,28 @@ fn convert(
             .ok_or_else(|| format!("timestamp {t} overflows at precision {precision:?}"))?,
         None => default_ts,
     };
+    // The parser takes an escaped newline in a name; line protocol has no way to write one
+    // back, so such a point could not be shown or sent on as a line.
+    let no_newline = |what: &str, text: &str| {
+        if text.contains(['\n', '\r']) {
+            Err(format!(
+                "{what} {text:?} contains a line break, which line protocol allows only in string field values"
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    no_newline("the measurement", parsed.series.measurement.as_str())?;
     let mut point = Point::new(parsed.series.measurement.as_str(), ts);
     if let Some(tags) = &parsed.series.tag_set {
         for (key, value) in tags {
+            no_newline("the tag key", key.as_str())?;
+            no_newline("the tag value", value.as_str())?;
             point.tags.insert(key.to_string(), value.to_string());
         }
     }
     for (key, value) in &parsed.field_set {
+        no_newline("the field key", key.as_str())?;
         let value = match value {
             LpValue::I64(v) => FieldValue::I64(*v),
             LpValue::U64(v) => FieldValue::I64(i64::try_from(*v).map_err(|_| {

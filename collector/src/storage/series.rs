@@ -7,6 +7,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, Hash, Hasher};
 
+use tributary_wire::FieldValue;
+
 /// The tag the collector sets from the token.
 pub const AGENT_TAG: &str = "agent";
 
@@ -19,18 +21,60 @@ pub struct SeriesCache {
     hasher: foldhash::fast::RandomState,
 }
 
-/// One `(name, tags)` and the ids of its fields' series.
+/// What values a series holds: set by its first value. Integers and floats are one class
+/// (both roll up); a value of another class is a field type conflict, quarantined as
+/// InfluxDB refuses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueClass {
+    Number,
+    Boolean,
+    Text,
+}
+
+impl ValueClass {
+    pub fn of(value: &FieldValue) -> ValueClass {
+        match value {
+            FieldValue::F64(_) | FieldValue::I64(_) => ValueClass::Number,
+            FieldValue::Bool(_) => ValueClass::Boolean,
+            FieldValue::Str(_) => ValueClass::Text,
+        }
+    }
+
+    /// The class of a series' stored `kind` (`FieldValue::kind`).
+    pub fn of_kind(kind: &str) -> ValueClass {
+        match kind {
+            "boolean" => ValueClass::Boolean,
+            "string" => ValueClass::Text,
+            _ => ValueClass::Number,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ValueClass::Number => "a number",
+            ValueClass::Boolean => "a boolean",
+            ValueClass::Text => "a string",
+        }
+    }
+}
+
+/// One `(name, tags)` and the ids (and value classes) of its fields' series.
 #[derive(Debug)]
 pub struct Entry {
     name: String,
     /// Canonical tags, `agent` included.
     tags: BTreeMap<String, String>,
-    ids: HashMap<String, i64, foldhash::fast::FixedState>,
+    ids: HashMap<String, (i64, ValueClass), foldhash::fast::FixedState>,
 }
 
 impl Entry {
     /// The series id of `field`, if known.
     pub fn field(&self, field: &str) -> Option<i64> {
+        self.ids.get(field).map(|(id, _)| *id)
+    }
+
+    /// The series id and value class of `field`, if known.
+    pub fn field_class(&self, field: &str) -> Option<(i64, ValueClass)> {
         self.ids.get(field).copied()
     }
 }
@@ -106,6 +150,7 @@ impl SeriesCache {
         canonical: &BTreeMap<String, String>,
         field: &str,
         id: i64,
+        class: ValueClass,
     ) {
         let agent = canonical.get(AGENT_TAG).map(String::as_str).unwrap_or("");
         let hash = identity_hash(&self.hasher, name, canonical.iter(), agent);
@@ -125,7 +170,7 @@ impl SeriesCache {
             }
         };
         if let Some(entry) = entries.get_mut(index) {
-            entry.ids.insert(field.to_owned(), id);
+            entry.ids.insert(field.to_owned(), (id, class));
         }
     }
 }
@@ -145,7 +190,13 @@ mod tests {
     fn a_point_finds_its_series_whatever_agent_tag_it_claims() {
         let mut cache = SeriesCache::default();
         let point = tags(&[("device", "d1"), ("site", "north")]);
-        cache.insert("temp", &canonical_tags(&point, "a1"), "value", 7);
+        cache.insert(
+            "temp",
+            &canonical_tags(&point, "a1"),
+            "value",
+            7,
+            ValueClass::Number,
+        );
         assert_eq!(cache.get("temp", &point, "a1", "value"), Some(7));
         // A forged agent tag is replaced by the token's agent, so it finds the same series.
         let forged = tags(&[
@@ -164,7 +215,13 @@ mod tests {
         );
         // Tags that sort around "agent" still match.
         let around = tags(&[("aaa", "1"), ("zzz", "2")]);
-        cache.insert("m", &canonical_tags(&around, "a1"), "f", 9);
+        cache.insert(
+            "m",
+            &canonical_tags(&around, "a1"),
+            "f",
+            9,
+            ValueClass::Text,
+        );
         assert_eq!(cache.get("m", &around, "a1", "f"), Some(9));
     }
 }

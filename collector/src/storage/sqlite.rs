@@ -11,11 +11,11 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{error, warn};
-use tributary_wire::{BatchAck, FieldValue};
+use tributary_wire::{BatchAck, FieldValue, Point};
 
 use self::chunks::ChunkWriter;
 use self::rollups::RollupWriter;
-use super::series::{SeriesCache, canonical_tags};
+use super::series::{SeriesCache, ValueClass, canonical_tags};
 use super::{
     AgentRecord, EpochMark, Origin, QuarantineRecord, QueryResult, RawQuery, RetentionReport,
     SeriesInfo, SeriesPoints, StorageError, StorageOptions, StoreHealth, Stored, SubmitError,
@@ -388,19 +388,20 @@ impl Drop for Storage {
 
 fn load_series(conn: &Connection) -> rusqlite::Result<SeriesCache> {
     let mut cache = SeriesCache::default();
-    let mut stmt = conn.prepare("SELECT id, name, tags, field FROM series")?;
+    let mut stmt = conn.prepare("SELECT id, name, tags, field, kind FROM series")?;
     let rows = stmt.query_map([], |r| {
         Ok((
             r.get::<_, i64>(0)?,
             r.get::<_, String>(1)?,
             r.get::<_, String>(2)?,
             r.get::<_, String>(3)?,
+            r.get::<_, String>(4)?,
         ))
     })?;
     for row in rows {
-        let (id, name, tags, field) = row?;
+        let (id, name, tags, field, kind) = row?;
         let tags: BTreeMap<String, String> = serde_json::from_str(&tags).unwrap_or_default();
-        cache.insert(&name, &tags, &field, id);
+        cache.insert(&name, &tags, &field, id, ValueClass::of_kind(&kind));
     }
     Ok(cache)
 }
@@ -1032,6 +1033,25 @@ pub(crate) fn account_gap(mark: u64, first_seq: u64, dropped: u64, explained: u6
     }
 }
 
+/// A field whose value is of another class than its series holds (a string into a number
+/// series): the point is refused whole, as InfluxDB refuses such a line, so a series keeps one
+/// class and its rollups stay those of its numbers.
+fn type_conflict(series: &SeriesCache, point: &Point, agent: &str) -> Option<Rejection> {
+    let entry = series.entry(&point.name, &point.tags, agent)?;
+    point.fields.iter().find_map(|(field, value)| {
+        let (_, class) = entry.field_class(field)?;
+        let got = ValueClass::of(value);
+        (got != class).then(|| Rejection {
+            rule: "type".into(),
+            reason: format!(
+                "field type conflict: {field:?} holds {} in this series, this point has {}",
+                class.name(),
+                got.name()
+            ),
+        })
+    })
+}
+
 /// Caps what a poisoned batch keeps of a text it quarantines, so the quarantine row itself
 /// cannot be what fails.
 const POISON_KEPT: usize = 4096;
@@ -1095,7 +1115,7 @@ fn store_batch<'a>(
                     reason: reason.clone(),
                 }),
                 (None, Some(Some(rejection))) => Some(rejection.clone()),
-                _ => None,
+                _ => type_conflict(series, point, &job.agent_id),
             };
             if let Some(rejection) = rejection {
                 let line = tributary_wire::line_protocol::format_point(point);
@@ -1150,7 +1170,7 @@ fn store_batch<'a>(
                             point.ts
                         ])?;
                         let id = tx.last_insert_rowid();
-                        series.insert(&point.name, tags, field, id);
+                        series.insert(&point.name, tags, field, id, ValueClass::of(value));
                         id
                     }
                 };

@@ -635,3 +635,37 @@ mod extremes {
         }
     }
 }
+
+/// A field that changes class (a string into a number series) is a type conflict: the point
+/// goes to the quarantine, and the series keeps its numbers (found by the ingest fuzzer: the
+/// aggregated query skipped a number series whose first stored value was a string).
+#[tokio::test]
+async fn a_field_type_conflict_is_quarantined() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(&dir);
+    let mut b = batch("e1", 1, &[1, 2, 3, 4]);
+    b.points[1]
+        .fields
+        .insert("v".into(), FieldValue::Str("oops".into()));
+    b.points[2].fields.insert("v".into(), FieldValue::F64(2.5));
+    b.points[3]
+        .fields
+        .insert("v".into(), FieldValue::Bool(true));
+    let ack = store(&storage, "a1", b, 5).await.unwrap();
+    assert_eq!((ack.stored, ack.quarantined), (2, 2));
+    let kept = quarantine(&storage).await;
+    assert!(
+        kept.iter()
+            .all(|r| r.reason.starts_with("rule type: field type conflict")),
+        "{kept:?}"
+    );
+    // After a restart the class is known from the store.
+    drop(storage);
+    let storage = open(&dir);
+    let mut b = batch("e1", 5, &[5]);
+    b.points[0]
+        .fields
+        .insert("v".into(), FieldValue::Str("again".into()));
+    let ack = store(&storage, "a1", b, 6).await.unwrap();
+    assert_eq!((ack.stored, ack.quarantined), (0, 1));
+}
