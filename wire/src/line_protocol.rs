@@ -194,6 +194,11 @@ fn convert(
             LpValue::U64(v) => FieldValue::I64(i64::try_from(*v).map_err(|_| {
                 format!("unsigned field {key} = {v} does not fit in a signed 64-bit integer")
             })?),
+            // A literal past f64's range reads as an infinity; InfluxDB refuses it, and
+            // line protocol has no way to write one back.
+            LpValue::F64(v) if !v.is_finite() => {
+                return Err(format!("float field {key} is out of range"));
+            }
             LpValue::F64(v) => FieldValue::F64(*v),
             LpValue::Boolean(v) => FieldValue::Bool(*v),
             LpValue::String(v) => FieldValue::Str(v.to_string()),
@@ -263,6 +268,14 @@ mod tests {
         assert_eq!(points[1].as_ref().unwrap().ts, 42);
         let overflow: Vec<_> = parse(b"m v=1 9223372036854775807", Precision::Seconds, 0).collect();
         assert!(overflow[0].is_err());
+        let huge: Vec<_> = parse(b"m v=7e400", Precision::Seconds, 0).collect();
+        assert!(
+            huge[0]
+                .as_ref()
+                .unwrap_err()
+                .reason
+                .contains("out of range")
+        );
     }
 
     #[test]
