@@ -96,6 +96,22 @@ impl Reserve {
         file.sync_all()
     }
 
+    /// Whether the disk has room besides the reserve: at least the reserve's size free (with
+    /// the reserve off, [`ROOM_WITHOUT_RESERVE`]). Until it has, the buffer takes the disk
+    /// for full.
+    pub fn room_beside(&self) -> bool {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let free = rustix::fs::statvfs(dir)
+            .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+            .unwrap_or(0);
+        let wanted = if self.size == 0 {
+            ROOM_WITHOUT_RESERVE
+        } else {
+            self.size
+        };
+        free >= wanted
+    }
+
     /// Gives the space back to the file system; returns whether there was any to give.
     pub fn release(&self) -> bool {
         std::fs::remove_file(&self.path).is_ok()

@@ -212,7 +212,7 @@ impl Store {
         // A disk without room for the reserve is full as far as the buffer is concerned,
         // from the first commit on: a restarted agent must not grow the database into the
         // room the last one gave back.
-        if !store.reserve.ensure() {
+        if !store.reserve.ensure() || !store.reserve.room_beside() {
             warn!(path = %path.display(), "the disk has no room for the buffer's reserve; new points go only into room the buffer frees");
             store.set_disk_full(true);
         }
@@ -333,6 +333,9 @@ impl Store {
     /// checkpoint would leave the WAL in use while the forwarder reads, and the retry would
     /// grow it into the reserve's room.)
     fn make_room(&mut self) {
+        if !self.disk_full {
+            self.set_disk_full(true);
+        }
         if self.reserve.release() {
             warn!(path = %self.path.display(), "the disk is full; gave back the buffer's reserve so the WAL can be checkpointed and confirmed points deleted");
         }
@@ -356,7 +359,8 @@ impl Store {
             .is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(5));
         if due {
             self.last_ensure = Some(std::time::Instant::now());
-            if self.reserve.ensure() && self.disk_full {
+            let held = self.reserve.ensure();
+            if self.disk_full && held && self.reserve.room_beside() {
                 tracing::info!(path = %self.path.display(), "the disk has room again; the buffer holds its reserve");
                 self.set_disk_full(false);
             }
@@ -555,16 +559,26 @@ impl Store {
 
     /// Copies the whole WAL into the database and lets the next write start it over,
     /// waiting (up to the busy timeout) for the forwarder's reads. Returns whether it did.
+    ///
+    /// If the database has no room to grow into (the WAL holds pages past its end, from
+    /// before the disk filled), the reserve is given back for it.
     fn checkpoint(&mut self) -> bool {
-        let checkpoint = self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| {
+        let restart = |conn: &Connection| {
+            conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, i64>(1)?,
                     r.get::<_, i64>(2)?,
                 ))
-            });
+            })
+        };
+        let mut checkpoint = restart(&self.conn);
+        let full = matches!(&checkpoint,
+            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull));
+        if full && self.reserve.release() {
+            warn!(path = %self.path.display(), "the disk is full; gave back the buffer's reserve so the WAL can be checkpointed");
+            checkpoint = restart(&self.conn);
+        }
         match checkpoint {
             Ok((0, _, _)) => true,
             Ok((_, log, done)) => {

@@ -13,8 +13,8 @@ pub use process::Process;
 pub use publisher::Publisher;
 pub use rumqttc::QoS;
 pub use tributary::{
-    AgentProcess, CollectorProcess, Oracle, Supervised, Verdict, agent_config, agent_config_with,
-    bin_dir, query_json, query_text, token_pair,
+    AgentProcess, CollectorOptions, CollectorProcess, Oracle, Supervised, Verdict, agent_config,
+    agent_config_with, bin_dir, query_json, query_text, token_pair,
 };
 
 use std::net::TcpListener;
@@ -56,8 +56,13 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
 
 /// Whether something accepts TCP connections on 127.0.0.1:`port`.
 pub fn port_open(port: u16) -> bool {
+    port_open_at([127, 0, 0, 1].into(), port)
+}
+
+/// Whether something accepts TCP connections on `host`:`port`.
+pub fn port_open_at(host: std::net::IpAddr, port: u16) -> bool {
     std::net::TcpStream::connect_timeout(
-        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        &std::net::SocketAddr::from((host, port)),
         Duration::from_millis(200),
     )
     .is_ok()

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use super::{Process, free_port, port_open, wait_until};
+use super::{Process, free_port, wait_until};
 
 /// Where the built binaries are: `$TRIBUTARY_BIN_DIR`, else the target directory this test or
 /// benchmark binary was built into (`target/<profile>`).
@@ -87,6 +87,35 @@ pub struct CollectorProcess {
     pub dir: PathBuf,
     config: PathBuf,
     process: Option<Process>,
+    /// The address it listens on.
+    host: std::net::IpAddr,
+    /// A command the collector runs under, e.g. `ip netns exec NAME`.
+    wrapper: Vec<String>,
+}
+
+/// How a collector is set up beyond the defaults ([`CollectorProcess::start_custom`]).
+#[derive(Debug, Clone)]
+pub struct CollectorOptions {
+    pub host: std::net::IpAddr,
+    pub port: u16,
+    /// TOML appended to `[server]`.
+    pub server_extra: String,
+    /// TOML appended after everything (e.g. a `[time]` section).
+    pub extra: String,
+    /// A command to run the collector under.
+    pub wrapper: Vec<String>,
+}
+
+impl Default for CollectorOptions {
+    fn default() -> Self {
+        CollectorOptions {
+            host: [127, 0, 0, 1].into(),
+            port: free_port(),
+            server_extra: String::new(),
+            extra: String::new(),
+            wrapper: Vec::new(),
+        }
+    }
 }
 
 impl CollectorProcess {
@@ -101,7 +130,14 @@ impl CollectorProcess {
         agents: &[(&str, &str)],
         server_extra: &str,
     ) -> anyhow::Result<CollectorProcess> {
-        Self::configure_and_launch(dir, free_port(), agents, server_extra)
+        Self::start_custom(
+            dir,
+            agents,
+            &CollectorOptions {
+                server_extra: server_extra.to_owned(),
+                ..CollectorOptions::default()
+            },
+        )
     }
 
     /// Like [`CollectorProcess::start`], on a given port.
@@ -110,18 +146,38 @@ impl CollectorProcess {
         port: u16,
         agents: &[(&str, &str)],
     ) -> anyhow::Result<CollectorProcess> {
-        Self::configure_and_launch(dir, port, agents, "")
+        Self::start_custom(
+            dir,
+            agents,
+            &CollectorOptions {
+                port,
+                ..CollectorOptions::default()
+            },
+        )
     }
 
-    fn configure_and_launch(
+    /// Writes a configuration admitting `agents` (id, token) as `options` say and starts it.
+    pub fn start_custom(
         dir: &Path,
-        port: u16,
         agents: &[(&str, &str)],
-        server_extra: &str,
+        options: &CollectorOptions,
+    ) -> anyhow::Result<CollectorProcess> {
+        let mut collector = Self::configure(dir, agents, options)?;
+        collector.launch()?;
+        Ok(collector)
+    }
+
+    /// Writes the configuration without starting the collector (start it with `restart`).
+    pub fn configure(
+        dir: &Path,
+        agents: &[(&str, &str)],
+        options: &CollectorOptions,
     ) -> anyhow::Result<CollectorProcess> {
         std::fs::create_dir_all(dir)?;
+        let (host, port) = (options.host, options.port);
         let mut text = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n{server_extra}\n[storage]\npath = \"{}\"\n",
+            "[server]\nlisten = \"{host}:{port}\"\n{}\n[storage]\npath = \"{}\"\n",
+            options.server_extra,
             dir.join("collector.db").display()
         );
         for (id, token) in agents {
@@ -130,20 +186,28 @@ impl CollectorProcess {
                 "\n[[agents]]\nid = \"{id}\"\ntoken_sha256 = \"{hash}\"\n"
             ));
         }
+        text.push('\n');
+        text.push_str(&options.extra);
         let config = dir.join("collector.toml");
         std::fs::write(&config, text)?;
-        let mut collector = CollectorProcess {
+        Ok(CollectorProcess {
             port,
             dir: dir.to_owned(),
             config,
             process: None,
-        };
-        collector.launch()?;
-        Ok(collector)
+            host,
+            wrapper: options.wrapper.clone(),
+        })
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.host, self.port)
+    }
+
+    /// The running collector's process id (of the wrapper, if there is one: `ip netns exec`
+    /// execs the collector in its place).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Process::pid)
     }
 
     pub fn kill9(&mut self) {
@@ -306,12 +370,19 @@ impl Supervised for CollectorProcess {
     }
 
     fn launch(&mut self) -> anyhow::Result<()> {
-        let mut command = Command::new(binary("tributary-collector"));
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary("tributary-collector"));
+                command
+            }
+            None => Command::new(binary("tributary-collector")),
+        };
         command.arg("--config").arg(&self.config);
         let mut process = Process::spawn("tributary-collector", command)?;
-        let port = self.port;
+        let (host, port) = (self.host, self.port);
         if !wait_until(Duration::from_secs(20), || {
-            port_open(port) || !process.is_running()
+            super::port_open_at(host, port) || !process.is_running()
         }) || !process.is_running()
         {
             anyhow::bail!(
