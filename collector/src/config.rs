@@ -403,6 +403,10 @@ mod tests {
         assert_eq!(config.listen, defaults.listen);
         assert_eq!(config.max_body_size, defaults.max_body_size);
         assert_eq!(config.max_decompressed_size, defaults.max_decompressed_size);
+        assert_eq!(config.max_decoded_size, defaults.max_decoded_size);
+        assert_eq!(config.max_batch_points, defaults.max_batch_points);
+        assert_eq!(config.ingest_memory, defaults.ingest_memory);
+        assert_eq!(config.body_timeout, defaults.body_timeout);
         assert_eq!(config.ingest_queue, defaults.ingest_queue);
         assert_eq!(config.ingest_wait, defaults.ingest_wait);
         assert_eq!(config.shutdown_timeout, defaults.shutdown_timeout);
@@ -460,5 +464,29 @@ mod tests {
         assert_eq!(error.key, "server.listen");
         let error = load("[storage]\npth = \"x\"\n").unwrap_err();
         assert_eq!((error.key.as_str(), error.line), ("storage.pth", Some(2)));
+    }
+
+    #[test]
+    fn ingest_limits_and_resolutions_are_checked() {
+        let load = |text: &str| Config::load_str(text, Path::new("c.toml"));
+        let error = load("[server]\ningest_memory = \"100MiB\"\n").unwrap_err();
+        assert_eq!(error.key, "server.ingest_memory");
+        assert!(
+            error.message.contains("at least one request"),
+            "{}",
+            error.message
+        );
+        let error = load("[server]\nmax_batch_points = 0\n").unwrap_err();
+        assert_eq!(error.key, "server.max_batch_points");
+        let error = load("[server]\nbody_timeout = \"soon\"\n").unwrap_err();
+        assert_eq!(error.key, "server.body_timeout");
+        let error = load("[rollups]\nresolutions = [\"1d\", \"60d\"]\n").unwrap_err();
+        assert_eq!(error.key, "rollups.resolutions[1]");
+        assert!(error.message.contains("31 days"), "{}", error.message);
+        let small = load(
+            "[server]\nmax_body_size = \"1MiB\"\nmax_decompressed_size = \"2MiB\"\nmax_decoded_size = \"2MiB\"\ningest_memory = \"5MiB\"\n",
+        )
+        .unwrap();
+        assert_eq!(small.ingest_memory, 5 << 20);
     }
 }

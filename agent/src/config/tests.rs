@@ -41,6 +41,7 @@ fn documented_example_loads_with_the_defaults_it_states() {
         (
             b.max_size,
             b.when_full,
+            b.disk_reserve,
             b.flush_interval,
             b.flush_points,
             b.queue_capacity
@@ -48,6 +49,7 @@ fn documented_example_loads_with_the_defaults_it_states() {
         (
             d.max_size,
             d.when_full,
+            d.disk_reserve,
             d.flush_interval,
             d.flush_points,
             d.queue_capacity
