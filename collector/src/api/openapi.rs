@@ -13,6 +13,7 @@ use crate::rollup::Agg;
 pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/batches"),
     ("post", "/api/v2/write"),
+    ("get", "/api/v1/time"),
     ("get", "/api/v1/query"),
     ("get", "/api/v1/series"),
     ("get", "/api/v1/quarantine"),
@@ -68,7 +69,9 @@ pub fn document() -> Value {
                         "stored": { "type": "integer" },
                         "duplicates": { "type": "integer", "description": "Points already stored before (a retry)" },
                         "rejects_stored": { "type": "integer" },
-                        "quarantined": { "type": "integer", "description": "Points cleaning rules sent to the quarantine" }
+                        "quarantined": { "type": "integer", "description": "Points the collector's checks sent to the quarantine (time sanity, cleaning rules, a field type conflict, a point the store cannot hold)" },
+                        "received_at": { "type": "integer", "description": "The collector's clock (UTC ns) when it began handling the request, for the agent's clock estimate" },
+                        "replied_at": { "type": "integer", "description": "The collector's clock (UTC ns) when it answered" }
                     }
                 },
                 "Series": {
@@ -97,10 +100,11 @@ pub fn document() -> Value {
                         "400": error_response("Malformed batch"),
                         "401": error_response("Unknown or missing token"),
                         "403": error_response("The batch names another agent than its token's"),
-                        "413": error_response("Body too large (compressed or decompressed)"),
+                        "408": error_response("The body did not arrive within server.body_timeout"),
+                        "413": error_response("Too large: the body (as sent or decompressed), its points (server.max_batch_points) or its decoded size (server.max_decoded_size); split it"),
                         "415": error_response("Unsupported Content-Type or Content-Encoding"),
-                        "429": error_response("Ingest queue full; retry after Retry-After"),
-                        "503": error_response("Storage failed or shutting down; retry")
+                        "429": error_response("Ingest memory or queue full; retry after Retry-After"),
+                        "503": error_response("Storage cannot commit (e.g. disk full) or shutting down; retry after Retry-After")
                     }
                 }
             },
@@ -115,21 +119,32 @@ pub fn document() -> Value {
                     ],
                     "requestBody": { "required": true, "content": { "text/plain": { "schema": { "type": "string" } } }, "description": "Line protocol; Content-Encoding gzip, zstd or none" },
                     "responses": {
-                        "204": { "description": "Every line stored (or quarantined by a cleaning rule)" },
-                        "400": { "description": "Partial write: the good lines are stored, the bad ones listed (and quarantined)", "content": { "application/json": { "schema": {
+                        "204": { "description": "Every line stored" },
+                        "400": { "description": "Partial write: the good lines are stored; lines that did not parse (invalid UTF-8 included) and points the collector's checks quarantined are listed with their reasons (and kept in the quarantine)", "content": { "application/json": { "schema": {
                             "type": "object",
                             "properties": {
                                 "code": { "type": "string" },
                                 "message": { "type": "string" },
                                 "stored": { "type": "integer" },
+                                "quarantined": { "type": "integer" },
                                 "rejected": { "type": "array", "items": { "type": "object", "properties": { "line": { "type": "integer" }, "error": { "type": "string" } } } }
                             }
                         } } } },
                         "401": error_response("Unknown or missing token"),
-                        "413": error_response("Body too large"),
-                        "429": error_response("Ingest queue full; retry after Retry-After"),
-                        "503": error_response("Storage failed or shutting down")
+                        "408": error_response("The body did not arrive within server.body_timeout"),
+                        "413": error_response("Too large (body, lines or decoded size); nothing stored: split the write"),
+                        "429": error_response("Ingest memory or queue full; retry after Retry-After"),
+                        "503": error_response("Storage cannot commit or shutting down")
                     }
+                }
+            },
+            "/api/v1/time": {
+                "get": {
+                    "summary": "The collector's clock, for an agent's first clock estimate (open: it tells nothing but the time)",
+                    "responses": { "200": { "description": "When the request was received and answered (UTC ns)", "content": { "application/json": { "schema": {
+                        "type": "object", "required": ["received_at", "replied_at"],
+                        "properties": { "received_at": { "type": "integer" }, "replied_at": { "type": "integer" } }
+                    } } } } }
                 }
             },
             "/api/v1/query": {
@@ -210,9 +225,9 @@ pub fn document() -> Value {
                 "get": { "summary": "This document", "responses": { "200": { "description": "OpenAPI 3.0", "content": { "application/json": { "schema": { "type": "object" } } } } } }
             },
             "/healthz": {
-                "get": { "summary": "The store answers", "responses": {
+                "get": { "summary": "The store answers reads and its writer can commit", "responses": {
                     "200": { "description": "Healthy", "content": { "application/json": { "schema": { "type": "object" } } } },
-                    "503": error_response("The store does not answer")
+                    "503": error_response("The store does not answer, or cannot commit (a full disk, I/O errors); the error says why and since when")
                 } }
             },
             "/metrics": {
