@@ -210,13 +210,20 @@ pub async fn run(
             config.buffer.when_full,
             config.buffer.disk_reserve,
         );
+        let errors = metrics.errors.clone();
         // Twice: a second open (after a late salvage) asks again.
         let wanted: Vec<Saved> = config.inputs.iter().map(Saved::wanted).collect();
         let wanted_again: Vec<Saved> = config.inputs.iter().map(Saved::wanted).collect();
         tokio::task::spawn_blocking(move || {
             let open = |wanted: Vec<Saved>| {
-                let store =
-                    Store::open(&path, max_size, when_full, Arc::clone(&depth), disk_reserve)?;
+                let store = Store::open(
+                    &path,
+                    max_size,
+                    when_full,
+                    Arc::clone(&depth),
+                    disk_reserve,
+                    errors.clone(),
+                )?;
                 let reader = Reader::open(&path)?;
                 let saved = wanted
                     .into_iter()

@@ -148,12 +148,15 @@ async fn batches_are_split_on_413_and_an_oversized_point_is_quarantined() {
     )
     .unwrap();
 
+    // The point too large for any batch comes in the middle: the sequences after it must not
+    // count its gap as lost (D7 of the adversarial run).
     let publisher = Publisher::connect(broker.port, "publisher", 100).await;
-    publish(&publisher, 0..5_000, 0).await;
+    publish(&publisher, 0..2_500, 0).await;
     let huge = format!(r#"{{"id": 99999, "blob": "{}"}}"#, "x".repeat(100_000));
     publisher
         .publish(99_999, &topic(99_999), huge.into_bytes())
         .await;
+    publish(&publisher, 2_500..5_000, 0).await;
     let mut acked = publisher.finish(Duration::from_secs(30)).await;
     assert!(acked.remove(&99_999));
     assert_eq!(acked.len(), 5_000);
@@ -193,4 +196,17 @@ async fn batches_are_split_on_413_and_an_oversized_point_is_quarantined() {
     assert!(payload_stored.starts_with(format!("{NAME},").as_bytes()));
     let ids: HashSet<u64> = (0..5_000).collect();
     assert_eq!(acked, ids);
+
+    // The refused point's sequence is explained, and the backlog the agent last reported is
+    // what is left (nothing), not the batch before the last (D7).
+    let agents = query_json(&collector.url(), "/api/v1/agents")
+        .await
+        .unwrap();
+    let edge = &agents["agents"][0];
+    assert_eq!(edge["gaps"], 0, "{edge}");
+    assert_eq!(edge["backlog_points"], 0, "{edge}");
+    let mut collector = collector;
+    assert!(!blocking(|| collector
+        .process()
+        .logged("sequences missing")));
 }

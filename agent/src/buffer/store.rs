@@ -9,6 +9,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tributary_wire::Reject;
 
 use tracing::warn;
+use tributary_common::errors::ErrorCounter;
 
 use super::reserve::Reserve;
 use super::{Checkpoint, Depth, Ingest, Points};
@@ -186,34 +187,41 @@ pub struct Store {
     last_ensure: Option<std::time::Instant>,
     /// A write failed for want of disk since the reserve was last held.
     disk_full: bool,
+    /// Where logged warnings are counted.
+    errors: ErrorCounter,
 }
 
 impl Store {
     /// Opens (creating if needed) the buffer at `path`, with `disk_reserve` bytes held back
     /// beside it for deletes on a full disk ([`Reserve`]). On a full disk opening may need
     /// room too (the WAL of a killed process is replayed): the reserve is given back for it.
+    /// Warnings are counted in `errors` (component `buffer`).
     pub fn open(
         path: &Path,
         max_size: u64,
         when_full: WhenFull,
         depth: Arc<Depth>,
         disk_reserve: u64,
+        errors: ErrorCounter,
     ) -> Result<Store, StoreError> {
         let reserve = Reserve::new(path, disk_reserve);
         let store = match Store::open_once(path, max_size, when_full, Arc::clone(&depth)) {
             Err(e) if e.is_disk_full() && reserve.release() => {
                 warn!(path = %path.display(), "the disk is full; gave back the buffer's reserve to open it");
+                errors.count("buffer", "reserve_released");
                 Store::open_once(path, max_size, when_full, depth)
             }
             other => other,
         };
         let mut store = store?;
         store.reserve = reserve;
+        store.errors = errors;
         // A disk without room for the reserve is full as far as the buffer is concerned,
         // from the first commit on: a restarted agent must not grow the database into the
         // room the last one gave back.
         if !store.reserve.ensure() || !store.reserve.room_beside() {
             warn!(path = %path.display(), "the disk has no room for the buffer's reserve; new points go only into room the buffer frees");
+            store.errors.count("buffer", "disk_full");
             store.set_disk_full(true);
         }
         Ok(store)
@@ -324,6 +332,7 @@ impl Store {
             reserve: Reserve::new(path, 0),
             last_ensure: None,
             disk_full: false,
+            errors: ErrorCounter::default(),
         })
     }
 
@@ -338,6 +347,7 @@ impl Store {
         }
         if self.reserve.release() {
             warn!(path = %self.path.display(), "the disk is full; gave back the buffer's reserve so the WAL can be checkpointed and confirmed points deleted");
+            self.errors.count("buffer", "reserve_released");
         }
         self.checkpoint();
     }
@@ -451,6 +461,7 @@ impl Store {
             match self.append_once(items) {
                 Err(e) if e.is_disk_full() => {
                     warn!(path = %self.path.display(), when_full = ?self.when_full, "the disk is full; the buffer takes new points only into room it frees");
+                    self.errors.count("buffer", "disk_full");
                     self.set_disk_full(true);
                 }
                 other => return other,
@@ -518,6 +529,7 @@ impl Store {
             .query_row(&format!("PRAGMA max_page_count = {limit}"), [], |_| Ok(()))
         {
             warn!(path = %self.path.display(), error = %e, "cannot bound the buffer database's size");
+            self.errors.count("buffer", "max_page_count");
         }
     }
 
@@ -577,16 +589,19 @@ impl Store {
             Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull));
         if full && self.reserve.release() {
             warn!(path = %self.path.display(), "the disk is full; gave back the buffer's reserve so the WAL can be checkpointed");
+            self.errors.count("buffer", "reserve_released");
             checkpoint = restart(&self.conn);
         }
         match checkpoint {
             Ok((0, _, _)) => true,
             Ok((_, log, done)) => {
                 warn!(path = %self.path.display(), log, done, "the WAL could not be checkpointed whole; readers held it");
+                self.errors.count("buffer", "checkpoint_busy");
                 false
             }
             Err(e) => {
                 warn!(path = %self.path.display(), error = %e, "the WAL could not be checkpointed; the disk has no room for the database to grow");
+                self.errors.count("buffer", "checkpoint_failed");
                 false
             }
         }

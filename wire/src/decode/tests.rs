@@ -218,3 +218,52 @@ fn a_status_without_the_clock_from_an_older_agent_still_decodes() {
     assert_eq!(decoded.batch.status.backlog_points, 4);
     assert_eq!(decoded.batch.status.clock, None);
 }
+
+mod extremes {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// u64 counters in a field: up to i64::MAX they are integers; past it the batch is
+        /// malformed with a reason (a field is a signed 64-bit integer), never a panic or a
+        /// wrapped value.
+        #[test]
+        fn unsigned_counters_fit_or_are_refused_with_a_reason(value in any::<u64>(), ts in any::<i64>()) {
+            let mut body = Vec::new();
+            rmp::encode::write_array_len(&mut body, 9).unwrap();
+            rmp::encode::write_str(&mut body, "a").unwrap();
+            rmp::encode::write_str(&mut body, "e").unwrap();
+            rmp::encode::write_uint(&mut body, 1).unwrap();
+            rmp::encode::write_uint(&mut body, 1).unwrap();
+            rmp::encode::write_uint(&mut body, 0).unwrap();
+            rmp::encode::write_sint(&mut body, 0).unwrap();
+            rmp::encode::write_array_len(&mut body, 3).unwrap();
+            rmp::encode::write_uint(&mut body, 0).unwrap();
+            rmp::encode::write_uint(&mut body, 0).unwrap();
+            rmp::encode::write_nil(&mut body).unwrap();
+            rmp::encode::write_array_len(&mut body, 1).unwrap();
+            rmp::encode::write_array_len(&mut body, 4).unwrap();
+            rmp::encode::write_str(&mut body, "m").unwrap();
+            rmp::encode::write_map_len(&mut body, 0).unwrap();
+            rmp::encode::write_map_len(&mut body, 1).unwrap();
+            rmp::encode::write_str(&mut body, "count").unwrap();
+            rmp::encode::write_uint(&mut body, value).unwrap();
+            rmp::encode::write_sint(&mut body, ts).unwrap();
+            rmp::encode::write_array_len(&mut body, 0).unwrap();
+            match decode_batch_limited(&body, Encoding::MsgPack, DecodeLimits::NONE) {
+                Ok(decoded) => {
+                    prop_assert!(value <= i64::MAX as u64);
+                    prop_assert_eq!(&decoded.batch.points[0].fields["count"], &FieldValue::I64(value as i64));
+                    prop_assert_eq!(decoded.batch.points[0].ts, ts);
+                }
+                Err(DecodeError::Malformed(reason)) => {
+                    prop_assert!(value > i64::MAX as u64);
+                    prop_assert!(reason.contains("does not fit"), "{}", reason);
+                }
+                Err(other) => prop_assert!(false, "{}", other),
+            }
+        }
+    }
+}

@@ -30,6 +30,7 @@ fn open(dir: &tempfile::TempDir, max_size: u64, when_full: WhenFull) -> (Store, 
         when_full,
         Arc::clone(&depth),
         0,
+        Default::default(),
     )
     .unwrap();
     (store, depth)

@@ -669,3 +669,23 @@ async fn a_field_type_conflict_is_quarantined() {
     let ack = store(&storage, "a1", b, 6).await.unwrap();
     assert_eq!((ack.stored, ack.quarantined), (0, 1));
 }
+
+/// A point with 10,000 tags (and 64 KiB strings in a tag and a field) is stored and reads back.
+#[tokio::test]
+async fn a_point_with_ten_thousand_tags_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(&dir);
+    let mut b = batch("e1", 1, &[1]);
+    for i in 0..10_000 {
+        b.points[0].tags.insert(format!("k{i}"), format!("v{i}"));
+    }
+    b.points[0].tags.insert("long".into(), "t".repeat(65_536));
+    b.points[0]
+        .fields
+        .insert("text".into(), FieldValue::Str("s".repeat(65_536)));
+    let ack = store(&storage, "a1", b, 5).await.unwrap();
+    assert_eq!((ack.stored, ack.quarantined), (1, 0));
+    let result = all(&storage, "temp").await;
+    assert_eq!(result.series.len(), 2);
+    assert!(result.series.iter().all(|s| s.tags.len() == 10_002));
+}
