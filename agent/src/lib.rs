@@ -14,12 +14,38 @@
 //! and the forwarder run on (an invalid file is refused and the running inputs keep going).
 //! `main.rs` only parses the command line.
 
+/// Declares a module under the panic policy (RELIABILITY.md): it reads what devices and files
+/// send, so outside tests clippy denies what can panic on data (overflowing arithmetic,
+/// indexing, unwrap, explicit panics). The `wire` and `collector` crates deny the same set
+/// crate-wide.
+macro_rules! panic_free_mod {
+    ($(#[$meta:meta])* $vis:vis mod $name:ident;) => {
+        #[cfg_attr(
+            not(test),
+            deny(
+                clippy::arithmetic_side_effects,
+                clippy::indexing_slicing,
+                clippy::unwrap_used,
+                clippy::expect_used,
+                clippy::panic,
+                clippy::unreachable
+            )
+        )]
+        $(#[$meta])*
+        $vis mod $name;
+    };
+}
+
 pub mod backoff;
 pub mod buffer;
-pub mod clock;
+panic_free_mod!(
+    pub mod clock;
+);
 pub mod commands;
 pub mod config;
-pub mod format;
+panic_free_mod!(
+    pub mod format;
+);
 pub mod forward;
 pub mod http;
 pub mod inputs;

@@ -23,7 +23,7 @@ use tributary_bench::harness::{
 };
 
 use crate::sys::{MemoryCgroup, Netns, Tmpfs, signal};
-use crate::{Background, NAME, blocking, settle, topic};
+use crate::{Background, NAME, blocking, settle, start_agent, topic};
 
 fn assert_exactly_once(verdict: &tributary_bench::harness::Verdict) {
     assert!(
@@ -183,21 +183,14 @@ async fn collector_on_a_full_disk_answers_503_and_resumes_exactly_once() {
         &[("edge-1", &token)],
     )
     .unwrap();
-    let config = agent_config(
-        "edge-1",
+    let agent = start_agent(
+        &dir.path().join("agent"),
         &dir.path().join("agent/data"),
         &collector.url(),
-        &broker.url(),
-        free_port(),
+        &broker,
         "",
-        "",
-    );
-    let agent = AgentProcess::start(
-        &dir.path().join("agent"),
-        &config,
         &[("TRIBUTARY_TOKEN", &token)],
-    )
-    .unwrap();
+    );
     let healthz = format!("{}/healthz", collector.url());
     assert_eq!(get(&healthz).await.0, 200);
 
@@ -245,25 +238,18 @@ async fn a_blackholed_partition_heals_and_the_agent_drains_exactly_once() {
         },
     )
     .unwrap();
-    let config = agent_config(
-        "edge-1",
+    let mut agent = start_agent(
+        &dir.path().join("agent"),
         &dir.path().join("agent/data"),
         &collector.url(),
-        &broker.url(),
-        free_port(),
+        &broker,
         "",
-        "",
-    );
-    let mut agent = AgentProcess::start(
-        &dir.path().join("agent"),
-        &config,
         &[
             ("TRIBUTARY_TOKEN", &token),
             ("TRIBUTARY_AGENT__FORWARD__TIMEOUT", "2s"),
             ("TRIBUTARY_AGENT__FORWARD__CONNECT_TIMEOUT", "1s"),
         ],
-    )
-    .unwrap();
+    );
 
     let background = Background::start(broker.port, 0..3_000, 200).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -330,21 +316,14 @@ async fn a_paused_collector_moves_no_timestamp() {
     let broker =
         Mosquitto::start(&dir.path().join("broker"), &MosquittoOptions::default()).unwrap();
     let collector = skew_correcting_collector(dir.path(), &token);
-    let config = agent_config(
-        "edge-1",
+    let agent = start_agent(
+        &dir.path().join("agent"),
         &dir.path().join("agent/data"),
         &collector.url(),
-        &broker.url(),
-        free_port(),
+        &broker,
         "",
-        "",
-    );
-    let agent = AgentProcess::start(
-        &dir.path().join("agent"),
-        &config,
         &[("TRIBUTARY_TOKEN", &token)],
-    )
-    .unwrap();
+    );
     let pid = collector.pid().unwrap();
     let publisher = Publisher::connect(broker.port, "publisher", 100).await;
     let mut sent: HashMap<u64, i64> = HashMap::new();
@@ -415,31 +394,24 @@ async fn faked_clock_is_corrected(offset: &str) {
     let broker =
         Mosquitto::start(&dir.path().join("broker"), &MosquittoOptions::default()).unwrap();
     let collector = skew_correcting_collector(dir.path(), &token);
-    let config = agent_config(
-        "edge-1",
-        &dir.path().join("agent/data"),
-        &collector.url(),
-        &broker.url(),
-        free_port(),
-        "",
-        "",
-    );
     let library = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
     assert!(
         std::path::Path::new(library).exists(),
         "libfaketime is missing (apt install faketime; scripts/test does)"
     );
-    let agent = AgentProcess::start(
+    let agent = start_agent(
         &dir.path().join("agent"),
-        &config,
+        &dir.path().join("agent/data"),
+        &collector.url(),
+        &broker,
+        "",
         &[
             ("TRIBUTARY_TOKEN", &token),
             ("LD_PRELOAD", library),
             ("FAKETIME", offset),
             ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
         ],
-    )
-    .unwrap();
+    );
     let publisher = Publisher::connect(broker.port, "publisher", 100).await;
     let mut sent: HashMap<u64, i64> = HashMap::new();
     for id in 0..200u64 {
@@ -569,21 +541,14 @@ async fn eight_concurrent_bombs_stay_within_the_documented_memory_bound() {
     )
     .unwrap();
     cgroup.add(collector.pid().unwrap());
-    let config = agent_config(
-        "edge-1",
+    let agent = start_agent(
+        &dir.path().join("agent"),
         &dir.path().join("agent/data"),
         &collector.url(),
-        &broker.url(),
-        free_port(),
+        &broker,
         "",
-        "",
-    );
-    let agent = AgentProcess::start(
-        &dir.path().join("agent"),
-        &config,
         &[("TRIBUTARY_TOKEN", &token)],
-    )
-    .unwrap();
+    );
     let background = Background::start(broker.port, 0..2_000, 200).await;
 
     // 3.6 million 9-byte points: 31 MiB of MessagePack, a few hundred KB compressed.
@@ -673,21 +638,14 @@ async fn hostile_bodies_get_their_4xx_and_the_collector_serves_on() {
         "max_body_size = \"1MiB\"\nmax_decompressed_size = \"8MiB\"\nmax_decoded_size = \"8MiB\"\nbody_timeout = \"2s\"",
     )
     .unwrap();
-    let config = agent_config(
-        "edge-1",
+    let agent = start_agent(
+        &dir.path().join("agent"),
         &dir.path().join("agent/data"),
         &collector.url(),
-        &broker.url(),
-        free_port(),
+        &broker,
         "",
-        "",
-    );
-    let agent = AgentProcess::start(
-        &dir.path().join("agent"),
-        &config,
         &[("TRIBUTARY_TOKEN", &token)],
-    )
-    .unwrap();
+    );
     let background = Background::start(broker.port, 0..2_000, 200).await;
     let base = collector.url();
     let msgpack = "application/vnd.tributary.batch.v1+msgpack";

@@ -191,6 +191,29 @@ pub fn setup(broker_options: &MosquittoOptions, extra: &str, env: &[(&str, &str)
     }
 }
 
+/// Starts agent `edge-1` with the test MQTT input (`agent_config`) against `broker` and
+/// `collector_url`: its files in `dir`, its buffer in `data_dir`, `extra` appended to its
+/// configuration, and `env` (the token among it).
+pub fn start_agent(
+    dir: &std::path::Path,
+    data_dir: &std::path::Path,
+    collector_url: &str,
+    broker: &Mosquitto,
+    extra: &str,
+    env: &[(&str, &str)],
+) -> AgentProcess {
+    let config = agent_config(
+        "edge-1",
+        data_dir,
+        collector_url,
+        &broker.url(),
+        free_port(),
+        "",
+        extra,
+    );
+    AgentProcess::start(dir, &config, env).unwrap()
+}
+
 /// A publisher sending a range of ids in the background.
 pub struct Background {
     publisher: Arc<Publisher>,

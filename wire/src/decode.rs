@@ -27,7 +27,7 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor
 
 use crate::batch::{AgentStatus, Batch, Reject};
 use crate::codec::{DecodeError, Encoding};
-use crate::point::{FieldValue, Point};
+use crate::point::{FieldValue, FieldValueVisitor, Point, StringSink};
 
 /// How much one decoded batch may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -474,35 +474,13 @@ impl<'de> DeserializeSeed<'de> for ValueSeed<'_> {
     type Value = FieldValue;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<FieldValue, D::Error> {
-        deserializer.deserialize_any(self)
+        deserializer.deserialize_any(FieldValueVisitor(self))
     }
 }
 
-impl Visitor<'_> for ValueSeed<'_> {
-    type Value = FieldValue;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a number, boolean or string")
-    }
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<FieldValue, E> {
-        Ok(FieldValue::Bool(v))
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<FieldValue, E> {
-        Ok(FieldValue::I64(v))
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<FieldValue, E> {
-        i64::try_from(v)
-            .map(FieldValue::I64)
-            .map_err(|_| E::custom(format!("integer {v} does not fit in a signed 64-bit field")))
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<FieldValue, E> {
-        Ok(FieldValue::F64(v))
-    }
-    fn visit_f32<E: de::Error>(self, v: f32) -> Result<FieldValue, E> {
-        Ok(FieldValue::F64(f64::from(v)))
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<FieldValue, E> {
-        self.0.string(v).map(FieldValue::Str)
+impl StringSink for ValueSeed<'_> {
+    fn take<E: de::Error>(self, text: &str) -> Result<String, E> {
+        self.0.string(text)
     }
 }
 

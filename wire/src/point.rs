@@ -105,41 +105,54 @@ impl Serialize for FieldValue {
     }
 }
 
+/// Where a decoded string value goes: copied as it is, or charged against a decoding budget
+/// first (`crate::decode`).
+pub(crate) trait StringSink {
+    fn take<E: de::Error>(self, text: &str) -> Result<String, E>;
+}
+
+/// Copies strings as they are.
+struct Unlimited;
+
+impl StringSink for Unlimited {
+    fn take<E: de::Error>(self, text: &str) -> Result<String, E> {
+        Ok(text.to_owned())
+    }
+}
+
+/// Reads a field's value: a number, boolean or string (the encoding carries the type).
+pub(crate) struct FieldValueVisitor<S>(pub S);
+
+impl<S: StringSink> Visitor<'_> for FieldValueVisitor<S> {
+    type Value = FieldValue;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a number, boolean or string")
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<FieldValue, E> {
+        Ok(FieldValue::Bool(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<FieldValue, E> {
+        Ok(FieldValue::I64(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<FieldValue, E> {
+        i64::try_from(v)
+            .map(FieldValue::I64)
+            .map_err(|_| E::custom(format!("integer {v} does not fit in a signed 64-bit field")))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<FieldValue, E> {
+        Ok(FieldValue::F64(v))
+    }
+    fn visit_f32<E: de::Error>(self, v: f32) -> Result<FieldValue, E> {
+        Ok(FieldValue::F64(f64::from(v)))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<FieldValue, E> {
+        self.0.take(v).map(FieldValue::Str)
+    }
+}
+
 impl<'de> Deserialize<'de> for FieldValue {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct FieldValueVisitor;
-
-        impl Visitor<'_> for FieldValueVisitor {
-            type Value = FieldValue;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a number, boolean or string")
-            }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<FieldValue, E> {
-                Ok(FieldValue::Bool(v))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<FieldValue, E> {
-                Ok(FieldValue::I64(v))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<FieldValue, E> {
-                i64::try_from(v).map(FieldValue::I64).map_err(|_| {
-                    E::custom(format!("integer {v} does not fit in a signed 64-bit field"))
-                })
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<FieldValue, E> {
-                Ok(FieldValue::F64(v))
-            }
-            fn visit_f32<E: de::Error>(self, v: f32) -> Result<FieldValue, E> {
-                Ok(FieldValue::F64(f64::from(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<FieldValue, E> {
-                Ok(FieldValue::Str(v.to_owned()))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<FieldValue, E> {
-                Ok(FieldValue::Str(v))
-            }
-        }
-
-        deserializer.deserialize_any(FieldValueVisitor)
+        deserializer.deserialize_any(FieldValueVisitor(Unlimited))
     }
 }

@@ -40,7 +40,9 @@
 //! Invariant: a point is deleted only after the collector answered 2xx naming a
 //! `committed_through` at or above its sequence (or by the overflow policy, counted).
 
-pub mod points;
+panic_free_mod!(
+    pub mod points;
+);
 pub mod repair;
 pub mod reserve;
 pub mod store;

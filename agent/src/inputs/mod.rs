@@ -7,7 +7,9 @@ pub mod http;
 pub mod mqtt;
 pub mod own;
 pub mod polled;
-pub mod prometheus;
+panic_free_mod!(
+    pub mod prometheus;
+);
 pub mod schedule;
 pub mod sql;
 pub mod system;

@@ -19,7 +19,9 @@
 //! session resubscribes.
 
 pub mod config;
-pub mod topic;
+panic_free_mod!(
+    pub mod topic;
+);
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
