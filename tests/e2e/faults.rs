@@ -290,6 +290,25 @@ async fn stored_times(collector_url: &str) -> HashMap<u64, i64> {
     times
 }
 
+/// Waits for the publisher's acks and the agent's drain, checks exactly once, and returns
+/// the stored timestamps.
+async fn settled_times(
+    publisher: Publisher,
+    collector: &CollectorProcess,
+    agent: &AgentProcess,
+) -> HashMap<u64, i64> {
+    let acked = publisher.finish(Duration::from_secs(60)).await;
+    let verdict = settle(
+        &collector.url(),
+        Some(agent),
+        &acked,
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_exactly_once(&verdict);
+    stored_times(&collector.url()).await
+}
+
 fn now_ms() -> i64 {
     tributary_wire::time::now_ns() / 1_000_000
 }
@@ -354,16 +373,7 @@ async fn a_paused_collector_moves_no_timestamp() {
     if !resumed {
         signal(pid, "CONT");
     }
-    let acked = publisher.finish(Duration::from_secs(60)).await;
-    let verdict = settle(
-        &collector.url(),
-        Some(&agent),
-        &acked,
-        Duration::from_secs(120),
-    )
-    .await;
-    assert_exactly_once(&verdict);
-    let stored = stored_times(&collector.url()).await;
+    let stored = settled_times(publisher, &collector, &agent).await;
     let moved: Vec<(u64, i64)> = sent
         .iter()
         .filter_map(|(id, ms)| {
@@ -421,16 +431,7 @@ async fn faked_clock_is_corrected(offset: &str) {
             .await;
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let acked = publisher.finish(Duration::from_secs(60)).await;
-    let verdict = settle(
-        &collector.url(),
-        Some(&agent),
-        &acked,
-        Duration::from_secs(60),
-    )
-    .await;
-    assert_exactly_once(&verdict);
-    let stored = stored_times(&collector.url()).await;
+    let stored = settled_times(publisher, &collector, &agent).await;
     let worst = sent
         .iter()
         .map(|(id, at)| (stored[id] - at).abs())
@@ -491,29 +492,28 @@ async fn kill9_loops_of_either_program_lose_and_double_nothing() {
 }
 
 /// A MessagePack batch of `points` tiny points, zstd-compressed: the shape of D2's attack
-/// (537 KB on the wire, 3.6 million points, 1.4 GB once decoded).
+/// (537 KB on the wire, 3.6 million points, 1.4 GB once decoded). Made by the agent's own
+/// encoder from one encoded point repeated.
 fn bomb(agent: &str, points: u64) -> Vec<u8> {
-    let mut body = Vec::new();
-    rmp::encode::write_array_len(&mut body, 9).unwrap();
-    rmp::encode::write_str(&mut body, agent).unwrap();
-    rmp::encode::write_str(&mut body, "bomb-epoch").unwrap();
-    rmp::encode::write_uint(&mut body, 1).unwrap();
-    rmp::encode::write_uint(&mut body, points).unwrap();
-    rmp::encode::write_uint(&mut body, 0).unwrap();
-    rmp::encode::write_sint(&mut body, 0).unwrap();
-    // Status: backlog points, bytes, oldest unsent (nil).
-    rmp::encode::write_array_len(&mut body, 3).unwrap();
-    rmp::encode::write_uint(&mut body, 0).unwrap();
-    rmp::encode::write_uint(&mut body, 0).unwrap();
-    rmp::encode::write_nil(&mut body).unwrap();
-    rmp::encode::write_array_len(&mut body, points as u32).unwrap();
     // [name "a", tags {}, fields {"v": 1}, ts 0]: 9 bytes a point.
-    let point = [0x94, 0xa1, b'a', 0x80, 0x81, 0xa1, b'v', 0x01, 0x00];
-    for _ in 0..points {
-        body.extend_from_slice(&point);
-    }
-    rmp::encode::write_array_len(&mut body, 0).unwrap();
-    zstd::bulk::compress(&body, 19).unwrap()
+    let point: &[u8] = &[0x94, 0xa1, b'a', 0x80, 0x81, 0xa1, b'v', 0x01, 0x00];
+    let header = tributary_wire::codec::BatchHeader {
+        agent_id: agent.into(),
+        epoch: "bomb-epoch".into(),
+        first_seq: 1,
+        last_seq: points,
+        dropped: 0,
+        sent_at: 0,
+        status: Default::default(),
+    };
+    tributary_wire::codec::encode_stored_batch_compressed(
+        &header,
+        std::iter::repeat_n(point, points as usize),
+        &[],
+        tributary_wire::codec::Encoding::MsgPack,
+        19,
+    )
+    .unwrap()
 }
 
 /// The collector's documented memory bound (README, "Memory") for the test's settings:

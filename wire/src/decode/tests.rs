@@ -231,27 +231,31 @@ mod extremes {
         /// wrapped value.
         #[test]
         fn unsigned_counters_fit_or_are_refused_with_a_reason(value in any::<u64>(), ts in any::<i64>()) {
-            let mut body = Vec::new();
-            rmp::encode::write_array_len(&mut body, 9).unwrap();
-            rmp::encode::write_str(&mut body, "a").unwrap();
-            rmp::encode::write_str(&mut body, "e").unwrap();
-            rmp::encode::write_uint(&mut body, 1).unwrap();
-            rmp::encode::write_uint(&mut body, 1).unwrap();
-            rmp::encode::write_uint(&mut body, 0).unwrap();
-            rmp::encode::write_sint(&mut body, 0).unwrap();
-            rmp::encode::write_array_len(&mut body, 3).unwrap();
-            rmp::encode::write_uint(&mut body, 0).unwrap();
-            rmp::encode::write_uint(&mut body, 0).unwrap();
-            rmp::encode::write_nil(&mut body).unwrap();
-            rmp::encode::write_array_len(&mut body, 1).unwrap();
-            rmp::encode::write_array_len(&mut body, 4).unwrap();
-            rmp::encode::write_str(&mut body, "m").unwrap();
-            rmp::encode::write_map_len(&mut body, 0).unwrap();
-            rmp::encode::write_map_len(&mut body, 1).unwrap();
-            rmp::encode::write_str(&mut body, "count").unwrap();
-            rmp::encode::write_uint(&mut body, value).unwrap();
-            rmp::encode::write_sint(&mut body, ts).unwrap();
-            rmp::encode::write_array_len(&mut body, 0).unwrap();
+            // One point with the counter, spliced into a batch as the agent sends it.
+            let mut point = Vec::new();
+            rmp::encode::write_array_len(&mut point, 4).unwrap();
+            rmp::encode::write_str(&mut point, "m").unwrap();
+            rmp::encode::write_map_len(&mut point, 0).unwrap();
+            rmp::encode::write_map_len(&mut point, 1).unwrap();
+            rmp::encode::write_str(&mut point, "count").unwrap();
+            rmp::encode::write_uint(&mut point, value).unwrap();
+            rmp::encode::write_sint(&mut point, ts).unwrap();
+            let header = crate::codec::BatchHeader {
+                agent_id: "a".into(),
+                epoch: "e".into(),
+                first_seq: 1,
+                last_seq: 1,
+                dropped: 0,
+                sent_at: 0,
+                status: AgentStatus::default(),
+            };
+            let body = crate::codec::encode_stored_batch(
+                &header,
+                std::iter::once(point.as_slice()),
+                &[],
+                Encoding::MsgPack,
+            )
+            .unwrap();
             match decode_batch_limited(&body, Encoding::MsgPack, DecodeLimits::NONE) {
                 Ok(decoded) => {
                     prop_assert!(value <= i64::MAX as u64);
