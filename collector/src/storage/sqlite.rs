@@ -15,7 +15,7 @@ use tributary_wire::{BatchAck, FieldValue, Point};
 
 use self::chunks::ChunkWriter;
 use self::rollups::RollupWriter;
-use super::series::{SeriesCache, ValueClass, canonical_tags};
+use super::series::{Entry, SeriesCache, ValueClass, canonical_tags};
 use super::{
     AgentRecord, EpochMark, Origin, QuarantineRecord, QueryResult, RawQuery, RetentionReport,
     SeriesInfo, SeriesPoints, StorageError, StorageOptions, StoreHealth, Stored, SubmitError,
@@ -1036,8 +1036,7 @@ pub(crate) fn account_gap(mark: u64, first_seq: u64, dropped: u64, explained: u6
 /// A field whose value is of another class than its series holds (a string into a number
 /// series): the point is refused whole, as InfluxDB refuses such a line, so a series keeps one
 /// class and its rollups stay those of its numbers.
-fn type_conflict(series: &SeriesCache, point: &Point, agent: &str) -> Option<Rejection> {
-    let entry = series.entry(&point.name, &point.tags, agent)?;
+fn type_conflict(entry: &Entry, point: &Point) -> Option<Rejection> {
     point.fields.iter().find_map(|(field, value)| {
         let (_, class) = entry.field_class(field)?;
         let got = ValueClass::of(value);
@@ -1109,13 +1108,17 @@ fn store_batch<'a>(
                 duplicates = duplicates.saturating_add(1);
                 continue;
             }
+            // The agent tag comes from the token, so a device cannot write as another.
+            // One lookup for the point serves the type check and, for a known series (the
+            // common case), its ids.
+            let entry = series.entry(&point.name, &point.tags, &job.agent_id);
             let rejection = match (&pending.poison, verdicts.get(index)) {
                 (Some(reason), _) => Some(Rejection {
                     rule: "storage".into(),
                     reason: reason.clone(),
                 }),
                 (None, Some(Some(rejection))) => Some(rejection.clone()),
-                _ => type_conflict(series, point, &job.agent_id),
+                _ => entry.and_then(|entry| type_conflict(entry, point)),
             };
             if let Some(rejection) = rejection {
                 let line = tributary_wire::line_protocol::format_point(point);
@@ -1141,9 +1144,7 @@ fn store_batch<'a>(
                 }
                 continue;
             }
-            // The agent tag comes from the token, so a device cannot write as another.
-            // Known series (the common case): one lookup for the point, one per field.
-            if let Some(entry) = series.entry(&point.name, &point.tags, &job.agent_id)
+            if let Some(entry) = entry
                 && point.fields.keys().all(|f| entry.field(f).is_some())
             {
                 for (field, value) in &point.fields {
