@@ -259,3 +259,103 @@ async fn the_collector_refuses_bad_requests_with_a_json_reason() {
     let health = http().get(format!("{url}/healthz")).send().await.unwrap();
     assert_eq!(health.status().as_u16(), 200);
 }
+
+/// Regression for D1 of the adversarial run: with `[time] max_future = "off"`, a reading at
+/// the end of the `i64` range aborted the collector (chunk arithmetic overflowed), and again on
+/// every restart, as its agent sent it again: 11 deaths in 40 s, nothing stored for anyone.
+/// Now it is quarantined with its reason, through line protocol and through an agent, and
+/// everything around it is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reading_at_the_end_of_time_is_quarantined_and_the_collector_lives() {
+    let dir = tempfile::tempdir().unwrap();
+    let (token, _) = token_pair("edge-1");
+    let broker = tributary_bench::harness::Mosquitto::start(
+        &dir.path().join("broker"),
+        &MosquittoOptions::default(),
+    )
+    .unwrap();
+    let mut collector = CollectorProcess::start_custom(
+        &dir.path().join("collector"),
+        &[("edge-1", &token)],
+        &tributary_bench::harness::CollectorOptions {
+            extra: "[time]\nmax_future = \"off\"\n".into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let url = collector.url();
+    let answer = http()
+        .post(format!("{url}/api/v2/write"))
+        .header("authorization", format!("Token {token}"))
+        .body("x,k=v value=1 9223372036854775807\nx,k=v value=2 1700000000000000000\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 400);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(
+        (body["stored"].as_u64(), body["quarantined"].as_u64()),
+        (Some(1), Some(1)),
+        "{body}"
+    );
+    assert!(
+        body["rejected"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("storable range"),
+        "{body}"
+    );
+
+    // Through an agent: the reading carries its own time at the end of the range.
+    let agent = crate::start_agent(
+        &dir.path().join("agent"),
+        &dir.path().join("agent/data"),
+        &url,
+        &broker,
+        "",
+        &[("TRIBUTARY_TOKEN", &token)],
+    );
+    let publisher = Publisher::connect(broker.port, "publisher", 10).await;
+    publisher.publish(0, &topic(0), payload(0)).await;
+    publisher
+        .publish(
+            1,
+            &topic(1),
+            b"{\"id\": 1, \"ts\": 9223372036854775807}".to_vec(),
+        )
+        .await;
+    publisher.publish(2, &topic(2), payload(2)).await;
+    let mut acked = publisher.finish(Duration::from_secs(30)).await;
+    assert!(acked.remove(&1));
+    let verdict = settle(&url, Some(&agent), &acked, Duration::from_secs(60)).await;
+    assert!(verdict.exactly_once(), "{verdict:?}");
+    assert_eq!(verdict.stored_points, 2);
+    assert!(blocking(|| collector.process().is_running()));
+    // And it starts again over that data.
+    blocking(|| collector.restart()).unwrap();
+    assert_eq!(
+        http()
+            .get(format!("{url}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+    let quarantined = query_json(&url, "/api/v1/quarantine").await.unwrap();
+    let reasons: Vec<&str> = quarantined["records"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["reason"].as_str())
+        .collect();
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| r.contains("storable range"))
+            .count(),
+        2,
+        "{quarantined}"
+    );
+}
