@@ -80,9 +80,10 @@ pub struct AgentStatus {
     /// Event time of the oldest point still buffered after this batch, if any.
     pub oldest_unsent_ts: Option<i64>,
     /// The agent's estimate of its clock's offset from the collector's, if it has a recent
-    /// one. Absent from agents before it (the last element of the array: older collectors
-    /// refuse a status with it, so upgrade collectors first).
-    #[serde(default)]
+    /// one. Absent from agents before it; and left out when there is none, so a status
+    /// without it is the three elements older collectors read (an agent has an estimate only
+    /// from a collector that sends its times, i.e. one that reads the fourth element).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock: Option<ClockEstimate>,
 }
 

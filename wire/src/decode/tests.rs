@@ -217,6 +217,18 @@ fn a_status_without_the_clock_from_an_older_agent_still_decodes() {
     let decoded = decode_batch_limited(&body, Encoding::MsgPack, DecodeLimits::NONE).unwrap();
     assert_eq!(decoded.batch.status.backlog_points, 4);
     assert_eq!(decoded.batch.status.clock, None);
+    // And the other way: a status without an estimate is the three elements an older
+    // collector reads (it refuses a fourth).
+    let status = AgentStatus {
+        backlog_points: 4,
+        backlog_bytes: 5,
+        oldest_unsent_ts: None,
+        clock: None,
+    };
+    assert_eq!(
+        rmp_serde::to_vec(&status).unwrap(),
+        rmp_serde::to_vec(&OldStatus(4, 5, None)).unwrap()
+    );
 }
 
 mod extremes {
