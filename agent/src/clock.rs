@@ -27,7 +27,7 @@ const SAMPLES: usize = 8;
 pub const MAX_AGE: Duration = Duration::from_secs(15 * 60);
 
 /// How fast a local clock may drift, in parts per million (a cheap crystal is within 50).
-const DRIFT_PPM: u64 = 100;
+pub const DRIFT_PPM: u64 = 100;
 
 /// How far the wall clock may move from the monotonic clock before it counts as stepped (ns).
 const STEP_TOLERANCE_NS: i64 = 250_000_000;

@@ -7,7 +7,7 @@
 //! `BENCHMARKS.md` ("wire encoding").
 //!
 //! The agent stores each buffered point already encoded ([`codec::encode_point`]), and
-//! [`codec::BatchEncoder`] splices those stored bytes into a batch without decoding them again.
+//! [`codec::encode_stored_batch`] splices those stored bytes into a batch without decoding them again.
 //! A test proves the spliced bytes equal what `rmp_serde` produces for the whole [`Batch`].
 
 // Panic policy (RELIABILITY.md): with `panic = "abort"`, a panic that outside data can reach

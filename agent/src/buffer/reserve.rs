@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 pub const RESERVE_FILE: &str = "buffer.reserve";
 
 /// With the reserve off, the disk counts as having room again once this much is free.
-const ROOM_WITHOUT_RESERVE: u64 = 16 << 20;
+pub const ROOM_WITHOUT_RESERVE: u64 = 16 << 20;
 
 /// The held-back space.
 #[derive(Debug)]
