@@ -120,7 +120,7 @@ fn documented_example_loads_with_the_defaults_it_states() {
     assert_eq!(m.client_id, "tributary-pump-7");
 }
 
-/// DESIGN.md's minimal configuration (the tables this agent has so far) works as written.
+/// The minimal configuration the README shows (the tables this agent has) works as written.
 #[test]
 fn minimal_configuration_from_the_design_works() {
     let config = load(

@@ -476,6 +476,10 @@ impl Oracle {
             &format!("/api/v1/query?name={name}&field=id"),
         )
         .await?;
+        // A cut answer would hide doubles and losses past the cut: refuse to judge it.
+        if answer["truncated"].as_bool() == Some(true) {
+            anyhow::bail!("the collector's answer is truncated; raise query.max_points");
+        }
         let mut counts = HashMap::new();
         let mut points = 0;
         for series in answer["series"].as_array().into_iter().flatten() {

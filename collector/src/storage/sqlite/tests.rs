@@ -693,3 +693,47 @@ async fn a_point_with_ten_thousand_tags_is_stored() {
     // Its 10,001 tags, the batch's device tag and the agent's.
     assert!(result.series.iter().all(|s| s.tags.len() == 10_003));
 }
+
+/// Gap accounting, alone: drop counts explain a jump once, whenever they arrived.
+#[test]
+fn gaps_are_explained_by_drop_counts_no_earlier_jump_used() {
+    // No jump: nothing missing, nothing used.
+    assert_eq!(
+        account_gap(10, 11, 5, 0),
+        GapAccount {
+            gaps: 0,
+            explained: 0
+        }
+    );
+    // A jump of 3 with 5 dropped: explained, 3 of the 5 used.
+    assert_eq!(
+        account_gap(10, 14, 5, 0),
+        GapAccount {
+            gaps: 0,
+            explained: 3
+        }
+    );
+    // The next jump of 3 finds only 2 unused: 1 gap.
+    assert_eq!(
+        account_gap(20, 24, 5, 3),
+        GapAccount {
+            gaps: 1,
+            explained: 5
+        }
+    );
+    // No drop count: all of it is a gap.
+    assert_eq!(
+        account_gap(0, 101, 0, 0),
+        GapAccount {
+            gaps: 100,
+            explained: 0
+        }
+    );
+    // A first sequence at or below the mark is no jump; the ends of u64 are arithmetic.
+    assert_eq!(account_gap(50, 10, 9, 0).gaps, 0);
+    assert_eq!(account_gap(u64::MAX, u64::MAX, u64::MAX, 0).gaps, 0);
+    assert_eq!(
+        account_gap(0, u64::MAX, u64::MAX, u64::MAX).explained,
+        u64::MAX
+    );
+}
