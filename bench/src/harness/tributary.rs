@@ -12,7 +12,13 @@ use super::{Process, free_port, wait_until};
 
 /// Where the built binaries are: `$TRIBUTARY_BIN_DIR`, else the target directory this test or
 /// benchmark binary was built into (`target/<profile>`).
+/// Under `cargo test`, the binaries there are built first (see `build_binaries`).
 pub fn bin_dir() -> PathBuf {
+    build_binaries();
+    target_bin_dir()
+}
+
+fn target_bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("TRIBUTARY_BIN_DIR") {
         return PathBuf::from(dir);
     }
@@ -25,6 +31,47 @@ pub fn bin_dir() -> PathBuf {
         dir.pop();
     }
     dir
+}
+
+/// Under `cargo test` (cargo sets `CARGO`), builds the binaries the tests run, once per test
+/// process, with the profile the test was built with: a `cargo test` without a `cargo build`
+/// first would otherwise run whatever binaries an older build left behind. Not with
+/// `TRIBUTARY_BIN_DIR` (the caller chose the binaries) nor outside cargo (the benchmarks).
+fn build_binaries() {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let Some(cargo) = std::env::var_os("CARGO") else {
+            return;
+        };
+        if std::env::var_os("TRIBUTARY_BIN_DIR").is_some() {
+            return;
+        }
+        let dir = target_bin_dir();
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("the bench crate is in the workspace");
+        let mut command = Command::new(cargo);
+        command
+            .current_dir(workspace)
+            .args(["build", "--workspace", "--bins", "--quiet"]);
+        if let Some(target) = dir.parent() {
+            command.env("CARGO_TARGET_DIR", target);
+        }
+        match dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") => {}
+            Some("release") => {
+                command.arg("--release");
+            }
+            Some(profile) => {
+                command.args(["--profile", profile]);
+            }
+            None => {}
+        }
+        let status = command
+            .status()
+            .expect("cargo runs to build the binaries under test");
+        assert!(status.success(), "building the binaries failed");
+    });
 }
 
 fn binary(name: &str) -> PathBuf {
