@@ -2,8 +2,8 @@
 //! `tributary-collector` binaries as processes, real SQLite files and real HTTP on loopback.
 //! Crashes are SIGKILL. Every wait is bounded.
 //!
-//! The binaries must be built first (`cargo build --workspace --bins`); the README's test
-//! command does that.
+//! The harness builds the binaries it runs (`cargo build --workspace --bins`, once per test
+//! process) unless `TRIBUTARY_BIN_DIR` names others.
 
 mod bad_input;
 mod collector_api;
