@@ -381,8 +381,30 @@ impl Storage {
 }
 
 impl Drop for Storage {
+    /// Closing joins the writer, which first commits what is queued: that must not block a
+    /// runtime worker (every task on it would stall). On a multi-threaded runtime the join
+    /// runs in `block_in_place`; on a current-thread runtime the threads are left to finish
+    /// by themselves (their queues close with the senders dropped here); outside a runtime it
+    /// joins. `serve` closes storage on the blocking pool before this runs.
     fn drop(&mut self) {
-        self.close();
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        match Handle::try_current().map(|handle| handle.runtime_flavor()) {
+            Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(|| self.close()),
+            Ok(_) => self.detach(),
+            Err(_) => self.close(),
+        }
+    }
+}
+
+impl Storage {
+    /// Stops taking jobs and lets the writer and checkpointer threads end by themselves.
+    fn detach(&mut self) {
+        self.jobs.take();
+        self.writer.take();
+        if let Some((stop, handle)) = self.checkpoints.take() {
+            drop(stop);
+            drop(handle);
+        }
     }
 }
 
