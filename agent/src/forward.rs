@@ -28,7 +28,7 @@ use tributary_wire::codec::{self, BatchHeader, Encoding};
 use tributary_wire::{AgentStatus, BatchAck, TimeAnswer};
 
 use crate::backoff::Backoff;
-use crate::buffer::{Control, ForwarderLink, Reader, StoreError, StoredBatch};
+use crate::buffer::{Control, ForwarderLink, Reader, StoreError, StoredBatch, WriterGone};
 use crate::clock::ClockFilter;
 use crate::config::{ForwardSettings, WireEncoding};
 use crate::format::truncate;
@@ -392,12 +392,7 @@ impl Forwarder {
                 .read_batch(after_seq, after_reject, max_points, max_bytes)
         })
         .await
-        .unwrap_or_else(|e| {
-            Err(StoreError::Invalid {
-                path: Default::default(),
-                message: format!("read task failed: {e}"),
-            })
-        })
+        .unwrap_or_else(|e| Err(StoreError::Task(e.to_string())))
     }
 
     /// Encodes and compresses off the executor; also looks up the oldest point left behind.
@@ -588,16 +583,10 @@ impl Forwarder {
                 reject_id,
                 done,
             })
-            .map_err(|_| StoreError::Invalid {
-                path: Default::default(),
-                message: "the buffer writer has stopped".into(),
-            })?;
-        result.await.unwrap_or_else(|_| {
-            Err(StoreError::Invalid {
-                path: Default::default(),
-                message: "the buffer writer has stopped".into(),
-            })
-        })
+            .map_err(|_| WriterGone)?;
+        result
+            .await
+            .unwrap_or(Err(StoreError::WriterGone(WriterGone)))
     }
 
     /// The collector refused the content: split until the refused point is alone, then move it

@@ -200,15 +200,11 @@ async fn load_saved(
         let _ = loaded_tx.send(saved);
         Ok(())
     });
-    let gone = || crate::buffer::StoreError::Invalid {
-        path: Default::default(),
-        message: "the buffer writer has stopped".into(),
-    };
     control
         .send(Control::Run { job, done })
-        .map_err(|_| gone())?;
-    answer.await.map_err(|_| gone())??;
-    loaded.await.map_err(|_| gone())
+        .map_err(|_| crate::buffer::WriterGone)?;
+    answer.await.map_err(|_| crate::buffer::WriterGone)??;
+    loaded.await.map_err(|_| crate::buffer::WriterGone.into())
 }
 
 /// Runs the agent until `shutdown` is cancelled, then shuts down in order. With

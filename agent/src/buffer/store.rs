@@ -94,6 +94,12 @@ pub enum StoreError {
     },
     #[error("buffer database {path}: {message}")]
     Invalid { path: PathBuf, message: String },
+    /// The buffer writer has stopped (the agent is shutting down).
+    #[error(transparent)]
+    WriterGone(#[from] super::WriterGone),
+    /// A blocking task that worked on the buffer failed.
+    #[error("a buffer task failed: {0}")]
+    Task(String),
     /// The disk is full and nothing may be dropped (`when_full = "block"`): new points wait
     /// for the forwarder's deletes.
     #[error(
@@ -107,7 +113,10 @@ impl StoreError {
     pub fn is_damage(&self) -> bool {
         match self {
             StoreError::Sqlite { source, .. } => super::repair::is_damage(source),
-            StoreError::Invalid { .. } | StoreError::DiskFull { .. } => false,
+            StoreError::Invalid { .. }
+            | StoreError::DiskFull { .. }
+            | StoreError::WriterGone(_)
+            | StoreError::Task(_) => false,
         }
     }
 
@@ -118,7 +127,7 @@ impl StoreError {
                 source.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
             }
             StoreError::DiskFull { .. } => true,
-            StoreError::Invalid { .. } => false,
+            StoreError::Invalid { .. } | StoreError::WriterGone(_) | StoreError::Task(_) => false,
         }
     }
 }

@@ -287,12 +287,7 @@ impl Writer {
             job(&mut store.lock().unwrap_or_else(PoisonError::into_inner))
         })
         .await
-        .unwrap_or_else(|e| {
-            Err(StoreError::Invalid {
-                path: Default::default(),
-                message: format!("buffer task failed: {e}"),
-            })
-        });
+        .unwrap_or_else(|e| Err(StoreError::Task(e.to_string())));
         self.publish_depth();
         let deleted = delete && result.is_ok();
         let _ = done.send(result);
