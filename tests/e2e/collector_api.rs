@@ -188,7 +188,13 @@ async fn golden_purchase_events_are_cleaned_labelled_and_summarised_per_user() {
     .await
     .unwrap();
     assert_eq!(raw["source"], "raw");
-    for (key, value) in per_user(&raw) {
+    let from_raw = per_user(&raw);
+    assert_eq!(
+        from_raw.len(),
+        got.len(),
+        "the raw answer covers every user and stat"
+    );
+    for (key, value) in from_raw {
         assert!(
             (value - got[&key]).abs() <= 1e-9 * value.abs().max(1.0),
             "{key:?}"
@@ -361,17 +367,36 @@ async fn line_protocol_writes_partially_and_the_api_exposes_the_result() {
     assert_eq!(response.status().as_u16(), 400);
     assert!(response.text().await.unwrap().contains("median"));
 
-    // Metrics: counters, latency histograms, each agent's health.
+    // Metrics: counters, latency histograms, each agent's health. Whole sample lines, so
+    // "… 9" cannot match 90, and no HELP line stands in for a sample.
     let metrics = query_text(&url, "/metrics").await.unwrap();
-    for needle in [
-        "tributary_collector_lines_received_total 9",
-        "tributary_collector_quarantined_total{reason=\"line_protocol\"} 2",
-        "tributary_collector_request_seconds_count{route=\"/api/v2/write\",method=\"POST\",status=\"204\"} 4",
-        "tributary_collector_agent_points_received_total{agent=\"telegraf\"} 7",
-        "tributary_collector_rollup_windows_written_total",
+    let sample = |series: &str| -> Option<f64> {
+        metrics
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    };
+    for (series, want) in [
+        ("tributary_collector_lines_received_total", 9.0),
+        (
+            "tributary_collector_quarantined_total{reason=\"line_protocol\"}",
+            2.0,
+        ),
+        (
+            "tributary_collector_request_seconds_count{route=\"/api/v2/write\",method=\"POST\",status=\"204\"}",
+            4.0,
+        ),
+        (
+            "tributary_collector_agent_points_received_total{agent=\"telegraf\"}",
+            7.0,
+        ),
     ] {
-        assert!(metrics.contains(needle), "{needle} in\n{metrics}");
+        assert_eq!(sample(series), Some(want), "{series} in\n{metrics}");
     }
+    assert!(
+        sample("tributary_collector_rollup_windows_written_total").is_some_and(|n| n > 0.0),
+        "rollup windows are written:\n{metrics}"
+    );
 
     // The OpenAPI document describes what is served.
     let doc = query_json(&url, "/api/v1/openapi.json").await.unwrap();
