@@ -46,7 +46,8 @@ async fn the_agents_figures_arrive_as_points() {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
-    assert!(received >= 200.0, "the input's receipts: {received}");
+    // Exactly the 200 published: a receipt counted twice would show.
+    assert_eq!(received, 200.0, "the input's receipts");
     let sent = query_json(
         &s.collector.url(),
         "/api/v1/query?name=tributary_agent&field=points_sent_total",
@@ -58,6 +59,7 @@ async fn the_agents_figures_arrive_as_points() {
         .and_then(|p| p.last())
         .and_then(|p| p[1].as_f64())
         .unwrap_or(0.0);
+    // The 200 readings and the agent's own figures (which travel as points too).
     assert!(
         last >= 200.0,
         "points sent as the agent reported them: {sent}"
