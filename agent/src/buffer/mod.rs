@@ -76,9 +76,9 @@ pub struct Ingest {
 impl Ingest {
     /// The bytes this item adds to the buffer, as counted against `max_size`.
     pub fn size(&self) -> u64 {
-        let points = self.points.byte_len() + self.points.len() * store::ROW_OVERHEAD;
-        let rejects: usize = self.rejects.iter().map(NewReject::size).sum();
-        (points + rejects) as u64
+        let points = store::size::points(self.points.byte_len(), self.points.len());
+        let rejects: u64 = self.rejects.iter().map(NewReject::size).sum();
+        points.saturating_add(rejects)
     }
 }
 
@@ -94,12 +94,13 @@ pub struct NewReject {
 
 impl NewReject {
     /// The bytes this reject takes, as counted against `max_size`.
-    pub fn size(&self) -> usize {
-        self.payload.len()
-            + self.topic.len()
-            + self.reason.len()
-            + self.source.len()
-            + store::ROW_OVERHEAD
+    pub fn size(&self) -> u64 {
+        store::size::reject(
+            self.payload.len(),
+            self.topic.len(),
+            self.reason.len(),
+            self.source.len(),
+        )
     }
 }
 

@@ -19,6 +19,36 @@ use crate::config::WhenFull;
 /// share rows, so this over-counts a little: the offset, and a share of the row's header).
 pub const ROW_OVERHEAD: usize = 16;
 
+/// What buffered data counts against `max_size`, written once: in Rust for what is in memory,
+/// and as SQL for what is in the tables. Every size the buffer keeps comes from these.
+pub mod size {
+    use super::ROW_OVERHEAD;
+
+    /// Points whose encodings take `bytes`, `count` of them.
+    pub fn points(bytes: usize, count: usize) -> u64 {
+        bytes.saturating_add(count.saturating_mul(ROW_OVERHEAD)) as u64
+    }
+
+    /// A reject, from the lengths of its payload, topic, reason and source.
+    pub fn reject(payload: usize, topic: usize, reason: usize, source: usize) -> u64 {
+        [payload, topic, reason, source, ROW_OVERHEAD]
+            .iter()
+            .fold(0usize, |sum, n| sum.saturating_add(*n)) as u64
+    }
+
+    /// [`points`] of a `points` row, in SQL.
+    pub fn points_sql() -> String {
+        format!("(length(body) + count * {ROW_OVERHEAD})")
+    }
+
+    /// [`reject`] of a `quarantine` row, in SQL.
+    pub fn reject_sql() -> String {
+        format!(
+            "(length(payload) + length(topic) + length(reason) + length(source) + {ROW_OVERHEAD})"
+        )
+    }
+}
+
 /// A row of `points` is closed once it holds this many points...
 const BLOCK_POINTS: usize = 1024;
 /// ...or this many bytes.
@@ -162,15 +192,20 @@ impl StoredBatch {
 
     /// The bytes this batch takes in the buffer, as counted against `max_size`.
     pub fn buffered_size(&self) -> u64 {
-        let points = self.points.byte_len() + self.points.len() * ROW_OVERHEAD;
-        let rejects: usize = self
+        let points = size::points(self.points.byte_len(), self.points.len());
+        let rejects: u64 = self
             .rejects
             .iter()
             .map(|r| {
-                r.payload.len() + r.topic.len() + r.reason.len() + r.source.len() + ROW_OVERHEAD
+                size::reject(
+                    r.payload.len(),
+                    r.topic.len(),
+                    r.reason.len(),
+                    r.source.len(),
+                )
             })
             .sum();
-        (points + rejects) as u64
+        points.saturating_add(rejects)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -297,14 +332,20 @@ impl Store {
             .map_err(sql)?;
         let (points, point_bytes): (i64, i64) = conn
             .query_row(
-                &format!("SELECT coalesce(sum(count), 0), coalesce(sum(length(body) + count * {ROW_OVERHEAD}), 0) FROM points"),
+                &format!(
+                    "SELECT coalesce(sum(count), 0), coalesce(sum({}), 0) FROM points",
+                    size::points_sql()
+                ),
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .map_err(sql)?;
         let reject_bytes: i64 = conn
             .query_row(
-                &format!("SELECT coalesce(sum(length(payload) + length(topic) + length(reason) + length(source) + {ROW_OVERHEAD}), 0) FROM quarantine"),
+                &format!(
+                    "SELECT coalesce(sum({}), 0) FROM quarantine",
+                    size::reject_sql()
+                ),
                 [],
                 |r| r.get(0),
             )
@@ -743,26 +784,24 @@ impl Store {
                 kept = (cut as i64, block.points.span_len(0..cut) as i64);
             }
             let (points, point_bytes): (i64, i64) = tx
-                .prepare_cached(
-                    "SELECT coalesce(sum(count), 0), coalesce(sum(length(body)), 0) FROM points WHERE seq <= ?1",
-                )?
+                .prepare_cached(&format!(
+                    "SELECT coalesce(sum(count), 0), coalesce(sum({}), 0) FROM points WHERE seq <= ?1",
+                    size::points_sql()
+                ))?
                 .query_row([seq as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            let (points, point_bytes) = (points + kept.0, point_bytes + kept.1);
+            let kept_bytes = size::points(kept.1 as usize, kept.0 as usize);
+            let (points, point_bytes) = (points + kept.0, point_bytes as u64 + kept_bytes);
             tx.prepare_cached("DELETE FROM points WHERE seq <= ?1")?
                 .execute([seq as i64])?;
-            let (rejects, reject_bytes): (i64, i64) = tx
-                .prepare_cached(
-                    "SELECT count(*), coalesce(sum(length(payload) + length(topic) + length(reason) + length(source)), 0)
-                     FROM quarantine WHERE id <= ?1",
-                )?
-                .query_row([reject_id as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let reject_bytes: i64 = tx
+                .prepare_cached(&format!(
+                    "SELECT coalesce(sum({}), 0) FROM quarantine WHERE id <= ?1",
+                    size::reject_sql()
+                ))?
+                .query_row([reject_id as i64], |r| r.get(0))?;
             tx.prepare_cached("DELETE FROM quarantine WHERE id <= ?1")?
                 .execute([reject_id as i64])?;
-            let overhead = (points + rejects) as u64 * ROW_OVERHEAD as u64;
-            Ok((
-                points as u64,
-                (point_bytes + reject_bytes) as u64 + overhead,
-            ))
+            Ok((points as u64, point_bytes + reject_bytes as u64))
         })
     }
 }
@@ -817,15 +856,15 @@ impl Store {
             return Ok(());
         };
         self.depth.refused_total.fetch_add(1, Ordering::Relaxed);
-        let added = payload.len() + topic.len() + reason.len() + "forward".len() + ROW_OVERHEAD;
-        let removed = body.len() + ROW_OVERHEAD;
+        let added = size::reject(payload.len(), topic.len(), reason.len(), "forward".len());
+        let removed = size::points(body.len(), 1);
         self.depth
             .points
             .fetch_sub(1.min(self.depth.points()), Ordering::Relaxed);
-        let bytes = self.depth.bytes() + added as u64;
+        let bytes = self.depth.bytes().saturating_add(added);
         self.depth
             .bytes
-            .store(bytes.saturating_sub(removed as u64), Ordering::Relaxed);
+            .store(bytes.saturating_sub(removed), Ordering::Relaxed);
         Ok(())
     }
 }
@@ -1116,9 +1155,10 @@ fn drop_oldest(tx: &rusqlite::Transaction<'_>, need: u64) -> Result<(u64, u64), 
     let mut freed = 0u64;
     let mut count = 0u64;
     let mut cut = None;
-    let mut stmt = tx.prepare_cached(
-        "SELECT seq, count, length(body) FROM points WHERE seq > ?1 ORDER BY seq LIMIT 256",
-    )?;
+    let mut stmt = tx.prepare_cached(&format!(
+        "SELECT seq, count, {} FROM points WHERE seq > ?1 ORDER BY seq LIMIT 256",
+        size::points_sql()
+    ))?;
     let mut after = 0i64;
     'scan: loop {
         let rows: Vec<(i64, i64, i64)> = stmt
@@ -1127,14 +1167,14 @@ fn drop_oldest(tx: &rusqlite::Transaction<'_>, need: u64) -> Result<(u64, u64), 
         if rows.is_empty() {
             break;
         }
-        for (seq, n, len) in rows {
-            let size = (len + n * ROW_OVERHEAD as i64) as u64;
+        for (seq, n, size) in rows {
+            let size = size as u64;
             if freed + size > need && n > 1 {
                 // Only part of this row has to go: it keeps the rest.
                 let block = read_block(tx, seq as u64)?;
                 let mut k = 0;
                 while freed < need {
-                    freed += (block.points.get(k).len() + ROW_OVERHEAD) as u64;
+                    freed += size::points(block.points.get(k).len(), 1);
                     k += 1;
                 }
                 let rest = block.points.slice(k..block.points.len());
