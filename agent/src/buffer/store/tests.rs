@@ -468,3 +468,108 @@ fn damaged_rows_are_an_error_not_a_panic() {
     let error = reader.read_batch(0, 0, 100, 1 << 20).unwrap_err();
     assert!(error.to_string().contains("damaged"), "{error}");
 }
+
+mod model {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Items of these many points each.
+        Append(Vec<u8>),
+        /// Read up to this many and confirm them.
+        Confirm(u8),
+        /// Move the n-th unconfirmed point to the quarantine (the collector refused it).
+        Quarantine(u8),
+        Reopen,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => prop::collection::vec(0u8..6, 1..4).prop_map(Op::Append),
+            2 => (1u8..12).prop_map(Op::Confirm),
+            1 => any::<u8>().prop_map(Op::Quarantine),
+            1 => Just(Op::Reopen),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// The buffer against a queue, with `drop_oldest` under a small bound, refused points
+        /// moved to the quarantine, and reopenings: reads give the oldest points in order, the
+        /// depth counts the model, drops and refusals are counted, and the byte depth kept in
+        /// memory equals what the tables add up to after a reopen.
+        #[test]
+        fn the_buffer_behaves_like_a_queue(ops in prop::collection::vec(op(), 1..60), small in any::<bool>()) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("buffer.db");
+            // About 60 points fit under the small bound.
+            let max_size = if small { 3_000 } else { 1 << 30 };
+            let (mut store, mut depth) = open(&dir, max_size, WhenFull::DropOldest);
+            let mut reader = Reader::open(&path).unwrap();
+            let mut model: VecDeque<(u64, i64)> = VecDeque::new();
+            let (mut next_seq, mut next_value, mut confirmed) = (1u64, 0i64, 0u64);
+            let (mut dropped, mut refused) = (0u64, 0u64);
+            for op in ops {
+                match op {
+                    Op::Append(sizes) => {
+                        let items: Vec<Ingest> = sizes
+                            .iter()
+                            .map(|n| {
+                                let values: Vec<i64> = (0..i64::from(*n)).map(|i| next_value + i).collect();
+                                next_value += i64::from(*n);
+                                item(values)
+                            })
+                            .collect();
+                        let outcome = store.append(&items).unwrap();
+                        for value in items.iter().flat_map(|i| i.points.iter()).map(|b| decode_point(b).unwrap().ts) {
+                            model.push_back((next_seq, value));
+                            next_seq += 1;
+                        }
+                        // Drops take the oldest.
+                        for _ in 0..outcome.dropped {
+                            model.pop_front();
+                        }
+                        dropped += outcome.dropped;
+                        prop_assert!(small || outcome.dropped == 0);
+                    }
+                    Op::Confirm(max) => {
+                        let batch = reader.read_batch(confirmed, 0, usize::from(max), 1 << 20).unwrap();
+                        let got = values(&batch);
+                        // After drops or refusals a batch stops at the gap: a prefix of the model.
+                        let expected: Vec<i64> = model.iter().take(got.len()).map(|(_, v)| *v).collect();
+                        prop_assert_eq!(&got, &expected);
+                        prop_assert_eq!(got.is_empty(), model.is_empty());
+                        if !batch.points.is_empty() {
+                            store.delete_through(batch.last_seq(), 0).unwrap();
+                            confirmed = batch.last_seq();
+                            model.retain(|(seq, _)| *seq > confirmed);
+                        }
+                    }
+                    Op::Quarantine(n) => {
+                        if !model.is_empty() {
+                            let index = usize::from(n) % model.len();
+                            let (seq, _) = model[index];
+                            store.quarantine_point(seq, "refused").unwrap();
+                            model.remove(index);
+                            refused += 1;
+                        }
+                    }
+                    Op::Reopen => {
+                        let bytes = depth.bytes();
+                        drop(store);
+                        let reopened = open(&dir, max_size, WhenFull::DropOldest);
+                        store = reopened.0;
+                        depth = reopened.1;
+                        reader = Reader::open(&path).unwrap();
+                        prop_assert_eq!(depth.bytes(), bytes, "the byte depth kept in memory is what the tables hold");
+                    }
+                }
+                prop_assert_eq!(depth.points(), model.len() as u64);
+                prop_assert_eq!(depth.dropped_total(), dropped);
+                prop_assert_eq!(depth.removed_total(), dropped + refused);
+            }
+        }
+    }
+}
