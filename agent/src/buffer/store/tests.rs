@@ -133,7 +133,16 @@ fn block_mode_reports_no_room_and_drops_nothing() {
     );
     store.append(&[item(0..4)]).unwrap();
     assert!(!store.has_room(per_point));
-    store.delete_through(1, 0).unwrap();
+    // The writer does not append while there is no room; an append that comes anyway (an
+    // item larger than what is left) takes it whole and drops nothing.
+    let outcome = store.append(&[item(4..6)]).unwrap();
+    assert_eq!((outcome.points, outcome.dropped), (2, 0));
+    let mut reader = Reader::open(&dir.path().join("buffer.db")).unwrap();
+    assert_eq!(
+        values(&reader.read_batch(0, 0, 100, 1 << 20).unwrap()),
+        vec![0, 1, 2, 3, 4, 5]
+    );
+    store.delete_through(5, 0).unwrap();
     assert!(store.has_room(per_point));
     assert_eq!(store.dropped_total(), 0);
 }

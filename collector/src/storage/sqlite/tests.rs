@@ -318,7 +318,31 @@ async fn many_batches_in_flight_commit_together_and_correctly() {
     }
     let result = all(&storage, "temp").await;
     assert_eq!(result.series.len(), 8);
-    assert_eq!(values(&result).len(), 800);
+    // Each agent's series holds exactly its own 100 values, in time order, each once.
+    for series in &result.series {
+        let agent: i64 = series.tags["agent"]
+            .strip_prefix("agent-")
+            .unwrap()
+            .parse()
+            .unwrap();
+        let times: Vec<i64> = series.points.iter().map(|(ts, _)| *ts).collect();
+        let want: Vec<i64> = (agent * 1000..agent * 1000 + 100).collect();
+        assert_eq!(times, want, "{}", series.tags["agent"]);
+        assert!(
+            series
+                .points
+                .iter()
+                .all(|(ts, value)| *value == FieldValue::I64(*ts))
+        );
+    }
+    // And the marks say so.
+    let agents = storage.reads().run(agents).await.unwrap();
+    assert_eq!(agents.len(), 8);
+    assert!(
+        agents
+            .iter()
+            .all(|a| a.epochs[0].last_seq == 100 && a.points_received == 100)
+    );
 }
 
 /// Ingest reserves room before it decodes: when the queue is held full, a reservation waits
