@@ -112,6 +112,10 @@ pub struct Forwarder {
     clock: ClockFilter,
     /// When the collector's time was last asked for.
     last_probe: Option<Instant>,
+    /// `TRIBUTARY_TEST_UNSAFE_RESEND_NEW_EPOCH=1`: after the first confirmed batch, keep it
+    /// and send everything again under a new epoch, so the collector stores it twice. Exists
+    /// only to prove the tests can see doubles (the duplicate canary).
+    resend_canary: bool,
 }
 
 /// What is confirmed and waits to be deleted.
@@ -181,6 +185,8 @@ impl Forwarder {
             pending_delete: None,
             clock: ClockFilter::default(),
             last_probe: None,
+            resend_canary: std::env::var("TRIBUTARY_TEST_UNSAFE_RESEND_NEW_EPOCH")
+                .is_ok_and(|v| v == "1"),
         })
     }
 
@@ -492,6 +498,18 @@ impl Forwarder {
         if let (Some(received), Some(replied)) = (ack.received_at, ack.replied_at) {
             self.clock
                 .record(sent, received, replied, answered, answered_at);
+        }
+        if self.resend_canary {
+            // The duplicate canary (test only): forget the confirmation and start over under
+            // another epoch, whose mark at the collector is empty.
+            self.resend_canary = false;
+            self.epoch = format!("{}-canary", self.epoch);
+            self.confirmed_seq = 0;
+            self.confirmed_reject = 0;
+            self.prepared = None;
+            warn!(epoch = %self.epoch, "test switch: sending confirmed points again under a new epoch");
+            self.metrics.error("forward", "test_resend_canary");
+            return Step::Retry(Duration::ZERO);
         }
         let reject_id = batch.rejects.last().map_or(self.confirmed_reject, |r| r.id);
         // Confirmed: never read or sent again, whether or not the delete goes through now.

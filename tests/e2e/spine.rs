@@ -120,6 +120,35 @@ async fn canary_acking_before_commit_loses_data_and_the_oracle_sees_it() {
     );
 }
 
+/// The duplicate canary, beside the loss canary: an agent that sends confirmed points again
+/// under a new epoch makes the collector store them twice, and the oracle must say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_resending_under_a_new_epoch_doubles_data_and_the_oracle_sees_it() {
+    let s = setup(
+        &MosquittoOptions::default(),
+        "",
+        &[("TRIBUTARY_TEST_UNSAFE_RESEND_NEW_EPOCH", "1")],
+    );
+    let acked = publish_all(s.broker.port, 0..500).await;
+    let verdict = settle(
+        &s.collector.url(),
+        Some(&s.agent),
+        &acked,
+        Duration::from_secs(60),
+    )
+    .await;
+    eprintln!(
+        "duplicate canary: {} of {} acknowledged messages doubled",
+        verdict.duplicated.len(),
+        verdict.acked
+    );
+    assert!(verdict.missing.is_empty(), "{verdict:?}");
+    assert!(
+        !verdict.duplicated.is_empty(),
+        "resending under a new epoch doubled nothing: the oracle cannot be trusted ({verdict:?})"
+    );
+}
+
 /// A crash between the commit and the PUBACK: the broker redelivers messages the buffer
 /// already holds; they are recognised and stored once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
