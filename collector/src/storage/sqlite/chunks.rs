@@ -464,6 +464,25 @@ mod tests {
         );
     }
 
+    /// Timestamps: mostly minutes of a few hours (so chunks fill and overlap), and anywhere
+    /// in the `i64` range with its ends: the chunk code must be total there, storable or not.
+    fn timestamp() -> impl Strategy<Value = i64> {
+        prop_oneof![
+            6 => (0i64..240).prop_map(|m| m * MINUTE),
+            2 => any::<i64>(),
+            2 => prop::sample::select(vec![
+                i64::MIN,
+                i64::MIN + 1,
+                i64::MAX - 1,
+                i64::MAX,
+                -1,
+                0,
+                i64::MAX - CHUNK_SPAN,
+                i64::MIN + CHUNK_SPAN,
+            ]),
+        ]
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         /// Any commits, in any order, read back as the values of the range in time order,
@@ -471,9 +490,8 @@ mod tests {
         #[test]
         fn reads_equal_the_values_in_time_order(
             commits in prop::collection::vec(
-                prop::collection::vec((0i64..240, -1000i64..1000), 1..60), 1..12),
-            from in 0i64..240,
-            len in 1i64..240,
+                prop::collection::vec((timestamp(), any::<i64>()), 1..60), 1..12),
+            bounds in (timestamp(), timestamp()),
             limit in 1usize..200,
         ) {
             let mut conn = db();
@@ -482,25 +500,26 @@ mod tests {
             for values in &commits {
                 let values: Vec<_> = values
                     .iter()
-                    .map(|(m, v)| (m * MINUTE, FieldValue::I64(*v)))
+                    .map(|(t, v)| (*t, FieldValue::I64(*v)))
                     .collect();
                 commit(&mut conn, &mut writer, &values);
                 all.extend(values);
             }
-            let (from, to) = (from * MINUTE, (from + len) * MINUTE);
+            let (from, to) = (bounds.0.min(bounds.1), bounds.0.max(bounds.1));
+            let value = |v: &FieldValue| match v {
+                FieldValue::I64(v) => *v,
+                _ => i64::MIN,
+            };
             let mut want: Vec<(i64, i64)> = all
                 .iter()
                 .filter(|(t, _)| *t >= from && *t < to)
-                .map(|(t, v)| (*t, match v { FieldValue::I64(v) => *v, _ => unreachable!() }))
+                .map(|(t, v)| (*t, value(v)))
                 .collect();
             want.sort();
             let (got, truncated) = read(&conn, 1, from, to, None).unwrap();
             prop_assert!(!truncated);
             prop_assert!(got.is_sorted_by_key(|(t, _)| *t));
-            let mut got: Vec<(i64, i64)> = got
-                .iter()
-                .map(|(t, v)| (*t, match v { FieldValue::I64(v) => *v, _ => unreachable!() }))
-                .collect();
+            let mut got: Vec<(i64, i64)> = got.iter().map(|(t, v)| (*t, value(v))).collect();
             got.sort();
             prop_assert_eq!(&got, &want);
 
@@ -509,6 +528,18 @@ mod tests {
             let times: Vec<i64> = first.iter().map(|(t, _)| *t).collect();
             let want_times: Vec<i64> = want.iter().take(limit).map(|(t, _)| *t).collect();
             prop_assert_eq!(times, want_times);
+
+            // Trimming at any cutoff keeps exactly the values at or after it.
+            let cutoff = bounds.0;
+            let tx = conn.transaction().unwrap();
+            let trimmed = trim(&tx, 1, cutoff, usize::MAX >> 1).unwrap();
+            tx.commit().unwrap();
+            let kept = all.iter().filter(|(t, _)| *t >= cutoff).count();
+            prop_assert_eq!(trimmed.values as usize, all.len() - kept);
+            let (left, _) = read(&conn, 1, i64::MIN, i64::MAX, None).unwrap();
+            let at_max = all.iter().filter(|(t, _)| *t == i64::MAX).count();
+            // `to` is exclusive: a value at i64::MAX is stored but no range reaches it.
+            prop_assert_eq!(left.len() + at_max.min(kept), kept);
         }
     }
 }
