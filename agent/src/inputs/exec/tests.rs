@@ -102,13 +102,20 @@ async fn a_failing_command_reports_the_end_of_stderr() {
 #[tokio::test]
 async fn output_over_the_limit_is_cut_at_a_line_and_reported() {
     let mut exec = poller(
-        "command = [\"/bin/sh\", \"-c\", \"i=0; while [ $i -lt 200 ]; do echo \\\"m,k=v x=$i\\\"; i=$((i+1)); done\"]\nformat = \"influx\"\nmax_output = \"1KiB\"\n",
+        "command = [\"/bin/sh\", \"-c\", \"i=0; while [ $i -lt 200 ]; do echo \\\"m,k=v x=$i,y=1\\\"; i=$((i+1)); done\"]\nformat = \"influx\"\nmax_output = \"1KiB\"\n",
     );
     let polled = exec.poll(0).await.unwrap();
+    // Lines of 14 bytes (x = 0..9), then 15: the 1,024th byte falls inside line 69, so the
+    // first 68 whole lines (1,010 bytes) are kept and the part of line 69 is not parsed.
     assert!(polled.rejected.is_empty(), "{:?}", polled.rejected);
-    assert!(!polled.points.is_empty() && polled.points.len() < 200);
+    assert_eq!(polled.points.len(), 68);
     assert_eq!(polled.warnings.len(), 1);
     assert_eq!(polled.warnings[0].0, "output_truncated");
+    assert!(
+        polled.warnings[0].1.contains("first 1010 bytes"),
+        "{}",
+        polled.warnings[0].1
+    );
 }
 
 #[test]
