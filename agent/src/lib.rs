@@ -103,7 +103,7 @@ struct InputContext {
 
 impl InputContext {
     /// Starts `configs` with what each recorded in the buffer before (`saved`, in order).
-    fn start(&self, config: &Config, saved: Vec<Saved>) -> InputSet {
+    fn start(&self, config: &Config, saved: Vec<InputRecords>) -> InputSet {
         let intake = CancellationToken::new();
         let tasks = TaskTracker::new();
         let agent_tags = Arc::new(config.agent.tags.clone());
@@ -111,7 +111,7 @@ impl InputContext {
         for (input, saved) in config.inputs.iter().zip(saved) {
             match input {
                 InputConfig::Mqtt(mqtt) => {
-                    let Saved::Deliveries(_, stored) = saved else {
+                    let InputRecords::Deliveries(_, stored) = saved else {
                         unreachable!("MQTT inputs load deliveries")
                     };
                     let task = MqttInput::new(
@@ -188,8 +188,8 @@ impl InputContext {
 async fn load_saved(
     control: &mpsc::UnboundedSender<Control>,
     config: &Config,
-) -> Result<Vec<Saved>, crate::buffer::StoreError> {
-    let wanted: Vec<Saved> = config.inputs.iter().map(Saved::wanted).collect();
+) -> Result<Vec<InputRecords>, crate::buffer::StoreError> {
+    let wanted: Vec<InputRecords> = config.inputs.iter().map(InputRecords::wanted).collect();
     let (loaded_tx, loaded) = tokio::sync::oneshot::channel();
     let (done, answer) = tokio::sync::oneshot::channel();
     let job: crate::buffer::StoreJob = Box::new(move |store| {
@@ -234,10 +234,11 @@ pub async fn run(
         );
         let errors = metrics.errors.clone();
         // Twice: a second open (after a late salvage) asks again.
-        let wanted: Vec<Saved> = config.inputs.iter().map(Saved::wanted).collect();
-        let wanted_again: Vec<Saved> = config.inputs.iter().map(Saved::wanted).collect();
+        let wanted: Vec<InputRecords> = config.inputs.iter().map(InputRecords::wanted).collect();
+        let wanted_again: Vec<InputRecords> =
+            config.inputs.iter().map(InputRecords::wanted).collect();
         tokio::task::spawn_blocking(move || {
-            let open = |wanted: Vec<Saved>| {
+            let open = |wanted: Vec<InputRecords>| {
                 let store = Store::open(
                     &path,
                     max_size,
@@ -469,7 +470,7 @@ async fn reload(
             // its start). Reading the buffer failing is already an alarm of its own.
             error!(error = %e, "cannot read the inputs' records from the buffer; starting them without");
             metrics.error("config", "reload_records");
-            config.inputs.iter().map(Saved::wanted).collect()
+            config.inputs.iter().map(InputRecords::wanted).collect()
         }
     };
     let next = context.start(&config, saved);
@@ -489,7 +490,7 @@ struct Damage {
 
 /// What an input kept in the buffer from earlier runs.
 #[derive(Default)]
-enum Saved {
+enum InputRecords {
     #[default]
     Nothing,
     /// An MQTT session's delivery records.
@@ -498,35 +499,37 @@ enum Saved {
     Checkpoints(String, Vec<(String, Vec<u8>)>),
 }
 
-impl Saved {
+impl InputRecords {
     /// What `input` needs loaded (not loaded yet).
-    fn wanted(input: &InputConfig) -> Saved {
+    fn wanted(input: &InputConfig) -> InputRecords {
         match input {
-            InputConfig::Mqtt(mqtt) => Saved::Deliveries(mqtt.session_key(), Default::default()),
+            InputConfig::Mqtt(mqtt) => {
+                InputRecords::Deliveries(mqtt.session_key(), Default::default())
+            }
             other => match other.state_source() {
-                Some(source) => Saved::Checkpoints(source, Vec::new()),
-                None => Saved::Nothing,
+                Some(source) => InputRecords::Checkpoints(source, Vec::new()),
+                None => InputRecords::Nothing,
             },
         }
     }
 
-    fn load(self, store: &Store) -> Result<Saved, crate::buffer::StoreError> {
+    fn load(self, store: &Store) -> Result<InputRecords, crate::buffer::StoreError> {
         Ok(match self {
-            Saved::Nothing => Saved::Nothing,
-            Saved::Deliveries(session, _) => {
+            InputRecords::Nothing => InputRecords::Nothing,
+            InputRecords::Deliveries(session, _) => {
                 let stored = store.deliveries(&session)?;
-                Saved::Deliveries(session, stored)
+                InputRecords::Deliveries(session, stored)
             }
-            Saved::Checkpoints(source, _) => {
+            InputRecords::Checkpoints(source, _) => {
                 let saved = store.checkpoints(&source)?;
-                Saved::Checkpoints(source, saved)
+                InputRecords::Checkpoints(source, saved)
             }
         })
     }
 
     fn checkpoints(self) -> Vec<(String, Vec<u8>)> {
         match self {
-            Saved::Checkpoints(_, saved) => saved,
+            InputRecords::Checkpoints(_, saved) => saved,
             _ => Vec::new(),
         }
     }

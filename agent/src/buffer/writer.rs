@@ -60,13 +60,13 @@ pub struct Writer {
 
 /// Items gathered for one transaction.
 #[derive(Default)]
-struct Pending {
+struct Gathered {
     items: Vec<Ingest>,
     points: usize,
     bytes: u64,
 }
 
-impl Pending {
+impl Gathered {
     fn push(&mut self, item: Ingest) {
         self.points += item.points.len().max(1);
         self.bytes += item.size();
@@ -109,7 +109,7 @@ impl Writer {
             if !ingest_open {
                 drained.cancel();
             }
-            let mut pending = Pending::default();
+            let mut pending = Gathered::default();
             tokio::select! {
                 biased;
                 request = self.control.recv(), if control_open => match request {
@@ -140,7 +140,7 @@ impl Writer {
     ///
     /// It drains the queue, sleeps for the gap and looks again, rather than waiting for each
     /// item: sleeping with no waker registered, it is not woken once per message.
-    async fn gather(&mut self, pending: &mut Pending, ingest_open: &mut bool) {
+    async fn gather(&mut self, pending: &mut Gathered, ingest_open: &mut bool) {
         let deadline = Instant::now() + self.settings.flush_interval;
         let mut first_look = true;
         loop {
@@ -169,7 +169,7 @@ impl Writer {
     }
 
     /// With `when_full = "block"`: serve deletes until the pending items fit.
-    async fn wait_for_room(&mut self, pending: &Pending, control_open: &mut bool) {
+    async fn wait_for_room(&mut self, pending: &Gathered, control_open: &mut bool) {
         let mut warned = false;
         while *control_open && !self.lock().has_room(pending.bytes) {
             if !warned {
@@ -192,7 +192,7 @@ impl Writer {
 
     /// Commits `pending`, retrying on errors (while still serving deletes, which may be what
     /// frees a full disk), then acknowledges every item.
-    async fn commit(&mut self, pending: Pending, control_open: &mut bool) {
+    async fn commit(&mut self, pending: Gathered, control_open: &mut bool) {
         let items = Arc::new(pending.items);
         let mut delay = Duration::from_millis(100);
         let outcome = loop {

@@ -18,7 +18,7 @@ use tokio::process::Command;
 use tributary_common::config::values::RawSize;
 use tributary_common::config::{ConfigError, Source};
 
-use super::polled::{Common, PollError, Polled, raw_timing};
+use super::polled::{PollError, Polled, PolledSettings, raw_timing};
 use crate::config::{duration, size};
 use crate::format::{DecodeContext, Format, decode};
 
@@ -61,7 +61,7 @@ pub struct RawExec {
 /// A checked `[[inputs.exec]]`.
 #[derive(Debug, Clone)]
 pub struct ExecConfig {
-    pub common: Common,
+    pub common: PolledSettings,
     /// argv, with `/bin/sh -c` already in front when `shell = true`.
     pub argv: Vec<String>,
     pub env: BTreeMap<String, String>,
@@ -79,7 +79,7 @@ pub struct ExecConfig {
 impl RawExec {
     pub fn resolve(self, index: usize, source: &Source) -> Result<ExecConfig, ConfigError> {
         let timing = raw_timing!(self);
-        let common = Common::resolve("exec", index, self.name, self.tags, &timing, source)?;
+        let common = PolledSettings::resolve("exec", index, self.name, self.tags, &timing, source)?;
         let key = |name: &str| common.key(name);
         if self.command.is_empty() || self.command[0].is_empty() {
             return Err(source.error(

@@ -232,13 +232,13 @@ impl RawFile {
 
 /// A committed position: where to resume, and the fingerprint of the file it belongs to.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Saved {
+pub struct SavedPosition {
     pub offset: u64,
     pub fingerprint_len: u64,
     pub fingerprint: [u8; 8],
 }
 
-impl Saved {
+impl SavedPosition {
     fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(24);
         out.extend_from_slice(&self.offset.to_le_bytes());
@@ -247,11 +247,11 @@ impl Saved {
         out
     }
 
-    fn decode(bytes: &[u8]) -> Option<Saved> {
+    fn decode(bytes: &[u8]) -> Option<SavedPosition> {
         if bytes.len() != 24 {
             return None;
         }
-        Some(Saved {
+        Some(SavedPosition {
             offset: u64::from_le_bytes(bytes[..8].try_into().ok()?),
             fingerprint_len: u64::from_le_bytes(bytes[8..16].try_into().ok()?),
             fingerprint: bytes[16..24].try_into().ok()?,
@@ -322,8 +322,8 @@ impl Tail {
         })
     }
 
-    fn saved(&self) -> Saved {
-        Saved {
+    fn saved(&self) -> SavedPosition {
+        SavedPosition {
             offset: self.offset,
             fingerprint_len: self.fingerprint_len,
             fingerprint: self.fingerprint,
@@ -435,7 +435,7 @@ fn push_record(bytes: &[u8], end: u64, max_line: usize, out: &mut Vec<Result<Rec
 pub struct FileInput {
     config: FileConfig,
     source: Arc<str>,
-    saved: HashMap<String, Saved>,
+    saved: HashMap<String, SavedPosition>,
     buffer: BufferHandle,
     metrics: Arc<Metrics>,
     agent_tags: Arc<BTreeMap<String, String>>,
@@ -453,7 +453,7 @@ impl FileInput {
     ) -> FileInput {
         let saved = saved
             .into_iter()
-            .filter_map(|(key, value)| Some((key, Saved::decode(&value)?)))
+            .filter_map(|(key, value)| Some((key, SavedPosition::decode(&value)?)))
             .collect();
         FileInput {
             source: Arc::from(config.id.as_str()),

@@ -21,7 +21,7 @@ use tributary_wire::time::{parse_rfc3339, unix_to_ns};
 use tributary_wire::{FieldValue, Point};
 use url::Url;
 
-use super::polled::{Common, PollError, Polled, raw_timing};
+use super::polled::{PollError, Polled, PolledSettings, raw_timing};
 use crate::config::{choices, duration, read_pem, size};
 use crate::format::{DecodeContext, Decoded, Format, decode};
 
@@ -103,7 +103,7 @@ pub struct JsonSelection {
 /// A checked `[[inputs.http]]`.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
-    pub common: Common,
+    pub common: PolledSettings,
     pub url: Url,
     pub post_body: Option<String>,
     pub headers: HeaderMap,
@@ -122,7 +122,7 @@ pub struct HttpConfig {
 impl RawHttp {
     pub fn resolve(self, index: usize, source: &Source) -> Result<HttpConfig, ConfigError> {
         let timing = raw_timing!(self);
-        let common = Common::resolve("http", index, self.name, self.tags, &timing, source)?;
+        let common = PolledSettings::resolve("http", index, self.name, self.tags, &timing, source)?;
         let key = |name: &str| common.key(name);
         let text = self.url.ok_or_else(|| {
             source.error(

@@ -29,7 +29,7 @@ use crate::metrics::Metrics;
 
 /// Settings every polled input has.
 #[derive(Debug, Clone)]
-pub struct Common {
+pub struct PolledSettings {
     /// `inputs.<kind>[<index>]`, for messages and metric labels.
     pub label: String,
     /// The kind, e.g. `exec`: the component in error counts.
@@ -62,7 +62,7 @@ macro_rules! raw_timing {
 }
 pub(crate) use raw_timing;
 
-impl Common {
+impl PolledSettings {
     /// Checks the settings every polled input shares, at `inputs.<kind>[<index>]`.
     pub fn resolve(
         kind: &'static str,
@@ -71,7 +71,7 @@ impl Common {
         tags: BTreeMap<String, String>,
         timing: &RawTiming<'_>,
         source: &Source,
-    ) -> Result<Common, ConfigError> {
+    ) -> Result<PolledSettings, ConfigError> {
         let label = format!("inputs.{kind}[{index}]");
         let schedule = Schedule::resolve(
             timing.interval,
@@ -85,7 +85,7 @@ impl Common {
         if name.is_empty() {
             return Err(source.error(format!("{label}.name"), "must not be empty"));
         }
-        Ok(Common {
+        Ok(PolledSettings {
             label,
             kind,
             name,
@@ -163,7 +163,7 @@ impl Poller {
 
 /// A polled input at run time.
 pub struct PolledInput {
-    pub common: Common,
+    pub common: PolledSettings,
     pub poller: Poller,
 }
 

@@ -28,7 +28,7 @@ use tributary_common::config::{ConfigError, Source};
 use tributary_wire::time::{parse_rfc3339, unix_int_to_ns, unix_to_ns};
 use tributary_wire::{FieldValue, Point};
 
-use super::polled::{Common, PollError, Polled, raw_timing};
+use super::polled::{PollError, Polled, PolledSettings, raw_timing};
 use crate::config::duration;
 use crate::format::Rejected;
 
@@ -75,7 +75,7 @@ pub enum TrackingStart {
 /// A checked `[[inputs.sql]]`.
 #[derive(Debug, Clone)]
 pub struct SqlConfig {
-    pub common: Common,
+    pub common: PolledSettings,
     pub path: PathBuf,
     pub query: String,
     pub tracking_column: String,
@@ -91,7 +91,7 @@ pub struct SqlConfig {
 impl RawSql {
     pub fn resolve(self, index: usize, source: &Source) -> Result<SqlConfig, ConfigError> {
         let timing = raw_timing!(self);
-        let common = Common::resolve("sql", index, self.name, self.tags, &timing, source)?;
+        let common = PolledSettings::resolve("sql", index, self.name, self.tags, &timing, source)?;
         let key = |name: &str| common.key(name);
         let path = self
             .path

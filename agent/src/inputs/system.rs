@@ -25,7 +25,7 @@ use serde::Deserialize;
 use tributary_common::config::{ConfigError, Source};
 use tributary_wire::{FieldValue, Point};
 
-use super::polled::{Common, PollError, Polled, raw_timing};
+use super::polled::{PollError, Polled, PolledSettings, raw_timing};
 
 /// The groups of readings, in the order they are taken.
 pub const GROUPS: [&str; 9] = [
@@ -86,7 +86,7 @@ pub struct RawSystem {
 /// A checked `[[inputs.system]]`.
 #[derive(Debug, Clone)]
 pub struct SystemConfig {
-    pub common: Common,
+    pub common: PolledSettings,
     pub collect: HashSet<&'static str>,
     pub percpu: bool,
     pub ignore_fs: HashSet<String>,
@@ -95,7 +95,8 @@ pub struct SystemConfig {
 impl RawSystem {
     pub fn resolve(self, index: usize, source: &Source) -> Result<SystemConfig, ConfigError> {
         let timing = raw_timing!(self);
-        let common = Common::resolve("system", index, self.name, self.tags, &timing, source)?;
+        let common =
+            PolledSettings::resolve("system", index, self.name, self.tags, &timing, source)?;
         let collect = match self.collect {
             None => GROUPS.into_iter().collect(),
             Some(groups) => {

@@ -543,7 +543,7 @@ fn start_dropper() -> std::io::Result<std::sync::mpsc::SyncSender<Vec<Freed>>> {
 
 /// A job with what cleaning decided for each of its points (`None`: not cleaned yet), and
 /// which of its points this attempt stores.
-struct Pending {
+struct BatchAttempt {
     job: WriteJob,
     /// Per point: why it was rejected, if it was.
     verdicts: Option<Vec<Option<Rejection>>>,
@@ -555,10 +555,10 @@ struct Pending {
     poison: Option<String>,
 }
 
-impl Pending {
-    fn new(job: WriteJob) -> Pending {
+impl BatchAttempt {
+    fn new(job: WriteJob) -> BatchAttempt {
         let range = 0..job.batch.points.len();
-        Pending {
+        BatchAttempt {
             job,
             verdicts: None,
             range,
@@ -628,12 +628,12 @@ impl WriterThread {
                 }
             };
             let mut points = first.batch.points.len();
-            let mut jobs = vec![Pending::new(first)];
+            let mut jobs = vec![BatchAttempt::new(first)];
             while points < self.commit_max_points {
                 match rx.try_recv() {
                     Ok(Job::Write(job)) => {
                         points = points.saturating_add(job.batch.points.len());
-                        jobs.push(Pending::new(*job));
+                        jobs.push(BatchAttempt::new(*job));
                     }
                     Ok(other) => {
                         deferred = Some(other);
@@ -649,7 +649,7 @@ impl WriterThread {
     /// Runs time sanity and the rules on the points of each job that are not stored yet
     /// (above the agent's mark), in place, once per job. `store_batch` reads the mark again
     /// inside the transaction: an earlier job of the same group may have raised it.
-    fn clean(&mut self, jobs: &mut [Pending]) -> rusqlite::Result<()> {
+    fn clean(&mut self, jobs: &mut [BatchAttempt]) -> rusqlite::Result<()> {
         for pending in jobs.iter_mut().filter(|p| p.verdicts.is_none()) {
             let job = &mut pending.job;
             let (mark, shift) = match job.origin {
@@ -683,7 +683,7 @@ impl WriterThread {
 
     /// Stores the jobs in one transaction. If that fails, each is stored alone, so one bad
     /// batch cannot fail the others; a batch that fails alone is isolated.
-    fn commit_group(&mut self, mut jobs: Vec<Pending>) {
+    fn commit_group(&mut self, mut jobs: Vec<BatchAttempt>) {
         let started = Instant::now();
         if let Err(e) = self.clean(&mut jobs) {
             self.cannot_commit(&e);
@@ -733,7 +733,7 @@ impl WriterThread {
     }
 
     /// Answers every job with the failure of a store that cannot commit (the senders retry).
-    fn refuse(&mut self, jobs: Vec<Pending>, e: &rusqlite::Error) {
+    fn refuse(&mut self, jobs: Vec<BatchAttempt>, e: &rusqlite::Error) {
         self.cannot_commit(e);
         error!(error = %e, batches = jobs.len(), "storage cannot commit; the senders will retry");
         self.metrics.error("storage", "commit");
@@ -749,7 +749,7 @@ impl WriterThread {
     /// until every point that fails alone is found; those go to the quarantine with the
     /// error as their reason. Marks rise with each part, so exactly once holds whatever
     /// happens on the way, and the sender gets one answer for the whole batch.
-    fn isolate(&mut self, mut pending: Pending, first_error: &rusqlite::Error) {
+    fn isolate(&mut self, mut pending: BatchAttempt, first_error: &rusqlite::Error) {
         warn!(agent = %pending.job.agent_id, points = pending.job.batch.points.len(), error = %first_error,
             "a batch cannot be stored; storing it in parts to find the points that fail");
         self.metrics.error("storage", "isolate_batch");
@@ -826,7 +826,7 @@ impl WriterThread {
         StorageError::Other(format!("{}: {e}", self.path.display()))
     }
 
-    fn store_all(&mut self, jobs: &[Pending]) -> rusqlite::Result<Vec<Stored>> {
+    fn store_all(&mut self, jobs: &[BatchAttempt]) -> rusqlite::Result<Vec<Stored>> {
         let points: usize = jobs.iter().map(|p| p.range.len()).sum();
         let mut state = GroupState {
             rows: Vec::with_capacity(points.saturating_add(points / 4)),
@@ -1093,7 +1093,7 @@ fn store_batch<'a>(
     tx: &rusqlite::Transaction<'_>,
     series: &mut SeriesCache,
     state: &mut GroupState<'a>,
-    pending: &'a Pending,
+    pending: &'a BatchAttempt,
     metrics: &Metrics,
 ) -> rusqlite::Result<Stored> {
     let job = &pending.job;

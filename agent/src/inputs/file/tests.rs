@@ -80,13 +80,13 @@ fn oversized_lines_are_quarantined_not_dropped() {
 
 #[test]
 fn saved_positions_round_trip() {
-    let saved = Saved {
+    let saved = SavedPosition {
         offset: 12_345,
         fingerprint_len: 256,
         fingerprint: [7; 8],
     };
-    assert_eq!(Saved::decode(&saved.encode()), Some(saved));
-    assert_eq!(Saved::decode(b"short"), None);
+    assert_eq!(SavedPosition::decode(&saved.encode()), Some(saved));
+    assert_eq!(SavedPosition::decode(b"short"), None);
 }
 
 #[test]
