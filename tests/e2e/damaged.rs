@@ -100,6 +100,13 @@ async fn a_damaged_buffer_is_salvaged_at_start_and_what_survives_arrives_once() 
         .await
         .unwrap();
     assert_eq!(agents["agents"][0]["gaps"], 0, "{agents}");
+    // Every reading the salvage could not read is counted as dropped: no more, no less.
+    let lost = acked
+        .iter()
+        .filter(|id| !oracle.counts.contains_key(id))
+        .count();
+    assert!(lost > 0, "the damage cost some readings");
+    assert_eq!(agents["agents"][0]["dropped"], lost as u64, "{agents}");
 }
 
 #[test]
