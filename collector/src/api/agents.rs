@@ -9,7 +9,7 @@ use serde::Serialize;
 use tributary_wire::time::{format_rfc3339, now_ns};
 
 use super::{ApiError, AppState};
-use crate::storage::{AgentRecord, sqlite};
+use crate::storage::AgentRecord;
 
 #[derive(Serialize)]
 struct AgentsAnswer {
@@ -57,11 +57,7 @@ struct EpochView {
 }
 
 pub async fn get_agents(State(state): State<Arc<AppState>>) -> Response {
-    let read = state
-        .storage
-        .reads()
-        .run(|conn| Ok((sqlite::agents(conn)?, sqlite::agents_self_reports(conn)?)))
-        .await;
+    let read = state.storage.agents_with_reports().await;
     let (records, mut reports) = match read {
         Ok(read) => read,
         Err(e) => {

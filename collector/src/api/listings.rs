@@ -9,7 +9,6 @@ use serde::Serialize;
 use tributary_wire::time::{format_rfc3339, parse_time_param};
 
 use super::{ApiError, AppState};
-use crate::storage::sqlite;
 
 /// Most entries one listing answers with unless `limit` says fewer.
 const DEFAULT_LIMIT: usize = 10_000;
@@ -61,8 +60,7 @@ pub async fn get_series(
         }
         state
             .storage
-            .reads()
-            .run(move |conn| sqlite::list_series(conn, &name, &tags, limit))
+            .list_series(name, tags, limit)
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))
     }
@@ -135,8 +133,7 @@ pub async fn get_quarantine(
         }
         state
             .storage
-            .reads()
-            .run(move |conn| sqlite::list_quarantine(conn, from, to, limit))
+            .list_quarantine(from, to, limit)
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))
     }

@@ -220,8 +220,7 @@ impl IntoResponse for ApiError {
 async fn healthz(State(state): State<Arc<AppState>>) -> Result<impl IntoResponse, ApiError> {
     state
         .storage
-        .reads()
-        .run(crate::storage::sqlite::ping)
+        .ping_reads()
         .await
         .map_err(|e| state.fail("healthz", ApiError::Unavailable(e.to_string())))?;
     if let Some((reason, since)) = state.storage.health().failure() {
@@ -239,12 +238,7 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Result<impl IntoResponse
 /// The collector's own figures, then what each agent last reported (from the store).
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let mut text = state.metrics.render();
-    match state
-        .storage
-        .reads()
-        .run(crate::storage::sqlite::agents)
-        .await
-    {
+    match state.storage.agents().await {
         Ok(agents) => {
             text = crate::metrics::with_agent_health(text, &agents, tributary_wire::time::now_ns());
         }

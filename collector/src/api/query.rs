@@ -28,10 +28,7 @@ use tributary_wire::time::{format_rfc3339, parse_time_param};
 
 use super::{ApiError, AppState};
 use crate::rollup::Agg;
-use crate::storage::sqlite::rollups::query_aggregated;
-use crate::storage::{
-    AggregateQuery, AggregateResult, QueryResult, RawQuery, SeriesPoints, sqlite,
-};
+use crate::storage::{AggregateQuery, AggregateResult, QueryResult, RawQuery, SeriesPoints};
 
 const ENDPOINT: &str = "query";
 
@@ -56,11 +53,9 @@ async fn answer(state: &AppState, params: Vec<(String, String)>) -> Result<Respo
     let query = match query {
         Parsed::Raw(query) => query,
         Parsed::Aggregate(query) => {
-            let resolutions = state.resolutions.clone();
             let result = state
                 .storage
-                .reads()
-                .run(move |conn| query_aggregated(conn, &query, &resolutions))
+                .query_aggregated(query, state.resolutions.clone())
                 .await
                 .map_err(|e| ApiError::Internal(e.to_string()))?;
             return Ok(match format {
@@ -75,8 +70,7 @@ async fn answer(state: &AppState, params: Vec<(String, String)>) -> Result<Respo
     };
     let result = state
         .storage
-        .reads()
-        .run(move |conn| sqlite::query_raw(conn, &query))
+        .query_raw(query)
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(match format {

@@ -5,6 +5,18 @@
 //! commit together, and each request is answered only after that commit. Reads use a small
 //! pool of separate connections, which WAL lets run beside the writer.
 //!
+//! The API, the watchdog and the SIGHUP reload use only [`Storage`]'s methods (reserve and
+//! submit, retain, ping, the read methods, health, close), never a backend's own functions,
+//! so a second backend (PostgreSQL) can stand behind the same type. What every backend owes:
+//!
+//! - a batch's points above its `(agent, epoch)` mark, the raised mark, its rejects and the
+//!   rollup windows they touch commit in one transaction, or none of them does;
+//! - a write is answered (2xx) only after that commit; a store that cannot commit answers an
+//!   error the API turns into 503, and reports it through [`StoreHealth`];
+//! - a batch whose data the store cannot hold is isolated: its other points are stored and the
+//!   failing ones quarantined with the reason, and other batches are not held up;
+//! - the same answers to reads, whatever backend wrote the data.
+//!
 //! Invariant: for every `(agent, epoch)`, the points stored are exactly those with a sequence
 //! at or below its mark that were ever sent; a sequence is stored at most once.
 

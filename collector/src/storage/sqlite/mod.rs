@@ -219,6 +219,68 @@ impl Storage {
         &self.reads
     }
 
+    // What the API, the watchdog and the console ask of any store (a backend owes these).
+
+    /// A trivial read, proving the store answers.
+    pub async fn ping_reads(&self) -> Result<(), StorageError> {
+        self.reads.run(ping).await
+    }
+
+    /// Raw points of the series a query matches.
+    pub async fn query_raw(&self, query: RawQuery) -> Result<QueryResult, StorageError> {
+        self.reads.run(move |conn| query_raw(conn, &query)).await
+    }
+
+    /// Buckets of a query, from the coarsest fitting rollup or the raw points.
+    pub async fn query_aggregated(
+        &self,
+        query: super::AggregateQuery,
+        resolutions: Vec<Resolution>,
+    ) -> Result<super::AggregateResult, StorageError> {
+        self.reads
+            .run(move |conn| rollups::query_aggregated(conn, &query, &resolutions))
+            .await
+    }
+
+    /// The series matching `name` (any when empty) and `tags`, at most `limit`, and whether
+    /// there were more.
+    pub async fn list_series(
+        &self,
+        name: String,
+        tags: Vec<(String, String)>,
+        limit: usize,
+    ) -> Result<(Vec<SeriesInfo>, bool), StorageError> {
+        self.reads
+            .run(move |conn| list_series(conn, &name, &tags, limit))
+            .await
+    }
+
+    /// Quarantined records received in `[from, to)`, oldest first, at most `limit`.
+    pub async fn list_quarantine(
+        &self,
+        from: i64,
+        to: i64,
+        limit: usize,
+    ) -> Result<(Vec<QuarantineRecord>, bool), StorageError> {
+        self.reads
+            .run(move |conn| list_quarantine(conn, from, to, limit))
+            .await
+    }
+
+    /// Every agent the store has heard from, with its marks.
+    pub async fn agents(&self) -> Result<Vec<AgentRecord>, StorageError> {
+        self.reads.run(agents).await
+    }
+
+    /// Every agent, and the newest figures each reported about itself.
+    pub async fn agents_with_reports(
+        &self,
+    ) -> Result<(Vec<AgentRecord>, HashMap<String, SelfReport>), StorageError> {
+        self.reads
+            .run(|conn| Ok((agents(conn)?, agents_self_reports(conn)?)))
+            .await
+    }
+
     /// Whether the store can commit.
     pub fn health(&self) -> &StoreHealth {
         &self.health
