@@ -10,11 +10,8 @@ use tributary_common::config::values::parse_duration;
 use tributary_common::config::{ConfigError, Source};
 use tributary_wire::FieldValue;
 
-use super::rules::{
-    Action, FieldType, Glob, Matcher, MissingPolicy, OutlierMethod, Rule, ViolationPolicy,
-};
+use super::rules::{ACTIONS, Action, Glob, Matcher, Rule, ViolationPolicy, keys_of};
 use super::time::{TimePolicy, TimeSanity};
-use crate::units::Conversion;
 
 /// `[clean]`
 #[derive(Debug, Default, Deserialize)]
@@ -100,30 +97,8 @@ pub struct RawRule {
     pub min_samples: Option<usize>,
 }
 
-/// Which keys each action takes, besides `name`, `action` and `match`.
-fn allowed_keys(action: &str) -> &'static [&'static str] {
-    match action {
-        "require" => &["fields", "tags"],
-        "rename" => &["fields", "tags", "measurement"],
-        "map_values" => &["field", "tag", "values", "unmapped"],
-        "convert" => &["from", "to"],
-        "range" => &["min", "max", "policy", "flag"],
-        "missing" => &["fields", "tags", "policy", "value"],
-        "outlier" => &[
-            "method",
-            "window",
-            "threshold",
-            "min_samples",
-            "policy",
-            "flag",
-        ],
-        "dedupe" => &["window"],
-        _ => &[],
-    }
-}
-
 impl RawRule {
-    fn present_keys(&self) -> Vec<&'static str> {
+    pub(super) fn present_keys(&self) -> Vec<&'static str> {
         let mut keys = Vec::new();
         let mut has = |key: &'static str, present: bool| {
             if present {
@@ -152,8 +127,6 @@ impl RawRule {
     }
 }
 
-const ACTIONS: &str = "require, rename, map_values, convert, range, missing, outlier or dedupe";
-
 /// Checks every rule; errors name `clean.rules[i].key`.
 pub fn resolve_rules(raw: RawClean, source: &Source) -> Result<Vec<Rule>, ConfigError> {
     let mut rules = Vec::with_capacity(raw.rules.len());
@@ -163,20 +136,92 @@ pub fn resolve_rules(raw: RawClean, source: &Source) -> Result<Vec<Rule>, Config
     Ok(rules)
 }
 
+/// One rule's table as a kind's `build` reads it: the raw keys, the checked matcher, and
+/// errors that name `clean.rules[i].key` in the file.
+pub struct RuleKeys<'a> {
+    pub raw: &'a RawRule,
+    pub matcher: &'a Matcher,
+    index: usize,
+    source: &'a Source,
+}
+
+impl RuleKeys<'_> {
+    /// An error about `key` of this rule.
+    pub fn error(&self, key: &str, message: String) -> ConfigError {
+        self.source
+            .error(format!("clean.rules[{}].{key}", self.index), message)
+    }
+
+    /// `value` as a list of names (absent: empty).
+    pub fn names_list(
+        &self,
+        value: Option<RawNames>,
+        at: &str,
+    ) -> Result<Vec<String>, ConfigError> {
+        match value {
+            None => Ok(Vec::new()),
+            Some(RawNames::List(list)) => Ok(list),
+            Some(RawNames::Map(_)) => Err(self.error(at, "must be a list of names".into())),
+        }
+    }
+
+    /// `value` as a table of names to names (absent: empty).
+    pub fn names_map(
+        &self,
+        value: Option<RawNames>,
+        at: &str,
+    ) -> Result<BTreeMap<String, String>, ConfigError> {
+        match value {
+            None => Ok(BTreeMap::new()),
+            Some(RawNames::Map(map)) => Ok(map),
+            Some(RawNames::List(_)) => {
+                Err(self.error(at, "must be a table, e.g. { old = \"new\" }".into()))
+            }
+        }
+    }
+
+    /// `policy` for a bounds check: `default` when absent; `clamp` only where it means
+    /// something.
+    pub fn violation(
+        &self,
+        default: ViolationPolicy,
+        allow_clamp: bool,
+    ) -> Result<ViolationPolicy, ConfigError> {
+        match self.raw.policy.as_deref() {
+            None => Ok(default),
+            Some("drop") => Ok(ViolationPolicy::Drop),
+            Some("flag") => Ok(ViolationPolicy::Flag),
+            Some("clamp") if allow_clamp => Ok(ViolationPolicy::Clamp),
+            Some(other) => Err(self.error(
+                "policy",
+                format!(
+                    "{other:?} is not a policy; one of drop, flag{}",
+                    if allow_clamp { ", clamp" } else { "" }
+                ),
+            )),
+        }
+    }
+
+    /// The tag a flagging rule sets (`flag`, by default).
+    pub fn flag(&self) -> String {
+        self.raw.flag.clone().unwrap_or_else(|| "flag".to_owned())
+    }
+}
+
 fn resolve_rule(raw: &RawRule, index: usize, source: &Source) -> Result<Rule, ConfigError> {
-    let key = |name: &str| format!("clean.rules[{index}].{name}");
-    let err = |name: &str, message: String| source.error(key(name), message);
+    let err =
+        |name: &str, message: String| source.error(format!("clean.rules[{index}].{name}"), message);
+    let actions = ACTIONS.join(", ");
     let action_name = raw
         .action
         .clone()
-        .ok_or_else(|| err("action", format!("missing; one of {ACTIONS}")))?;
-    let allowed = allowed_keys(&action_name);
-    if allowed.is_empty() {
-        return Err(err(
+        .ok_or_else(|| err("action", format!("missing; one of {actions}")))?;
+    let allowed = keys_of(&action_name).ok_or_else(|| {
+        err(
             "action",
-            format!("{action_name:?} is not an action; one of {ACTIONS}"),
-        ));
-    }
+            format!("{action_name:?} is not an action; one of {actions}"),
+        )
+    })?;
     for present in raw.present_keys() {
         if !allowed.contains(&present) {
             return Err(err(
@@ -215,273 +260,13 @@ fn resolve_rule(raw: &RawRule, index: usize, source: &Source) -> Result<Rule, Co
             .map(|g| glob(g, "match.field"))
             .transpose()?,
     };
-    let names_list = |value: Option<RawNames>, at: &str| -> Result<Vec<String>, ConfigError> {
-        match value {
-            None => Ok(Vec::new()),
-            Some(RawNames::List(list)) => Ok(list),
-            Some(RawNames::Map(_)) => Err(err(at, "must be a list of names".into())),
-        }
+    let keys = RuleKeys {
+        raw,
+        matcher: &matcher,
+        index,
+        source,
     };
-    let names_map =
-        |value: Option<RawNames>, at: &str| -> Result<BTreeMap<String, String>, ConfigError> {
-            match value {
-                None => Ok(BTreeMap::new()),
-                Some(RawNames::Map(map)) => Ok(map),
-                Some(RawNames::List(_)) => {
-                    Err(err(at, "must be a table, e.g. { old = \"new\" }".into()))
-                }
-            }
-        };
-    let violation =
-        |default: ViolationPolicy, allow_clamp: bool| -> Result<ViolationPolicy, ConfigError> {
-            match raw.policy.as_deref() {
-                None => Ok(default),
-                Some("drop") => Ok(ViolationPolicy::Drop),
-                Some("flag") => Ok(ViolationPolicy::Flag),
-                Some("clamp") if allow_clamp => Ok(ViolationPolicy::Clamp),
-                Some(other) => Err(err(
-                    "policy",
-                    format!(
-                        "{other:?} is not a policy; one of drop, flag{}",
-                        if allow_clamp { ", clamp" } else { "" }
-                    ),
-                )),
-            }
-        };
-    let flag = raw.flag.clone().unwrap_or_else(|| "flag".to_owned());
-    let action = match action_name.as_str() {
-        "require" => {
-            let mut fields = Vec::new();
-            for (field, kind) in names_map(raw.fields.clone(), "fields")? {
-                let kind = FieldType::parse(&kind).ok_or_else(|| {
-                    err(
-                        &format!("fields.{field}"),
-                        format!("{kind:?} is not a type; one of float, integer, number, boolean, string, any"),
-                    )
-                })?;
-                fields.push((field, kind));
-            }
-            let tags = names_list(raw.tags.clone(), "tags")?;
-            if fields.is_empty() && tags.is_empty() {
-                return Err(err(
-                    "fields",
-                    "require needs `fields` (name = type) or `tags` (names)".into(),
-                ));
-            }
-            Action::Require { fields, tags }
-        }
-        "rename" => {
-            let fields = names_map(raw.fields.clone(), "fields")?;
-            let tags = names_map(raw.tags.clone(), "tags")?;
-            if fields.is_empty() && tags.is_empty() && raw.measurement.is_none() {
-                return Err(err(
-                    "fields",
-                    "rename needs `fields`, `tags` or `measurement`".into(),
-                ));
-            }
-            Action::Rename {
-                fields,
-                tags,
-                measurement: raw.measurement.clone(),
-            }
-        }
-        "map_values" => {
-            let values: BTreeMap<String, FieldValue> = raw
-                .values
-                .clone()
-                .ok_or_else(|| err("values", "missing; e.g. { buy = 1, click = 0 }".into()))?
-                .into_iter()
-                .map(|(k, v)| (k, v.into()))
-                .collect();
-            let drop_unmapped = match raw.unmapped.as_deref() {
-                None | Some("keep") => false,
-                Some("drop") => true,
-                Some(other) => {
-                    return Err(err("unmapped", format!("{other:?} is not keep or drop")));
-                }
-            };
-            match (raw.field.clone(), raw.tag.clone()) {
-                (Some(field), None) => Action::MapField {
-                    field,
-                    values,
-                    drop_unmapped,
-                },
-                (None, Some(tag)) => {
-                    let mut strings = BTreeMap::new();
-                    for (from, to) in values {
-                        let FieldValue::Str(to) = to else {
-                            return Err(err(
-                                &format!("values.{from}"),
-                                "a tag's value maps to a string".into(),
-                            ));
-                        };
-                        strings.insert(from, to);
-                    }
-                    Action::MapTag {
-                        tag,
-                        values: strings,
-                        drop_unmapped,
-                    }
-                }
-                _ => {
-                    return Err(err(
-                        "field",
-                        "map_values needs exactly one of `field` or `tag`".into(),
-                    ));
-                }
-            }
-        }
-        "convert" => {
-            if matcher.field.is_none() {
-                return Err(err(
-                    "match.field",
-                    "convert needs match.field: which fields hold the unit `from`".into(),
-                ));
-            }
-            let from = raw
-                .from
-                .clone()
-                .ok_or_else(|| err("from", "missing unit".into()))?;
-            let to = raw
-                .to
-                .clone()
-                .ok_or_else(|| err("to", "missing unit".into()))?;
-            let conversion = Conversion::new(&from, &to).map_err(|e| {
-                let at = if crate::units::lookup(&from).is_err() {
-                    "from"
-                } else {
-                    "to"
-                };
-                err(at, e.to_string())
-            })?;
-            Action::Convert { conversion }
-        }
-        "range" => {
-            if raw.min.is_none() && raw.max.is_none() {
-                return Err(err("min", "range needs `min`, `max` or both".into()));
-            }
-            let min = raw.min.unwrap_or(f64::NEG_INFINITY);
-            let max = raw.max.unwrap_or(f64::INFINITY);
-            if min > max {
-                return Err(err("min", format!("{min} is above max {max}")));
-            }
-            Action::Range {
-                min,
-                max,
-                policy: violation(ViolationPolicy::Drop, true)?,
-                flag,
-            }
-        }
-        "missing" => {
-            let fields = names_list(raw.fields.clone(), "fields")?;
-            let tags = names_list(raw.tags.clone(), "tags")?;
-            if fields.is_empty() && tags.is_empty() {
-                return Err(err(
-                    "fields",
-                    "missing needs `fields` or `tags` to look for".into(),
-                ));
-            }
-            let policy = match (raw.policy.as_deref(), raw.value.clone()) {
-                (None | Some("drop"), None) => MissingPolicy::Drop,
-                (Some("fill"), Some(value)) => MissingPolicy::Fill(value.into()),
-                (Some("fill"), None) => {
-                    return Err(err(
-                        "value",
-                        "policy \"fill\" needs the `value` to fill in".into(),
-                    ));
-                }
-                (Some("fill_last"), None) => MissingPolicy::FillLast,
-                (Some("drop" | "fill_last") | None, Some(_)) => {
-                    return Err(err("value", "only policy \"fill\" takes a value".into()));
-                }
-                (Some(other), _) => {
-                    return Err(err(
-                        "policy",
-                        format!("{other:?} is not drop, fill or fill_last"),
-                    ));
-                }
-            };
-            if !tags.is_empty()
-                && matches!(
-                    policy,
-                    MissingPolicy::Fill(
-                        FieldValue::F64(_) | FieldValue::I64(_) | FieldValue::Bool(_)
-                    )
-                )
-            {
-                return Err(err(
-                    "value",
-                    "a tag can only be filled with a string".into(),
-                ));
-            }
-            Action::Missing {
-                fields,
-                tags,
-                policy,
-            }
-        }
-        "outlier" => {
-            let method = match raw.method.as_deref() {
-                None | Some("mad") => OutlierMethod::Mad,
-                Some("zscore") => OutlierMethod::ZScore,
-                Some(other) => {
-                    return Err(err("method", format!("{other:?} is not mad or zscore")));
-                }
-            };
-            let window = match raw.window.clone() {
-                None => 60,
-                Some(RawWindow::Count(n)) if (3..=10_000).contains(&n) => n as usize,
-                Some(_) => {
-                    return Err(err(
-                        "window",
-                        "must be a count of recent values, 3 to 10000".into(),
-                    ));
-                }
-            };
-            let threshold = raw.threshold.unwrap_or(match method {
-                OutlierMethod::Mad => 3.5,
-                OutlierMethod::ZScore => 3.0,
-            });
-            if threshold.is_nan() || threshold <= 0.0 {
-                return Err(err("threshold", "must be above 0".into()));
-            }
-            let min_samples = raw.min_samples.unwrap_or(10);
-            if min_samples < 3 || min_samples > window {
-                return Err(err(
-                    "min_samples",
-                    format!("must be between 3 and the window ({window})"),
-                ));
-            }
-            Action::Outlier {
-                method,
-                window,
-                threshold,
-                min_samples,
-                policy: violation(ViolationPolicy::Flag, false)?,
-                flag,
-            }
-        }
-        "dedupe" => {
-            let window = match raw.window.clone() {
-                None => parse_duration("10m").map_err(|m| err("window", m))?,
-                Some(RawWindow::Text(text)) => {
-                    parse_duration(&text).map_err(|m| err("window", m))?
-                }
-                Some(RawWindow::Count(_)) => {
-                    return Err(err("window", "must be a duration, e.g. \"10m\"".into()));
-                }
-            };
-            Action::Dedupe {
-                window: i64::try_from(window.as_nanos()).unwrap_or(i64::MAX),
-            }
-        }
-        other => {
-            return Err(err(
-                "action",
-                format!("{other:?} is not an action this collector knows"),
-            ));
-        }
-    };
+    let action = Action::build(&action_name, &keys)?;
     Ok(Rule {
         name,
         matcher,

@@ -448,3 +448,48 @@ fn check_names_the_key_of_a_bad_rule() {
         assert!(got_message.contains(message), "{text}: {got_message}");
     }
 }
+
+#[test]
+fn every_key_a_kind_takes_is_a_key_a_rule_table_has() {
+    use super::config::{RawNames, RawRule, RawScalar, RawWindow};
+    let every = RawRule {
+        fields: Some(RawNames::List(Vec::new())),
+        tags: Some(RawNames::List(Vec::new())),
+        measurement: Some(String::new()),
+        field: Some(String::new()),
+        tag: Some(String::new()),
+        values: Some(Default::default()),
+        unmapped: Some(String::new()),
+        from: Some(String::new()),
+        to: Some(String::new()),
+        min: Some(0.0),
+        max: Some(0.0),
+        policy: Some(String::new()),
+        flag: Some(String::new()),
+        value: Some(RawScalar::Bool(true)),
+        method: Some(String::new()),
+        window: Some(RawWindow::Count(0)),
+        threshold: Some(0.0),
+        min_samples: Some(0),
+        ..RawRule::default()
+    };
+    let known = every.present_keys();
+    assert_eq!(rules::ACTIONS.len(), 8);
+    for action in rules::ACTIONS {
+        let keys = rules::keys_of(action).unwrap_or_else(|| panic!("{action} has no keys"));
+        assert!(!keys.is_empty(), "{action}");
+        for key in keys {
+            assert!(
+                known.contains(key),
+                "{action} takes {key}, which no table has"
+            );
+        }
+    }
+    assert!(rules::keys_of("sharpen").is_none());
+    let (key, message) = error("[[clean.rules]]\naction = \"sharpen\"\n");
+    assert_eq!(key, "clean.rules[0].action");
+    assert!(message.contains("one of require, rename"), "{message}");
+    let (key, message) = error("[[clean.rules]]\naction = \"dedupe\"\nmin = 1\n");
+    assert_eq!(key, "clean.rules[0].min");
+    assert!(message.contains("it takes: window"), "{message}");
+}
