@@ -132,7 +132,20 @@ impl InputContext {
                         Arc::clone(metrics),
                         Arc::clone(&agent_tags),
                     );
-                    tasks.spawn(task.run(intake.clone()));
+                    let (label, metrics, stop) =
+                        (file.label.clone(), Arc::clone(metrics), intake.clone());
+                    tasks.spawn(async move {
+                        let work = move |stop: &inputs::thread::Stop| task.run(stop);
+                        inputs::thread::run_on_thread(
+                            "file-input",
+                            &label,
+                            "file",
+                            &metrics,
+                            stop,
+                            work,
+                        )
+                        .await;
+                    });
                 }
                 other => {
                     let polled = match inputs::polled(other, &saved.checkpoints()) {

@@ -13,6 +13,7 @@ panic_free_mod!(
 pub mod schedule;
 pub mod sql;
 pub mod system;
+pub mod thread;
 
 use std::collections::BTreeMap;
 
