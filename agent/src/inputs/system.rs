@@ -16,9 +16,18 @@
 //! Everything comes from `/proc` (through the procfs crate) and `/sys`; a source that cannot be
 //! read (no swap, no thermal zones, a container without `/proc/diskstats`) is left out, and
 //! the first failure of each is logged and counted.
+//!
+//! The reads run on the blocking pool, never on the event loop. `statvfs` of each mount runs on
+//! a thread of its own with a [`STATVFS_TIMEOUT`]: a mount that does not answer (a hung NFS
+//! server) is left out, logged and counted, and skipped until its call returns. Network and
+//! userspace file systems ([`NETWORK_FS`], `fuse`, `fuse.*`) are left out unless named in
+//! `mount_points`.
 
 use std::collections::BTreeMap;
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use procfs::{Current, CurrentSI};
 use serde::Deserialize;
@@ -63,6 +72,30 @@ const VIRTUAL_FS: [&str; 27] = [
     "ramfs",
 ];
 
+/// File systems served over the network, left out of `disk` unless named in `mount_points`:
+/// their `statvfs` waits on a server. `fuse` and `fuse.*` (userspace, e.g. sshfs) are too.
+pub const NETWORK_FS: [&str; 16] = [
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "ncpfs",
+    "afs",
+    "9p",
+    "ceph",
+    "glusterfs",
+    "lustre",
+    "gfs2",
+    "ocfs2",
+    "davfs",
+    "sshfs",
+    "coda",
+];
+
+/// How long one mount's `statvfs` may take before the mount is left out of this poll.
+pub const STATVFS_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// `[[inputs.system]]` as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -81,6 +114,9 @@ pub struct RawSystem {
     pub percpu: Option<bool>,
     /// File system types left out of `disk`. Default: the virtual ones (tmpfs, overlay, …).
     pub ignore_fs: Option<Vec<String>>,
+    /// Only these mount points in `disk`, network file systems included. Default: every mount
+    /// but the ignored and the network ones.
+    pub mount_points: Option<Vec<String>>,
 }
 
 /// A checked `[[inputs.system]]`.
@@ -90,6 +126,7 @@ pub struct SystemConfig {
     pub collect: HashSet<&'static str>,
     pub percpu: bool,
     pub ignore_fs: HashSet<String>,
+    pub mount_points: Option<HashSet<String>>,
 }
 
 impl RawSystem {
@@ -125,8 +162,27 @@ impl RawSystem {
                 .unwrap_or_else(|| VIRTUAL_FS.iter().map(|s| (*s).to_owned()).collect())
                 .into_iter()
                 .collect(),
+            mount_points: self.mount_points.map(|points| points.into_iter().collect()),
         })
     }
+}
+
+impl SystemConfig {
+    /// Whether `disk` reads the mount at `path` of type `fs`.
+    fn reads_mount(&self, path: &str, fs: &str) -> bool {
+        if self.ignore_fs.contains(fs) {
+            return false;
+        }
+        match &self.mount_points {
+            Some(named) => named.contains(path),
+            None => !is_network_fs(fs),
+        }
+    }
+}
+
+/// Whether `fs` is served over the network or from userspace (and may hang).
+fn is_network_fs(fs: &str) -> bool {
+    NETWORK_FS.contains(&fs) || fs == "fuse" || fs.starts_with("fuse.")
 }
 
 /// CPU and process times from the previous poll, for percentages.
@@ -137,9 +193,16 @@ struct Previous {
     process: Option<(u64, u64, u64, std::time::Instant)>,
 }
 
-/// Reads the system for one `[[inputs.system]]`.
+/// Polls the system for one `[[inputs.system]]`: the reads run on the blocking pool.
 pub struct SystemPoller {
+    /// Absent while a read runs (it owns the reader then).
+    reader: Option<Box<SystemReader>>,
+}
+
+/// What a read needs and keeps between reads.
+struct SystemReader {
     config: SystemConfig,
+    mounts: MountProbe,
     previous: Option<Previous>,
     /// Sources already reported as unreadable (each is logged once).
     failed: HashSet<&'static str>,
@@ -150,20 +213,52 @@ pub struct SystemPoller {
 impl SystemPoller {
     pub fn new(config: SystemConfig) -> SystemPoller {
         SystemPoller {
-            config,
-            previous: None,
-            failed: HashSet::new(),
-            ticks: procfs::ticks_per_second() as f64,
-            page_size: procfs::page_size(),
+            reader: Some(Box::new(SystemReader {
+                config,
+                mounts: MountProbe::default(),
+                previous: None,
+                failed: HashSet::new(),
+                ticks: procfs::ticks_per_second() as f64,
+                page_size: procfs::page_size(),
+            })),
         }
     }
 
     pub async fn poll(&mut self, at: i64) -> Result<Polled, PollError> {
-        if self.previous.is_none() && self.wants("cpu") | self.wants("process") {
+        let mut reader = self
+            .reader
+            .take()
+            .ok_or_else(|| PollError::new("busy", "the previous read did not finish"))?;
+        if reader.previous.is_none() && reader.wants("cpu") | reader.wants("process") {
             // Percentages need two readings: the very first poll takes a baseline first.
-            self.previous = Some(self.sample_times());
-            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            let (back, ()) = blocking(reader, |reader| {
+                reader.previous = Some(reader.sample_times());
+            })
+            .await?;
+            reader = back;
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
+        let (reader, polled) = blocking(reader, move |reader| reader.read(at)).await?;
+        self.reader = Some(reader);
+        Ok(polled)
+    }
+}
+
+/// Runs `read` on the blocking pool with the reader, and hands the reader back.
+async fn blocking<T: Send + 'static>(
+    mut reader: Box<SystemReader>,
+    read: impl FnOnce(&mut SystemReader) -> T + Send + 'static,
+) -> Result<(Box<SystemReader>, T), PollError> {
+    tokio::task::spawn_blocking(move || {
+        let out = read(&mut reader);
+        (reader, out)
+    })
+    .await
+    .map_err(|e| PollError::new("task", e.to_string()))
+}
+
+impl SystemReader {
+    fn read(&mut self, at: i64) -> Polled {
         let mut polled = Polled {
             origin: "/proc".to_owned(),
             ..Polled::default()
@@ -178,6 +273,7 @@ impl SystemPoller {
             }
         };
         let mut failed = std::mem::take(&mut self.failed);
+        let mut timed_out = Vec::new();
         let now = self.sample_times();
         if self.wants("cpu") {
             self.cpu(&now, at, &mut points);
@@ -206,7 +302,7 @@ impl SystemPoller {
         }
         if self.wants("disk") {
             match procfs::mounts() {
-                Ok(mounts) => self.disks(&mounts, at, &mut points),
+                Ok(mounts) => timed_out = self.disks(&mounts, at, &mut points),
                 Err(e) => warn("disk", e.to_string(), &mut failed),
             }
         }
@@ -226,8 +322,16 @@ impl SystemPoller {
             temperatures(at, &mut points);
         }
         self.failed = failed;
+        for stuck in timed_out {
+            polled.warnings.push((
+                "mount_timeout",
+                format!(
+                    "statvfs of {stuck} did not answer within {STATVFS_TIMEOUT:?} (a hung network mount?); leaving it out until it does"
+                ),
+            ));
+        }
         polled.points = points;
-        Ok(polled)
+        polled
     }
 
     fn wants(&self, group: &str) -> bool {
@@ -334,14 +438,28 @@ impl SystemPoller {
         points.push(point);
     }
 
-    fn disks(&self, mounts: &[procfs::MountEntry], at: i64, points: &mut Vec<Point>) {
+    /// A `disk` point per mount read; returns the mounts whose `statvfs` timed out now.
+    fn disks(
+        &self,
+        mounts: &[procfs::MountEntry],
+        at: i64,
+        points: &mut Vec<Point>,
+    ) -> Vec<String> {
         let mut seen = HashSet::new();
+        let mut timed_out = Vec::new();
         for mount in mounts {
-            if self.config.ignore_fs.contains(&mount.fs_vfstype) || !seen.insert(&mount.fs_file) {
+            if !self.config.reads_mount(&mount.fs_file, &mount.fs_vfstype)
+                || !seen.insert(&mount.fs_file)
+            {
                 continue;
             }
-            let Ok(stat) = rustix::fs::statvfs(mount.fs_file.as_str()) else {
-                continue;
+            let stat = match self.mounts.statvfs(&mount.fs_file) {
+                Probe::Done(stat) => stat,
+                Probe::Failed | Probe::StillStuck => continue,
+                Probe::TimedOut => {
+                    timed_out.push(mount.fs_file.clone());
+                    continue;
+                }
             };
             if stat.f_blocks == 0 {
                 continue;
@@ -375,6 +493,7 @@ impl SystemPoller {
                     ),
             );
         }
+        timed_out
     }
 }
 
@@ -477,6 +596,76 @@ fn net(
     }
 }
 
+/// The outcome of one mount's `statvfs`.
+enum Probe {
+    Done(rustix::fs::StatVfs),
+    Failed,
+    /// No answer within [`STATVFS_TIMEOUT`]; the call goes on on its thread.
+    TimedOut,
+    /// An earlier call has not returned yet; no new one is made.
+    StillStuck,
+}
+
+/// `statvfs` with a time limit: each call runs on a thread of its own, and a mount whose call
+/// outlives the limit is skipped until that call returns.
+#[derive(Default)]
+struct MountProbe {
+    stuck: Arc<Mutex<HashSet<String>>>,
+}
+
+impl MountProbe {
+    fn statvfs(&self, path: &str) -> Probe {
+        let lock = |set: &Mutex<HashSet<String>>| {
+            set.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(path)
+        };
+        if lock(&self.stuck) {
+            return Probe::StillStuck;
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let finished = Arc::new(AtomicBool::new(false));
+        let (stuck, done, owned) = (
+            Arc::clone(&self.stuck),
+            Arc::clone(&finished),
+            path.to_owned(),
+        );
+        let spawned = std::thread::Builder::new()
+            .name("statvfs".to_owned())
+            .spawn(move || {
+                let result = rustix::fs::statvfs(owned.as_str());
+                {
+                    // Under the lock the caller marks a timeout with: either it sees this
+                    // call finished, or its mark is removed here.
+                    let mut stuck = stuck.lock().unwrap_or_else(PoisonError::into_inner);
+                    done.store(true, Ordering::SeqCst);
+                    stuck.remove(&owned);
+                }
+                let _ = tx.send(result);
+            });
+        if spawned.is_err() {
+            return Probe::Failed;
+        }
+        match rx.recv_timeout(STATVFS_TIMEOUT) {
+            Ok(Ok(stat)) => Probe::Done(stat),
+            Ok(Err(_)) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Probe::Failed,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let mut stuck = self.stuck.lock().unwrap_or_else(PoisonError::into_inner);
+                if finished.load(Ordering::SeqCst) {
+                    drop(stuck);
+                    match rx.try_recv() {
+                        Ok(Ok(stat)) => Probe::Done(stat),
+                        _ => Probe::Failed,
+                    }
+                } else {
+                    stuck.insert(path.to_owned());
+                    Probe::TimedOut
+                }
+            }
+        }
+    }
+}
+
 /// `/sys/class/thermal/thermal_zone*/temp` holds millidegrees Celsius; `type` names the sensor.
 fn temperatures(at: i64, points: &mut Vec<Point>) {
     let Ok(zones) = std::fs::read_dir("/sys/class/thermal") else {
@@ -570,6 +759,37 @@ mod tests {
         let polled = poller.poll(1).await.unwrap();
         let names: HashSet<&str> = polled.points.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, HashSet::from(["mem", "system"]));
+    }
+
+    #[test]
+    fn network_mounts_are_read_only_when_named() {
+        let config = |table: &str| match crate::config::tests::one_input(&format!(
+            "[[inputs.system]]\n{table}"
+        )) {
+            crate::config::InputConfig::System(config) => config,
+            _ => unreachable!(),
+        };
+        let default = config("");
+        assert!(default.reads_mount("/", "ext4"));
+        assert!(default.reads_mount("/boot", "fuseblk"));
+        for fs in ["nfs", "nfs4", "cifs", "fuse", "fuse.sshfs", "9p"] {
+            assert!(!default.reads_mount("/mnt/share", fs), "{fs}");
+        }
+        assert!(!default.reads_mount("/run", "tmpfs"));
+        let named = config("mount_points = [\"/mnt/share\"]\n");
+        assert!(named.reads_mount("/mnt/share", "nfs4"));
+        assert!(!named.reads_mount("/", "ext4"), "only the named mounts");
+        assert!(!config("mount_points = [\"/run\"]\n").reads_mount("/run", "tmpfs"));
+    }
+
+    #[test]
+    fn a_mount_marked_stuck_is_skipped_until_its_call_returns() {
+        let probe = MountProbe::default();
+        assert!(matches!(probe.statvfs("/"), Probe::Done(stat) if stat.f_blocks > 0));
+        assert!(matches!(probe.statvfs("/no/such/mount"), Probe::Failed));
+        probe.stuck.lock().unwrap().insert("/".to_owned());
+        assert!(matches!(probe.statvfs("/"), Probe::StillStuck));
+        // (The time-out itself is exercised against a hung FUSE mount: tests/e2e/stuck.rs.)
     }
 
     #[test]
