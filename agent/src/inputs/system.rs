@@ -196,7 +196,7 @@ struct Previous {
 /// Polls the system for one `[[inputs.system]]`: the reads run on the blocking pool.
 pub struct SystemPoller {
     /// Absent while a read runs (it owns the reader then).
-    reader: Option<Box<SystemReader>>,
+    reader: Option<SystemReader>,
 }
 
 /// What a read needs and keeps between reads.
@@ -213,14 +213,14 @@ struct SystemReader {
 impl SystemPoller {
     pub fn new(config: SystemConfig) -> SystemPoller {
         SystemPoller {
-            reader: Some(Box::new(SystemReader {
+            reader: Some(SystemReader {
                 config,
                 mounts: MountProbe::default(),
                 previous: None,
                 failed: HashSet::new(),
                 ticks: procfs::ticks_per_second() as f64,
                 page_size: procfs::page_size(),
-            })),
+            }),
         }
     }
 
@@ -246,9 +246,9 @@ impl SystemPoller {
 
 /// Runs `read` on the blocking pool with the reader, and hands the reader back.
 async fn blocking<T: Send + 'static>(
-    mut reader: Box<SystemReader>,
+    mut reader: SystemReader,
     read: impl FnOnce(&mut SystemReader) -> T + Send + 'static,
-) -> Result<(Box<SystemReader>, T), PollError> {
+) -> Result<(SystemReader, T), PollError> {
     tokio::task::spawn_blocking(move || {
         let out = read(&mut reader);
         (reader, out)
