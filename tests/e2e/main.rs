@@ -15,6 +15,7 @@ mod overflow;
 mod reload;
 mod scheduled;
 mod spine;
+mod stuck;
 mod sys;
 mod systemd;
 mod tail;

@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 use tributary_bench::harness::{Process, agent_config_with, bin_dir, free_port, token_pair};
 
 /// The service manager's end of `NOTIFY_SOCKET`: keeps every datagram it receives.
-struct FakeManager {
+pub struct FakeManager {
     socket: UnixDatagram,
     received: Vec<String>,
 }
 
 impl FakeManager {
-    fn bind(path: &Path) -> FakeManager {
+    pub fn bind(path: &Path) -> FakeManager {
         let socket = UnixDatagram::bind(path).unwrap();
         socket
             .set_read_timeout(Some(Duration::from_millis(100)))
@@ -28,7 +28,7 @@ impl FakeManager {
     }
 
     /// Receives until a message contains `needle` (true) or `timeout` passes (false).
-    fn wait_for(&mut self, needle: &str, timeout: Duration) -> bool {
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut buf = [0u8; 4096];
         while Instant::now() < deadline {
@@ -44,7 +44,7 @@ impl FakeManager {
     }
 
     /// Receives for `duration` and counts the messages that contain line `needle`.
-    fn count_for(&mut self, needle: &str, duration: Duration) -> usize {
+    pub fn count_for(&mut self, needle: &str, duration: Duration) -> usize {
         let start = self.received.len();
         let deadline = Instant::now() + duration;
         while Instant::now() < deadline {

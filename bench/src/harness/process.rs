@@ -140,6 +140,11 @@ impl Process {
         self.status
     }
 
+    /// Sends SIGTERM and returns at once (see `terminate` to wait for the exit).
+    pub fn sigterm(&self) {
+        send_sigterm(self.pid());
+    }
+
     /// The exit status, once it has exited.
     pub fn status(&mut self) -> Option<ExitStatus> {
         self.is_running();
