@@ -187,7 +187,7 @@ mount_points = ["/", "{mnt}"]
     let acked = publish_all(broker.port, 0..2_000).await;
     let verdict = settle(
         &collector.url(),
-        Some(&agent),
+        Some(agent),
         &acked,
         Duration::from_secs(60),
     )
