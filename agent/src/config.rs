@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use tributary_common::config::values::{RawSize, parse_duration};
+use tributary_common::choices;
+use tributary_common::config::values::{RawSize, duration, read_pem, size};
 use tributary_common::config::{ConfigError, Resolve, Source};
 use url::Url;
 
@@ -137,27 +138,6 @@ pub struct RawInputs {
     #[serde(default)]
     pub sql: Vec<RawSql>,
 }
-
-/// Declares how a configuration enum is spelled, so a wrong value gets a message listing the
-/// choices (the `config` crate's own enum errors are hard to read).
-macro_rules! choices {
-    ($ty:ty, $what:literal, { $($text:literal => $variant:expr),+ $(,)? }) => {
-        impl TryFrom<String> for $ty {
-            type Error = String;
-            fn try_from(text: String) -> Result<Self, String> {
-                match text.as_str() {
-                    $($text => Ok($variant),)+
-                    _ => Err(format!(
-                        concat!("{:?} is not a ", $what, "; choose one of {}"),
-                        text,
-                        [$(concat!("\"", $text, "\"")),+].join(", ")
-                    )),
-                }
-            }
-        }
-    };
-}
-pub(crate) use choices;
 
 /// What the buffer does when it reaches `max_size`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -333,29 +313,6 @@ impl Resolve for RawConfig {
     }
 }
 
-/// Parses a duration at `key`.
-pub(crate) fn duration(
-    source: &Source,
-    key: &str,
-    value: Option<&str>,
-    default: &str,
-) -> Result<Duration, ConfigError> {
-    parse_duration(value.unwrap_or(default)).map_err(|message| source.error(key, message))
-}
-
-/// Parses a byte size at `key`.
-pub(crate) fn size(
-    source: &Source,
-    key: &str,
-    value: Option<RawSize>,
-    default: &str,
-) -> Result<u64, ConfigError> {
-    value
-        .unwrap_or_else(|| RawSize::from(default))
-        .bytes()
-        .map_err(|message| source.error(key, message))
-}
-
 fn resolve_agent(raw: RawAgent, source: &Source) -> Result<AgentSettings, ConfigError> {
     let id = match raw.id {
         Some(id) => id,
@@ -529,19 +486,6 @@ fn resolve_forward(raw: RawForward, source: &Source) -> Result<ForwardSettings, 
             "5s",
         )?,
     })
-}
-
-/// Reads a PEM file and checks it holds at least one certificate.
-pub(crate) fn read_pem(source: &Source, key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
-    let pem = std::fs::read(path)
-        .map_err(|e| source.error(key, format!("cannot read {}: {e}", path.display())))?;
-    let certificates = rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| source.error(key, format!("{} is not PEM: {e}", path.display())))?;
-    if certificates.is_empty() {
-        return Err(source.error(key, format!("{} holds no PEM certificate", path.display())));
-    }
-    Ok(pem)
 }
 
 /// Two MQTT inputs with one client id on one broker would take the session from each other.

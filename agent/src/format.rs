@@ -33,7 +33,7 @@ pub enum Format {
     Lines,
 }
 
-crate::config::choices!(Format, "payload format", {
+tributary_common::choices!(Format, "payload format", {
     "json" => Format::Json,
     "influx" => Format::Influx,
     "value" => Format::Value,

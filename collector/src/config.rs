@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use tributary_common::config::values::{RawSize, parse_duration};
+use tributary_common::config::values::{self, RawSize, duration, parse_duration};
 use tributary_common::config::{ConfigError, Resolve, Source};
 
 use crate::auth::TokenHash;
@@ -193,11 +193,8 @@ impl Resolve for RawConfig {
             )
         })?;
         let size = |key: &str, value: Option<RawSize>, default: &str| {
-            value
-                .unwrap_or_else(|| RawSize::from(default))
-                .bytes()
+            values::size(source, key, value, default)
                 .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
-                .map_err(|m| source.error(key, m))
         };
         let max_body_size = size("server.max_body_size", raw.server.max_body_size, "16MiB")?;
         let max_decompressed_size = size(
@@ -232,17 +229,28 @@ impl Resolve for RawConfig {
                 ),
             ));
         }
-        let body_timeout = parse_duration(raw.server.body_timeout.as_deref().unwrap_or("30s"))
-            .map_err(|m| source.error("server.body_timeout", m))?;
+        let body_timeout = duration(
+            source,
+            "server.body_timeout",
+            raw.server.body_timeout.as_deref(),
+            "30s",
+        )?;
         let ingest_queue = raw.server.ingest_queue.unwrap_or(16);
         if ingest_queue == 0 {
             return Err(source.error("server.ingest_queue", "must be at least 1"));
         }
-        let ingest_wait = parse_duration(raw.server.ingest_wait.as_deref().unwrap_or("5s"))
-            .map_err(|m| source.error("server.ingest_wait", m))?;
-        let shutdown_text = raw.server.shutdown_timeout.as_deref().unwrap_or("10s");
-        let shutdown_timeout = parse_duration(shutdown_text)
-            .map_err(|m| source.error("server.shutdown_timeout", m))?;
+        let ingest_wait = duration(
+            source,
+            "server.ingest_wait",
+            raw.server.ingest_wait.as_deref(),
+            "5s",
+        )?;
+        let shutdown_timeout = duration(
+            source,
+            "server.shutdown_timeout",
+            raw.server.shutdown_timeout.as_deref(),
+            "10s",
+        )?;
 
         let commit_max_points = raw.storage.commit_max_points.unwrap_or(50_000);
         if commit_max_points == 0 {
@@ -290,9 +298,12 @@ impl Resolve for RawConfig {
         let time = resolve_time(&raw.time, source)?;
         let (resolutions, raw_retention) =
             resolve_rollups(raw.rollups.resolutions, raw.retention, source)?;
-        let retention_interval =
-            parse_duration(raw.rollups.retention_interval.as_deref().unwrap_or("10m"))
-                .map_err(|m| source.error("rollups.retention_interval", m))?;
+        let retention_interval = duration(
+            source,
+            "rollups.retention_interval",
+            raw.rollups.retention_interval.as_deref(),
+            "10m",
+        )?;
         Ok(Config {
             rules,
             time,
@@ -464,6 +475,22 @@ mod tests {
         assert_eq!(error.key, "server.listen");
         let error = load("[storage]\npth = \"x\"\n").unwrap_err();
         assert_eq!((error.key.as_str(), error.line), ("storage.pth", Some(2)));
+        let error = load("[time]\n\nout_of_bounds = \"drop\"\n").unwrap_err();
+        assert_eq!(
+            (error.key.as_str(), error.line),
+            ("time.out_of_bounds", Some(3))
+        );
+        assert!(
+            error
+                .message
+                .contains(r#"choose one of "quarantine", "receive_time""#),
+            "{error}"
+        );
+        let error = load("[server]\nbody_timeout = \"soon\"\n").unwrap_err();
+        assert_eq!(
+            (error.key.as_str(), error.line),
+            ("server.body_timeout", Some(2))
+        );
     }
 
     #[test]

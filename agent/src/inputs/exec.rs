@@ -19,8 +19,8 @@ use tributary_common::config::values::RawSize;
 use tributary_common::config::{ConfigError, Source};
 
 use super::polled::{PollError, Polled, PolledSettings, raw_timing};
-use crate::config::{duration, size};
 use crate::format::{DecodeContext, Format, decode};
+use tributary_common::config::values::{duration, size};
 
 /// How much of stderr is kept for the log line of a failed run.
 const STDERR_TAIL: usize = 2048;

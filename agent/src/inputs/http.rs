@@ -22,8 +22,9 @@ use tributary_wire::{FieldValue, Point};
 use url::Url;
 
 use super::polled::{PollError, Polled, PolledSettings, raw_timing};
-use crate::config::{choices, duration, read_pem, size};
 use crate::format::{DecodeContext, Decoded, Format, decode};
+use tributary_common::choices;
+use tributary_common::config::values::{duration, read_pem, size};
 
 /// `[[inputs.http]]` as written.
 #[derive(Debug, Default, Deserialize)]

@@ -29,8 +29,8 @@ use tributary_wire::time::{parse_rfc3339, unix_int_to_ns, unix_to_ns};
 use tributary_wire::{FieldValue, Point};
 
 use super::polled::{PollError, Polled, PolledSettings, raw_timing};
-use crate::config::duration;
 use crate::format::Rejected;
+use tributary_common::config::values::duration;
 
 /// `[[inputs.sql]]` as written.
 #[derive(Debug, Default, Deserialize)]

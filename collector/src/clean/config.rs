@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use tributary_common::config::values::parse_duration;
+use tributary_common::config::values;
 use tributary_common::config::{ConfigError, Source};
 use tributary_wire::FieldValue;
 
@@ -286,14 +286,13 @@ pub struct RawTime {
     /// Points before this time (RFC 3339) are out of bounds, e.g. a device without a clock.
     pub floor: Option<String>,
     /// `quarantine` or `receive_time` (replace the timestamp by the time of receipt).
-    pub out_of_bounds: Option<String>,
+    pub out_of_bounds: Option<TimePolicy>,
 }
 
 pub fn resolve_time(raw: &RawTime, source: &Source) -> Result<TimeSanity, ConfigError> {
     let duration = |key: &str, value: Option<&str>, default: &str| {
-        parse_duration(value.unwrap_or(default))
+        values::duration(source, &format!("time.{key}"), value, default)
             .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-            .map_err(|m| source.error(format!("time.{key}"), m))
     };
     let floor = match raw.floor.as_deref() {
         None => None,
@@ -304,16 +303,7 @@ pub fn resolve_time(raw: &RawTime, source: &Source) -> Result<TimeSanity, Config
             )
         })?),
     };
-    let policy = match raw.out_of_bounds.as_deref() {
-        None | Some("quarantine") => TimePolicy::Quarantine,
-        Some("receive_time") => TimePolicy::ReceiveTime,
-        Some(other) => {
-            return Err(source.error(
-                "time.out_of_bounds",
-                format!("{other:?} is not quarantine or receive_time"),
-            ));
-        }
-    };
+    let policy = raw.out_of_bounds.unwrap_or_default();
     Ok(TimeSanity {
         correct_clock_skew: raw.correct_clock_skew.unwrap_or(false),
         skew_threshold: duration("skew_threshold", raw.skew_threshold.as_deref(), "5s")?,

@@ -22,13 +22,20 @@ pub const STORABLE: RangeInclusive<i64> = STORABLE_START..=STORABLE_END - 1;
 /// then starts and ends inside the `i64` range.
 pub const MAX_RESOLUTION: i64 = 31 * 86_400_000_000_000;
 
-/// What to do with a point out of bounds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What to do with a point out of bounds (`time.out_of_bounds`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub enum TimePolicy {
+    #[default]
     Quarantine,
     /// Replace its timestamp with the time the collector received it.
     ReceiveTime,
 }
+
+tributary_common::choices!(TimePolicy, "time policy", {
+    "quarantine" => TimePolicy::Quarantine,
+    "receive_time" => TimePolicy::ReceiveTime,
+});
 
 /// `[time]`, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -55,7 +55,8 @@ use serde::Deserialize;
 use tributary_common::config::values::RawSize;
 use tributary_common::config::{ConfigError, Source};
 
-use crate::config::{choices, duration, size};
+use tributary_common::choices;
+use tributary_common::config::values::{duration, size};
 
 pub use input::FileInput;
 pub use sample::sample;

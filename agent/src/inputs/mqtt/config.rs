@@ -10,8 +10,8 @@ use tributary_common::config::{ConfigError, Source};
 use url::Url;
 
 use super::topic::{TopicTemplate, validate_filter};
-use crate::config::{duration, read_pem, size};
 use crate::format::Format;
+use tributary_common::config::values::{duration, read_pem, size};
 
 /// `[[inputs.mqtt]]` as written.
 #[derive(Debug, Default, Deserialize)]
