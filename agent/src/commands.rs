@@ -11,8 +11,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tributary_wire::line_protocol::format_point;
 
-use crate::config::{Config, InputConfig};
-use crate::inputs;
+use crate::config::Config;
 
 /// `tributary-agent test`: runs every input once and prints the points it would buffer, as
 /// line protocol on stdout; rejects, errors and notes go to stderr. Nothing is buffered or
@@ -22,63 +21,19 @@ pub async fn test(config: &Config) -> ExitCode {
     let stdout = std::io::stdout();
     for input in &config.inputs {
         let label = input.label();
-        match input {
-            InputConfig::Mqtt(_) => {
-                eprintln!(
-                    "# {label}: skipped: MQTT is event-driven; subscribe with mosquitto_sub to see what arrives"
-                );
-            }
-            InputConfig::File(file) => {
-                let (points, notes) =
-                    inputs::file::sample(file, &config.agent.tags, SAMPLE_RECORDS);
-                for note in notes {
-                    eprintln!("# {label}: {note}");
-                }
-                let mut out = stdout.lock();
-                for point in points {
-                    let _ = writeln!(out, "{}", format_point(&point));
-                }
-            }
-            other => {
-                let mut polled_input = match inputs::polled(other, &[]) {
-                    Some(Ok(polled)) => polled,
-                    Some(Err(e)) => {
-                        eprintln!("# {label}: error: {e}");
-                        failed = true;
-                        continue;
-                    }
-                    None => continue,
-                };
-                let at = tributary_wire::time::now_ns();
-                match polled_input.poller.poll(at).await {
-                    Ok(mut polled) => {
-                        polled_input.finish(&mut polled, &config.agent.tags, None);
-                        for (_, warning) in &polled.warnings {
-                            eprintln!("# {label}: warning: {warning}");
-                        }
-                        for rejected in &polled.rejected {
-                            eprintln!(
-                                "# {label}: would quarantine: {}: {}",
-                                rejected.reason,
-                                crate::format::truncate(
-                                    &String::from_utf8_lossy(&rejected.payload),
-                                    200
-                                )
-                            );
-                        }
-                        let mut out = stdout.lock();
-                        for point in &polled.points {
-                            let _ = writeln!(out, "{}", format_point(point));
-                        }
-                        eprintln!("# {label}: {} point(s)", polled.points.len());
-                    }
-                    Err(e) => {
-                        eprintln!("# {label}: error ({}): {e}", e.kind);
-                        failed = true;
-                    }
-                }
-            }
+        let sample = input.sample(&config.agent.tags).await;
+        for note in &sample.notes {
+            eprintln!("# {label}: {note}");
         }
+        let mut out = stdout.lock();
+        for point in &sample.points {
+            let _ = writeln!(out, "{}", format_point(point));
+        }
+        drop(out);
+        if let Some(summary) = &sample.summary {
+            eprintln!("# {label}: {summary}");
+        }
+        failed |= sample.failed;
     }
     if failed {
         ExitCode::FAILURE
@@ -86,9 +41,6 @@ pub async fn test(config: &Config) -> ExitCode {
         ExitCode::SUCCESS
     }
 }
-
-/// Records `test` shows per tailed file.
-const SAMPLE_RECORDS: usize = 20;
 
 /// Options of `tributary-agent quickstart`.
 pub struct Quickstart {

@@ -15,12 +15,7 @@ use tributary_common::config::values::{RawSize, duration, read_pem, size};
 use tributary_common::config::{ConfigError, Resolve, Source};
 use url::Url;
 
-use crate::inputs::exec::{ExecConfig, RawExec};
-use crate::inputs::file::{FileConfig, RawFile};
-use crate::inputs::http::{HttpConfig, RawHttp};
-use crate::inputs::mqtt::config::{MqttConfig, RawMqtt};
-use crate::inputs::sql::{RawSql, SqlConfig};
-use crate::inputs::system::{RawSystem, SystemConfig};
+use crate::inputs::{InputConfig, RawInputs};
 
 /// Prefix of environment overrides: `TRIBUTARY_AGENT__FORWARD__URL=…`.
 pub const ENV_PREFIX: &str = "TRIBUTARY_AGENT";
@@ -115,30 +110,6 @@ pub struct RawForward {
     pub final_attempt_timeout: Option<String>,
 }
 
-/// `[inputs]`
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawInputs {
-    /// `[[inputs.mqtt]]`
-    #[serde(default)]
-    pub mqtt: Vec<RawMqtt>,
-    /// `[[inputs.exec]]`
-    #[serde(default)]
-    pub exec: Vec<RawExec>,
-    /// `[[inputs.http]]`
-    #[serde(default)]
-    pub http: Vec<RawHttp>,
-    /// `[[inputs.file]]`
-    #[serde(default)]
-    pub file: Vec<RawFile>,
-    /// `[[inputs.system]]`
-    #[serde(default)]
-    pub system: Vec<RawSystem>,
-    /// `[[inputs.sql]]`
-    #[serde(default)]
-    pub sql: Vec<RawSql>,
-}
-
 /// What the buffer does when it reaches `max_size`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(try_from = "String")]
@@ -217,48 +188,6 @@ pub struct ForwardSettings {
     pub final_attempt_timeout: Duration,
 }
 
-/// One configured input.
-#[derive(Debug, Clone)]
-pub enum InputConfig {
-    Mqtt(MqttConfig),
-    Exec(ExecConfig),
-    Http(HttpConfig),
-    File(FileConfig),
-    System(SystemConfig),
-    Sql(SqlConfig),
-}
-
-impl InputConfig {
-    /// `inputs.<kind>[<index>]`.
-    pub fn label(&self) -> String {
-        match self {
-            InputConfig::Mqtt(c) => format!("inputs.mqtt[{}]", c.index),
-            InputConfig::Exec(c) => c.common.label.clone(),
-            InputConfig::Http(c) => c.common.label.clone(),
-            InputConfig::File(c) => c.label.clone(),
-            InputConfig::System(c) => c.common.label.clone(),
-            InputConfig::Sql(c) => c.common.label.clone(),
-        }
-    }
-
-    /// Problems that do not stop the agent but fail `check` (a command not installed yet).
-    pub fn check_problems(&self) -> Vec<&ConfigError> {
-        match self {
-            InputConfig::Exec(c) => c.missing_program.iter().collect(),
-            _ => Vec::new(),
-        }
-    }
-
-    /// The source id under which the input keeps checkpoints in the buffer, if it does.
-    pub fn state_source(&self) -> Option<String> {
-        match self {
-            InputConfig::File(c) => Some(c.id.clone()),
-            InputConfig::Sql(c) => Some(c.id.clone()),
-            _ => None,
-        }
-    }
-}
-
 impl Config {
     /// Loads and checks the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -281,29 +210,7 @@ impl Resolve for RawConfig {
         let agent = resolve_agent(raw.agent, source)?;
         let buffer = resolve_buffer(raw.buffer, source)?;
         let forward = resolve_forward(raw.forward, source)?;
-        let mut inputs = Vec::new();
-        let mqtt_count = raw.inputs.mqtt.len();
-        for (index, mqtt) in raw.inputs.mqtt.into_iter().enumerate() {
-            let input = mqtt.resolve(index, mqtt_count, &agent.id, source)?;
-            inputs.push(InputConfig::Mqtt(input));
-        }
-        for (index, raw) in raw.inputs.exec.into_iter().enumerate() {
-            inputs.push(InputConfig::Exec(raw.resolve(index, source)?));
-        }
-        for (index, raw) in raw.inputs.http.into_iter().enumerate() {
-            inputs.push(InputConfig::Http(raw.resolve(index, source)?));
-        }
-        for (index, raw) in raw.inputs.file.into_iter().enumerate() {
-            inputs.push(InputConfig::File(raw.resolve(index, source)?));
-        }
-        for (index, raw) in raw.inputs.system.into_iter().enumerate() {
-            inputs.push(InputConfig::System(raw.resolve(index, source)?));
-        }
-        for (index, raw) in raw.inputs.sql.into_iter().enumerate() {
-            inputs.push(InputConfig::Sql(raw.resolve(index, source)?));
-        }
-        check_unique_sessions(&inputs, source)?;
-        check_unique_state(&inputs, source)?;
+        let inputs = raw.inputs.resolve(&agent.id, source)?;
         Ok(Config {
             agent,
             buffer,
@@ -486,47 +393,6 @@ fn resolve_forward(raw: RawForward, source: &Source) -> Result<ForwardSettings, 
             "5s",
         )?,
     })
-}
-
-/// Two MQTT inputs with one client id on one broker would take the session from each other.
-fn check_unique_sessions(inputs: &[InputConfig], source: &Source) -> Result<(), ConfigError> {
-    let mut seen = BTreeMap::new();
-    for input in inputs {
-        let InputConfig::Mqtt(mqtt) = input else {
-            continue;
-        };
-        let key = (
-            mqtt.broker.host.clone(),
-            mqtt.broker.port,
-            mqtt.client_id.clone(),
-        );
-        if let Some(first) = seen.insert(key, mqtt.index) {
-            return Err(source.error(
-                format!("inputs.mqtt[{}].client_id", mqtt.index),
-                format!(
-                    "client id {:?} is already used by inputs.mqtt[{first}] on the same broker; each input needs its own session",
-                    mqtt.client_id
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Two inputs that keep positions under one id would overwrite each other's.
-fn check_unique_state(inputs: &[InputConfig], source: &Source) -> Result<(), ConfigError> {
-    let mut seen = BTreeMap::new();
-    for input in inputs {
-        if let Some(id) = input.state_source()
-            && let Some(first) = seen.insert(id.clone(), input.label())
-        {
-            return Err(source.error(
-                format!("{}.id", input.label()),
-                format!("{id:?} is already the id of {first}; give each input its own id"),
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// The host name, from the kernel.

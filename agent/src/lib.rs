@@ -62,10 +62,10 @@ use tracing::{error, info, warn};
 use tributary_common::systemd;
 
 use crate::buffer::{BufferHandle, Control, Depth, ForwarderLink, Reader, Store, Writer, repair};
-use crate::config::{Config, InputConfig};
+use crate::config::Config;
 use crate::forward::Forwarder;
-use crate::inputs::file::FileInput;
-use crate::inputs::mqtt::{MqttInput, TestHooks};
+use crate::inputs::mqtt::TestHooks;
+use crate::inputs::{InputConfig, InputRecords};
 use crate::metrics::Metrics;
 
 /// The name of the buffer file inside `data_dir`.
@@ -106,79 +106,22 @@ impl InputContext {
     fn start(&self, config: &Config, saved: Vec<InputRecords>) -> InputSet {
         let intake = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let agent_tags = Arc::new(config.agent.tags.clone());
-        let metrics = &self.metrics;
+        let shared = inputs::Shared {
+            buffer: self.buffer.clone(),
+            metrics: Arc::clone(&self.metrics),
+            agent_tags: Arc::new(config.agent.tags.clone()),
+            hooks: self.hooks,
+        };
         for (input, saved) in config.inputs.iter().zip(saved) {
-            match input {
-                InputConfig::Mqtt(mqtt) => {
-                    let InputRecords::Deliveries(_, stored) = saved else {
-                        unreachable!("MQTT inputs load deliveries")
-                    };
-                    let task = MqttInput::new(
-                        mqtt.clone(),
-                        self.buffer.clone(),
-                        Arc::clone(metrics),
-                        Arc::clone(&agent_tags),
-                        stored,
-                        self.hooks,
-                    );
-                    tasks.spawn(task.run(intake.clone()));
-                }
-                InputConfig::File(file) => {
-                    let task = FileInput::new(
-                        file.clone(),
-                        saved.checkpoints(),
-                        self.buffer.clone(),
-                        Arc::clone(metrics),
-                        Arc::clone(&agent_tags),
-                    );
-                    let (label, metrics, stop) =
-                        (file.label.clone(), Arc::clone(metrics), intake.clone());
-                    tasks.spawn(async move {
-                        let work = move |stop: &inputs::thread::Stop| task.run(stop);
-                        inputs::thread::run_on_thread(
-                            "file-input",
-                            &label,
-                            "file",
-                            &metrics,
-                            stop,
-                            work,
-                        )
-                        .await;
-                    });
-                }
-                other => {
-                    let polled = match inputs::polled(other, &saved.checkpoints()) {
-                        Some(Ok(polled)) => polled,
-                        Some(Err(e)) => {
-                            error!(error = %e, "input disabled");
-                            metrics.error("agent", "input_setup");
-                            continue;
-                        }
-                        None => continue,
-                    };
-                    tasks.spawn(polled.run(
-                        self.buffer.clone(),
-                        Arc::clone(metrics),
-                        Arc::clone(&agent_tags),
-                        intake.clone(),
-                    ));
-                }
-            }
+            input.spawn(saved, &shared, &intake, &tasks);
         }
+        let metrics = &self.metrics;
         if config.inputs.is_empty() {
             warn!("no inputs are configured; the agent only forwards what is already buffered");
             metrics.error("agent", "no_inputs");
         }
         if let Some(interval) = config.agent.self_metrics {
-            let watched = config
-                .inputs
-                .iter()
-                .map(|input| inputs::own::Watched {
-                    label: input.label(),
-                    mqtt: matches!(input, InputConfig::Mqtt(_)),
-                })
-                .collect();
+            let watched = config.inputs.iter().map(InputConfig::watched).collect();
             tasks.spawn(inputs::own::run(
                 interval,
                 watched,
@@ -499,51 +442,4 @@ async fn reload(
 struct Damage {
     problems: Vec<String>,
     salvage: Result<repair::Salvage, String>,
-}
-
-/// What an input kept in the buffer from earlier runs.
-#[derive(Default)]
-enum InputRecords {
-    #[default]
-    Nothing,
-    /// An MQTT session's delivery records.
-    Deliveries(String, std::collections::HashMap<u16, [u8; 8]>),
-    /// Checkpoints under a source id.
-    Checkpoints(String, Vec<(String, Vec<u8>)>),
-}
-
-impl InputRecords {
-    /// What `input` needs loaded (not loaded yet).
-    fn wanted(input: &InputConfig) -> InputRecords {
-        match input {
-            InputConfig::Mqtt(mqtt) => {
-                InputRecords::Deliveries(mqtt.session_key(), Default::default())
-            }
-            other => match other.state_source() {
-                Some(source) => InputRecords::Checkpoints(source, Vec::new()),
-                None => InputRecords::Nothing,
-            },
-        }
-    }
-
-    fn load(self, store: &Store) -> Result<InputRecords, crate::buffer::StoreError> {
-        Ok(match self {
-            InputRecords::Nothing => InputRecords::Nothing,
-            InputRecords::Deliveries(session, _) => {
-                let stored = store.deliveries(&session)?;
-                InputRecords::Deliveries(session, stored)
-            }
-            InputRecords::Checkpoints(source, _) => {
-                let saved = store.checkpoints(&source)?;
-                InputRecords::Checkpoints(source, saved)
-            }
-        })
-    }
-
-    fn checkpoints(self) -> Vec<(String, Vec<u8>)> {
-        match self {
-            InputRecords::Checkpoints(_, saved) => saved,
-            _ => Vec::new(),
-        }
-    }
 }

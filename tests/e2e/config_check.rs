@@ -152,3 +152,77 @@ fn environment_overrides_are_checked_too() {
         "{stdout}"
     );
 }
+
+/// `test` runs every input once and prints what it would buffer on stdout, as line protocol,
+/// and what it has to say on stderr; a failing input makes it exit 1.
+#[test]
+fn test_runs_each_input_once_and_prints_its_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = write(&dir, "app.log", "tailed id=1i\ntailed id=2i\n");
+    let config = write(
+        &dir,
+        "agent.toml",
+        &format!(
+            r#"[agent]
+id = "t"
+data_dir = {data:?}
+tags = {{ site = "lab" }}
+
+[forward]
+url = "http://127.0.0.1:9"
+
+[[inputs.mqtt]]
+broker = "mqtt://127.0.0.1:9"
+topics = ["a/#"]
+
+[[inputs.exec]]
+command = ["/bin/sh", "-c", "echo 'polled value=1.5 1700000000000000000'; echo 'not line protocol'"]
+format = "influx"
+
+[[inputs.file]]
+paths = [{log:?}]
+format = "influx"
+start_at = "beginning"
+"#,
+            data = dir.path().join("data"),
+        ),
+    );
+    let output = Command::new(bin_dir().join("tributary-agent"))
+        .arg("test")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    let mut lines: Vec<&str> = stdout.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert_eq!(lines[0], "polled,site=lab value=1.5 1700000000000000000");
+    let tailed = format!("tailed,path={},site=lab", log.display());
+    assert!(lines[1].starts_with(&format!("{tailed} id=1i ")), "{stdout}");
+    assert!(lines[2].starts_with(&format!("{tailed} id=2i ")), "{stdout}");
+    assert!(stderr.contains("# inputs.mqtt[0]: skipped: MQTT is event-driven"), "{stderr}");
+    assert!(stderr.contains("# inputs.exec[0]: would quarantine: "), "{stderr}");
+    assert!(stderr.contains("# inputs.exec[0]: 1 point(s)"), "{stderr}");
+
+    // An input that cannot run fails the command.
+    let failing = write(
+        &dir,
+        "failing.toml",
+        &format!(
+            "[agent]\nid = \"t\"\ndata_dir = {data:?}\n\n[forward]\nurl = \"http://127.0.0.1:9\"\n\n[[inputs.exec]]\ncommand = [\"/bin/false\"]\n",
+            data = dir.path().join("data"),
+        ),
+    );
+    let output = Command::new(bin_dir().join("tributary-agent"))
+        .arg("test")
+        .arg("--config")
+        .arg(&failing)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("# inputs.exec[0]: error ("), "{stderr}");
+}

@@ -713,7 +713,7 @@ mod tests {
 
     fn poller(table: &str) -> SystemPoller {
         match crate::config::tests::one_input(&format!("[[inputs.system]]\n{table}")) {
-            crate::config::InputConfig::System(config) => SystemPoller::new(config),
+            crate::inputs::InputConfig::System(config) => SystemPoller::new(config),
             _ => unreachable!(),
         }
     }
@@ -766,7 +766,7 @@ mod tests {
         let config = |table: &str| match crate::config::tests::one_input(&format!(
             "[[inputs.system]]\n{table}"
         )) {
-            crate::config::InputConfig::System(config) => config,
+            crate::inputs::InputConfig::System(config) => config,
             _ => unreachable!(),
         };
         let default = config("");

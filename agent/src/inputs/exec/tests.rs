@@ -5,8 +5,8 @@ use std::time::Instant;
 use tributary_wire::FieldValue;
 
 use super::*;
-use crate::config::InputConfig;
 use crate::config::tests::{error, one_input};
+use crate::inputs::InputConfig;
 
 fn poller(table: &str) -> ExecPoller {
     match one_input(&format!("[[inputs.exec]]\n{table}")) {

@@ -6,8 +6,8 @@ use axum::routing::{get, post};
 use tributary_wire::FieldValue;
 
 use super::*;
-use crate::config::InputConfig;
 use crate::config::tests::{error, one_input};
+use crate::inputs::InputConfig;
 
 /// Serves an exporter, a JSON device API (bearer token), a POST echo and a failing endpoint.
 async fn server() -> String {

@@ -4,8 +4,8 @@ use rusqlite::Connection;
 use tributary_wire::FieldValue;
 
 use super::*;
-use crate::config::InputConfig;
 use crate::config::tests::{error, one_input};
+use crate::inputs::InputConfig;
 
 fn config(path: &std::path::Path) -> SqlConfig {
     let table = format!(
