@@ -51,15 +51,18 @@ pub mod http;
 pub mod inputs;
 pub mod metrics;
 
+use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
-use tributary_common::systemd;
+use tributary_common::lifecycle::{Event, Lifecycle};
 
 use crate::buffer::{BufferHandle, Control, Depth, ForwarderLink, Reader, Store, Writer, repair};
 use crate::config::Config;
@@ -172,17 +175,47 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     install_crypto_provider();
     let metrics = Arc::new(Metrics::new());
+    let depth = Arc::new(Depth::default());
+    let opened = open_buffer(&config, &metrics, &depth).await?;
+    let mut agent = Agent::start(config, opened, metrics, depth, &shutdown).await?;
+    let mut lifecycle = Lifecycle::install(config_path, agent.metrics.errors.clone())
+        .context("cannot install the SIGHUP handler")?;
+    info!(agent = %agent.config.agent.id, inputs = agent.config.inputs.len(), collector = %agent.config.forward.batches_url, "agent running");
+    lifecycle.ready(&agent.status(), agent.watchdog_probe(), &shutdown);
+    while let Event::Reload(path) = lifecycle.next(&shutdown).await {
+        agent.reload(&path).await;
+        lifecycle.reloaded(&agent.status());
+    }
+    // The watchdog ends with `shutdown`; nothing waits for it.
+    drop(lifecycle.stopping());
+    agent.shutdown().await;
+    Ok(())
+}
+
+/// The buffer as opened at start: the store (the writer's), the forwarder's reader, and what
+/// each configured input recorded in it before.
+struct OpenedBuffer {
+    path: std::path::PathBuf,
+    store: Store,
+    reader: Reader,
+    saved: Vec<InputRecords>,
+}
+
+/// Opens the buffer in `agent.data_dir` and reads what the inputs recorded (MQTT deliveries,
+/// file offsets, SQL tracking values). That is SQLite work: off the executor, like all of it.
+/// A damaged file is moved aside and salvaged first (`buffer::repair`), so it cannot stop the
+/// agent; the damage is logged and counted here.
+async fn open_buffer(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    depth: &Arc<Depth>,
+) -> anyhow::Result<OpenedBuffer> {
     let data_dir = config.agent.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create agent.data_dir {}", data_dir.display()))?;
     let path = data_dir.join(BUFFER_FILE);
-
-    let depth = Arc::new(Depth::default());
-    // Opening the file and reading what the inputs recorded (MQTT deliveries, file offsets,
-    // SQL tracking values) is SQLite work: off the executor, like all of it. A damaged file is
-    // moved aside and salvaged first (`buffer::repair`), so it cannot stop the agent.
     let (store, reader, saved, damage) = {
-        let (path, depth) = (path.clone(), Arc::clone(&depth));
+        let (path, depth) = (path.clone(), Arc::clone(depth));
         let (max_size, when_full, disk_reserve) = (
             config.buffer.max_size,
             config.buffer.when_full,
@@ -251,191 +284,235 @@ pub async fn run(
             }
         }
     }
-    let epoch = store.epoch().to_owned();
-    info!(agent = %config.agent.id, path = %path.display(), %epoch, points = depth.points(), bytes = depth.bytes(), "buffer opened");
-
-    let (ingest_tx, ingest_rx) = mpsc::channel(config.buffer.queue_capacity);
-    let (control_tx, control_rx) = mpsc::unbounded_channel();
-    let (committed_tx, committed_rx) = watch::channel(store.last_seq());
-    let buffer = BufferHandle::new(ingest_tx);
-
-    // The writer cancels `drained` once every input has let go of its handle and everything
-    // they handed over is committed (and acknowledged).
-    let drained = CancellationToken::new();
-    let context = InputContext {
-        buffer,
-        metrics: Arc::clone(&metrics),
-        depth: Arc::clone(&depth),
-        hooks: TestHooks::from_env(),
-    };
-    let mut inputs = context.start(&config, saved);
-
-    // The writer ends once inputs and forwarder have let go of it.
-    let writer = Writer::new(
+    Ok(OpenedBuffer {
+        path,
         store,
-        ingest_rx,
-        control_rx,
-        committed_tx,
-        config.buffer.clone(),
-        Arc::clone(&metrics),
-        Arc::clone(&depth),
-    );
-    let writer = tokio::spawn(writer.run(drained.clone()));
-
-    let watchdog_control = control_tx.clone();
-    let reload_control = control_tx.clone();
-    let link = ForwarderLink {
-        depth: Arc::clone(&depth),
-        committed: committed_rx,
-        control: control_tx,
-    };
-    let forwarder = Forwarder::new(
-        config.forward.clone(),
-        config.agent.id.clone(),
-        epoch,
         reader,
-        link,
-        Arc::clone(&metrics),
-    )?;
-    let stop_forwarding = CancellationToken::new();
-    let forwarder = tokio::spawn(forwarder.run(stop_forwarding.clone(), drained.clone()));
-
-    let listener = match config.agent.listen {
-        Some(address) => http::bind(address, &metrics).await.map(|listener| {
-            tokio::spawn(http::serve(
-                listener,
-                Arc::clone(&metrics),
-                Arc::clone(&depth),
-                shutdown.clone(),
-            ))
-        }),
-        None => None,
-    };
-
-    // Installed before READY: SIGHUP's default action would end the process.
-    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("cannot install the SIGHUP handler")?;
-    let input_count = Arc::new(std::sync::atomic::AtomicUsize::new(inputs.count));
-    info!(agent = %config.agent.id, inputs = config.inputs.len(), collector = %config.forward.batches_url, "agent running");
-    systemd::ready(&metrics.status_line(&depth, inputs.count), &metrics.errors);
-    match systemd::watchdog_interval() {
-        Some(interval) => {
-            // The writer answering a ping proves the buffer (the path every reading takes)
-            // still makes progress; the executor running this task proves the rest is alive.
-            let errors = metrics.errors.clone();
-            let (metrics, depth, inputs) = (
-                Arc::clone(&metrics),
-                Arc::clone(&depth),
-                Arc::clone(&input_count),
-            );
-            let probe = move || {
-                let (control, metrics, depth, inputs) = (
-                    watchdog_control.clone(),
-                    Arc::clone(&metrics),
-                    Arc::clone(&depth),
-                    Arc::clone(&inputs),
-                );
-                async move {
-                    let (done, answer) = tokio::sync::oneshot::channel();
-                    control.send(Control::Ping { done }).ok()?;
-                    answer.await.ok()?.ok()?;
-                    let inputs = inputs.load(std::sync::atomic::Ordering::Relaxed);
-                    Some(metrics.status_line(&depth, inputs))
-                }
-            };
-            tokio::spawn(systemd::watchdog(interval, probe, errors, shutdown.clone()));
-        }
-        None => drop(watchdog_control),
-    }
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = hangups.recv() => {
-                let Some(path) = config_path.as_deref() else {
-                    warn!("SIGHUP: no configuration file to reload (started without --config)");
-                    metrics.error("config", "reload_without_file");
-                    continue;
-                };
-                if let Some(next) = reload(path, &inputs, &context, &reload_control).await {
-                    inputs = next;
-                    input_count.store(inputs.count, std::sync::atomic::Ordering::Relaxed);
-                }
-                systemd::ready(&metrics.status_line(&depth, inputs.count), &metrics.errors);
-            }
-        }
-    }
-    systemd::stopping(&metrics.errors);
-    info!("shutting down: stopping inputs");
-
-    let deadline = tokio::time::Instant::now() + config.agent.shutdown_timeout;
-    inputs.intake.cancel();
-    inputs.tasks.close();
-    stop_forwarding.cancel();
-    // The inputs hold the other handles; once they end, the writer sees its queue close (and
-    // its control channel once the forwarder ends).
-    drop(context);
-    drop(reload_control);
-    let order = async {
-        inputs.tasks.wait().await;
-        info!("inputs stopped; committing what they handed over");
-        let _ = forwarder.await;
-        let _ = writer.await;
-    };
-    if tokio::time::timeout_at(deadline, order).await.is_err() {
-        let mut running = Vec::new();
-        if !inputs.tasks.is_empty() {
-            running.push(format!("{} input(s)", inputs.tasks.len()));
-        }
-        running.push("forwarder or buffer writer".to_owned());
-        warn!(still_running = %running.join(", "), timeout = ?config.agent.shutdown_timeout, "shutdown deadline passed; exiting anyway (committed data is safe, unacknowledged data stays with its source)");
-        metrics.error("agent", "shutdown_timeout");
-    }
-    if let Some(listener) = listener {
-        let _ = tokio::time::timeout(Duration::from_secs(1), listener).await;
-    }
-    info!(backlog = depth.points(), "agent stopped");
-    Ok(())
+        saved,
+    })
 }
 
-/// Reloads the configuration at `path` for SIGHUP: if it loads, stops `running` (they hand
-/// over and see committed what they took) and returns the new inputs, started with what they
-/// recorded in the buffer. If it does not, logs why and returns `None`: `running` go on.
-async fn reload(
-    path: &std::path::Path,
-    running: &InputSet,
-    context: &InputContext,
-    control: &mpsc::UnboundedSender<Control>,
-) -> Option<InputSet> {
-    let metrics = &context.metrics;
-    info!(file = %path.display(), "SIGHUP: reloading the configuration");
-    systemd::reloading(&metrics.errors);
-    let config = match tributary_common::config::reload_file::<config::RawConfig>(path).await {
-        Ok(config) => config,
-        Err(e) => {
-            error!(error = %e, "reload refused; the running configuration stays");
-            metrics.error("config", "reload_invalid");
-            return None;
+/// The running agent: its inputs, the buffer writer, the forwarder and the local listener.
+/// [`Agent::reload`] replaces the inputs; [`Agent::shutdown`] stops everything in order.
+struct Agent {
+    config: Config,
+    metrics: Arc<Metrics>,
+    depth: Arc<Depth>,
+    context: InputContext,
+    inputs: InputSet,
+    /// The number of running inputs, for the watchdog's status line.
+    input_count: Arc<AtomicUsize>,
+    /// The writer's control channel: reloads read the inputs' records through it, and the
+    /// watchdog pings the writer.
+    control: mpsc::UnboundedSender<Control>,
+    writer: JoinHandle<()>,
+    forwarder: JoinHandle<()>,
+    stop_forwarding: CancellationToken,
+    listener: Option<JoinHandle<()>>,
+}
+
+impl Agent {
+    /// Starts the inputs, the writer, the forwarder and (with `agent.listen`) the listener.
+    async fn start(
+        config: Config,
+        opened: OpenedBuffer,
+        metrics: Arc<Metrics>,
+        depth: Arc<Depth>,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Agent> {
+        let OpenedBuffer {
+            path,
+            store,
+            reader,
+            saved,
+        } = opened;
+        let epoch = store.epoch().to_owned();
+        info!(agent = %config.agent.id, path = %path.display(), %epoch, points = depth.points(), bytes = depth.bytes(), "buffer opened");
+
+        let (ingest_tx, ingest_rx) = mpsc::channel(config.buffer.queue_capacity);
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let (committed_tx, committed_rx) = watch::channel(store.last_seq());
+
+        // The writer cancels `drained` once every input has let go of its handle and
+        // everything they handed over is committed (and acknowledged).
+        let drained = CancellationToken::new();
+        let context = InputContext {
+            buffer: BufferHandle::new(ingest_tx),
+            metrics: Arc::clone(&metrics),
+            depth: Arc::clone(&depth),
+            hooks: TestHooks::from_env(),
+        };
+        let inputs = context.start(&config, saved);
+
+        // The writer ends once inputs and forwarder have let go of it.
+        let writer = Writer::new(
+            store,
+            ingest_rx,
+            control_rx,
+            committed_tx,
+            config.buffer.clone(),
+            Arc::clone(&metrics),
+            Arc::clone(&depth),
+        );
+        let writer = tokio::spawn(writer.run(drained.clone()));
+
+        let link = ForwarderLink {
+            depth: Arc::clone(&depth),
+            committed: committed_rx,
+            control: control_tx.clone(),
+        };
+        let forwarder = Forwarder::new(
+            config.forward.clone(),
+            config.agent.id.clone(),
+            epoch,
+            reader,
+            link,
+            Arc::clone(&metrics),
+        )?;
+        let stop_forwarding = CancellationToken::new();
+        let forwarder = tokio::spawn(forwarder.run(stop_forwarding.clone(), drained));
+
+        let listener = match config.agent.listen {
+            Some(address) => http::bind(address, &metrics).await.map(|listener| {
+                tokio::spawn(http::serve(
+                    listener,
+                    Arc::clone(&metrics),
+                    Arc::clone(&depth),
+                    shutdown.clone(),
+                ))
+            }),
+            None => None,
+        };
+        Ok(Agent {
+            input_count: Arc::new(AtomicUsize::new(inputs.count)),
+            config,
+            metrics,
+            depth,
+            context,
+            inputs,
+            control: control_tx,
+            writer,
+            forwarder,
+            stop_forwarding,
+            listener,
+        })
+    }
+
+    /// The one-line status for the service manager.
+    fn status(&self) -> String {
+        self.metrics.status_line(&self.depth, self.inputs.count)
+    }
+
+    /// The watchdog's probe: the writer answering a ping proves the buffer (the path every
+    /// reading takes) still makes progress; the executor running the probe proves the rest is
+    /// alive. The probe holds a control handle: it must end (with `shutdown`) for the writer
+    /// to finish.
+    fn watchdog_probe(
+        &self,
+    ) -> impl FnMut() -> std::pin::Pin<Box<dyn Future<Output = Option<String>> + Send>> + Send + 'static
+    {
+        let (control, metrics, depth, inputs) = (
+            self.control.clone(),
+            Arc::clone(&self.metrics),
+            Arc::clone(&self.depth),
+            Arc::clone(&self.input_count),
+        );
+        move || {
+            let (control, metrics, depth, inputs) = (
+                control.clone(),
+                Arc::clone(&metrics),
+                Arc::clone(&depth),
+                Arc::clone(&inputs),
+            );
+            Box::pin(async move {
+                let (done, answer) = tokio::sync::oneshot::channel();
+                control.send(Control::Ping { done }).ok()?;
+                answer.await.ok()?.ok()?;
+                Some(metrics.status_line(&depth, inputs.load(Ordering::Relaxed)))
+            })
         }
-    };
-    running.stop().await;
-    let saved = match load_saved(control, &config).await {
-        Ok(saved) => saved,
-        Err(e) => {
-            // The old inputs are stopped; start the new ones without their records rather
-            // than none (an MQTT redelivery may then be stored twice; a file is re-read from
-            // its start). Reading the buffer failing is already an alarm of its own.
-            error!(error = %e, "cannot read the inputs' records from the buffer; starting them without");
-            metrics.error("config", "reload_records");
-            config.inputs.iter().map(InputRecords::wanted).collect()
+    }
+
+    /// Reloads the configuration at `path` for SIGHUP: if it loads, stops the running inputs
+    /// (they hand over and see committed what they took) and starts the new ones with what
+    /// they recorded in the buffer. If it does not, logs why: the running inputs go on.
+    async fn reload(&mut self, path: &std::path::Path) {
+        let metrics = &self.metrics;
+        let config = match tributary_common::config::reload_file::<config::RawConfig>(path).await {
+            Ok(config) => config,
+            Err(e) => {
+                error!(error = %e, "reload refused; the running configuration stays");
+                metrics.error("config", "reload_invalid");
+                return;
+            }
+        };
+        self.inputs.stop().await;
+        let saved = match load_saved(&self.control, &config).await {
+            Ok(saved) => saved,
+            Err(e) => {
+                // The old inputs are stopped; start the new ones without their records rather
+                // than none (an MQTT redelivery may then be stored twice; a file is re-read
+                // from its start). Reading the buffer failing is already an alarm of its own.
+                error!(error = %e, "cannot read the inputs' records from the buffer; starting them without");
+                metrics.error("config", "reload_records");
+                config.inputs.iter().map(InputRecords::wanted).collect()
+            }
+        };
+        self.inputs = self.context.start(&config, saved);
+        self.input_count.store(self.inputs.count, Ordering::Relaxed);
+        metrics.reloads.inc();
+        info!(
+            inputs = self.inputs.count,
+            "configuration reloaded: inputs restarted (changes outside [[inputs]] and agent.tags take effect at the next start)"
+        );
+    }
+
+    /// Stops in order, within `agent.shutdown_timeout`: inputs stop taking data and hand over
+    /// what they took, the writer commits and acknowledges it, the forwarder makes its last
+    /// attempt, and the writer ends once nothing holds it.
+    async fn shutdown(self) {
+        info!("shutting down: stopping inputs");
+        let Agent {
+            config,
+            metrics,
+            depth,
+            context,
+            inputs,
+            control,
+            writer,
+            forwarder,
+            stop_forwarding,
+            listener,
+            ..
+        } = self;
+        let deadline = tokio::time::Instant::now() + config.agent.shutdown_timeout;
+        inputs.intake.cancel();
+        inputs.tasks.close();
+        stop_forwarding.cancel();
+        // The inputs hold the other handles; once they end, the writer sees its queue close
+        // (and its control channel once the forwarder ends).
+        drop(context);
+        drop(control);
+        let order = async {
+            inputs.tasks.wait().await;
+            info!("inputs stopped; committing what they handed over");
+            let _ = forwarder.await;
+            let _ = writer.await;
+        };
+        if tokio::time::timeout_at(deadline, order).await.is_err() {
+            let mut running = Vec::new();
+            if !inputs.tasks.is_empty() {
+                running.push(format!("{} input(s)", inputs.tasks.len()));
+            }
+            running.push("forwarder or buffer writer".to_owned());
+            warn!(still_running = %running.join(", "), timeout = ?config.agent.shutdown_timeout, "shutdown deadline passed; exiting anyway (committed data is safe, unacknowledged data stays with its source)");
+            metrics.error("agent", "shutdown_timeout");
         }
-    };
-    let next = context.start(&config, saved);
-    metrics.reloads.inc();
-    info!(
-        inputs = next.count,
-        "configuration reloaded: inputs restarted (changes outside [[inputs]] and agent.tags take effect at the next start)"
-    );
-    Some(next)
+        if let Some(listener) = listener {
+            let _ = tokio::time::timeout(Duration::from_secs(1), listener).await;
+        }
+        info!(backlog = depth.points(), "agent stopped");
+    }
 }
 
 /// A damaged buffer found at start: what SQLite's check said, and what the salvage did.

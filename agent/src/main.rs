@@ -7,8 +7,8 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tributary_agent::config::RawConfig;
 use tributary_common::config::load_for_main;
+use tributary_common::lifecycle::{self, Threads};
 use tributary_common::logging::{self, LogFormat};
-use tributary_common::signals;
 
 #[derive(Parser)]
 #[command(
@@ -180,22 +180,7 @@ where
 {
     // One thread runs every task: the agent's work is mostly waiting, and keeping its tasks on
     // one thread avoids a cross-thread wakeup per message. SQLite runs on the blocking pool.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .max_blocking_threads(4)
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        tokio::spawn(signals::cancel_on_signal(shutdown.clone()));
-        main(shutdown).await
-    })
+    lifecycle::block_on(Threads::One { blocking: 4 }, main)
 }
 
 /// glibc gives threads their own malloc arenas, each holding on to memory it has freed; with

@@ -44,7 +44,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use tributary_common::systemd;
+use tributary_common::lifecycle::{Event, Lifecycle};
 
 use crate::api::AppState;
 use crate::auth::Authenticator;
@@ -95,36 +95,22 @@ pub async fn serve(
     let server = axum::serve(listener, app)
         .with_graceful_shutdown(async move { graceful.cancelled().await });
     let server = tokio::spawn(async move { server.await });
-    // Installed before READY: SIGHUP's default action would end the process.
-    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    let mut lifecycle = Lifecycle::install(config_path, state.metrics.errors.clone())
         .context("cannot install the SIGHUP handler")?;
-    systemd::ready(&state.metrics.status_line(), &state.metrics.errors);
-    let watchdog = systemd::watchdog_interval().map(|interval| {
-        let watched = Arc::clone(&state);
-        let probe = move || {
-            let state = Arc::clone(&watched);
-            async move {
-                state.storage.ping().await.ok()?;
-                Some(state.metrics.status_line())
-            }
-        };
-        tokio::spawn(systemd::watchdog(
-            interval,
-            probe,
-            state.metrics.errors.clone(),
-            shutdown.clone(),
-        ))
-    });
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = hangups.recv() => {
-                reload(&state, config_path.as_deref()).await;
-                systemd::ready(&state.metrics.status_line(), &state.metrics.errors);
-            }
+    let watched = Arc::clone(&state);
+    let probe = move || {
+        let state = Arc::clone(&watched);
+        async move {
+            state.storage.ping().await.ok()?;
+            Some(state.metrics.status_line())
         }
+    };
+    lifecycle.ready(&state.metrics.status_line(), probe, &shutdown);
+    while let Event::Reload(path) = lifecycle.next(&shutdown).await {
+        reload(&state, &path).await;
+        lifecycle.reloaded(&state.metrics.status_line());
     }
-    systemd::stopping(&state.metrics.errors);
+    let watchdog = lifecycle.stopping();
     info!("shutting down: finishing requests in flight");
     match tokio::time::timeout(config.shutdown_timeout, server).await {
         Ok(result) => result.context("server task")?.context("server")?,
@@ -156,14 +142,7 @@ pub async fn serve(
 }
 
 /// SIGHUP: loads the file again and applies its `[[agents]]`.
-async fn reload(state: &AppState, path: Option<&std::path::Path>) {
-    let Some(path) = path else {
-        warn!("SIGHUP: no configuration file to reload");
-        state.metrics.error("config", "reload_without_file");
-        return;
-    };
-    info!(file = %path.display(), "SIGHUP: reloading the configuration");
-    systemd::reloading(&state.metrics.errors);
+async fn reload(state: &AppState, path: &std::path::Path) {
     match tributary_common::config::reload_file::<config::RawConfig>(path).await {
         Ok(config) => {
             let agents = config.agents.len();

@@ -5,11 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 use tributary_collector::config::{Config, RawConfig};
 use tributary_common::config::load_for_main;
+use tributary_common::lifecycle::{self, Threads};
 use tributary_common::logging::{self, LogFormat};
-use tributary_common::signals;
 
 #[derive(Parser)]
 #[command(
@@ -109,17 +108,7 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config, path: Option<PathBuf>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async {
+    lifecycle::block_on(Threads::PerCore, |shutdown| async move {
         let listener = match tokio::net::TcpListener::bind(config.listen).await {
             Ok(listener) => listener,
             Err(e) => {
@@ -127,8 +116,6 @@ fn run(config: Config, path: Option<PathBuf>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let shutdown = CancellationToken::new();
-        tokio::spawn(signals::cancel_on_signal(shutdown.clone()));
         match tributary_collector::serve(config, path, listener, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -201,10 +201,22 @@ start_at = "beginning"
     assert_eq!(lines.len(), 3, "{stdout}");
     assert_eq!(lines[0], "polled,site=lab value=1.5 1700000000000000000");
     let tailed = format!("tailed,path={},site=lab", log.display());
-    assert!(lines[1].starts_with(&format!("{tailed} id=1i ")), "{stdout}");
-    assert!(lines[2].starts_with(&format!("{tailed} id=2i ")), "{stdout}");
-    assert!(stderr.contains("# inputs.mqtt[0]: skipped: MQTT is event-driven"), "{stderr}");
-    assert!(stderr.contains("# inputs.exec[0]: would quarantine: "), "{stderr}");
+    assert!(
+        lines[1].starts_with(&format!("{tailed} id=1i ")),
+        "{stdout}"
+    );
+    assert!(
+        lines[2].starts_with(&format!("{tailed} id=2i ")),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("# inputs.mqtt[0]: skipped: MQTT is event-driven"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("# inputs.exec[0]: would quarantine: "),
+        "{stderr}"
+    );
     assert!(stderr.contains("# inputs.exec[0]: 1 point(s)"), "{stderr}");
 
     // An input that cannot run fails the command.

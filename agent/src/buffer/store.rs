@@ -10,6 +10,7 @@ use tributary_wire::Reject;
 
 use tracing::warn;
 use tributary_common::errors::ErrorCounter;
+use tributary_common::sqlite::{OpenError, open_wal};
 
 use super::reserve::Reserve;
 use super::{Checkpoint, Depth, Ingest, Points};
@@ -281,19 +282,7 @@ impl Store {
             path: path.to_owned(),
             source,
         };
-        let conn = open_connection(path)?;
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(sql)?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::Invalid {
-                path: path.to_owned(),
-                message: format!(
-                    "schema version {version} is newer than this agent understands ({SCHEMA_VERSION})"
-                ),
-            });
-        }
-        let mut conn = conn;
+        let (mut conn, version) = open_connection(path)?;
         if version == 1 {
             migrate_from_v1(&mut conn).map_err(sql)?;
         }
@@ -1197,32 +1186,29 @@ fn drop_oldest(tx: &rusqlite::Transaction<'_>, need: u64) -> Result<(u64, u64), 
     Ok((count, freed))
 }
 
-fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+/// Opens the buffer file (WAL, `synchronous = FULL`, a schema no newer than this agent's:
+/// `tributary_common::sqlite::open_wal`) with the buffer's own settings; returns its schema
+/// version too.
+fn open_connection(path: &Path) -> Result<(Connection, i64), StoreError> {
     let sql = |source| StoreError::Sqlite {
         path: path.to_owned(),
         source,
     };
-    let conn = Connection::open(path).map_err(sql)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(sql)?;
-    let mode: String = conn
-        .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
-        .map_err(sql)?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::Invalid {
-            path: path.to_owned(),
-            message: format!("could not switch to WAL mode (got {mode})"),
-        });
-    }
-    conn.pragma_update(None, "synchronous", "FULL")
-        .map_err(sql)?;
+    let (conn, version) = open_wal(path, std::time::Duration::from_secs(5), SCHEMA_VERSION)
+        .map_err(|e| match e {
+            OpenError::Sqlite(source) => sql(source),
+            other => StoreError::Invalid {
+                path: path.to_owned(),
+                message: other.to_string(),
+            },
+        })?;
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
         .map_err(sql)?;
     // The writer appends and the reader scans forward: neither gains from SQLite's default
     // 2 MiB page cache, and the agent's memory is small on purpose.
     conn.pragma_update(None, "cache_size", -(CACHE_KIB as i64))
         .map_err(sql)?;
-    Ok(conn)
+    Ok((conn, version))
 }
 
 /// The reading side of the buffer file, for the forwarder. WAL lets it read while the writer
@@ -1236,7 +1222,7 @@ impl Reader {
     /// Opens a second connection to a buffer that [`Store::open`] has set up.
     pub fn open(path: &Path) -> Result<Reader, StoreError> {
         Ok(Reader {
-            conn: open_connection(path)?,
+            conn: open_connection(path)?.0,
             path: path.to_owned(),
         })
     }

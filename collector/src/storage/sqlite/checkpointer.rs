@@ -30,10 +30,7 @@ pub(super) fn start_checkpointer(
     metrics: Arc<Metrics>,
     health: Arc<StoreHealth>,
 ) -> Result<(std::sync::mpsc::Sender<()>, JoinHandle<()>), StorageError> {
-    let conn = open_connection(path).map_err(|source| StorageError::Sqlite {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let (conn, _) = open_connection(path)?;
     conn.busy_timeout(RESTART_WAIT)
         .map_err(|source| StorageError::Sqlite {
             path: path.display().to_string(),

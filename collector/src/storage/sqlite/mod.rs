@@ -92,16 +92,7 @@ impl Storage {
                 StorageError::Other(format!("cannot create {}: {e}", parent.display()))
             })?;
         }
-        let conn = open_connection(path).map_err(sql)?;
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(sql)?;
-        if version > SCHEMA_VERSION {
-            return Err(StorageError::Other(format!(
-                "{}: schema version {version} is newer than this collector understands",
-                path.display()
-            )));
-        }
+        let (conn, version) = open_connection(path)?;
         conn.execute_batch(SCHEMA).map_err(sql)?;
         conn.execute_batch(chunks::SCHEMA).map_err(sql)?;
         conn.execute_batch(rollups::SCHEMA).map_err(sql)?;

@@ -39,12 +39,15 @@ impl ReadPool {
                 .pop()
             {
                 Some(conn) => conn,
-                None => open_connection(&pool.path)
-                    .and_then(|c| c.pragma_update(None, "query_only", true).map(|()| c))
-                    .map_err(|source| StorageError::Sqlite {
-                        path: path.clone(),
-                        source,
-                    })?,
+                None => {
+                    let (conn, _) = open_connection(&pool.path)?;
+                    conn.pragma_update(None, "query_only", true)
+                        .map_err(|source| StorageError::Sqlite {
+                            path: path.clone(),
+                            source,
+                        })?;
+                    conn
+                }
             };
             let result = work(&conn).map_err(|source| StorageError::Sqlite { path, source });
             pool.idle

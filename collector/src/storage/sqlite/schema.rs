@@ -1,6 +1,7 @@
 //! The SQLite store's schema, its migrations from older versions, and opening a connection.
 
 use super::*;
+use tributary_common::sqlite::{OpenError, open_wal};
 
 /// Raw values live in `chunks` (see [`chunks`]); schema 2 and older kept them in `points`, a
 /// row per value, which [`Storage::open`] converts.
@@ -68,12 +69,16 @@ pub(super) const SCHEMA_VERSION: i64 = 4;
 /// Page cache of the writer connection, in KiB.
 pub(super) const WRITER_CACHE_KIB: u64 = 64 * 1024;
 
-pub(super) fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open(path)?;
-    conn.busy_timeout(Duration::from_secs(10))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    Ok(conn)
+/// Opens the database (WAL, `synchronous = FULL`, a schema no newer than this collector's:
+/// `tributary_common::sqlite::open_wal`); returns its schema version too.
+pub(super) fn open_connection(path: &Path) -> Result<(Connection, i64), StorageError> {
+    open_wal(path, Duration::from_secs(10), SCHEMA_VERSION).map_err(|e| match e {
+        OpenError::Sqlite(source) => StorageError::Sqlite {
+            path: path.display().to_string(),
+            source,
+        },
+        other => StorageError::Other(format!("{}: {other}", path.display())),
+    })
 }
 
 pub(super) fn load_series(conn: &Connection) -> rusqlite::Result<SeriesCache> {
