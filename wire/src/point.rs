@@ -57,6 +57,12 @@ pub enum FieldValue {
 }
 
 impl FieldValue {
+    /// A counter or size as an integer field, saturating at `i64::MAX` (the largest integer a
+    /// field holds) instead of wrapping to a negative number as `as i64` would.
+    pub fn count(v: u64) -> FieldValue {
+        FieldValue::I64(i64::try_from(v).unwrap_or(i64::MAX))
+    }
+
     /// A short name of the type, as used in error messages and the storage schema.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -154,5 +160,20 @@ impl<S: StringSink> Visitor<'_> for FieldValueVisitor<S> {
 impl<'de> Deserialize<'de> for FieldValue {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_any(FieldValueVisitor(Unlimited))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_saturate_instead_of_wrapping() {
+        assert_eq!(FieldValue::count(7), FieldValue::I64(7));
+        assert_eq!(FieldValue::count(u64::MAX), FieldValue::I64(i64::MAX));
+        assert_eq!(
+            FieldValue::count(i64::MAX as u64 + 1),
+            FieldValue::I64(i64::MAX)
+        );
     }
 }

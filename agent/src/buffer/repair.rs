@@ -81,7 +81,7 @@ pub struct Inspection {
 pub fn inspect(path: &Path) -> rusqlite::Result<Inspection> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     conn.busy_timeout(Duration::from_secs(5))?;
-    let meta = |key: &str| -> rusqlite::Result<Option<i64>> {
+    let meta = |key: &str| -> rusqlite::Result<Option<u64>> {
         conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
             .optional()
     };
@@ -91,21 +91,21 @@ pub fn inspect(path: &Path) -> rusqlite::Result<Inspection> {
                 r.get(0)
             })
             .optional()?,
-        dropped_total: meta("dropped_total")?.unwrap_or(0) as u64,
+        dropped_total: meta("dropped_total")?.unwrap_or(0),
         ..Inspection::default()
     };
-    let (points, rows, bytes, last): (i64, i64, i64, Option<i64>) = conn.query_row(
+    let (points, rows, bytes, last): (u64, u64, u64, Option<u64>) = conn.query_row(
         "SELECT coalesce(sum(count), 0), count(*), coalesce(sum(length(body)), 0),
                 max(seq + count - 1) FROM points",
         [],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
     )?;
-    inspection.points = points as u64;
-    inspection.rows = rows as u64;
-    inspection.bytes = bytes as u64;
-    inspection.last_seq = meta("last_seq")?.unwrap_or(0).max(last.unwrap_or(0)) as u64;
+    inspection.points = points;
+    inspection.rows = rows;
+    inspection.bytes = bytes;
+    inspection.last_seq = meta("last_seq")?.unwrap_or(0).max(last.unwrap_or(0));
     let end_point = |order: &str| -> rusqlite::Result<Option<(u64, i64, String)>> {
-        let row: Option<(i64, Vec<u8>, Vec<u8>)> = conn
+        let row: Option<(u64, Vec<u8>, Vec<u8>)> = conn
             .query_row(
                 &format!("SELECT seq, ends, body FROM points ORDER BY seq {order} LIMIT 1"),
                 [],
@@ -120,14 +120,18 @@ pub fn inspect(path: &Path) -> rusqlite::Result<Inspection> {
                 0
             };
             let point = tributary_wire::codec::decode_point(points.get(index)).ok()?;
-            Some((seq as u64 + index as u64, point.ts, point.name))
+            Some((
+                seq.saturating_add(u64::try_from(index).ok()?),
+                point.ts,
+                point.name,
+            ))
         }))
     };
     inspection.oldest = end_point("ASC")?;
     inspection.newest = end_point("DESC")?;
     inspection.quarantined = conn.query_row("SELECT count(*) FROM quarantine", [], |r| {
-        r.get::<_, i64>(0)
-    })? as u64;
+        r.get::<_, u64>(0)
+    })?;
     inspection.recent_quarantine = conn
         .prepare(
             "SELECT received_at, source, topic, reason FROM quarantine ORDER BY id DESC LIMIT 10",
@@ -246,7 +250,7 @@ pub fn salvage(path: &Path) -> Result<Salvage, String> {
     }
     report.epoch_kept = matches!(meta("epoch"), Some(rusqlite::types::Value::Text(_)));
     let as_int = |value: Option<rusqlite::types::Value>| match value {
-        Some(rusqlite::types::Value::Integer(v)) => v.max(0) as u64,
+        Some(rusqlite::types::Value::Integer(v)) => non_negative(v),
         _ => 0,
     };
     let mut last_seq = as_int(meta("last_seq"));
@@ -292,7 +296,7 @@ pub fn salvage(path: &Path) -> Result<Salvage, String> {
         next = seq.saturating_add(count.max(1));
         let decoded = Points::from_stored(body.clone(), &ends)
             .ok()
-            .filter(|p| p.len() as i64 == count)
+            .filter(|p| u64::try_from(p.len()).ok() == u64::try_from(count).ok())
             .filter(|p| {
                 p.iter()
                     .all(|b| tributary_wire::codec::decode_point(b).is_ok())
@@ -304,8 +308,11 @@ pub fn salvage(path: &Path) -> Result<Salvage, String> {
                     params![seq, count, points.ends_blob(), points.bytes()],
                 )
                 .map_err(write)?;
-                report.points += count as u64;
-                covered.push((seq as u64, (seq + count - 1) as u64));
+                report.points += non_negative(count);
+                covered.push((
+                    non_negative(seq),
+                    non_negative(seq.saturating_add(count) - 1),
+                ));
             }
             None => {
                 tx.execute(
@@ -319,8 +326,11 @@ pub fn salvage(path: &Path) -> Result<Salvage, String> {
                 )
                 .map_err(write)?;
                 report.undecodable_rows += 1;
-                report.undecodable_points += count.max(0) as u64;
-                covered.push((seq as u64, (seq + count.max(1) - 1) as u64));
+                report.undecodable_points += non_negative(count);
+                covered.push((
+                    non_negative(seq),
+                    non_negative(seq.saturating_add(count.max(1)) - 1),
+                ));
             }
         }
     }
@@ -335,8 +345,8 @@ pub fn salvage(path: &Path) -> Result<Salvage, String> {
     tx.execute(
         "INSERT INTO meta (key, value) VALUES ('last_seq', ?1), ('dropped_total', ?2)",
         params![
-            last_seq as i64,
-            (dropped_before + report.lost_points + report.undecodable_points) as i64
+            last_seq,
+            dropped_before + report.lost_points + report.undecodable_points
         ],
     )
     .map_err(write)?;
@@ -379,4 +389,22 @@ pub fn salvage(path: &Path) -> Result<Salvage, String> {
     )?;
     tx.commit().map_err(write)?;
     Ok(report)
+}
+
+/// A count or sequence read from a damaged file as SQLite's signed integer: a negative one is
+/// garbage, taken as 0.
+fn non_negative(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod conversion_tests {
+    use super::non_negative;
+
+    #[test]
+    fn garbage_below_zero_reads_as_zero() {
+        assert_eq!(non_negative(-1), 0);
+        assert_eq!(non_negative(i64::MIN), 0);
+        assert_eq!(non_negative(42), 42);
+    }
 }

@@ -311,7 +311,7 @@ impl Store {
                 epoch
             }
         };
-        let (dropped_total, refused_total): (i64, i64) = conn
+        let (dropped_total, refused_total): (u64, u64) = conn
             .query_row(
                 "SELECT coalesce((SELECT value FROM meta WHERE key = 'dropped_total'), 0),
                         coalesce((SELECT value FROM meta WHERE key = 'refused_total'), 0)",
@@ -319,7 +319,7 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .map_err(sql)?;
-        let (points, point_bytes): (i64, i64) = conn
+        let (points, point_bytes): (u64, u64) = conn
             .query_row(
                 &format!(
                     "SELECT coalesce(sum(count), 0), coalesce(sum({}), 0) FROM points",
@@ -329,7 +329,7 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .map_err(sql)?;
-        let reject_bytes: i64 = conn
+        let reject_bytes: u64 = conn
             .query_row(
                 &format!(
                     "SELECT coalesce(sum({}), 0) FROM quarantine",
@@ -340,7 +340,7 @@ impl Store {
             )
             .map_err(sql)?;
         // The mark in `meta` survives deletes; the rows are a second opinion.
-        let last_seq: i64 = conn
+        let last_seq: u64 = conn
             .query_row(
                 "SELECT max(coalesce((SELECT value FROM meta WHERE key = 'last_seq'), 0),
                             coalesce((SELECT max(seq + count - 1) FROM points), 0))",
@@ -348,22 +348,18 @@ impl Store {
                 |r| r.get(0),
             )
             .map_err(sql)?;
-        depth.points.store(points as u64, Ordering::Relaxed);
-        depth
-            .dropped_total
-            .store(dropped_total as u64, Ordering::Relaxed);
-        depth
-            .refused_total
-            .store(refused_total as u64, Ordering::Relaxed);
+        depth.points.store(points, Ordering::Relaxed);
+        depth.dropped_total.store(dropped_total, Ordering::Relaxed);
+        depth.refused_total.store(refused_total, Ordering::Relaxed);
         depth
             .bytes
-            .store((point_bytes + reject_bytes) as u64, Ordering::Relaxed);
+            .store(point_bytes.saturating_add(reject_bytes), Ordering::Relaxed);
         Ok(Store {
             conn,
             path: path.to_owned(),
             epoch,
-            dropped_total: dropped_total as u64,
-            last_seq: last_seq as u64,
+            dropped_total,
+            last_seq,
             max_size,
             when_full,
             depth,
@@ -590,7 +586,7 @@ impl Store {
             if count > 0 {
                 tx.execute(
                     "UPDATE meta SET value = value + ?1 WHERE key = 'dropped_total'",
-                    [count as i64],
+                    [count],
                 )?;
             }
             Ok((count, freed))
@@ -664,7 +660,7 @@ impl Store {
                 if count > 0 {
                     tx.execute(
                         "UPDATE meta SET value = value + ?1 WHERE key = 'dropped_total'",
-                        [count as i64],
+                        [count],
                     )?;
                 }
             }
@@ -770,27 +766,27 @@ impl Store {
                 let cut = (seq + 1 - block.seq) as usize;
                 let rest = block.points.slice(cut..block.points.len());
                 replace_block(tx, block.seq, seq + 1, &rest)?;
-                kept = (cut as i64, block.points.span_len(0..cut) as i64);
+                kept = (cut, block.points.span_len(0..cut));
             }
-            let (points, point_bytes): (i64, i64) = tx
+            let (points, point_bytes): (u64, u64) = tx
                 .prepare_cached(&format!(
                     "SELECT coalesce(sum(count), 0), coalesce(sum({}), 0) FROM points WHERE seq <= ?1",
                     size::points_sql()
                 ))?
-                .query_row([seq as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            let kept_bytes = size::points(kept.1 as usize, kept.0 as usize);
-            let (points, point_bytes) = (points + kept.0, point_bytes as u64 + kept_bytes);
+                .query_row([seq], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let kept_bytes = size::points(kept.1, kept.0);
+            let (points, point_bytes) = (points + kept.0 as u64, point_bytes + kept_bytes);
             tx.prepare_cached("DELETE FROM points WHERE seq <= ?1")?
-                .execute([seq as i64])?;
-            let reject_bytes: i64 = tx
+                .execute([seq])?;
+            let reject_bytes: u64 = tx
                 .prepare_cached(&format!(
                     "SELECT coalesce(sum({}), 0) FROM quarantine WHERE id <= ?1",
                     size::reject_sql()
                 ))?
-                .query_row([reject_id as i64], |r| r.get(0))?;
+                .query_row([reject_id], |r| r.get(0))?;
             tx.prepare_cached("DELETE FROM quarantine WHERE id <= ?1")?
-                .execute([reject_id as i64])?;
-            Ok((points as u64, point_bytes + reject_bytes as u64))
+                .execute([reject_id])?;
+            Ok((points, point_bytes + reject_bytes))
         })
     }
 }
@@ -897,7 +893,7 @@ fn insert_points<'a>(
             "INSERT INTO meta (key, value) VALUES ('last_seq', ?1)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         )?
-        .execute([(next - 1) as i64])?;
+        .execute([next - 1])?;
     }
     Ok(next - 1)
 }
@@ -917,8 +913,8 @@ impl Block {
 fn insert_block(conn: &Connection, seq: u64, points: &Points) -> rusqlite::Result<()> {
     conn.prepare_cached("INSERT INTO points (seq, count, ends, body) VALUES (?1, ?2, ?3, ?4)")?
         .execute(params![
-            seq as i64,
-            points.len() as i64,
+            seq,
+            points.len(),
             points.ends_blob(),
             points.bytes()
         ])?;
@@ -933,7 +929,7 @@ fn replace_block(
     points: &Points,
 ) -> rusqlite::Result<()> {
     conn.prepare_cached("DELETE FROM points WHERE seq = ?1")?
-        .execute([old_seq as i64])?;
+        .execute([old_seq])?;
     if !points.is_empty() {
         insert_block(conn, new_seq, points)?;
     }
@@ -942,7 +938,7 @@ fn replace_block(
 
 /// Reads a row selected as `seq, ends, body`.
 fn block_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Block> {
-    let seq = row.get::<_, i64>(0)? as u64;
+    let seq = row.get::<_, u64>(0)?;
     let ends = row.get_ref(1)?.as_blob()?;
     let body: Vec<u8> = row.get(2)?;
     let points = Points::from_stored(body, ends).map_err(|e| {
@@ -960,13 +956,11 @@ fn block_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Block> {
 
 /// The first sequence and count of the row holding `seq`, if one does.
 fn row_holding(conn: &Connection, seq: u64) -> rusqlite::Result<Option<(u64, u64)>> {
-    let row: Option<(i64, i64)> = conn
+    let row: Option<(u64, u64)> = conn
         .prepare_cached("SELECT seq, count FROM points WHERE seq <= ?1 ORDER BY seq DESC LIMIT 1")?
-        .query_row([seq as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row([seq], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    Ok(row
-        .map(|(first, count)| (first as u64, count as u64))
-        .filter(|&(first, count)| first + count > seq))
+    Ok(row.filter(|&(first, count)| first + count > seq))
 }
 
 /// The row holding `seq`, if one does.
@@ -979,7 +973,7 @@ fn block_holding(conn: &Connection, seq: u64) -> rusqlite::Result<Option<Block>>
 /// The row whose first sequence is `seq` (which must exist).
 fn read_block(conn: &Connection, seq: u64) -> rusqlite::Result<Block> {
     conn.prepare_cached("SELECT seq, ends, body FROM points WHERE seq = ?1")?
-        .query_row([seq as i64], block_from_row)
+        .query_row([seq], block_from_row)
 }
 
 /// Moves a version 1 buffer (one point per row, sequences from AUTOINCREMENT) to rows of
@@ -999,7 +993,7 @@ fn migrate_from_v1(conn: &mut Connection) -> rusqlite::Result<()> {
         while let Some(row) = rows.next()? {
             let mut points = Points::new();
             points.push_encoded(row.get_ref(1)?.as_blob()?);
-            insert_block(&tx, row.get::<_, i64>(0)? as u64, &points)?;
+            insert_block(&tx, row.get::<_, u64>(0)?, &points)?;
         }
     }
     tx.execute_batch("DROP TABLE points_v1")?;
@@ -1110,7 +1104,7 @@ fn load_delivery_log(conn: &Connection, session: &str) -> rusqlite::Result<Deliv
     ))?;
     let mut log = DeliveryLog::default();
     for row in stmt.query_map([session], |r| {
-        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u64))
+        Ok((r.get::<_, i64>(0)?, r.get::<_, u64>(1)?))
     })? {
         let row = row?;
         log.entries += row.1;
@@ -1148,19 +1142,18 @@ fn drop_oldest(tx: &rusqlite::Transaction<'_>, need: u64) -> Result<(u64, u64), 
         "SELECT seq, count, {} FROM points WHERE seq > ?1 ORDER BY seq LIMIT 256",
         size::points_sql()
     ))?;
-    let mut after = 0i64;
+    let mut after = 0u64;
     'scan: loop {
-        let rows: Vec<(i64, i64, i64)> = stmt
+        let rows: Vec<(u64, u64, u64)> = stmt
             .query_map([after], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<Result<_, _>>()?;
         if rows.is_empty() {
             break;
         }
         for (seq, n, size) in rows {
-            let size = size as u64;
             if freed + size > need && n > 1 {
                 // Only part of this row has to go: it keeps the rest.
-                let block = read_block(tx, seq as u64)?;
+                let block = read_block(tx, seq)?;
                 let mut k = 0;
                 while freed < need {
                     freed += size::points(block.points.get(k).len(), 1);
@@ -1172,7 +1165,7 @@ fn drop_oldest(tx: &rusqlite::Transaction<'_>, need: u64) -> Result<(u64, u64), 
                 break 'scan;
             }
             freed += size;
-            count += n as u64;
+            count += n;
             cut = Some(seq);
             after = seq;
             if freed >= need {
@@ -1254,7 +1247,7 @@ impl Reader {
                 .prepare_cached(
                     "SELECT seq, ends, body FROM points WHERE seq >= ?1 ORDER BY seq LIMIT 1",
                 )?
-                .query_row([start as i64], block_from_row)
+                .query_row([start], block_from_row)
                 .optional()
         })()
         .map_err(|source| StoreError::Sqlite {
@@ -1282,7 +1275,7 @@ fn read_batch(
     let start = row_holding(conn, from)?.map_or(from, |(first, _)| first);
     let mut stmt =
         conn.prepare_cached("SELECT seq, ends, body FROM points WHERE seq >= ?1 ORDER BY seq")?;
-    let mut rows = stmt.query([start as i64])?;
+    let mut rows = stmt.query([start])?;
     let max_points = max_points.max(1);
     while let Some(row) = rows.next()? {
         let block = block_from_row(row)?;
@@ -1328,19 +1321,16 @@ fn read_batch(
         "SELECT id, received_at, source, topic, payload, reason FROM quarantine
          WHERE id > ?1 ORDER BY id LIMIT ?2",
     )?;
-    let rejects = stmt.query_map(
-        params![after_reject as i64, REJECTS_PER_BATCH as i64],
-        |r| {
-            Ok(Reject {
-                id: r.get::<_, i64>(0)? as u64,
-                received_at: r.get(1)?,
-                source: r.get(2)?,
-                topic: r.get(3)?,
-                payload: r.get(4)?,
-                reason: r.get(5)?,
-            })
-        },
-    )?;
+    let rejects = stmt.query_map(params![after_reject, REJECTS_PER_BATCH], |r| {
+        Ok(Reject {
+            id: r.get::<_, u64>(0)?,
+            received_at: r.get(1)?,
+            source: r.get(2)?,
+            topic: r.get(3)?,
+            payload: r.get(4)?,
+            reason: r.get(5)?,
+        })
+    })?;
     let mut bytes = bytes;
     for reject in rejects {
         let reject = reject?;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tributary_wire::Point;
+use tributary_wire::{FieldValue, Point};
 
 use crate::buffer::{BufferHandle, Depth, Ingest, Points};
 use crate::metrics::Metrics;
@@ -52,23 +52,26 @@ pub fn sample(metrics: &Metrics, depth: &Depth, inputs: &[Watched], now: i64) ->
         .sum();
     let mut points = vec![
         Point::new("tributary_agent", now)
-            .with_field("buffer_points", depth.points() as i64)
-            .with_field("buffer_bytes", depth.bytes() as i64)
+            .with_field("buffer_points", FieldValue::count(depth.points()))
+            .with_field("buffer_bytes", FieldValue::count(depth.bytes()))
             .with_field("oldest_unsent_age_seconds", oldest_age)
-            .with_field("dropped_total", depth.dropped_total() as i64)
+            .with_field("dropped_total", FieldValue::count(depth.dropped_total()))
             .with_field("quarantined_total", quarantined)
             .with_field(
                 "points_buffered_total",
                 metrics.points_buffered.get() as i64,
             )
-            .with_field("points_sent_total", metrics.points_sent.get() as i64)
+            .with_field(
+                "points_sent_total",
+                FieldValue::count(metrics.points_sent.get()),
+            )
             .with_field("sends_ok_total", sends("ok"))
             .with_field(
                 "sends_failed_total",
                 FAILED_OUTCOMES.iter().map(|o| sends(o)).sum::<i64>(),
             )
             .with_field("last_send_success_seconds", metrics.last_send_success.get())
-            .with_field("errors_total", metrics.errors.total() as i64),
+            .with_field("errors_total", FieldValue::count(metrics.errors.total())),
     ];
     for input in inputs {
         let mut point = Point::new("tributary_agent_input", now)

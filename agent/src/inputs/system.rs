@@ -425,7 +425,10 @@ impl SystemReader {
             .with_tag("process_name", "tributary-agent")
             .with_field("cpu_time_user", user as f64 / self.ticks)
             .with_field("cpu_time_system", system as f64 / self.ticks)
-            .with_field("memory_rss", (rss * self.page_size) as i64);
+            .with_field(
+                "memory_rss",
+                FieldValue::count(rss.saturating_mul(self.page_size)),
+            );
         if let Some((before_user, before_system, _, before)) =
             self.previous.as_ref().and_then(|p| p.process)
         {
@@ -481,15 +484,15 @@ impl SystemReader {
                         mount.fs_spec.trim_start_matches("/dev/").to_owned(),
                     )
                     .with_tag("fstype", mount.fs_vfstype.clone())
-                    .with_field("total", total as i64)
-                    .with_field("free", free as i64)
-                    .with_field("used", used as i64)
+                    .with_field("total", FieldValue::count(total))
+                    .with_field("free", FieldValue::count(free))
+                    .with_field("used", FieldValue::count(used))
                     .with_field("used_percent", used_percent)
-                    .with_field("inodes_total", stat.f_files as i64)
-                    .with_field("inodes_free", stat.f_ffree as i64)
+                    .with_field("inodes_total", FieldValue::count(stat.f_files))
+                    .with_field("inodes_free", FieldValue::count(stat.f_ffree))
                     .with_field(
                         "inodes_used",
-                        stat.f_files.saturating_sub(stat.f_ffree) as i64,
+                        FieldValue::count(stat.f_files.saturating_sub(stat.f_ffree)),
                     ),
             );
         }
@@ -513,12 +516,12 @@ fn memory(info: &procfs::Meminfo, mem: bool, swap: bool, at: i64, points: &mut V
         };
         points.push(
             Point::new("mem", at)
-                .with_field("total", total as i64)
-                .with_field("available", available as i64)
-                .with_field("used", used as i64)
-                .with_field("free", info.mem_free as i64)
-                .with_field("cached", info.cached as i64)
-                .with_field("buffered", info.buffers as i64)
+                .with_field("total", FieldValue::count(total))
+                .with_field("available", FieldValue::count(available))
+                .with_field("used", FieldValue::count(used))
+                .with_field("free", FieldValue::count(info.mem_free))
+                .with_field("cached", FieldValue::count(info.cached))
+                .with_field("buffered", FieldValue::count(info.buffers))
                 .with_field("used_percent", percent(used))
                 .with_field("available_percent", percent(available)),
         );
@@ -532,9 +535,9 @@ fn memory(info: &procfs::Meminfo, mem: bool, swap: bool, at: i64, points: &mut V
         };
         points.push(
             Point::new("swap", at)
-                .with_field("total", info.swap_total as i64)
-                .with_field("used", used as i64)
-                .with_field("free", info.swap_free as i64)
+                .with_field("total", FieldValue::count(info.swap_total))
+                .with_field("used", FieldValue::count(used))
+                .with_field("free", FieldValue::count(info.swap_free))
                 .with_field("used_percent", percent),
         );
     }
@@ -548,7 +551,10 @@ fn system(at: i64) -> Result<Point, String> {
         .with_field("load1", f64::from(load.one))
         .with_field("load5", f64::from(load.five))
         .with_field("load15", f64::from(load.fifteen))
-        .with_field("n_cpus", cpus as i64)
+        .with_field(
+            "n_cpus",
+            FieldValue::count(u64::try_from(cpus).unwrap_or(u64::MAX)),
+        )
         .with_field("uptime", uptime.uptime as i64))
 }
 
@@ -560,15 +566,21 @@ fn diskio(stats: &[procfs::DiskStat], at: i64, points: &mut Vec<Point>) {
         points.push(
             Point::new("diskio", at)
                 .with_tag("name", disk.name.clone())
-                .with_field("reads", disk.reads as i64)
-                .with_field("writes", disk.writes as i64)
+                .with_field("reads", FieldValue::count(disk.reads))
+                .with_field("writes", FieldValue::count(disk.writes))
                 // /proc/diskstats counts 512-byte sectors whatever the device's sector size.
-                .with_field("read_bytes", (disk.sectors_read * 512) as i64)
-                .with_field("write_bytes", (disk.sectors_written * 512) as i64)
-                .with_field("read_time", disk.time_reading as i64)
-                .with_field("write_time", disk.time_writing as i64)
-                .with_field("io_time", disk.time_in_progress as i64)
-                .with_field("iops_in_progress", disk.in_progress as i64),
+                .with_field(
+                    "read_bytes",
+                    FieldValue::count(disk.sectors_read.saturating_mul(512)),
+                )
+                .with_field(
+                    "write_bytes",
+                    FieldValue::count(disk.sectors_written.saturating_mul(512)),
+                )
+                .with_field("read_time", FieldValue::count(disk.time_reading))
+                .with_field("write_time", FieldValue::count(disk.time_writing))
+                .with_field("io_time", FieldValue::count(disk.time_in_progress))
+                .with_field("iops_in_progress", FieldValue::count(disk.in_progress)),
         );
     }
 }
@@ -584,14 +596,14 @@ fn net(
         points.push(
             Point::new("net", at)
                 .with_tag("interface", device.name)
-                .with_field("bytes_sent", device.sent_bytes as i64)
-                .with_field("bytes_recv", device.recv_bytes as i64)
-                .with_field("packets_sent", device.sent_packets as i64)
-                .with_field("packets_recv", device.recv_packets as i64)
-                .with_field("err_in", device.recv_errs as i64)
-                .with_field("err_out", device.sent_errs as i64)
-                .with_field("drop_in", device.recv_drop as i64)
-                .with_field("drop_out", device.sent_drop as i64),
+                .with_field("bytes_sent", FieldValue::count(device.sent_bytes))
+                .with_field("bytes_recv", FieldValue::count(device.recv_bytes))
+                .with_field("packets_sent", FieldValue::count(device.sent_packets))
+                .with_field("packets_recv", FieldValue::count(device.recv_packets))
+                .with_field("err_in", FieldValue::count(device.recv_errs))
+                .with_field("err_out", FieldValue::count(device.sent_errs))
+                .with_field("drop_in", FieldValue::count(device.recv_drop))
+                .with_field("drop_out", FieldValue::count(device.sent_drop)),
         );
     }
 }

@@ -114,14 +114,14 @@ impl ChunkWriter {
                         && window_start(open.start_ts, CHUNK_SPAN) == span =>
                 {
                     encode(&mut self.buf, open.end_ts, run);
-                    append.execute(params![open.id, self.buf, end_ts, len as i64])?;
+                    append.execute(params![open.id, self.buf, end_ts, len])?;
                     open.end_ts = end_ts;
                     open.bytes = open.bytes.saturating_add(self.buf.len());
                     stats.appended = stats.appended.saturating_add(1);
                 }
                 _ => {
                     encode(&mut self.buf, first_ts, run);
-                    insert.execute(params![series, first_ts, end_ts, len as i64, self.buf])?;
+                    insert.execute(params![series, first_ts, end_ts, len, self.buf])?;
                     let chunk = OpenChunk {
                         id: tx.last_insert_rowid(),
                         start_ts: first_ts,
@@ -271,7 +271,7 @@ pub fn trim(
             "SELECT id, start_ts, end_ts, count, CASE WHEN end_ts >= ?2 THEN data END
              FROM chunks WHERE series_id = ?1 AND start_ts < ?2 ORDER BY start_ts LIMIT ?3",
         )?
-        .query_map(params![series, cutoff, budget as i64], |r| {
+        .query_map(params![series, cutoff, budget], |r| {
             Ok((
                 r.get(0)?,
                 r.get(1)?,
@@ -304,7 +304,7 @@ pub fn trim(
         let mut buf = Vec::with_capacity(data.len());
         encode(&mut buf, new_start, &run);
         tx.prepare_cached("UPDATE chunks SET start_ts = ?2, count = ?3, data = ?4 WHERE id = ?1")?
-            .execute(params![id, new_start, run.len() as i64, buf])?;
+            .execute(params![id, new_start, run.len(), buf])?;
         trimmed.values = trimmed
             .values
             .saturating_add(count.saturating_sub(run.len() as u64));

@@ -213,7 +213,7 @@ pub fn list_quarantine(
          WHERE received_at >= ?1 AND received_at < ?2 ORDER BY received_at, id LIMIT ?3",
     )?;
     let mut records = stmt
-        .query_map(params![from, to, (limit as i64).saturating_add(1)], |r| {
+        .query_map(params![from, to, limit.saturating_add(1)], |r| {
             Ok(QuarantineRecord {
                 id: r.get(0)?,
                 received_at: r.get(1)?,
@@ -286,13 +286,13 @@ pub fn agents(conn: &Connection) -> rusqlite::Result<Vec<AgentRecord>> {
             agent_id: r.get(0)?,
             first_seen: r.get(1)?,
             last_seen: r.get(2)?,
-            batches: r.get::<_, i64>(3)? as u64,
-            points_received: r.get::<_, i64>(4)? as u64,
-            duplicates: r.get::<_, i64>(5)? as u64,
-            quarantined: r.get::<_, i64>(6)? as u64,
-            gaps: r.get::<_, i64>(7)? as u64,
-            backlog_points: r.get::<_, Option<i64>>(8)?.unwrap_or(0) as u64,
-            backlog_bytes: r.get::<_, Option<i64>>(9)?.unwrap_or(0) as u64,
+            batches: r.get::<_, u64>(3)?,
+            points_received: r.get::<_, u64>(4)?,
+            duplicates: r.get::<_, u64>(5)?,
+            quarantined: r.get::<_, u64>(6)?,
+            gaps: r.get::<_, u64>(7)?,
+            backlog_points: r.get::<_, Option<u64>>(8)?.unwrap_or(0),
+            backlog_bytes: r.get::<_, Option<u64>>(9)?.unwrap_or(0),
             oldest_unsent_ts: r.get(10)?,
             clock_skew_ns: r.get(11)?,
             clock_error_ns: r.get::<_, Option<i64>>(12)?.map(|e| e.max(0) as u64),
@@ -311,9 +311,9 @@ pub fn agents(conn: &Connection) -> rusqlite::Result<Vec<AgentRecord>> {
             r.get::<_, String>(0)?,
             EpochMark {
                 epoch: r.get(1)?,
-                last_seq: r.get::<_, i64>(2)? as u64,
-                last_reject: r.get::<_, i64>(3)? as u64,
-                dropped: r.get::<_, i64>(4)? as u64,
+                last_seq: r.get::<_, u64>(2)?,
+                last_reject: r.get::<_, u64>(3)?,
+                dropped: r.get::<_, u64>(4)?,
                 last_seen: r.get(5)?,
             },
         ))

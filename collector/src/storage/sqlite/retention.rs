@@ -34,7 +34,7 @@ impl WriterThread {
                 let n = tx.execute(
                     "DELETE FROM quarantine WHERE id IN
                      (SELECT id FROM quarantine WHERE received_at < ?1 ORDER BY received_at LIMIT ?2)",
-                    params![cutoff, budget as i64],
+                    params![cutoff, budget],
                 )?;
                 report.quarantined = report.quarantined.saturating_add(n as u64);
                 budget = budget.saturating_sub(n);
@@ -55,12 +55,7 @@ impl WriterThread {
                         if budget == 0 {
                             break;
                         }
-                        let n = delete.execute(params![
-                            id,
-                            resolution.step,
-                            last_start,
-                            budget as i64
-                        ])?;
+                        let n = delete.execute(params![id, resolution.step, last_start, budget])?;
                         report.windows = report.windows.saturating_add(n as u64);
                         budget = budget.saturating_sub(n);
                     }

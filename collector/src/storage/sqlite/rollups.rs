@@ -241,7 +241,7 @@ fn read_newest(
 /// empty.
 fn window_from_row(r: &rusqlite::Row<'_>, with_sketch: bool) -> rusqlite::Result<(i64, Aggregate)> {
     let columns = StoredColumns {
-        count: r.get::<_, i64>(0)? as u64,
+        count: r.get::<_, u64>(0)?,
         sum: r.get(1)?,
         min: r.get(2)?,
         max: r.get(3)?,

@@ -429,9 +429,9 @@ pub(super) fn read_mark(conn: &Connection, agent_id: &str, epoch: &str) -> rusql
         )?
         .query_row(params![agent_id, epoch], |r| {
             Ok(Mark {
-                last_seq: r.get::<_, i64>(0)? as u64,
-                last_reject: r.get::<_, i64>(1)? as u64,
-                explained: r.get::<_, i64>(2)? as u64,
+                last_seq: r.get::<_, u64>(0)?,
+                last_reject: r.get::<_, u64>(1)?,
+                explained: r.get::<_, u64>(2)?,
             })
         })
         .optional()?
