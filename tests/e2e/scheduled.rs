@@ -48,36 +48,63 @@ timeout = "10s"
         &[("TRIBUTARY_TOKEN", &token)],
     )
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(7_500)).await;
-
-    let answer = query_json(&collector.url(), "/api/v1/query?name=clock&field=value")
-        .await
-        .unwrap();
+    // Wall-clock bounds here are wide on purpose and say why: the machine has two cores shared
+    // with the tests running in parallel, so start-up, timer wake-ups and process spawns can
+    // each be late by hundreds of milliseconds. What is checked is what a late machine does
+    // not blur: runs on whole seconds, one per second, stamped before the command ran.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let answer = loop {
+        let answer = query_json(&collector.url(), "/api/v1/query?name=clock&field=value")
+            .await
+            .unwrap();
+        let count = answer["series"][0]["points"].as_array().map_or(0, Vec::len);
+        if count >= 6 {
+            break answer;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "six runs of a per-second schedule within 30 s: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     let points = answer["series"][0]["points"]
         .as_array()
         .cloned()
         .unwrap_or_default();
-    assert!(
-        (5..=9).contains(&points.len()),
-        "{} runs in 7.5 s: {answer}",
-        points.len()
-    );
     let stamps: Vec<i64> = points
         .iter()
         .map(|p| tributary_wire::time::parse_rfc3339(p[0].as_str().unwrap()).unwrap())
         .collect();
-    for pair in stamps.windows(2) {
-        let gap = Duration::from_nanos((pair[1] - pair[0]) as u64);
+    // Cron with seconds runs on the second: each stamp (when the poll started) is a timer
+    // wake-up shortly after a whole second. Six stamps at random offsets would all land in
+    // the first half of their second with a chance of 1 in 64.
+    for stamp in &stamps {
+        let offset = Duration::from_nanos(stamp.rem_euclid(1_000_000_000).unsigned_abs());
         assert!(
-            gap > Duration::from_millis(500) && gap < Duration::from_millis(1_600),
-            "{gap:?} between runs"
+            offset < Duration::from_millis(500),
+            "a run {offset:?} after its second: {stamps:?}"
         );
     }
+    // One run per second: consecutive runs are whole seconds apart; a gap of two means a run
+    // was skipped because the previous one was still busy, which a loaded machine may cause
+    // once, not as a rule.
+    let seconds: Vec<i64> = stamps.iter().map(|s| s.div_euclid(1_000_000_000)).collect();
+    let gaps: Vec<i64> = seconds.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps.iter().all(|&g| g >= 1),
+        "two runs in one second: {gaps:?}"
+    );
+    let ones = gaps.iter().filter(|&&g| g == 1).count();
+    assert!(
+        ones * 4 >= gaps.len() * 3,
+        "runs one second apart as a rule: {gaps:?}"
+    );
     for (point, stamp) in points.iter().zip(&stamps) {
-        // Each point's time is when the poll started: the command ran just after it.
+        // Each point's time is when the poll started: the command ran after it, within the
+        // time a loaded machine may take to start a process (2 s, not the next tick's).
         let ran_at = point[1].as_f64().unwrap() as i64;
         assert!(
-            (0..500_000_000).contains(&(ran_at - stamp)),
+            (0..2_000_000_000).contains(&(ran_at - stamp)),
             "poll at {stamp}, ran at {ran_at}"
         );
     }
@@ -92,7 +119,12 @@ timeout = "10s"
         .await
         .unwrap();
     let slow = answer["series"][0]["points"].as_array().map_or(0, Vec::len);
-    assert!((1..=3).contains(&slow), "{slow} slow runs completed");
+    // Each 2.5 s run lets the two 1 s ticks that fall due meanwhile go (skipped), so runs
+    // cannot outnumber the skips; had the ticks been queued instead, they would.
+    assert!(
+        slow >= 1 && slow as f64 <= skipped + 1.0,
+        "{slow} slow runs completed, {skipped} skipped"
+    );
     assert_eq!(
         agent
             .terminate(Duration::from_secs(15))

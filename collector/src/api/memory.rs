@@ -106,16 +106,19 @@ impl MemoryPermit {
 mod tests {
     use super::*;
 
-    #[tokio::test]
+    /// Paused time: the wait before Busy is exactly `ingest_wait`, without sleeping for it.
+    #[tokio::test(start_paused = true)]
     async fn reservations_wait_shrink_and_refuse() {
         let memory = IngestMemory::new(10 * UNIT, Duration::from_millis(50));
         let mut first = memory.reserve(8 * UNIT).await.unwrap();
         assert_eq!(memory.in_use(), 8 * UNIT);
-        // Not enough left: waits, then Busy.
+        // Not enough left: waits its time, then Busy.
+        let started = tokio::time::Instant::now();
         assert!(matches!(
             memory.reserve(4 * UNIT).await,
             Err(ApiError::Busy)
         ));
+        assert_eq!(started.elapsed(), Duration::from_millis(50));
         first.shrink_to(UNIT + 1);
         assert_eq!(memory.in_use(), 2 * UNIT);
         let second = memory.reserve(4 * UNIT).await.unwrap();

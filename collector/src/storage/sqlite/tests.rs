@@ -346,20 +346,21 @@ async fn many_batches_in_flight_commit_together_and_correctly() {
 }
 
 /// Ingest reserves room before it decodes: when the queue is held full, a reservation waits
-/// its time and then says busy (429), and room comes back when a reservation is used.
-#[tokio::test]
+/// its time and then says busy (429), and room comes back when a reservation is used. Paused
+/// time: the wait is exactly the reservation's, and the test does not sleep for it.
+#[tokio::test(start_paused = true)]
 async fn a_full_queue_makes_reservations_wait_then_refuse() {
     let dir = tempfile::tempdir().unwrap();
     let mut options = StorageOptions::new(&dir.path().join("c.db"));
     options.queue = 1;
     let storage = Storage::open(&options, Arc::new(Metrics::new())).unwrap();
     let held = storage.reserve(Duration::from_millis(10)).await.unwrap();
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     assert!(matches!(
         storage.reserve(Duration::from_millis(100)).await,
         Err(SubmitError::Busy)
     ));
-    assert!(started.elapsed() >= Duration::from_millis(100));
+    assert_eq!(started.elapsed(), Duration::from_millis(100));
     let (reply, answer) = tokio::sync::oneshot::channel();
     held.submit(WriteJob {
         agent_id: "a1".into(),
