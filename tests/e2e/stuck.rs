@@ -53,6 +53,10 @@ struct HungMount {
 
 impl HungMount {
     fn start(dir: &Path) -> HungMount {
+        assert!(
+            Path::new("/dev/fuse").exists(),
+            "this test serves a FUSE mount: it needs /dev/fuse and root"
+        );
         let script = dir.join("hung_fs.py");
         std::fs::write(&script, HUNG_FS).unwrap();
         let point = dir.join("mnt");
