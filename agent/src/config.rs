@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tributary_common::choices;
-use tributary_common::config::values::{RawSize, duration, read_pem, size};
+use tributary_common::config::values::{RawSize, duration, read_key_pem, read_pem, size};
 use tributary_common::config::{ConfigError, Resolve, Source};
 use url::Url;
 
@@ -106,6 +106,10 @@ pub struct RawForward {
     pub compression_level: Option<i32>,
     /// Extra CA certificate (PEM) to trust for `https` collectors.
     pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for collectors that require one (mTLS), with `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub key_file: Option<PathBuf>,
     /// Deadline of the last forward attempt at shutdown.
     pub final_attempt_timeout: Option<String>,
 }
@@ -185,6 +189,8 @@ pub struct ForwardSettings {
     pub compression_level: i32,
     /// PEM bytes of an extra CA certificate.
     pub ca_pem: Option<Vec<u8>>,
+    /// PEM bytes of the client certificate chain followed by its key (mTLS).
+    pub identity_pem: Option<Vec<u8>>,
     pub final_attempt_timeout: Duration,
 }
 
@@ -345,6 +351,37 @@ fn resolve_forward(raw: RawForward, source: &Source) -> Result<ForwardSettings, 
         Some(path) => Some(read_pem(source, "forward.ca_file", &path)?),
         None => None,
     };
+    let identity_pem = match (raw.cert_file, raw.key_file) {
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(source.error(
+                "forward.key_file",
+                "missing: forward.cert_file needs its private key",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(source.error(
+                "forward.cert_file",
+                "missing: forward.key_file needs its certificate",
+            ));
+        }
+        (Some(cert), Some(key)) => {
+            let mut pem = read_pem(source, "forward.cert_file", &cert)?;
+            pem.push(b'\n');
+            pem.extend(read_key_pem(source, "forward.key_file", &key)?);
+            reqwest::Identity::from_pem(&pem).map_err(|e| {
+                source.error(
+                    "forward.key_file",
+                    format!(
+                        "{} and {} do not make a client identity: {e}",
+                        cert.display(),
+                        key.display()
+                    ),
+                )
+            })?;
+            Some(pem)
+        }
+    };
     let backoff_initial = duration(
         source,
         "forward.backoff_initial",
@@ -386,6 +423,7 @@ fn resolve_forward(raw: RawForward, source: &Source) -> Result<ForwardSettings, 
         encoding: raw.encoding.unwrap_or_default(),
         compression_level,
         ca_pem,
+        identity_pem,
         final_attempt_timeout: duration(
             source,
             "forward.final_attempt_timeout",

@@ -169,6 +169,9 @@ impl Forwarder {
                 builder = builder.add_root_certificate(certificate);
             }
         }
+        if let Some(pem) = &settings.identity_pem {
+            builder = builder.identity(reqwest::Identity::from_pem(pem)?);
+        }
         Ok(Forwarder {
             client: builder.build()?,
             backoff: Backoff::new(settings.backoff_initial, settings.backoff_max),
@@ -339,8 +342,17 @@ impl Forwarder {
             Ok(response) => response,
             Err(e) => {
                 let delay = self.backoff.next_random();
-                warn!(url = %self.settings.batches_url, error = %error_chain(&e), retry_in = ?delay, backlog = self.link.depth.points(), "cannot reach the collector");
-                self.metrics.error("forward", "unreachable");
+                let error = error_chain(&e);
+                match tls_hint(&error) {
+                    Some(hint) => {
+                        warn!(url = %self.settings.batches_url, %error, retry_in = ?delay, backlog = self.link.depth.points(), "cannot reach the collector: TLS failed ({hint})");
+                        self.metrics.error("forward", "tls");
+                    }
+                    None => {
+                        warn!(url = %self.settings.batches_url, %error, retry_in = ?delay, backlog = self.link.depth.points(), "cannot reach the collector");
+                        self.metrics.error("forward", "unreachable");
+                    }
+                }
                 self.metrics.send_outcome("retry");
                 return Step::Retry(delay);
             }
@@ -649,6 +661,28 @@ impl Forwarder {
                 Step::Retry(self.backoff.next_random())
             }
         }
+    }
+}
+
+/// What to check when a connection failed in its TLS handshake (by rustls' messages), or
+/// `None` for other failures.
+fn tls_hint(error: &str) -> Option<&'static str> {
+    if error.contains("invalid peer certificate") {
+        Some(
+            "the collector's certificate is not trusted: check forward.ca_file and the name in forward.url",
+        )
+    } else if error.contains("CertificateRequired") || error.contains("certificate required") {
+        Some(
+            "the collector requires a client certificate: set forward.cert_file and forward.key_file",
+        )
+    } else if error.contains("peer sent no certificates")
+        || error.contains("BadCertificate")
+        || error.contains("UnknownCA")
+        || error.contains("unknown ca")
+    {
+        Some("the collector refused this agent's client certificate: check forward.cert_file")
+    } else {
+        None
     }
 }
 

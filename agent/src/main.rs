@@ -94,7 +94,7 @@ fn main() -> ExitCode {
         });
     }
     if let Some(Command::Health { url: Some(url) }) = &cli.command {
-        return tributary_common::health::check(url);
+        return tributary_common::health::check(url, false);
     }
     if let Some(Command::Buffer {
         action,
@@ -133,9 +133,10 @@ fn main() -> ExitCode {
             block_on(|_| async move { tributary_agent::commands::test(&config).await })
         }
         Command::Health { .. } => match config.agent.listen {
-            Some(address) => tributary_common::health::check(&tributary_common::health::local_url(
-                address, "/health",
-            )),
+            Some(address) => tributary_common::health::check(
+                &tributary_common::health::local_url(address, "/health", false),
+                true,
+            ),
             None => {
                 eprintln!("unhealthy: agent.listen is off, so there is no /health to ask");
                 ExitCode::from(2)

@@ -16,6 +16,7 @@ use crate::clean::config::{RawClean, RawTime, resolve_rules, resolve_time};
 use crate::clean::{Rule, TimeSanity};
 use crate::rollup::Resolution;
 use crate::storage::StorageOptions;
+use crate::tls::TlsFiles;
 
 /// Prefix of environment overrides: `TRIBUTARY_COLLECTOR__SERVER__LISTEN=…`.
 pub const ENV_PREFIX: &str = "TRIBUTARY_COLLECTOR";
@@ -79,6 +80,12 @@ pub struct RawServer {
     pub ingest_wait: Option<String>,
     /// How long shutdown may take.
     pub shutdown_timeout: Option<String>,
+    /// TLS on the listener: the certificate chain (PEM), with `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by these CAs (PEM): mTLS.
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// `[storage]`
@@ -136,6 +143,8 @@ pub struct Config {
     /// How long raw points are kept (ns); `None`: forever.
     pub raw_retention: Option<i64>,
     pub retention_interval: Duration,
+    /// TLS on the listener, checked (the files load and go together).
+    pub tls: Option<TlsFiles>,
 }
 
 impl Config {
@@ -192,6 +201,7 @@ impl Resolve for RawConfig {
                 format!("{listen_text:?} is not an address like 127.0.0.1:8080 ({e})"),
             )
         })?;
+        let tls = resolve_tls(&raw.server, source)?;
         let size = |key: &str, value: Option<RawSize>, default: &str| {
             values::size(source, key, value, default)
                 .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
@@ -305,6 +315,7 @@ impl Resolve for RawConfig {
             "10m",
         )?;
         Ok(Config {
+            tls,
             rules,
             time,
             resolutions,
@@ -330,6 +341,43 @@ impl Resolve for RawConfig {
             agents,
         })
     }
+}
+
+/// `tls_cert`, `tls_key` and `tls_client_ca`: both of the first two or neither, the third only
+/// with them; the files are read and built into a server configuration here, so `check` finds
+/// what would stop the listener.
+fn resolve_tls(server: &RawServer, source: &Source) -> Result<Option<TlsFiles>, ConfigError> {
+    let files = match (&server.tls_cert, &server.tls_key) {
+        (None, None) => {
+            if server.tls_client_ca.is_some() {
+                return Err(source.error(
+                    "server.tls_client_ca",
+                    "client certificates need TLS: set server.tls_cert and server.tls_key too",
+                ));
+            }
+            return Ok(None);
+        }
+        (Some(_), None) => {
+            return Err(source.error(
+                "server.tls_key",
+                "missing: server.tls_cert needs its private key",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(source.error(
+                "server.tls_cert",
+                "missing: server.tls_key needs its certificate",
+            ));
+        }
+        (Some(cert), Some(key)) => TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: server.tls_client_ca.clone(),
+        },
+    };
+    crate::tls::server_config(&files)
+        .map_err(|e| source.error(format!("server.tls_{}", e.file), e.message))?;
+    Ok(Some(files))
 }
 
 /// Nanoseconds in a duration written in the file.
@@ -486,6 +534,19 @@ mod tests {
                 .contains(r#"choose one of "quarantine", "receive_time""#),
             "{error}"
         );
+        let error = load("[server]\ntls_cert = \"/nonexistent/cert.pem\"\n").unwrap_err();
+        assert_eq!(error.key, "server.tls_key");
+        let error = load(
+            "[server]\ntls_cert = \"/nonexistent/cert.pem\"\ntls_key = \"/nonexistent/key.pem\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(error.key, "server.tls_cert");
+        assert!(
+            error.message.contains("cannot read /nonexistent/cert.pem"),
+            "{error}"
+        );
+        let error = load("[server]\ntls_client_ca = \"/nonexistent/ca.pem\"\n").unwrap_err();
+        assert_eq!(error.key, "server.tls_client_ca");
         let error = load("[server]\nbody_timeout = \"soon\"\n").unwrap_err();
         assert_eq!(
             (error.key.as_str(), error.line),

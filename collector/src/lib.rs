@@ -36,6 +36,7 @@ pub mod config;
 pub mod metrics;
 pub mod rollup;
 pub mod storage;
+pub mod tls;
 pub mod units;
 
 use std::sync::Arc;
@@ -84,7 +85,7 @@ pub async fn serve(
     });
     let app = api::router(Arc::clone(&state));
     let address = listener.local_addr().context("listener address")?;
-    info!(address = %address, storage = %config.storage_path.display(), agents = config.agents.len(), "collector listening");
+    info!(address = %address, tls = config.tls.is_some(), mtls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()), storage = %config.storage_path.display(), agents = config.agents.len(), "collector listening");
 
     let retention = tokio::spawn(retention_loop(
         Arc::clone(&state),
@@ -92,9 +93,26 @@ pub async fn serve(
         shutdown.clone(),
     ));
     let graceful = shutdown.clone();
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { graceful.cancelled().await });
-    let server = tokio::spawn(async move { server.await });
+    let stop = async move { graceful.cancelled().await };
+    let tls = match &config.tls {
+        Some(files) => Some(Arc::new(
+            tls::TlsAcceptor::new(files.clone()).map_err(|e| anyhow::anyhow!("{e}"))?,
+        )),
+        None => None,
+    };
+    let server = match &tls {
+        Some(acceptor) => {
+            let listener =
+                tls::TlsListener::new(listener, Arc::clone(acceptor), Arc::clone(&state.metrics))
+                    .context("TLS listener")?;
+            let server = axum::serve(listener, app).with_graceful_shutdown(stop);
+            tokio::spawn(async move { server.await })
+        }
+        None => {
+            let server = axum::serve(listener, app).with_graceful_shutdown(stop);
+            tokio::spawn(async move { server.await })
+        }
+    };
     let mut lifecycle = Lifecycle::install(config_path, state.metrics.errors.clone())
         .context("cannot install the SIGHUP handler")?;
     let watched = Arc::clone(&state);
@@ -107,7 +125,7 @@ pub async fn serve(
     };
     lifecycle.ready(&state.metrics.status_line(), probe, &shutdown);
     while let Event::Reload(path) = lifecycle.next(&shutdown).await {
-        reload(&state, &path).await;
+        reload(&state, &path, tls.as_deref()).await;
         lifecycle.reloaded(&state.metrics.status_line());
     }
     let watchdog = lifecycle.stopping();
@@ -142,7 +160,18 @@ pub async fn serve(
 }
 
 /// SIGHUP: loads the file again and applies its `[[agents]]`.
-async fn reload(state: &AppState, path: &std::path::Path) {
+async fn reload(state: &AppState, path: &std::path::Path, tls: Option<&tls::TlsAcceptor>) {
+    if let Some(tls) = tls {
+        // A renewed certificate needs no restart; the files are the ones the collector
+        // started with.
+        match tls.reload() {
+            Ok(()) => info!("TLS certificate reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "TLS certificate not reloaded; the running one stays");
+                state.metrics.error("tls", "reload");
+            }
+        }
+    }
     match tributary_common::config::reload_file::<config::RawConfig>(path).await {
         Ok(config) => {
             let agents = config.agents.len();

@@ -70,7 +70,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if let Command::Health { url: Some(url) } = &command {
-        return tributary_common::health::check(url);
+        return tributary_common::health::check(url, false);
     }
     logging::init(cli.log_format);
     let config = match load_for_main::<RawConfig>(cli.config.as_deref(), "config/collector.toml") {
@@ -101,7 +101,8 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Health { .. } => tributary_common::health::check(
-            &tributary_common::health::local_url(config.listen, "/healthz"),
+            &tributary_common::health::local_url(config.listen, "/healthz", config.tls.is_some()),
+            true,
         ),
         Command::Run | Command::Token { .. } => run(config, cli.config),
     }

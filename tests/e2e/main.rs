@@ -19,6 +19,7 @@ mod stuck;
 mod sys;
 mod systemd;
 mod tail;
+mod tls;
 mod transport;
 
 use std::collections::HashSet;

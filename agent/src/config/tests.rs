@@ -175,6 +175,18 @@ fn bad_values_name_their_key_and_line() {
             "not a duration",
         ),
         ("[forward]\nurl = \"ftp://x\"\n", "forward.url", 2, "http"),
+        (
+            "[forward]\n\ncert_file = \"/nonexistent/c.pem\"\n",
+            "forward.key_file",
+            1,
+            "needs its private key",
+        ),
+        (
+            "[forward]\ncert_file = \"/nonexistent/c.pem\"\nkey_file = \"/nonexistent/k.pem\"\n",
+            "forward.cert_file",
+            2,
+            "cannot read",
+        ),
         ("[forward]\nurl = \"::\"\n", "forward.url", 2, "not a URL"),
         (
             "[[inputs.mqtt]]\nbroker = \"mqtt://b\"\ntopics = [\"a/#/b\"]\n",

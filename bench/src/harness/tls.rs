@@ -8,6 +8,65 @@ pub struct TestCertificates {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The directory, which also holds the CA's key (`ca.key`) for [`make_client`].
+    pub dir: PathBuf,
+}
+
+/// A client certificate (for mTLS) with common name `name`, signed by `ca`'s CA: its
+/// certificate and key files.
+pub fn make_client(ca: &TestCertificates, name: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let dir = &ca.dir;
+    let (key, csr, pem, ext) = (
+        format!("client-{name}.key"),
+        format!("client-{name}.csr"),
+        format!("client-{name}.pem"),
+        format!("client-{name}.ext"),
+    );
+    let subject = format!("/CN={name}");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &subject,
+        ],
+    )?;
+    std::fs::write(
+        dir.join(&ext),
+        format!(
+            "subjectAltName=DNS:{name}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n"
+        ),
+    )?;
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ],
+    )?;
+    Ok((dir.join(pem), dir.join(key)))
 }
 
 fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
@@ -89,5 +148,6 @@ pub fn make(dir: &Path) -> anyhow::Result<TestCertificates> {
         ca: dir.join("ca.pem"),
         cert: dir.join("server.pem"),
         key: dir.join("server.key"),
+        dir: dir.to_owned(),
     })
 }

@@ -138,6 +138,8 @@ pub struct CollectorProcess {
     host: std::net::IpAddr,
     /// A command the collector runs under, e.g. `ip netns exec NAME`.
     wrapper: Vec<String>,
+    /// It speaks TLS (its URL is `https`).
+    https: bool,
 }
 
 /// How a collector is set up beyond the defaults ([`CollectorProcess::start_custom`]).
@@ -151,6 +153,8 @@ pub struct CollectorOptions {
     pub extra: String,
     /// A command to run the collector under.
     pub wrapper: Vec<String>,
+    /// `server_extra` sets up TLS: the collector's URL is `https`.
+    pub https: bool,
 }
 
 impl Default for CollectorOptions {
@@ -161,6 +165,7 @@ impl Default for CollectorOptions {
             server_extra: String::new(),
             extra: String::new(),
             wrapper: Vec::new(),
+            https: false,
         }
     }
 }
@@ -244,11 +249,13 @@ impl CollectorProcess {
             process: None,
             host,
             wrapper: options.wrapper.clone(),
+            https: options.https,
         })
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}:{}", self.host, self.port)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}:{}", self.host, self.port)
     }
 
     /// The running collector's process id (of the wrapper, if there is one: `ip netns exec`

@@ -84,6 +84,18 @@ pub fn read_pem(source: &Source, key: &str, path: &Path) -> Result<Vec<u8>, Conf
     Ok(pem)
 }
 
+/// Reads the PEM file at `path` (named by `key`) and checks it holds a private key (PKCS#8,
+/// PKCS#1 or SEC1).
+pub fn read_key_pem(source: &Source, key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let pem = std::fs::read(path)
+        .map_err(|e| source.error(key, format!("cannot read {}: {e}", path.display())))?;
+    match rustls_pemfile::private_key(&mut pem.as_slice()) {
+        Ok(Some(_)) => Ok(pem),
+        Ok(None) => Err(source.error(key, format!("{} holds no PEM private key", path.display()))),
+        Err(e) => Err(source.error(key, format!("{} is not PEM: {e}", path.display()))),
+    }
+}
+
 /// Declares how a configuration enum is spelled, so a wrong value gets a message listing the
 /// choices (the `config` crate's own enum errors are hard to read). The enum derives
 /// `Deserialize` with `#[serde(try_from = "String")]`:

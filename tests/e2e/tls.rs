@@ -1,0 +1,221 @@
+//! TLS between agent and collector, with a private CA made per test (`openssl`): HTTPS with the
+//! CA in `forward.ca_file`; a wrong CA, which fails with a clear log line while the agent keeps
+//! its data, and delivers once the CA is fixed; and mTLS, refused without a client certificate
+//! and working with one.
+
+use std::time::Duration;
+
+use tributary_bench::harness::tls::{TestCertificates, make, make_client};
+use tributary_bench::harness::{
+    AgentProcess, CollectorOptions, CollectorProcess, Mosquitto, MosquittoOptions, Supervised,
+    token_pair,
+};
+
+use crate::{blocking, publish_all, settle, start_agent};
+
+/// A collector for agent `edge-1` with TLS from `certs`, and mTLS against their CA when
+/// `mtls`.
+fn tls_collector(
+    dir: &std::path::Path,
+    token: &str,
+    certs: &TestCertificates,
+    mtls: bool,
+) -> CollectorProcess {
+    let mut server_extra = format!(
+        "tls_cert = {:?}\ntls_key = {:?}\n",
+        certs.cert.display().to_string(),
+        certs.key.display().to_string()
+    );
+    if mtls {
+        server_extra.push_str(&format!(
+            "tls_client_ca = {:?}\n",
+            certs.ca.display().to_string()
+        ));
+    }
+    CollectorProcess::start_custom(
+        dir,
+        &[("edge-1", token)],
+        &CollectorOptions {
+            server_extra,
+            https: true,
+            ..CollectorOptions::default()
+        },
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_delivers_over_https_with_a_private_ca_and_waits_out_a_wrong_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make(&dir.path().join("pki")).unwrap();
+    let other = make(&dir.path().join("other-pki")).unwrap();
+    let (token, _) = token_pair("edge-1");
+    let broker = blocking(|| {
+        Mosquitto::start(&dir.path().join("broker"), &MosquittoOptions::default()).unwrap()
+    });
+    let collector =
+        blocking(|| tls_collector(&dir.path().join("collector"), &token, &certs, false));
+    assert!(collector.url().starts_with("https://"));
+
+    // The wrong CA: nothing gets through, the log says why, the data stays buffered.
+    let wrong_ca = other.ca.display().to_string();
+    let mut agent: AgentProcess = blocking(|| {
+        start_agent(
+            &dir.path().join("agent"),
+            &dir.path().join("agent/data"),
+            &collector.url(),
+            &broker,
+            "",
+            &[
+                ("TRIBUTARY_TOKEN", &token),
+                ("TRIBUTARY_AGENT__FORWARD__CA_FILE", &wrong_ca),
+            ],
+        )
+    });
+    let acked = publish_all(broker.port, 0..300).await;
+    let logged = blocking(|| {
+        agent.process().wait_for_log(
+            "the collector's certificate is not trusted: check forward.ca_file",
+            Duration::from_secs(30),
+        )
+    });
+    assert!(logged, "a clear log line: {:?}", agent.process().logs());
+    let line = agent
+        .process()
+        .logs()
+        .into_iter()
+        .find(|l| l.contains("TLS failed"))
+        .unwrap_or_default();
+    assert!(line.contains("invalid peer certificate"), "{line}");
+    assert_eq!(
+        agent
+            .metric("tributary_agent_errors_total{component=\"forward\",kind=\"tls\"}")
+            .await
+            .map(|n| n >= 1.0),
+        Some(true)
+    );
+    let buffered = agent.metric("tributary_agent_buffer_points").await;
+    assert_eq!(buffered, Some(300.0), "the agent keeps its data");
+
+    // The right CA: everything arrives, once.
+    let right_ca = certs.ca.display().to_string();
+    agent.set_env("TRIBUTARY_AGENT__FORWARD__CA_FILE", &right_ca);
+    blocking(|| agent.restart()).unwrap();
+    let verdict = settle(
+        &collector.url(),
+        Some(&agent),
+        &acked,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(verdict.exactly_once(), "{verdict:?}");
+    assert_eq!(verdict.stored_points, 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_refuses_an_agent_without_a_client_certificate_and_takes_one_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make(&dir.path().join("pki")).unwrap();
+    let (client_cert, client_key) = make_client(&certs, "edge-1").unwrap();
+    let (token, _) = token_pair("edge-1");
+    let broker = blocking(|| {
+        Mosquitto::start(&dir.path().join("broker"), &MosquittoOptions::default()).unwrap()
+    });
+    let collector = blocking(|| tls_collector(&dir.path().join("collector"), &token, &certs, true));
+    let ca = certs.ca.display().to_string();
+
+    // A client with the CA but no certificate of its own does not get through the handshake.
+    tributary_bench::harness::http(); // installs rustls' provider
+    let pem = std::fs::read(&certs.ca).unwrap();
+    let plain = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .build()
+        .unwrap();
+    let refused = plain
+        .get(format!("{}/healthz", collector.url()))
+        .send()
+        .await;
+    assert!(
+        refused.is_err(),
+        "no client certificate, no answer: {refused:?}"
+    );
+
+    let mut agent = blocking(|| {
+        start_agent(
+            &dir.path().join("agent"),
+            &dir.path().join("agent/data"),
+            &collector.url(),
+            &broker,
+            "",
+            &[
+                ("TRIBUTARY_TOKEN", &token),
+                ("TRIBUTARY_AGENT__FORWARD__CA_FILE", &ca),
+            ],
+        )
+    });
+    let acked = publish_all(broker.port, 0..200).await;
+    let logged = blocking(|| {
+        agent.process().wait_for_log(
+            "the collector requires a client certificate: set forward.cert_file and forward.key_file",
+            Duration::from_secs(30),
+        )
+    });
+    assert!(logged, "{:?}", agent.process().logs());
+    assert_eq!(
+        agent.metric("tributary_agent_buffer_points").await,
+        Some(200.0),
+        "the agent keeps its data"
+    );
+
+    // With its certificate it delivers everything, once; the harness reads the collector with
+    // the same identity.
+    let (cert_text, key_text) = (
+        client_cert.display().to_string(),
+        client_key.display().to_string(),
+    );
+    agent.set_env("TRIBUTARY_AGENT__FORWARD__CERT_FILE", &cert_text);
+    agent.set_env("TRIBUTARY_AGENT__FORWARD__KEY_FILE", &key_text);
+    blocking(|| agent.restart()).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while agent.metric("tributary_agent_buffer_points").await != Some(0.0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent delivered with its certificate: {:?}",
+            agent.process().logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut identity = std::fs::read(&client_cert).unwrap();
+    identity.extend(std::fs::read(&client_key).unwrap());
+    let with_identity = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .identity(reqwest::Identity::from_pem(&identity).unwrap())
+        .build()
+        .unwrap();
+    let answer: serde_json::Value = with_identity
+        .get(format!(
+            "{}/api/v1/query?name={}&field=id",
+            collector.url(),
+            crate::NAME
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut ids: Vec<i64> = answer["series"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|series| series["points"].as_array().cloned().unwrap_or_default())
+        .filter_map(|point| point[1].as_i64())
+        .collect();
+    ids.sort_unstable();
+    let expected: Vec<i64> = {
+        let mut all: Vec<i64> = acked.iter().map(|&id| id as i64).collect();
+        all.sort_unstable();
+        all
+    };
+    assert_eq!(ids, expected, "every acknowledged message stored once");
+}
