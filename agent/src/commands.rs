@@ -65,7 +65,7 @@ pub async fn quickstart(options: &Quickstart, shutdown: CancellationToken) -> an
     std::fs::write(
         &collector_toml,
         format!(
-            "# Written by `tributary-agent quickstart`. See config/collector.toml for every key.\n[server]\nlisten = \"127.0.0.1:{port}\"\n\n[storage]\npath = {db:?}\n\n[[agents]]\nid = \"quickstart\"\ntoken_sha256 = \"{hash}\"\n",
+            "# Written by `tributary-agent quickstart`. See config/collector.toml for every key.\n[server]\nlisten = \"127.0.0.1:{port}\"\n# Reads need no token: this collector answers on loopback only.\nanonymous_read = true\n\n[storage]\npath = {db:?}\n\n[[agents]]\nid = \"quickstart\"\ntoken_sha256 = \"{hash}\"\n",
             port = options.port,
             db = dir.join("collector.db"),
         ),

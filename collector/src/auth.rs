@@ -1,5 +1,7 @@
-//! Agent authentication: bearer tokens, configured by their SHA-256 so the collector's
-//! configuration holds no secret.
+//! Authentication: bearer tokens, configured by their SHA-256 so the collector's configuration
+//! holds no secret. Agent tokens (`[[agents]]`) may write and not read; reader tokens
+//! (`[[readers]]`) may read and not write; with `server.anonymous_read`, reads need no token.
+//! `/healthz` and `/metrics` are open to all, for load balancers and Prometheus.
 
 use std::collections::HashMap;
 
@@ -32,53 +34,113 @@ impl TokenHash {
     }
 }
 
-/// Maps presented tokens to agent ids. The map can be replaced while requests run (a reload
-/// adds or revokes agents).
+/// Who may do what: the configured tokens, and whether reads need one.
+#[derive(Debug, Default, Clone)]
+pub struct Access {
+    /// Token hash -> agent id: may write.
+    pub agents: HashMap<TokenHash, String>,
+    /// Token hash -> reader id: may read.
+    pub readers: HashMap<TokenHash, String>,
+    /// Reads need no token.
+    pub anonymous_read: bool,
+}
+
+/// Why a read is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadRefusal {
+    /// No `Authorization` header (401).
+    Missing,
+    /// A token no one was given (401).
+    Unknown,
+    /// An agent's token: it may write, not read (403).
+    AgentToken(String),
+}
+
+/// Maps presented tokens to agents and readers. The map can be replaced while requests run
+/// (a reload adds or revokes tokens).
 #[derive(Debug, Default)]
 pub struct Authenticator {
-    agents: std::sync::RwLock<std::sync::Arc<HashMap<TokenHash, String>>>,
+    access: std::sync::RwLock<std::sync::Arc<Access>>,
+}
+
+/// The hash of the bearer token in an `Authorization` header value. `Token` is the scheme
+/// InfluxDB v2 clients (Telegraf's influxdb_v2 output) send.
+fn presented(authorization: Option<&str>) -> Option<TokenHash> {
+    let value = authorization?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") && !scheme.eq_ignore_ascii_case("token") {
+        return None;
+    }
+    // Hashing first means lookups compare digests, which reveal nothing about the token
+    // through timing.
+    Some(TokenHash::of(token.trim()))
 }
 
 impl Authenticator {
-    pub fn new(agents: HashMap<TokenHash, String>) -> Authenticator {
+    pub fn new(access: Access) -> Authenticator {
         Authenticator {
-            agents: std::sync::RwLock::new(std::sync::Arc::new(agents)),
+            access: std::sync::RwLock::new(std::sync::Arc::new(access)),
         }
     }
 
-    fn current(&self) -> std::sync::Arc<HashMap<TokenHash, String>> {
+    fn current(&self) -> std::sync::Arc<Access> {
         std::sync::Arc::clone(
             &self
-                .agents
+                .access
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         )
     }
 
-    /// Replaces the configured agents (a reload).
-    pub fn replace(&self, agents: HashMap<TokenHash, String>) {
+    /// Replaces the configured tokens (a reload).
+    pub fn replace(&self, access: Access) {
         *self
-            .agents
+            .access
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::new(agents);
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::new(access);
     }
 
     /// The agent an `Authorization` header value belongs to, if any.
     pub fn agent_for(&self, authorization: Option<&str>) -> Option<String> {
-        let value = authorization?.trim();
-        let (scheme, token) = value.split_once(' ')?;
-        // `Token` is what InfluxDB v2 clients (Telegraf's influxdb_v2 output) send.
-        if !scheme.eq_ignore_ascii_case("bearer") && !scheme.eq_ignore_ascii_case("token") {
-            return None;
+        self.current()
+            .agents
+            .get(&presented(authorization)?)
+            .cloned()
+    }
+
+    /// The reader an `Authorization` header value belongs to, if any.
+    pub fn reader_for(&self, authorization: Option<&str>) -> Option<String> {
+        self.current()
+            .readers
+            .get(&presented(authorization)?)
+            .cloned()
+    }
+
+    /// Whether a request with this `Authorization` header may read.
+    pub fn check_read(&self, authorization: Option<&str>) -> Result<(), ReadRefusal> {
+        let access = self.current();
+        if access.anonymous_read {
+            return Ok(());
         }
-        // Hashing first means the lookup compares digests, which reveal nothing about the
-        // token through timing.
-        self.current().get(&TokenHash::of(token.trim())).cloned()
+        let Some(hash) = presented(authorization) else {
+            return Err(if authorization.is_some() {
+                ReadRefusal::Unknown
+            } else {
+                ReadRefusal::Missing
+            });
+        };
+        if access.readers.contains_key(&hash) {
+            return Ok(());
+        }
+        match access.agents.get(&hash) {
+            Some(agent) => Err(ReadRefusal::AgentToken(agent.clone())),
+            None => Err(ReadRefusal::Unknown),
+        }
     }
 
     /// Every configured agent id.
     pub fn agent_ids(&self) -> Vec<String> {
-        self.current().values().cloned().collect()
+        self.current().agents.values().cloned().collect()
     }
 }
 
@@ -98,7 +160,10 @@ mod tests {
         let (token, hash) = new_token();
         assert_eq!(token.len(), 64);
         assert_eq!(TokenHash::parse(&hash.to_hex()).unwrap(), hash);
-        let auth = Authenticator::new(HashMap::from([(hash, "pump-7".to_owned())]));
+        let auth = Authenticator::new(Access {
+            agents: HashMap::from([(hash, "pump-7".to_owned())]),
+            ..Access::default()
+        });
         assert_eq!(
             auth.agent_for(Some(&format!("Bearer {token}"))),
             Some("pump-7".to_owned())
@@ -113,7 +178,10 @@ mod tests {
         assert_eq!(auth.agent_for(None), None);
         // A reload revokes the token and admits another.
         let (other, other_hash) = new_token();
-        auth.replace(HashMap::from([(other_hash, "pump-8".to_owned())]));
+        auth.replace(Access {
+            agents: HashMap::from([(other_hash, "pump-8".to_owned())]),
+            ..Access::default()
+        });
         assert_eq!(auth.agent_for(Some(&format!("Bearer {token}"))), None);
         assert_eq!(
             auth.agent_for(Some(&format!("Bearer {other}"))),
@@ -133,5 +201,40 @@ mod tests {
             TokenHash::parse("9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08")
                 .is_err()
         );
+    }
+
+    #[test]
+    fn reads_need_a_reader_token_unless_anonymous() {
+        let (agent, agent_hash) = new_token();
+        let (reader, reader_hash) = new_token();
+        let mut access = Access {
+            agents: HashMap::from([(agent_hash, "pump-7".to_owned())]),
+            readers: HashMap::from([(reader_hash, "grafana".to_owned())]),
+            anonymous_read: false,
+        };
+        let auth = Authenticator::new(access.clone());
+        assert_eq!(auth.check_read(None), Err(ReadRefusal::Missing));
+        assert_eq!(
+            auth.check_read(Some("Bearer nope")),
+            Err(ReadRefusal::Unknown)
+        );
+        assert_eq!(
+            auth.check_read(Some("Basic abc")),
+            Err(ReadRefusal::Unknown)
+        );
+        assert_eq!(
+            auth.check_read(Some(&format!("Bearer {agent}"))),
+            Err(ReadRefusal::AgentToken("pump-7".to_owned()))
+        );
+        assert_eq!(auth.check_read(Some(&format!("Bearer {reader}"))), Ok(()));
+        assert_eq!(
+            auth.reader_for(Some(&format!("Bearer {reader}"))),
+            Some("grafana".to_owned())
+        );
+        // A reader's token does not write.
+        assert_eq!(auth.agent_for(Some(&format!("Bearer {reader}"))), None);
+        access.anonymous_read = true;
+        auth.replace(access);
+        assert_eq!(auth.check_read(None), Ok(()));
     }
 }

@@ -34,6 +34,9 @@ pub struct RawConfig {
     /// One table per agent allowed to send.
     #[serde(default)]
     pub agents: Vec<RawAgent>,
+    /// One table per reader token (queries, listings; Grafana, the console).
+    #[serde(default)]
+    pub readers: Vec<RawAgent>,
     #[serde(default)]
     pub clean: RawClean,
     #[serde(default)]
@@ -86,6 +89,8 @@ pub struct RawServer {
     pub tls_key: Option<PathBuf>,
     /// Require client certificates signed by these CAs (PEM): mTLS.
     pub tls_client_ca: Option<PathBuf>,
+    /// Reads need no token (default false: a reader's token).
+    pub anonymous_read: Option<bool>,
 }
 
 /// `[storage]`
@@ -108,12 +113,12 @@ pub struct RawQuery {
     pub max_points: Option<usize>,
 }
 
-/// `[[agents]]`
+/// `[[agents]]` and `[[readers]]`: who holds a token.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAgent {
     pub id: Option<String>,
-    /// SHA-256 of the agent's token, lowercase hex (`tributary-collector token` prints both).
+    /// SHA-256 of the token, lowercase hex (`tributary-collector token` prints both).
     pub token_sha256: Option<String>,
 }
 
@@ -136,6 +141,10 @@ pub struct Config {
     pub query_max_points: usize,
     /// Token hash -> agent id.
     pub agents: HashMap<TokenHash, String>,
+    /// Token hash -> reader id (`[[readers]]`).
+    pub reader_tokens: HashMap<TokenHash, String>,
+    /// Reads need no token.
+    pub anonymous_read: bool,
     pub rules: Vec<Rule>,
     pub time: TimeSanity,
     /// Rollup resolutions, finest first, with their retention.
@@ -173,6 +182,15 @@ impl Config {
     }
 
     /// How storage is to be set up.
+    /// Who may write and read.
+    pub fn access(&self) -> crate::auth::Access {
+        crate::auth::Access {
+            agents: self.agents.clone(),
+            readers: self.reader_tokens.clone(),
+            anonymous_read: self.anonymous_read,
+        }
+    }
+
     pub fn storage_options(&self) -> StorageOptions {
         StorageOptions {
             path: self.storage_path.clone(),
@@ -275,35 +293,8 @@ impl Resolve for RawConfig {
             return Err(source.error("query.max_points", "must be at least 1"));
         }
 
-        let mut agents = HashMap::new();
-        let mut ids = HashMap::new();
-        for (index, agent) in raw.agents.into_iter().enumerate() {
-            let key = |name: &str| format!("agents[{index}].{name}");
-            let id = agent
-                .id
-                .filter(|id| !id.trim().is_empty())
-                .ok_or_else(|| source.error(key("id"), "missing or empty"))?;
-            let hash_text = agent.token_sha256.ok_or_else(|| {
-                source.error(
-                    key("token_sha256"),
-                    "missing; `tributary-collector token` prints a token and its hash",
-                )
-            })?;
-            let hash =
-                TokenHash::parse(&hash_text).map_err(|m| source.error(key("token_sha256"), m))?;
-            if let Some(first) = ids.insert(id.clone(), index) {
-                return Err(source.error(
-                    key("id"),
-                    format!("agent {id:?} is already configured at agents[{first}]"),
-                ));
-            }
-            if let Some(other) = agents.insert(hash, id.clone()) {
-                return Err(source.error(
-                    key("token_sha256"),
-                    format!("the same token is already given to agent {other:?}; every agent needs its own"),
-                ));
-            }
-        }
+        let agents = resolve_tokens(raw.agents, "agents", &HashMap::new(), source)?;
+        let reader_tokens = resolve_tokens(raw.readers, "readers", &agents, source)?;
         let rules = resolve_rules(raw.clean, source)?;
         let time = resolve_time(&raw.time, source)?;
         let (resolutions, raw_retention) =
@@ -339,8 +330,56 @@ impl Resolve for RawConfig {
             readers,
             query_max_points,
             agents,
+            reader_tokens,
+            anonymous_read: raw.server.anonymous_read.unwrap_or(false),
         })
     }
+}
+
+/// `[[agents]]` or `[[readers]]` (`table`): ids present and unique, hashes valid, and no token
+/// given twice, here or in `others` (an agent's token may not also read, nor a reader's write).
+fn resolve_tokens(
+    raw: Vec<RawAgent>,
+    table: &str,
+    others: &HashMap<TokenHash, String>,
+    source: &Source,
+) -> Result<HashMap<TokenHash, String>, ConfigError> {
+    let mut holders = HashMap::new();
+    let mut ids = HashMap::new();
+    for (index, holder) in raw.into_iter().enumerate() {
+        let key = |name: &str| format!("{table}[{index}].{name}");
+        let id = holder
+            .id
+            .filter(|id| !id.trim().is_empty())
+            .ok_or_else(|| source.error(key("id"), "missing or empty"))?;
+        let hash_text = holder.token_sha256.ok_or_else(|| {
+            source.error(
+                key("token_sha256"),
+                "missing; `tributary-collector token` prints a token and its hash",
+            )
+        })?;
+        let hash =
+            TokenHash::parse(&hash_text).map_err(|m| source.error(key("token_sha256"), m))?;
+        if let Some(first) = ids.insert(id.clone(), index) {
+            return Err(source.error(
+                key("id"),
+                format!("{id:?} is already configured at {table}[{first}]"),
+            ));
+        }
+        if let Some(other) = others.get(&hash) {
+            return Err(source.error(
+                key("token_sha256"),
+                format!("the same token is already agent {other:?}'s; a token either writes (agents) or reads (readers)"),
+            ));
+        }
+        if let Some(other) = holders.insert(hash, id.clone()) {
+            return Err(source.error(
+                key("token_sha256"),
+                format!("the same token is already given to {other:?}; each needs its own"),
+            ));
+        }
+    }
+    Ok(holders)
 }
 
 /// `tls_cert`, `tls_key` and `tls_client_ca`: both of the first two or neither, the third only

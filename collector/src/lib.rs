@@ -76,7 +76,7 @@ pub async fn serve(
     }
     let state = Arc::new(AppState {
         storage,
-        auth: Authenticator::new(config.agents.clone()),
+        auth: Authenticator::new(config.access()),
         metrics,
         limits: config.ingest_limits(),
         memory: api::memory::IngestMemory::new(config.ingest_memory, config.ingest_wait),
@@ -174,12 +174,13 @@ async fn reload(state: &AppState, path: &std::path::Path, tls: Option<&tls::TlsA
     }
     match tributary_common::config::reload_file::<config::RawConfig>(path).await {
         Ok(config) => {
-            let agents = config.agents.len();
-            state.auth.replace(config.agents);
+            let (agents, readers) = (config.agents.len(), config.reader_tokens.len());
+            state.auth.replace(config.access());
             state.metrics.reloads.inc();
             info!(
                 agents,
-                "configuration reloaded: [[agents]] applied (other changes take effect at the next start)"
+                readers,
+                "configuration reloaded: [[agents]], [[readers]] and server.anonymous_read applied (other changes take effect at the next start)"
             );
         }
         Err(e) => {

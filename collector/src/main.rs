@@ -40,11 +40,16 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
-    /// Print a new agent token and the SHA-256 to put in collector.toml.
+    /// Print a new token and the table to paste into collector.toml as it is: [[agents]]
+    /// (may write), or [[readers]] with --reader (may read). The token itself is printed
+    /// as a comment: collector.toml keeps only its SHA-256.
     Token {
         /// The agent id to put in the printed [[agents]] table.
-        #[arg(long, default_value = "my-agent")]
+        #[arg(long, default_value = "my-agent", conflicts_with = "reader")]
         agent: String,
+        /// Print a reader's token and its [[readers]] table instead (Grafana, scripts).
+        #[arg(long)]
+        reader: Option<String>,
     },
 }
 
@@ -56,17 +61,34 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Run);
-    if let Command::Token { agent } = &command {
+    if let Command::Token { agent, reader } = &command {
         let (token, hash) = tributary_collector::auth::new_token();
-        println!("token = {token}");
-        println!("token_sha256 = {}", hash.to_hex());
-        println!();
-        println!("# agent.toml of {agent}:  [forward] token = \"{token}\"");
-        println!("# collector.toml:");
-        println!(
-            "[[agents]]\nid = {agent:?}\ntoken_sha256 = \"{}\"",
-            hash.to_hex()
-        );
+        match reader {
+            Some(reader) => {
+                println!(
+                    "# The token of reader {reader:?}: send it as `Authorization: Bearer <token>`"
+                );
+                println!("# (Grafana: a custom HTTP header). Keep it; it is not stored anywhere.");
+                println!("#   {token}");
+                println!(
+                    "[[readers]]\nid = {reader:?}\ntoken_sha256 = \"{}\"",
+                    hash.to_hex()
+                );
+            }
+            None => {
+                println!(
+                    "# The token of agent {agent:?}: in its agent.toml, [forward] token = \"<token>\""
+                );
+                println!(
+                    "# (or TRIBUTARY_TOKEN in its environment). Keep it; it is not stored anywhere."
+                );
+                println!("#   {token}");
+                println!(
+                    "[[agents]]\nid = {agent:?}\ntoken_sha256 = \"{}\"",
+                    hash.to_hex()
+                );
+            }
+        }
         return ExitCode::SUCCESS;
     }
     if let Command::Health { url: Some(url) } = &command {

@@ -5,6 +5,7 @@
 //! The harness builds the binaries it runs (`cargo build --workspace --bins`, once per test
 //! process) unless `TRIBUTARY_BIN_DIR` names others.
 
+mod access;
 mod bad_input;
 mod collector_api;
 mod config_check;

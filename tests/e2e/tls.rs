@@ -176,15 +176,6 @@ async fn mtls_refuses_an_agent_without_a_client_certificate_and_takes_one_with()
     agent.set_env("TRIBUTARY_AGENT__FORWARD__CERT_FILE", &cert_text);
     agent.set_env("TRIBUTARY_AGENT__FORWARD__KEY_FILE", &key_text);
     blocking(|| agent.restart()).unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while agent.metric("tributary_agent_buffer_points").await != Some(0.0) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the agent delivered with its certificate: {:?}",
-            agent.process().logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
     let mut identity = std::fs::read(&client_cert).unwrap();
     identity.extend(std::fs::read(&client_key).unwrap());
     let with_identity = reqwest::Client::builder()
@@ -192,30 +183,52 @@ async fn mtls_refuses_an_agent_without_a_client_certificate_and_takes_one_with()
         .identity(reqwest::Identity::from_pem(&identity).unwrap())
         .build()
         .unwrap();
-    let answer: serde_json::Value = with_identity
-        .get(format!(
-            "{}/api/v1/query?name={}&field=id",
-            collector.url(),
-            crate::NAME
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let mut ids: Vec<i64> = answer["series"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|series| series["points"].as_array().cloned().unwrap_or_default())
-        .filter_map(|point| point[1].as_i64())
-        .collect();
-    ids.sort_unstable();
+    let query = format!(
+        "{}/api/v1/query?name={}&field=id",
+        collector.url(),
+        crate::NAME
+    );
     let expected: Vec<i64> = {
         let mut all: Vec<i64> = acked.iter().map(|&id| id as i64).collect();
         all.sort_unstable();
         all
     };
-    assert_eq!(ids, expected, "every acknowledged message stored once");
+    // Until everything arrived (bounded), then once more after the agent's buffer is empty,
+    // so a double sent late would be seen.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let (ids, answer) = loop {
+        let answer: serde_json::Value = with_identity
+            .get(&query)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mut ids: Vec<i64> = answer["series"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|series| series["points"].as_array().cloned().unwrap_or_default())
+            .filter_map(|point| point[1].as_i64())
+            .collect();
+        ids.sort_unstable();
+        if ids.len() >= expected.len()
+            && agent.metric("tributary_agent_buffer_points").await == Some(0.0)
+        {
+            break (ids, answer);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent delivered with its certificate: {} of {} stored; {:?}",
+            ids.len(),
+            expected.len(),
+            agent.process().logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        ids, expected,
+        "every acknowledged message stored once: {answer}"
+    );
 }

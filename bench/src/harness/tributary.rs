@@ -155,6 +155,9 @@ pub struct CollectorOptions {
     pub wrapper: Vec<String>,
     /// `server_extra` sets up TLS: the collector's URL is `https`.
     pub https: bool,
+    /// `server.anonymous_read`: on by default, so tests read what was stored without a
+    /// reader's token; the tests of read tokens turn it off.
+    pub anonymous_read: bool,
 }
 
 impl Default for CollectorOptions {
@@ -166,6 +169,7 @@ impl Default for CollectorOptions {
             extra: String::new(),
             wrapper: Vec::new(),
             https: false,
+            anonymous_read: true,
         }
     }
 }
@@ -228,7 +232,8 @@ impl CollectorProcess {
         std::fs::create_dir_all(dir)?;
         let (host, port) = (options.host, options.port);
         let mut text = format!(
-            "[server]\nlisten = \"{host}:{port}\"\n{}\n[storage]\npath = \"{}\"\n",
+            "[server]\nlisten = \"{host}:{port}\"\nanonymous_read = {}\n{}\n[storage]\npath = \"{}\"\n",
+            options.anonymous_read,
             options.server_extra,
             dir.join("collector.db").display()
         );

@@ -48,8 +48,13 @@ pub async fn get_time() -> axum::Json<TimeAnswer> {
     })
 }
 
+/// The 401 body for a token no one was given (ingest and reads alike).
+pub(super) const UNKNOWN_TOKEN: &str = "the bearer token is not known";
+/// The 401 body without an `Authorization` header (ingest and reads alike).
+pub(super) const MISSING_TOKEN: &str = "missing Authorization: Bearer <token>";
+
 /// The agent id the request's token belongs to; `missing` says how to authenticate when the
-/// header is absent.
+/// header is absent. A reader's token is refused with 403: readers read, agents write.
 pub(super) fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
@@ -57,13 +62,19 @@ pub(super) fn authenticate(
     missing: &str,
 ) -> Result<String, ApiError> {
     let authorization = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
-    state.auth.agent_for(authorization).ok_or_else(|| {
-        ApiError::Unauthorized(if authorization.is_some() {
-            unknown.to_owned()
-        } else {
-            missing.to_owned()
-        })
-    })
+    if let Some(agent) = state.auth.agent_for(authorization) {
+        return Ok(agent);
+    }
+    if let Some(reader) = state.auth.reader_for(authorization) {
+        return Err(ApiError::Forbidden(format!(
+            "the token of reader {reader:?} may read, not write: use an agent's token ([[agents]])"
+        )));
+    }
+    Err(ApiError::Unauthorized(if authorization.is_some() {
+        unknown.to_owned()
+    } else {
+        missing.to_owned()
+    }))
 }
 
 /// Reads the request body within `server.max_body_size` and `server.body_timeout`, after
@@ -206,12 +217,7 @@ async fn ingest(
     body: Body,
     received_at: i64,
 ) -> Result<BatchAck, ApiError> {
-    let agent_id = authenticate(
-        state,
-        headers,
-        "the bearer token is not known",
-        "missing Authorization: Bearer <token>",
-    )?;
+    let agent_id = authenticate(state, headers, UNKNOWN_TOKEN, MISSING_TOKEN)?;
     let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
     let content_type = header(CONTENT_TYPE).unwrap_or(codec::CONTENT_TYPE_JSON);
     let encoding = Encoding::from_content_type(content_type)

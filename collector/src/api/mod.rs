@@ -52,35 +52,84 @@ pub struct IngestLimits {
 
 /// Every endpoint: method, path and handler. The router is built from this table, and the
 /// OpenAPI test checks the document against it and each entry against the router.
-fn endpoints() -> Vec<(&'static str, &'static str, MethodRouter<Arc<AppState>>)> {
+/// Who may call an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// An agent's token; the handler authenticates (ingest, and the agents' clock probe).
+    Write,
+    /// A reader's token, unless `server.anonymous_read` (checked before the handler).
+    Read,
+    /// Anyone: `/healthz` for load balancers, `/metrics` for Prometheus, `/api/v1/time` (it
+    /// tells nothing but the time).
+    Open,
+}
+
+fn endpoints() -> Vec<(
+    &'static str,
+    &'static str,
+    Gate,
+    MethodRouter<Arc<AppState>>,
+)> {
     vec![
-        ("post", "/api/v1/batches", post(ingest::post_batch)),
-        ("post", "/api/v2/write", post(write::post_write)),
-        ("get", "/api/v1/time", get(ingest::get_time)),
-        ("get", "/api/v1/query", get(query::get_query)),
-        ("get", "/api/v1/series", get(listings::get_series)),
-        ("get", "/api/v1/quarantine", get(listings::get_quarantine)),
-        ("get", "/api/v1/agents", get(agents::get_agents)),
-        ("get", "/api/v1/openapi.json", get(openapi::get_openapi)),
-        ("get", "/healthz", get(healthz)),
-        ("get", "/metrics", get(metrics)),
+        (
+            "post",
+            "/api/v1/batches",
+            Gate::Write,
+            post(ingest::post_batch),
+        ),
+        (
+            "post",
+            "/api/v2/write",
+            Gate::Write,
+            post(write::post_write),
+        ),
+        ("get", "/api/v1/time", Gate::Open, get(ingest::get_time)),
+        ("get", "/api/v1/query", Gate::Read, get(query::get_query)),
+        (
+            "get",
+            "/api/v1/series",
+            Gate::Read,
+            get(listings::get_series),
+        ),
+        (
+            "get",
+            "/api/v1/quarantine",
+            Gate::Read,
+            get(listings::get_quarantine),
+        ),
+        ("get", "/api/v1/agents", Gate::Read, get(agents::get_agents)),
+        (
+            "get",
+            "/api/v1/openapi.json",
+            Gate::Read,
+            get(openapi::get_openapi),
+        ),
+        ("get", "/healthz", Gate::Open, get(healthz)),
+        ("get", "/metrics", Gate::Open, get(metrics)),
     ]
 }
 
-/// Every (method, path) the router serves.
-pub fn routes() -> Vec<(&'static str, &'static str)> {
+/// Every (method, path) the router serves, with who may call it.
+pub fn routes() -> Vec<(&'static str, &'static str, Gate)> {
     endpoints()
         .into_iter()
-        .map(|(method, path, _)| (method, path))
+        .map(|(method, path, gate, _)| (method, path, gate))
         .collect()
 }
 
 /// The router with every endpoint (each documented in [`openapi`]). Ingest reads its bodies
-/// itself, within [`IngestLimits`] and the memory budget.
+/// itself, within [`IngestLimits`] and the memory budget; reads pass [`require_reader`] first.
 pub fn router(state: Arc<AppState>) -> Router {
     endpoints()
         .into_iter()
-        .fold(Router::new(), |router, (_, path, handler)| {
+        .fold(Router::new(), |router, (_, path, gate, handler)| {
+            let handler = match gate {
+                Gate::Read => handler.route_layer(axum::middleware::from_fn_with_state(
+                    Arc::clone(&state),
+                    require_reader,
+                )),
+                Gate::Write | Gate::Open => handler,
+            };
             router.route(path, handler)
         })
         .layer(axum::middleware::from_fn_with_state(
@@ -88,6 +137,37 @@ pub fn router(state: Arc<AppState>) -> Router {
             observe_request,
         ))
         .with_state(state)
+}
+
+/// Lets a read through with a reader's token (or any, under `server.anonymous_read`): 401
+/// without a token or with an unknown one, 403 with an agent's (agents write, they do not
+/// read). The bodies are ingest's.
+async fn require_reader(
+    State(state): State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let authorization = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match state.auth.check_read(authorization) {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => {
+            let error = match refusal {
+                crate::auth::ReadRefusal::Missing => {
+                    ApiError::Unauthorized(ingest::MISSING_TOKEN.into())
+                }
+                crate::auth::ReadRefusal::Unknown => {
+                    ApiError::Unauthorized(ingest::UNKNOWN_TOKEN.into())
+                }
+                crate::auth::ReadRefusal::AgentToken(agent) => ApiError::Forbidden(format!(
+                    "the token of agent {agent:?} may write, not read: use a reader's token ([[readers]])"
+                )),
+            };
+            state.fail("read", error).into_response()
+        }
+    }
 }
 
 /// Times every request into `request_seconds{route, method, status}`.

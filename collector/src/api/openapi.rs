@@ -34,7 +34,7 @@ pub fn document() -> Value {
         "schema": { "type": "object", "additionalProperties": { "type": "string" } }
     });
     let aggs: Vec<&str> = Agg::ALL.iter().map(|a| a.name()).collect();
-    json!({
+    let mut doc = json!({
         "openapi": "3.0.3",
         "info": {
             "title": "Tributary collector",
@@ -44,6 +44,7 @@ pub fn document() -> Value {
         "components": {
             "securitySchemes": {
                 "bearer": { "type": "http", "scheme": "bearer", "description": "An agent's token (collector.toml keeps its SHA-256)" },
+                "reader": { "type": "http", "scheme": "bearer", "description": "A reader's token ([[readers]]); not needed with server.anonymous_read = true" },
                 "influxToken": { "type": "apiKey", "in": "header", "name": "Authorization", "description": "`Token <token>`, as InfluxDB v2 clients send it" }
             },
             "schemas": {
@@ -223,7 +224,36 @@ pub fn document() -> Value {
                 } }
             }
         }
-    })
+    });
+    // Reads share their gate: a reader's token, 401 without one, 403 with an agent's.
+    for (method, path, gate) in crate::api::routes() {
+        if gate != crate::api::Gate::Read {
+            continue;
+        }
+        let operation = doc
+            .get_mut("paths")
+            .and_then(|paths| paths.get_mut(path))
+            .and_then(|item| item.get_mut(method))
+            .and_then(Value::as_object_mut);
+        if let Some(operation) = operation {
+            operation.insert("security".into(), json!([{ "reader": [] }]));
+            if let Some(responses) = operation
+                .entry("responses")
+                .or_insert_with(|| json!({}))
+                .as_object_mut()
+            {
+                responses.insert(
+                    "401".into(),
+                    error_response("No token, or an unknown one (unless server.anonymous_read)"),
+                );
+                responses.insert(
+                    "403".into(),
+                    error_response("An agent's token: agents write, readers read"),
+                );
+            }
+        }
+    }
+    doc
 }
 
 #[cfg(test)]
@@ -247,7 +277,7 @@ mod tests {
         let storage = crate::storage::Storage::open(&options, Arc::clone(&metrics)).unwrap();
         let state = Arc::new(AppState {
             storage,
-            auth: crate::auth::Authenticator::new(config.agents.clone()),
+            auth: crate::auth::Authenticator::new(config.access()),
             metrics,
             limits: config.ingest_limits(),
             memory: IngestMemory::new(config.ingest_memory, config.ingest_wait),
@@ -304,10 +334,18 @@ mod tests {
         documented.sort();
         let mut served: Vec<(String, String)> = crate::api::routes()
             .into_iter()
-            .map(|(m, p)| (m.to_owned(), p.to_owned()))
+            .map(|(m, p, _)| (m.to_owned(), p.to_owned()))
             .collect();
         served.sort();
         assert_eq!(documented, served);
+        for (method, path, gate) in crate::api::routes() {
+            let operation = &doc["paths"][path][method];
+            assert_eq!(
+                gate == crate::api::Gate::Read,
+                operation["security"] == json!([{ "reader": [] }]),
+                "{method} {path}: documented as a read exactly when it is gated as one"
+            );
+        }
         for (path, item) in paths {
             for (method, operation) in item.as_object().unwrap() {
                 assert!(
