@@ -84,6 +84,10 @@ pub struct RawBuffer {
 pub struct RawForward {
     /// Base URL of the collector.
     pub url: Option<String>,
+    /// Base URLs of several collectors, tried in order (failover); instead of `url`.
+    pub urls: Option<Vec<String>>,
+    /// How long after failing over the agent tries the first URL again.
+    pub failback_after: Option<String>,
     /// Bearer token for the collector.
     pub token: Option<String>,
     /// Most points per batch.
@@ -170,13 +174,26 @@ pub struct BufferSettings {
     pub queue_capacity: usize,
 }
 
+/// One collector's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectorUrls {
+    /// The base URL as configured.
+    pub base: String,
+    /// The batches endpoint, `<url>/api/v1/batches`.
+    pub batches: Url,
+    /// The collector's clock, `<url>/api/v1/time`.
+    pub time: Url,
+}
+
 /// The forwarder.
 #[derive(Debug, Clone)]
 pub struct ForwardSettings {
-    /// The batches endpoint, `<url>/api/v1/batches`.
+    /// The first collector's batches endpoint, `<url>/api/v1/batches`.
     pub batches_url: Url,
-    /// The collector's clock, `<url>/api/v1/time`.
-    pub time_url: Url,
+    /// The collectors in the order they are tried (`forward.url` alone, or `forward.urls`).
+    pub collectors: Vec<CollectorUrls>,
+    /// How long after a failover the first collector is tried again.
+    pub failback_after: Duration,
     pub token: Option<String>,
     pub batch_max_points: usize,
     pub batch_max_bytes: usize,
@@ -300,26 +317,66 @@ fn resolve_buffer(raw: RawBuffer, source: &Source) -> Result<BufferSettings, Con
     })
 }
 
-fn resolve_forward(raw: RawForward, source: &Source) -> Result<ForwardSettings, ConfigError> {
-    let url_text = raw.url.as_deref().unwrap_or("http://127.0.0.1:8080");
-    let mut base = Url::parse(url_text)
-        .map_err(|e| source.error("forward.url", format!("{url_text:?} is not a URL ({e})")))?;
+/// A collector's endpoints from its base URL (a path prefix is kept).
+fn collector_urls(text: &str) -> Result<CollectorUrls, String> {
+    let mut base = Url::parse(text).map_err(|e| format!("{text:?} is not a URL ({e})"))?;
     if !matches!(base.scheme(), "http" | "https") || base.host_str().is_none() {
-        return Err(source.error(
-            "forward.url",
-            format!("{url_text:?} must be an http:// or https:// URL with a host"),
+        return Err(format!(
+            "{text:?} must be an http:// or https:// URL with a host"
         ));
     }
     if !base.path().ends_with('/') {
         let path = format!("{}/", base.path());
         base.set_path(&path);
     }
-    let batches_url = base
-        .join("api/v1/batches")
-        .map_err(|e| source.error("forward.url", e.to_string()))?;
-    let time_url = base
-        .join("api/v1/time")
-        .map_err(|e| source.error("forward.url", e.to_string()))?;
+    Ok(CollectorUrls {
+        base: text.to_owned(),
+        batches: base.join("api/v1/batches").map_err(|e| e.to_string())?,
+        time: base.join("api/v1/time").map_err(|e| e.to_string())?,
+    })
+}
+
+fn resolve_forward(raw: RawForward, source: &Source) -> Result<ForwardSettings, ConfigError> {
+    let (key, texts) = match (raw.url, raw.urls) {
+        (Some(_), Some(_)) => {
+            return Err(source.error(
+                "forward.urls",
+                "give forward.url (one collector) or forward.urls (several, tried in order), not both",
+            ));
+        }
+        (Some(url), None) => ("forward.url", vec![url]),
+        (None, Some(urls)) if urls.is_empty() => {
+            return Err(source.error("forward.urls", "is empty; name at least one collector"));
+        }
+        (None, Some(urls)) => ("forward.urls", urls),
+        (None, None) => ("forward.url", vec!["http://127.0.0.1:8080".to_owned()]),
+    };
+    let mut collectors = Vec::new();
+    for (index, text) in texts.into_iter().enumerate() {
+        let key = if key == "forward.urls" {
+            format!("forward.urls[{index}]")
+        } else {
+            key.to_owned()
+        };
+        let collector = collector_urls(&text).map_err(|message| source.error(&key, message))?;
+        if collectors
+            .iter()
+            .any(|c: &CollectorUrls| c.batches == collector.batches)
+        {
+            return Err(source.error(&key, format!("{text:?} is named twice")));
+        }
+        collectors.push(collector);
+    }
+    let batches_url = collectors
+        .first()
+        .map(|c| c.batches.clone())
+        .ok_or_else(|| source.error(key, "no collector"))?;
+    let failback_after = duration(
+        source,
+        "forward.failback_after",
+        raw.failback_after.as_deref(),
+        "5m",
+    )?;
 
     let token = raw.token.filter(|t| !t.is_empty());
     if let Some(token) = &token
@@ -406,7 +463,8 @@ fn resolve_forward(raw: RawForward, source: &Source) -> Result<ForwardSettings, 
     }
     Ok(ForwardSettings {
         batches_url,
-        time_url,
+        collectors,
+        failback_after,
         token,
         batch_max_points,
         batch_max_bytes: usize::try_from(batch_max_bytes).unwrap_or(usize::MAX),

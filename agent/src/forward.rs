@@ -116,6 +116,12 @@ pub struct Forwarder {
     /// and send everything again under a new epoch, so the collector stores it twice. Exists
     /// only to prove the tests can see doubles (the duplicate canary).
     resend_canary: bool,
+    /// Which of `settings.collectors` batches go to now.
+    active: usize,
+    /// Since when batches go elsewhere than the first collector.
+    away_since: Option<Instant>,
+    /// Collectors that failed in a row: a whole round of them failing waits the backoff.
+    failed_in_row: usize,
 }
 
 /// What is confirmed and waits to be deleted.
@@ -148,6 +154,8 @@ struct Prepared {
 pub enum ForwarderError {
     #[error("cannot build the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
+    #[error("no collector URL is configured")]
+    NoCollector,
 }
 
 impl Forwarder {
@@ -172,7 +180,10 @@ impl Forwarder {
         if let Some(pem) = &settings.identity_pem {
             builder = builder.identity(reqwest::Identity::from_pem(pem)?);
         }
-        Ok(Forwarder {
+        if settings.collectors.is_empty() {
+            return Err(ForwarderError::NoCollector);
+        }
+        let forwarder = Forwarder {
             client: builder.build()?,
             backoff: Backoff::new(settings.backoff_initial, settings.backoff_max),
             max_points: settings.batch_max_points,
@@ -190,7 +201,12 @@ impl Forwarder {
             last_probe: None,
             resend_canary: std::env::var("TRIBUTARY_TEST_UNSAFE_RESEND_NEW_EPOCH")
                 .is_ok_and(|v| v == "1"),
-        })
+            active: 0,
+            away_since: None,
+            failed_in_row: 0,
+        };
+        forwarder.show_active();
+        Ok(forwarder)
     }
 
     /// Sends until `shutdown`; then waits for `drained` (the writer has committed what the
@@ -317,9 +333,11 @@ impl Forwarder {
 
     /// Sends one encoded batch and acts on the answer.
     async fn send(&mut self, batch: StoredBatch, body: Vec<u8>) -> Step {
+        self.fail_back_when_due();
+        let url = self.collector().batches.clone();
         let mut request = self
             .client
-            .post(self.settings.batches_url.clone())
+            .post(url.clone())
             .header(CONTENT_TYPE, self.encoding().content_type())
             .body(body);
         if self.settings.compression_level > 0 {
@@ -341,15 +359,15 @@ impl Forwarder {
         let response = match response {
             Ok(response) => response,
             Err(e) => {
-                let delay = self.backoff.next_random();
+                let delay = self.fail_over();
                 let error = error_chain(&e);
                 match tls_hint(&error) {
                     Some(hint) => {
-                        warn!(url = %self.settings.batches_url, %error, retry_in = ?delay, backlog = self.link.depth.points(), "cannot reach the collector: TLS failed ({hint})");
+                        warn!(%url, %error, retry_in = ?delay, backlog = self.link.depth.points(), "cannot reach the collector: TLS failed ({hint})");
                         self.metrics.error("forward", "tls");
                     }
                     None => {
-                        warn!(url = %self.settings.batches_url, %error, retry_in = ?delay, backlog = self.link.depth.points(), "cannot reach the collector");
+                        warn!(%url, %error, retry_in = ?delay, backlog = self.link.depth.points(), "cannot reach the collector");
                         self.metrics.error("forward", "unreachable");
                     }
                 }
@@ -366,7 +384,19 @@ impl Forwarder {
             }
             Verdict::Retry(after) => {
                 let body = response.text().await.unwrap_or_default();
-                let delay = after.unwrap_or_else(|| self.backoff.next_random());
+                // A collector that fails (5xx) is left for the next; one that only asks to
+                // slow down (429) is kept.
+                let delay = if status.is_server_error() {
+                    let next = self.fail_over();
+                    // Another collector is not bound by this one's Retry-After.
+                    if self.settings.collectors.len() > 1 {
+                        next
+                    } else {
+                        after.unwrap_or(next)
+                    }
+                } else {
+                    after.unwrap_or_else(|| self.backoff.next_random())
+                };
                 warn!(%status, body = %truncate(&body, 300), retry_in = ?delay, "the collector asked to retry");
                 self.metrics.error("forward", "retry_status");
                 self.metrics.send_outcome("retry");
@@ -389,6 +419,68 @@ impl Forwarder {
                 let reason = response.text().await.unwrap_or_default();
                 self.refused(batch, status, reason).await
             }
+        }
+    }
+
+    /// The collector batches go to now.
+    fn collector(&self) -> &crate::config::CollectorUrls {
+        self.settings
+            .collectors
+            .get(self.active)
+            .or_else(|| self.settings.collectors.first())
+            .expect("forward settings name at least one collector")
+    }
+
+    /// Moves to the next collector after a failure (with several configured), and says how
+    /// long to wait: nothing while the round has collectors left to try, the backoff once each
+    /// has failed in a row.
+    fn fail_over(&mut self) -> Duration {
+        let count = self.settings.collectors.len();
+        self.failed_in_row = self.failed_in_row.saturating_add(1);
+        if count > 1 {
+            let from = self.collector().base.clone();
+            self.active = (self.active + 1) % count;
+            if self.active == 0 {
+                self.away_since = None;
+            } else if self.away_since.is_none() {
+                self.away_since = Some(Instant::now());
+            }
+            let to = self.collector().base.clone();
+            warn!(%from, %to, "failing over to the next collector");
+            self.metrics.error("forward", "failover");
+            self.metrics.failovers.inc();
+            self.show_active();
+        }
+        if count > 1 && !self.failed_in_row.is_multiple_of(count) {
+            Duration::ZERO
+        } else {
+            self.backoff.next_random()
+        }
+    }
+
+    /// Back to the first collector once `failback_after` has passed elsewhere.
+    fn fail_back_when_due(&mut self) {
+        if let Some(since) = self.away_since
+            && since.elapsed() >= self.settings.failback_after
+        {
+            let from = self.collector().base.clone();
+            self.active = 0;
+            self.away_since = None;
+            info!(%from, to = %self.collector().base, after = ?self.settings.failback_after, "returning to the first collector");
+            self.metrics.failovers.inc();
+            self.show_active();
+        }
+    }
+
+    /// `collector_active{url}`: 1 for the one in use.
+    fn show_active(&self) {
+        for (index, collector) in self.settings.collectors.iter().enumerate() {
+            self.metrics
+                .collector_active
+                .get_or_create(&crate::metrics::UrlLabels {
+                    url: collector.base.clone(),
+                })
+                .set(i64::from(index == self.active));
         }
     }
 
@@ -536,6 +628,7 @@ impl Forwarder {
         });
         self.retry_pending_delete().await;
         self.backoff.reset();
+        self.failed_in_row = 0;
         let limit = self.max_points;
         self.max_points = (self.max_points * 2).min(self.settings.batch_max_points);
         let points = batch.points.len();
@@ -579,7 +672,8 @@ impl Forwarder {
     async fn probe_clock(&mut self) {
         self.last_probe = Some(Instant::now());
         let sent = tributary_wire::time::now_ns();
-        let response = self.client.get(self.settings.time_url.clone()).send().await;
+        let time_url = self.collector().time.clone();
+        let response = self.client.get(time_url).send().await;
         let (answered, answered_at) = (tributary_wire::time::now_ns(), Instant::now());
         let answer = match response {
             Ok(response) if response.status().is_success() => {

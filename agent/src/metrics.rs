@@ -18,6 +18,12 @@ pub struct InputLabels {
     pub input: String,
 }
 
+/// Labels naming a collector URL.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UrlLabels {
+    pub url: String,
+}
+
 /// Labels of a forward attempt's outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
@@ -66,6 +72,10 @@ pub struct Metrics {
     pub reloads: Counter,
     /// Points recovered from a damaged buffer at start.
     pub salvaged_points: Counter,
+    /// 1 for the collector URL batches go to now, 0 for the others (`forward.urls`).
+    pub collector_active: Family<UrlLabels, Gauge>,
+    /// Moves from one collector URL to another (failovers and returns to the first).
+    pub failovers: Counter,
     /// Errors and warnings logged, by component and kind.
     pub errors: ErrorCounter,
 }
@@ -119,6 +129,18 @@ impl Metrics {
         );
         let sends = Family::default();
         registry.register("sends", "Forward attempts by outcome", sends.clone());
+        let collector_active = Family::default();
+        registry.register(
+            "collector_active",
+            "1 for the collector URL batches go to now, 0 for the other forward.urls",
+            collector_active.clone(),
+        );
+        let failovers = Counter::default();
+        registry.register(
+            "failovers",
+            "Moves from one collector URL to another (failovers and returns to the first)",
+            failovers.clone(),
+        );
         let points_sent = Counter::default();
         registry.register(
             "points_sent",
@@ -186,6 +208,8 @@ impl Metrics {
             buffer_points,
             buffer_bytes,
             sends,
+            collector_active,
+            failovers,
             points_sent,
             last_send_success,
             oldest_unsent,

@@ -10,6 +10,7 @@ mod bad_input;
 mod collector_api;
 mod config_check;
 mod damaged;
+mod failover;
 mod faults;
 mod observe;
 mod overflow;

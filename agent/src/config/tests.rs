@@ -176,6 +176,25 @@ fn bad_values_name_their_key_and_line() {
         ),
         ("[forward]\nurl = \"ftp://x\"\n", "forward.url", 2, "http"),
         (
+            "[forward]\nurl = \"http://a\"\nurls = [\"http://b\"]\n",
+            "forward.urls",
+            3,
+            "not both",
+        ),
+        ("[forward]\nurls = []\n", "forward.urls", 2, "is empty"),
+        (
+            "[forward]\nurls = [\"http://a\", \"ftp://b\"]\n",
+            "forward.urls[1]",
+            2,
+            "http",
+        ),
+        (
+            "[forward]\nurls = [\"http://a\", \"http://a/\"]\n",
+            "forward.urls[1]",
+            2,
+            "named twice",
+        ),
+        (
             "[forward]\n\ncert_file = \"/nonexistent/c.pem\"\n",
             "forward.key_file",
             1,
