@@ -116,6 +116,19 @@ impl Authenticator {
             .cloned()
     }
 
+    /// The hash of the presented token if it is a configured one (an agent's or a reader's).
+    pub fn known(&self, authorization: Option<&str>) -> Option<TokenHash> {
+        let hash = presented(authorization)?;
+        let access = self.current();
+        (access.agents.contains_key(&hash) || access.readers.contains_key(&hash)).then_some(hash)
+    }
+
+    /// Whether `hash` is a configured token.
+    pub fn is_configured(&self, hash: &TokenHash) -> bool {
+        let access = self.current();
+        access.agents.contains_key(hash) || access.readers.contains_key(hash)
+    }
+
     /// Whether a request with this `Authorization` header may read.
     pub fn check_read(&self, authorization: Option<&str>) -> Result<(), ReadRefusal> {
         let access = self.current();

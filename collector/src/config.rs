@@ -91,6 +91,10 @@ pub struct RawServer {
     pub tls_client_ca: Option<PathBuf>,
     /// Reads need no token (default false: a reader's token).
     pub anonymous_read: Option<bool>,
+    /// Requests per second per token, on average; 0: no limit.
+    pub rate_limit: Option<u32>,
+    /// Requests per token at once before the average applies.
+    pub rate_burst: Option<u32>,
 }
 
 /// `[storage]`
@@ -145,6 +149,9 @@ pub struct Config {
     pub reader_tokens: HashMap<TokenHash, String>,
     /// Reads need no token.
     pub anonymous_read: bool,
+    /// Requests per second per token (0: no limit), and the burst.
+    pub rate_limit: u32,
+    pub rate_burst: u32,
     pub rules: Vec<Rule>,
     pub time: TimeSanity,
     /// Rollup resolutions, finest first, with their retention.
@@ -220,6 +227,17 @@ impl Resolve for RawConfig {
             )
         })?;
         let tls = resolve_tls(&raw.server, source)?;
+        let rate_limit = raw.server.rate_limit.unwrap_or(100);
+        let rate_burst = raw
+            .server
+            .rate_burst
+            .unwrap_or(rate_limit.saturating_mul(2));
+        if rate_limit > 0 && rate_burst == 0 {
+            return Err(source.error(
+                "server.rate_burst",
+                "must be at least 1 while server.rate_limit is on",
+            ));
+        }
         let size = |key: &str, value: Option<RawSize>, default: &str| {
             values::size(source, key, value, default)
                 .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
@@ -332,6 +350,8 @@ impl Resolve for RawConfig {
             agents,
             reader_tokens,
             anonymous_read: raw.server.anonymous_read.unwrap_or(false),
+            rate_limit,
+            rate_burst,
         })
     }
 }

@@ -82,6 +82,7 @@ pub async fn serve(
         memory: api::memory::IngestMemory::new(config.ingest_memory, config.ingest_wait),
         query_max_points: config.query_max_points,
         resolutions: config.resolutions.clone(),
+        limiter: api::limit::RateLimiter::new(config.rate_limit, config.rate_burst),
     });
     let app = api::router(Arc::clone(&state));
     let address = listener.local_addr().context("listener address")?;
@@ -176,6 +177,7 @@ async fn reload(state: &AppState, path: &std::path::Path, tls: Option<&tls::TlsA
         Ok(config) => {
             let (agents, readers) = (config.agents.len(), config.reader_tokens.len());
             state.auth.replace(config.access());
+            state.limiter.retain(|hash| state.auth.is_configured(hash));
             state.metrics.reloads.inc();
             info!(
                 agents,

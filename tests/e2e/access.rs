@@ -129,3 +129,60 @@ async fn reads_need_a_reader_token_and_agents_only_write() {
     }
     collector.terminate();
 }
+
+/// One token over its limit gets 429 with Retry-After; another token is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runaway_token_is_limited_and_the_others_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let (busy_table, busy) = new_token(&["--reader", "runaway"]);
+    let (calm_table, calm) = new_token(&["--reader", "calm"]);
+    let collector = blocking(|| {
+        CollectorProcess::start_custom(
+            &dir.path().join("collector"),
+            &[],
+            &CollectorOptions {
+                anonymous_read: false,
+                server_extra: "rate_limit = 2\nrate_burst = 5\n".into(),
+                extra: format!("{busy_table}\n{calm_table}"),
+                ..CollectorOptions::default()
+            },
+        )
+        .unwrap()
+    });
+    let url = format!("{}/api/v1/series", collector.url());
+    let mut limited = 0;
+    let mut retry_after = None;
+    for _ in 0..20 {
+        let response = http().get(&url).bearer_auth(&busy).send().await.unwrap();
+        match response.status().as_u16() {
+            200 => {}
+            429 => {
+                limited += 1;
+                retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    // A burst of 5 and 2 per second: of 20 quick requests, at least 10 are turned away.
+    assert!(limited >= 10, "{limited} of 20 limited");
+    assert_eq!(retry_after, Some(1), "Retry-After in whole seconds");
+    let calm_status = http().get(&url).bearer_auth(&calm).send().await.unwrap();
+    assert_eq!(
+        calm_status.status().as_u16(),
+        200,
+        "another token is served"
+    );
+    // Health is never limited.
+    for _ in 0..10 {
+        assert_eq!(
+            status(&format!("{}/healthz", collector.url()), None)
+                .await
+                .0,
+            200
+        );
+    }
+}

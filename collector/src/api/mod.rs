@@ -3,6 +3,7 @@
 
 mod agents;
 mod ingest;
+pub mod limit;
 mod listings;
 pub mod memory;
 pub mod openapi;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub query_max_points: usize,
     /// Rollup resolutions, finest first (queries pick one).
     pub resolutions: Vec<crate::rollup::Resolution>,
+    /// Requests per token ([`limit`]).
+    pub limiter: limit::RateLimiter,
 }
 
 /// What one ingest request may send and become (`[server]`).
@@ -130,6 +133,13 @@ pub fn router(state: Arc<AppState>) -> Router {
                 )),
                 Gate::Write | Gate::Open => handler,
             };
+            // Outermost: a client over its limit is turned away before anything else.
+            let handler = match gate {
+                Gate::Read | Gate::Write => handler.route_layer(
+                    axum::middleware::from_fn_with_state(Arc::clone(&state), rate_limit),
+                ),
+                Gate::Open => handler,
+            };
             router.route(path, handler)
         })
         .layer(axum::middleware::from_fn_with_state(
@@ -137,6 +147,25 @@ pub fn router(state: Arc<AppState>) -> Router {
             observe_request,
         ))
         .with_state(state)
+}
+
+/// Takes the request from its token's bucket ([`limit`]): 429 with `Retry-After` when empty.
+async fn rate_limit(
+    State(state): State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let authorization = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let key = state.auth.known(authorization);
+    match state.limiter.take(key, std::time::Instant::now()) {
+        Ok(()) => next.run(request).await,
+        Err(wait) => state
+            .fail("rate_limit", ApiError::RateLimited(wait))
+            .into_response(),
+    }
 }
 
 /// Lets a read through with a reader's token (or any, under `server.anonymous_read`): 401
@@ -210,6 +239,8 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("the ingest queue is full; retry shortly")]
     Busy,
+    #[error("too many requests with this token (server.rate_limit); retry after {0:?}")]
+    RateLimited(std::time::Duration),
     #[error("{0}")]
     Timeout(String),
     #[error("{0}")]
@@ -228,7 +259,7 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Busy => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Busy | ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -245,6 +276,7 @@ impl ApiError {
             ApiError::TooLarge(_) => "too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Busy => "busy",
+            ApiError::RateLimited(_) => "rate_limited",
             ApiError::Timeout(_) => "timeout",
             ApiError::NotImplemented(_) => "not_implemented",
             ApiError::Unavailable(_) => "unavailable",
@@ -283,6 +315,13 @@ impl IntoResponse for ApiError {
             }
             ApiError::Busy | ApiError::Unavailable(_) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::RateLimited(wait) => {
+                // Whole seconds, rounded up: at least 1.
+                let seconds = wait
+                    .as_secs()
+                    .saturating_add(u64::from(wait.subsec_nanos() > 0));
+                headers.insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
             }
             // The body may be left unread (refused by its declared length, or too slow):
             // the connection cannot carry another request.

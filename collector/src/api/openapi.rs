@@ -250,6 +250,10 @@ pub fn document() -> Value {
                     "403".into(),
                     error_response("An agent's token: agents write, readers read"),
                 );
+                responses.insert(
+                    "429".into(),
+                    error_response("Over this token's server.rate_limit; retry after Retry-After"),
+                );
             }
         }
     }
@@ -283,6 +287,7 @@ mod tests {
             memory: IngestMemory::new(config.ingest_memory, config.ingest_wait),
             query_max_points: config.query_max_points,
             resolutions: config.resolutions.clone(),
+            limiter: crate::api::limit::RateLimiter::new(config.rate_limit, config.rate_burst),
         });
         let app = router(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
