@@ -63,7 +63,37 @@ pub fn unix_int_to_ns(value: i64) -> Option<i64> {
 
 /// Parses a query bound: RFC 3339, or Unix seconds (integer or fractional).
 pub fn parse_time_param(text: &str) -> Result<i64, String> {
+    parse_time_param_at(text, now_ns())
+}
+
+/// [`parse_time_param`] with `now` for the relative forms: `now`, `now-1h`, `now+30m`, and
+/// `-1h` (before now). Units: `ns`, `us`, `ms`, `s`, `m`, `h`, `d`, `w`, combinable (`1h30m`).
+pub fn parse_time_param_at(text: &str, now: i64) -> Result<i64, String> {
     let text = text.trim();
+    let relative = text
+        .strip_prefix("now")
+        .map(str::trim_start)
+        .or_else(|| text.starts_with('-').then_some(text));
+    if let Some(rest) = relative {
+        if rest.is_empty() {
+            return Ok(now);
+        }
+        // A bare negative number is Unix seconds before 1970, not a relative time.
+        if rest.parse::<f64>().is_err() || text.starts_with("now") {
+            let (sign, span) = match rest.split_at_checked(1) {
+                Some(("-", span)) => (-1i64, span),
+                Some(("+", span)) => (1, span),
+                _ => return Err(format!("{text:?}: write now, now-1h, now+5m or -1h")),
+            };
+            let ns = parse_span(span.trim()).ok_or_else(|| {
+                format!("{text:?}: {span:?} is not a duration like 1h, 30m or 1h30m")
+            })?;
+            return ns
+                .checked_mul(sign)
+                .and_then(|offset| now.checked_add(offset))
+                .ok_or_else(|| format!("{text:?} is out of range"));
+        }
+    }
     if let Some(ns) = parse_rfc3339(text) {
         return Ok(ns);
     }
@@ -83,6 +113,40 @@ pub fn parse_time_param(text: &str) -> Result<i64, String> {
     Err(format!(
         "{text:?} is neither an RFC 3339 timestamp nor Unix seconds"
     ))
+}
+
+/// Nanoseconds in `1h30m`-style text; `None` if it is not one.
+fn parse_span(text: &str) -> Option<i64> {
+    let mut total: i64 = 0;
+    let mut rest = text;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let (number, after) = rest.split_at(digits);
+        let number: i64 = number.parse().ok()?;
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(after.len());
+        let (unit, next) = after.split_at(unit_len);
+        let scale: i64 = match unit {
+            "ns" => 1,
+            "us" | "µs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            "d" => 86_400_000_000_000,
+            "w" => 604_800_000_000_000,
+            _ => return None,
+        };
+        total = total.checked_add(number.checked_mul(scale)?)?;
+        rest = next;
+    }
+    Some(total)
 }
 
 #[cfg(test)]
@@ -123,5 +187,24 @@ mod tests {
             10_000_000_000
         );
         assert!(parse_time_param("soon").is_err());
+        let now = 100 * 3_600_000_000_000;
+        assert_eq!(parse_time_param_at("now", now).unwrap(), now);
+        assert_eq!(
+            parse_time_param_at("now-1h", now).unwrap(),
+            now - 3_600_000_000_000
+        );
+        assert_eq!(
+            parse_time_param_at("now + 30m", now).unwrap(),
+            now + 1_800_000_000_000
+        );
+        assert_eq!(
+            parse_time_param_at("-1h30m", now).unwrap(),
+            now - 5_400_000_000_000
+        );
+        assert_eq!(parse_time_param_at("-10", now).unwrap(), -10_000_000_000);
+        assert!(parse_time_param_at("now-1y", now).is_err());
+        assert!(parse_time_param_at("now-", now).is_err());
+        assert!(parse_time_param_at("now*2", now).is_err());
+        assert!(parse_time_param_at("-99999999999999w", now).is_err());
     }
 }

@@ -37,9 +37,10 @@ pub struct RawExec {
     pub schedule: Option<String>,
     pub timezone: Option<String>,
     pub jitter: Option<String>,
-    /// The program and its arguments; with `shell = true`, one shell command line.
+    /// The program and its arguments; with `shell = true`, one shell command line (a string,
+    /// or a list of one).
     #[serde(default)]
-    pub command: Vec<String>,
+    pub command: CommandLine,
     /// Run the command through `/bin/sh -c`.
     pub shell: Option<bool>,
     /// Variables added to the agent's environment.
@@ -81,26 +82,34 @@ impl RawExec {
         let timing = raw_timing!(self);
         let common = PolledSettings::resolve("exec", index, self.name, self.tags, &timing, source)?;
         let key = |name: &str| common.key(name);
-        if self.command.is_empty() || self.command[0].is_empty() {
-            return Err(source.error(
-                key("command"),
-                "missing; e.g. command = [\"/usr/local/bin/read-meter\", \"--json\"]",
-            ));
-        }
-        let argv = if self.shell.unwrap_or(false) {
-            if self.command.len() != 1 {
+        let shell = self.shell.unwrap_or(false);
+        let argv = match (self.command, shell) {
+            (CommandLine::Argv(argv), _) if argv.first().is_none_or(String::is_empty) => {
+                return Err(source.error(
+                    key("command"),
+                    "missing; e.g. command = [\"/usr/local/bin/read-meter\", \"--json\"]",
+                ));
+            }
+            (CommandLine::Line(line), _) if line.trim().is_empty() => {
+                return Err(source.error(key("command"), "is empty"));
+            }
+            (CommandLine::Line(line), true) => vec!["/bin/sh".to_owned(), "-c".to_owned(), line],
+            (CommandLine::Argv(mut argv), true) if argv.len() == 1 => {
+                vec!["/bin/sh".to_owned(), "-c".to_owned(), argv.remove(0)]
+            }
+            (CommandLine::Argv(_), true) => {
                 return Err(source.error(
                     key("command"),
                     "with shell = true, give the command line as one string",
                 ));
             }
-            vec![
-                "/bin/sh".to_owned(),
-                "-c".to_owned(),
-                self.command[0].clone(),
-            ]
-        } else {
-            self.command
+            (CommandLine::Line(_), false) => {
+                return Err(source.error(
+                    key("command"),
+                    "a string is a shell command line: set shell = true, or give the program and its arguments as a list",
+                ));
+            }
+            (CommandLine::Argv(argv), false) => argv,
         };
         let missing_program = find_program(&argv[0], self.env.get("PATH").map(String::as_str))
             .err()
@@ -156,6 +165,20 @@ fn find_program(program: &str, path_override: Option<&str>) -> Result<PathBuf, S
         .map(|dir| Path::new(dir).join(program))
         .find(|candidate| executable(candidate))
         .ok_or_else(|| format!("{program:?} is not found in PATH ({search})"))
+}
+
+/// `command` as written: a list (argv), or a string (a shell command line).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum CommandLine {
+    Argv(Vec<String>),
+    Line(String),
+}
+
+impl Default for CommandLine {
+    fn default() -> Self {
+        CommandLine::Argv(Vec::new())
+    }
 }
 
 /// Runs the command of one `[[inputs.exec]]`.

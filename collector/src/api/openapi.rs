@@ -27,7 +27,7 @@ fn error_response(description: &str) -> Value {
 
 /// The document.
 pub fn document() -> Value {
-    let time = json!({ "type": "string", "description": "RFC 3339 (2024-05-01T12:00:00Z) or Unix seconds" });
+    let time = json!({ "type": "string", "description": "RFC 3339 (2024-05-01T12:00:00Z), Unix seconds, or relative to now: now, now-1h, -30m" });
     let tag_param = json!({
         "name": "tag", "in": "query", "required": false, "style": "deepObject", "explode": true,
         "description": "tag.K=V: only series with tag K equal to V (repeatable)",

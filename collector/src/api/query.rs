@@ -1,6 +1,6 @@
 //! `GET /api/v1/query`: points of the matching series, as JSON or CSV.
 //!
-//! Parameters: `name` (required), `field`, `from` and `to` (RFC 3339 or Unix seconds; `from`
+//! Parameters: `name` (required), `field`, `from` and `to` (RFC 3339, Unix seconds, or `now`, `now-1h`, `-30m`; `from`
 //! inclusive, `to` exclusive; default: all time), `tag.K=V` (repeatable), `format=json|csv`,
 //! `limit` (at most `query.max_points`).
 //!

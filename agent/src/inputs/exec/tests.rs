@@ -141,3 +141,23 @@ fn check_names_a_missing_command() {
         "{message}"
     );
 }
+
+/// `shell = true` takes the command line as one string, as `config/agent.toml` shows; a list
+/// of one still works, and a string without `shell` is refused with the way out.
+#[tokio::test]
+async fn a_shell_command_line_is_one_string() {
+    let mut exec =
+        poller("command = \"echo 'm v=1' | tr m n\"\nshell = true\nformat = \"influx\"\n");
+    let polled = exec.poll(0).await.unwrap();
+    assert_eq!(polled.points.len(), 1, "{:?}", polled.rejected);
+    assert_eq!(polled.points[0].name, "n");
+    let mut listed = poller("command = [\"echo 'm v=1'\"]\nshell = true\nformat = \"influx\"\n");
+    assert_eq!(listed.poll(0).await.unwrap().points.len(), 1);
+    let message = error("[[inputs.exec]]\ncommand = \"echo hi\"\n");
+    assert!(
+        message.contains("inputs.exec[0].command") && message.contains("set shell = true"),
+        "{message}"
+    );
+    let message = error("[[inputs.exec]]\ncommand = [\"a\", \"b\"]\nshell = true\n");
+    assert!(message.contains("one string"), "{message}");
+}
