@@ -226,6 +226,7 @@ impl Config {
 impl Resolve for RawConfig {
     type Checked = Config;
     const ENV_PREFIX: &'static str = ENV_PREFIX;
+    const SECRET_KEYS: &'static [&'static str] = &["forward.token"];
 
     /// The second stage: checks every value and fills in defaults.
     fn resolve(self, source: &Source) -> Result<Config, ConfigError> {

@@ -103,7 +103,10 @@ fn main() -> ExitCode {
     {
         return buffer_command(*action, path);
     }
-    let config = match load_for_main::<RawConfig>(cli.config.as_deref(), "config/agent.toml") {
+    // Only running the agent sends: the other commands load the file without its token.
+    let sends = matches!(cli.command, None | Some(Command::Run));
+    let config = match load_for_main::<RawConfig>(cli.config.as_deref(), "config/agent.toml", sends)
+    {
         Ok(config) => config,
         Err(status) => return status,
     };

@@ -95,10 +95,11 @@ fn main() -> ExitCode {
         return tributary_common::health::check(url, false);
     }
     logging::init(cli.log_format);
-    let config = match load_for_main::<RawConfig>(cli.config.as_deref(), "config/collector.toml") {
-        Ok(config) => config,
-        Err(status) => return status,
-    };
+    let config =
+        match load_for_main::<RawConfig>(cli.config.as_deref(), "config/collector.toml", true) {
+            Ok(config) => config,
+            Err(status) => return status,
+        };
     match command {
         Command::Check => {
             println!(

@@ -88,8 +88,9 @@ fn problems_are_named_with_file_key_and_line() {
         ),
         (
             "tributary-agent",
-            "[forward]\ntoken = \"${E2E_SURELY_UNSET}\"\n",
-            "forward.token",
+            // (forward.token may be unset for check: commands_that_send_nothing_need_no_token)
+            "[forward]\nurl = \"${E2E_SURELY_UNSET}\"\n",
+            "forward.url",
             2,
             "E2E_SURELY_UNSET is not set",
         ),
@@ -237,4 +238,43 @@ start_at = "beginning"
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("# inputs.exec[0]: error ("), "{stderr}");
+}
+
+/// `check`, `test` and `health` send nothing, so an unset `${TRIBUTARY_TOKEN}` does not stop
+/// them; running the agent still needs it, and says which key.
+#[test]
+fn commands_that_send_nothing_need_no_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        &dir,
+        "agent.toml",
+        &format!(
+            "[agent]\nid = \"p\"\ndata_dir = {:?}\n[forward]\nurl = \"http://127.0.0.1:9\"\ntoken = \"${{TRIBUTARY_SURELY_UNSET_TOKEN}}\"\n[[inputs.exec]]\ncommand = [\"/bin/echo\", \"1\"]\nformat = \"value\"\n",
+            dir.path().join("data")
+        ),
+    );
+    for command in ["check", "test"] {
+        let output = Command::new(bin_dir().join("tributary-agent"))
+            .arg(command)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{command}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let output = Command::new(bin_dir().join("tributary-agent"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("forward.token") && stderr.contains("TRIBUTARY_SURELY_UNSET_TOKEN"),
+        "{stderr}"
+    );
 }

@@ -4,15 +4,23 @@ use config::{Value, ValueKind};
 
 use super::ConfigError;
 
-/// Replaces `${VAR}` in every string below `value`. `path` is the key path so far.
+/// Replaces `${VAR}` in every string below `value`. `path` is the key path so far. In the
+/// keys named in `optional`, an unset variable expands to nothing instead of failing (secrets
+/// a command that sends nothing does not need).
 pub(crate) fn substitute(
     value: &mut Value,
     path: &mut String,
+    optional: &[&str],
     error: &dyn Fn(&str, String) -> ConfigError,
 ) -> Result<(), ConfigError> {
     match &mut value.kind {
         ValueKind::String(text) if text.contains('$') => {
-            *text = expand(text).map_err(|message| error(path, message))?;
+            *text = if optional.contains(&path.as_str()) {
+                expand_with(text, |name| Some(std::env::var(name).unwrap_or_default()))
+            } else {
+                expand(text)
+            }
+            .map_err(|message| error(path, message))?;
         }
         ValueKind::Table(table) => {
             for (key, child) in table.iter_mut() {
@@ -21,7 +29,7 @@ pub(crate) fn substitute(
                     path.push('.');
                 }
                 path.push_str(key);
-                substitute(child, path, error)?;
+                substitute(child, path, optional, error)?;
                 path.truncate(saved);
             }
         }
@@ -29,7 +37,7 @@ pub(crate) fn substitute(
             for (index, child) in items.iter_mut().enumerate() {
                 let saved = path.len();
                 path.push_str(&format!("[{index}]"));
-                substitute(child, path, error)?;
+                substitute(child, path, optional, error)?;
                 path.truncate(saved);
             }
         }

@@ -106,6 +106,9 @@ pub trait Resolve: DeserializeOwned {
     type Checked;
     /// Prefix of environment overrides, e.g. `TRIBUTARY_AGENT`.
     const ENV_PREFIX: &'static str;
+    /// Keys holding secrets only needed to send (`forward.token`): commands that send nothing
+    /// (`check`, `test`, `health`) load the file even when their `${VAR}` is unset.
+    const SECRET_KEYS: &'static [&'static str] = &[];
     /// Checks every value and fills in defaults, reporting problems through `source`.
     fn resolve(self, source: &Source) -> Result<Self::Checked, ConfigError>;
 }
@@ -135,12 +138,23 @@ where
 pub fn load_for_main<R: Resolve>(
     path: Option<&Path>,
     example: &str,
+    sends: bool,
 ) -> Result<R::Checked, std::process::ExitCode> {
     let Some(path) = path else {
         eprintln!("error: --config FILE is required (see {example} for every key)");
         return Err(std::process::ExitCode::from(2));
     };
-    load_file::<R>(path).map_err(|e| {
+    let optional = if sends { &[][..] } else { R::SECRET_KEYS };
+    let loaded = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError {
+            file: path.to_owned(),
+            key: String::new(),
+            line: None,
+            message: format!("cannot read the file: {e}"),
+        })
+        .and_then(|text| load_str_with::<R>(&text, path, R::ENV_PREFIX, optional))
+        .and_then(|(raw, source)| raw.resolve(&source));
+    loaded.map_err(|e| {
         eprintln!("error: {e}");
         std::process::ExitCode::from(2)
     })
@@ -157,6 +171,16 @@ pub fn load_str<T: DeserializeOwned>(
     text: &str,
     path: &Path,
     env_prefix: &str,
+) -> Result<(T, Source), ConfigError> {
+    load_str_with(text, path, env_prefix, &[])
+}
+
+/// [`load_str`], with `optional` keys whose unset `${VAR}` expands to nothing.
+fn load_str_with<T: DeserializeOwned>(
+    text: &str,
+    path: &Path,
+    env_prefix: &str,
+    optional: &[&str],
 ) -> Result<(T, Source), ConfigError> {
     let document = toml_edit::Document::parse(text.to_owned()).map_err(|e| ConfigError {
         file: path.to_owned(),
@@ -182,7 +206,7 @@ pub fn load_str<T: DeserializeOwned>(
     let mut tree: config::Value = built
         .try_deserialize()
         .map_err(|e| source.error("", e.to_string()))?;
-    env::substitute(&mut tree, &mut String::new(), &|key, message| {
+    env::substitute(&mut tree, &mut String::new(), optional, &|key, message| {
         source.error(key, message)
     })?;
 
