@@ -55,6 +55,14 @@ pub struct Quickstart {
 /// with the system input until Ctrl-C, then stops both.
 pub async fn quickstart(options: &Quickstart, shutdown: CancellationToken) -> anyhow::Result<()> {
     let dir = &options.dir;
+    // Another program on the port would answer in the collector's place (or make it exit):
+    // find out before starting anything.
+    if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", options.port)) {
+        anyhow::bail!(
+            "port {} on 127.0.0.1 is not free ({e}); choose another with --port",
+            options.port
+        );
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = std::fs::canonicalize(dir)?;
     let token = hex::encode(rand::random::<[u8; 32]>());

@@ -278,3 +278,57 @@ fn commands_that_send_nothing_need_no_token() {
         "{stderr}"
     );
 }
+
+/// `quickstart` runs a collector and an agent whose readings can be read back without a token
+/// (it opens reads on loopback), and refuses a port that is taken instead of saying "running".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickstart_runs_and_refuses_a_taken_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let output = Command::new(bin_dir().join("tributary-agent"))
+        .args(["quickstart", "--port", &port.to_string(), "--dir"])
+        .arg(dir.path().join("q1"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("port {port} on 127.0.0.1 is not free")),
+        "{stderr}"
+    );
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("running"));
+    drop(taken);
+
+    let port = tributary_bench::harness::free_port();
+    let mut command = Command::new(bin_dir().join("tributary-agent"));
+    command
+        .args(["quickstart", "--port", &port.to_string(), "--dir"])
+        .arg(dir.path().join("q2"));
+    let mut quickstart = tributary_bench::harness::Process::spawn("quickstart", command).unwrap();
+    let running = crate::blocking(|| {
+        quickstart.wait_for_log("Tributary is running", std::time::Duration::from_secs(30))
+    });
+    assert!(running, "{:?}", quickstart.logs());
+    let url = format!("http://127.0.0.1:{port}/api/v1/query?name=mem&field=used_percent");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let answer = tributary_bench::harness::http()
+            .get(&url)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 200, "reads are open on loopback");
+        let body: serde_json::Value = answer.json().await.unwrap();
+        if body["series"].as_array().is_some_and(|s| !s.is_empty()) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the system input's points arrive"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    let status = crate::blocking(|| quickstart.terminate(std::time::Duration::from_secs(30)));
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+}
