@@ -122,6 +122,22 @@ pub struct Forwarder {
     away_since: Option<Instant>,
     /// Collectors that failed in a row: a whole round of them failing waits the backoff.
     failed_in_row: usize,
+    /// A backlog being delivered after sends failed: since when, and how many points were
+    /// buffered then; progress is logged every [`BACKLOG_PROGRESS`].
+    backlog: Option<Backlog>,
+}
+
+/// How often the delivery of a backlog is reported.
+const BACKLOG_PROGRESS: Duration = Duration::from_secs(30);
+
+/// A backlog being delivered.
+#[derive(Debug, Clone, Copy)]
+struct Backlog {
+    since: Instant,
+    /// Points sent since `since`.
+    sent: u64,
+    /// The last progress line: when, and `sent` then.
+    reported: (Instant, u64),
 }
 
 /// What is confirmed and waits to be deleted.
@@ -204,6 +220,7 @@ impl Forwarder {
             active: 0,
             away_since: None,
             failed_in_row: 0,
+            backlog: None,
         };
         forwarder.show_active();
         Ok(forwarder)
@@ -395,6 +412,7 @@ impl Forwarder {
                         after.unwrap_or(next)
                     }
                 } else {
+                    self.backlog_begins();
                     after.unwrap_or_else(|| self.backoff.next_random())
                 };
                 warn!(%status, body = %truncate(&body, 300), retry_in = ?delay, "the collector asked to retry");
@@ -405,6 +423,15 @@ impl Forwarder {
             Verdict::Unauthorized => {
                 let body = response.text().await.unwrap_or_default();
                 let delay = self.backoff.next_random();
+                self.backlog_begins();
+                if status == reqwest::StatusCode::FORBIDDEN {
+                    // The token is known, and may not do this: it is another agent's (the
+                    // batch names this agent's id) or a reader's.
+                    error!(%status, body = %truncate(&body, 300), agent = %self.agent_id, retry_in = ?delay, backlog = self.link.depth.points(), "the collector knows this token but refuses it for this agent; data keeps buffering (the token belongs to another agent id or to a reader: check agent.id against the id of this token's [[agents]] entry in collector.toml)");
+                    self.metrics.error("forward", "forbidden");
+                    self.metrics.send_outcome("unauthorized");
+                    return Step::Retry(delay);
+                }
                 let hint = if self.settings.token.is_none() {
                     "forward.token is not set"
                 } else {
@@ -422,6 +449,54 @@ impl Forwarder {
         }
     }
 
+    /// A send failed: from here on, what is buffered is a backlog until it is delivered.
+    fn backlog_begins(&mut self) {
+        if self.backlog.is_none() && self.link.depth.points() > 0 {
+            let now = Instant::now();
+            self.backlog = Some(Backlog {
+                since: now,
+                sent: 0,
+                reported: (now, 0),
+            });
+        }
+    }
+
+    /// After `points` were confirmed: the backlog's end once the buffer is empty ("backlog
+    /// delivered: N points in T s"), and every 30 s meanwhile the points left, the rate and
+    /// the time it may take.
+    fn backlog_progress(&mut self, points: u64) {
+        let Some(mut backlog) = self.backlog else {
+            return;
+        };
+        backlog.sent = backlog.sent.saturating_add(points);
+        let left = self.link.depth.points();
+        let now = Instant::now();
+        if left == 0 {
+            let seconds = now.duration_since(backlog.since).as_secs_f64();
+            info!(
+                points = backlog.sent,
+                seconds = format!("{seconds:.1}"),
+                "backlog delivered: {} points in {seconds:.1} s",
+                backlog.sent
+            );
+            self.backlog = None;
+            return;
+        }
+        let (at, sent_then) = backlog.reported;
+        let elapsed = now.duration_since(at);
+        if elapsed >= BACKLOG_PROGRESS {
+            let rate = backlog.sent.saturating_sub(sent_then) as f64 / elapsed.as_secs_f64();
+            let eta = if rate > 0.0 {
+                format!("{:.0} s", left as f64 / rate)
+            } else {
+                "unknown".to_owned()
+            };
+            info!(left, rate = format!("{rate:.0}/s"), eta = %eta, "delivering the backlog: {left} points left at {rate:.0} points/s, about {eta} to go");
+            backlog.reported = (now, backlog.sent);
+        }
+        self.backlog = Some(backlog);
+    }
+
     /// The collector batches go to now.
     fn collector(&self) -> &crate::config::CollectorUrls {
         self.settings
@@ -435,6 +510,7 @@ impl Forwarder {
     /// long to wait: nothing while the round has collectors left to try, the backoff once each
     /// has failed in a row.
     fn fail_over(&mut self) -> Duration {
+        self.backlog_begins();
         let count = self.settings.collectors.len();
         self.failed_in_row = self.failed_in_row.saturating_add(1);
         if count > 1 {
@@ -637,6 +713,7 @@ impl Forwarder {
             || batch.points.byte_len() * 10 >= self.settings.batch_max_bytes * 9;
         self.metrics.points_sent.inc_by(points as u64);
         self.metrics.send_outcome("ok");
+        self.backlog_progress(points as u64);
         self.metrics
             .last_send_success
             .set(tributary_wire::time::now_ns() as f64 / 1e9);

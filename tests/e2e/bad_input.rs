@@ -359,3 +359,96 @@ async fn a_reading_at_the_end_of_time_is_quarantined_and_the_collector_lives() {
         "{quarantined}"
     );
 }
+
+/// An agent sending with another agent's token gets 403, and its log says that the token is
+/// known but belongs to another id (not that it is wrong).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_agents_token_is_named_as_such_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mine, _) = token_pair("edge-1");
+    let (theirs, _) = token_pair("edge-2");
+    let broker = blocking(|| {
+        tributary_bench::harness::Mosquitto::start(
+            &dir.path().join("broker"),
+            &MosquittoOptions::default(),
+        )
+        .unwrap()
+    });
+    let collector = blocking(|| {
+        CollectorProcess::start(
+            &dir.path().join("collector"),
+            &[("edge-1", &mine), ("edge-2", &theirs)],
+        )
+        .unwrap()
+    });
+    let mut agent = blocking(|| {
+        crate::start_agent(
+            &dir.path().join("agent"),
+            &dir.path().join("agent/data"),
+            &collector.url(),
+            &broker,
+            "",
+            &[("TRIBUTARY_TOKEN", &theirs)],
+        )
+    });
+    publish_all(broker.port, 0..10).await;
+    let logged = blocking(|| {
+        agent.process().wait_for_log(
+            "the collector knows this token but refuses it for this agent",
+            Duration::from_secs(30),
+        )
+    });
+    assert!(logged, "{:?}", agent.process().logs());
+    assert!(!agent.process().logged("refused this agent's token"));
+    wait_metric(
+        &agent,
+        "tributary_agent_errors_total{component=\"forward\",kind=\"forbidden\"}",
+        1.0,
+        Duration::from_secs(10),
+    )
+    .await;
+}
+
+/// A backlog built while the collector was down is reported when it has been delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivered_backlog_is_logged() {
+    let Setup {
+        dir: _dir,
+        broker,
+        mut collector,
+        mut agent,
+        ..
+    } = setup(&MosquittoOptions::default(), "", &[]);
+    let mut acked = publish_all(broker.port, 0..50).await;
+    let verdict = settle(
+        &collector.url(),
+        Some(&agent),
+        &acked,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(verdict.exactly_once(), "{verdict:?}");
+    blocking(|| collector.kill9());
+    acked.extend(publish_all(broker.port, 50..250).await);
+    let failing = blocking(|| {
+        agent
+            .process()
+            .wait_for_log("cannot reach the collector", Duration::from_secs(20))
+    });
+    assert!(failing);
+    blocking(|| collector.restart()).unwrap();
+    let verdict = settle(
+        &collector.url(),
+        Some(&agent),
+        &acked,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(verdict.exactly_once(), "{verdict:?}");
+    let delivered = blocking(|| {
+        agent
+            .process()
+            .wait_for_log("backlog delivered: 200 points in", Duration::from_secs(10))
+    });
+    assert!(delivered, "{:?}", agent.process().logs());
+}
