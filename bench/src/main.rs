@@ -47,6 +47,10 @@ enum Scenario {
         /// Publish with rumqttc (one packet per syscall) instead of the pipelined generator.
         #[arg(long)]
         rumqttc_publisher: bool,
+        /// The collector speaks HTTPS (a throw-away CA and certificate; the agent trusts the
+        /// CA through forward.ca_file).
+        #[arg(long)]
+        tls: bool,
     },
     /// The agent's two halves measured apart: intake (a broker queue filled while the agent
     /// was stopped, drained into its buffer with no collector running), then forwarding (the
@@ -88,6 +92,9 @@ enum Scenario {
     Tail {
         #[arg(long, default_value_t = 1_000_000)]
         lines: u64,
+        /// The collector speaks HTTPS, as for `mqtt --tls`.
+        #[arg(long)]
+        tls: bool,
     },
     /// Simulated agents post batches to a collector with cleaning rules and rollups on:
     /// points/s, CPU s per million, peak RSS, disk bytes per point; then query latencies for
@@ -124,6 +131,7 @@ fn main() -> anyhow::Result<()> {
             agent_extra,
             forward_extra,
             rumqttc_publisher,
+            tls,
         } => {
             let agent = AgentTuning {
                 extra: agent_extra,
@@ -135,6 +143,7 @@ fn main() -> anyhow::Result<()> {
                 publisher_inflight,
                 &agent,
                 rumqttc_publisher,
+                tls,
             ))
         }
         Scenario::AgentSplit {
@@ -152,7 +161,7 @@ fn main() -> anyhow::Result<()> {
         } => sqlite_ceiling(rows, batch, rows_per_statement),
         Scenario::Encoding { points } => encoding(points),
         Scenario::Sizes => sizes(),
-        Scenario::Tail { lines } => block_on(tail(lines)),
+        Scenario::Tail { lines, tls } => block_on(tail(lines, tls)),
         Scenario::Idle { seconds } => block_on(idle(seconds)),
         Scenario::Collector {
             agents,
@@ -180,10 +189,45 @@ fn block_on(scenario: impl Future<Output = anyhow::Result<()>>) -> anyhow::Resul
         .block_on(scenario)
 }
 
+/// Starts the collector for agent `bench` (its token `token`), over HTTPS with `tls`; returns
+/// it with the keys the agent's `[forward]` needs to trust it.
+fn start_collector(
+    dir: &Path,
+    token: &str,
+    tls: bool,
+) -> anyhow::Result<(CollectorProcess, String)> {
+    if !tls {
+        let collector = CollectorProcess::start(&dir.join("collector"), &[("bench", token)])?;
+        return Ok((collector, String::new()));
+    }
+    let certs = tributary_bench::harness::tls::make(&dir.join("pki"))?;
+    let collector = CollectorProcess::start_custom(
+        &dir.join("collector"),
+        &[("bench", token)],
+        &tributary_bench::harness::CollectorOptions {
+            server_extra: format!(
+                "tls_cert = {:?}\ntls_key = {:?}\n",
+                certs.cert.display().to_string(),
+                certs.key.display().to_string()
+            ),
+            https: true,
+            ..tributary_bench::harness::CollectorOptions::default()
+        },
+    )?;
+    Ok((
+        collector,
+        format!("ca_file = {:?}\n", certs.ca.display().to_string()),
+    ))
+}
+
 /// Starts a collector and an agent whose inputs are `inputs`, with the default forwarding.
-fn start_pair(dir: &Path, inputs: &str) -> anyhow::Result<(CollectorProcess, AgentProcess)> {
+fn start_pair(
+    dir: &Path,
+    inputs: &str,
+    tls: bool,
+) -> anyhow::Result<(CollectorProcess, AgentProcess)> {
     let (token, _) = token_pair("bench");
-    let collector = CollectorProcess::start(&dir.join("collector"), &[("bench", &token)])?;
+    let (collector, forward) = start_collector(dir, &token, tls)?;
     let config = agent_config_with(
         "bench",
         &dir.join("agent/data"),
@@ -192,12 +236,13 @@ fn start_pair(dir: &Path, inputs: &str) -> anyhow::Result<(CollectorProcess, Age
         inputs,
     )
     .replace("linger = \"20ms\"\n", "")
-    .replace("backoff_initial = \"100ms\"\nbackoff_max = \"1s\"\n", "");
+    .replace("backoff_initial = \"100ms\"\nbackoff_max = \"1s\"\n", "")
+    .replace("[forward]\n", &format!("[forward]\n{forward}"));
     let agent = AgentProcess::start(&dir.join("agent"), &config, &[("TRIBUTARY_TOKEN", &token)])?;
     Ok((collector, agent))
 }
 
-async fn tail(lines: u64) -> anyhow::Result<()> {
+async fn tail(lines: u64, tls: bool) -> anyhow::Result<()> {
     use std::io::Write;
     let dir = tempfile::tempdir()?;
     let logs = dir.path().join("logs");
@@ -208,7 +253,7 @@ async fn tail(lines: u64) -> anyhow::Result<()> {
         "[[inputs.file]]\npaths = [\"{}\"]\nstart_at = \"beginning\"\n",
         path.display()
     );
-    let (mut collector, agent) = start_pair(dir.path(), &inputs)?;
+    let (mut collector, agent) = start_pair(dir.path(), &inputs, tls)?;
     let agent_pid = agent.pid().expect("agent running");
     let collector_pid = collector.process().pid();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -282,7 +327,7 @@ async fn idle(seconds: u64) -> anyhow::Result<()> {
     inputs.push_str(
         "[[inputs.http]]\nurl = \"http://127.0.0.1:1/\"\ninterval = \"10s\"\ntimeout = \"1s\"\n",
     );
-    let (_collector, agent) = start_pair(dir.path(), &inputs)?;
+    let (_collector, agent) = start_pair(dir.path(), &inputs, false)?;
     let pid = agent.pid().expect("agent running");
     tokio::time::sleep(Duration::from_secs(12)).await;
     let cpu = cpu_seconds(pid).unwrap_or(0.0);
@@ -328,6 +373,7 @@ async fn mqtt(
     publisher_inflight: u16,
     tuning: &AgentTuning,
     rumqttc_publisher: bool,
+    tls: bool,
 ) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (token, _) = token_pair("bench");
@@ -338,7 +384,7 @@ async fn mqtt(
             ..MosquittoOptions::default()
         },
     )?;
-    let collector = CollectorProcess::start(&dir.path().join("collector"), &[("bench", &token)])?;
+    let (collector, tls_forward) = start_collector(dir.path(), &token, tls)?;
     let config = agent_config(
         "bench",
         &dir.path().join("agent/data"),
@@ -351,7 +397,10 @@ async fn mqtt(
     // The harness's short test linger and backoff; the benchmark runs with the defaults.
     .replace("linger = \"20ms\"\n", "")
     .replace("backoff_initial = \"100ms\"\nbackoff_max = \"1s\"\n", "")
-    .replace("[forward]\n", &format!("[forward]\n{}\n", tuning.forward));
+    .replace(
+        "[forward]\n",
+        &format!("[forward]\n{}\n{tls_forward}", tuning.forward),
+    );
     let agent = AgentProcess::start(
         &dir.path().join("agent"),
         &config,
