@@ -40,6 +40,27 @@ fn the_documented_examples_pass() {
     );
 }
 
+/// The compose demo's configurations load as the containers would load them.
+#[test]
+fn the_compose_demo_configurations_pass() {
+    let env = [
+        ("TRIBUTARY_AGENT_ID", "edge-1"),
+        ("TRIBUTARY_TOKEN", "demo"),
+        ("TRIBUTARY_COLLECTOR_URL", "http://collector:8080"),
+    ];
+    for (program, file) in [
+        ("tributary-agent", "packaging/compose/agent.toml"),
+        ("tributary-collector", "packaging/compose/collector.toml"),
+    ] {
+        let output = run(program, &repo(file), &env);
+        assert!(
+            output.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
 #[test]
 fn problems_are_named_with_file_key_and_line() {
     let dir = tempfile::tempdir().unwrap();
