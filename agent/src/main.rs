@@ -17,9 +17,8 @@ use tributary_common::logging::{self, LogFormat};
     about = "Collects readings at the edge and forwards them exactly once"
 )]
 struct Cli {
-    /// The configuration file.
-    #[arg(long, short, global = true, env = "TRIBUTARY_AGENT_CONFIG")]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    config: ConfigArg,
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -27,18 +26,40 @@ struct Cli {
     command: Option<Command>,
 }
 
+/// The configuration file, for the commands that read one (not `quickstart`).
+#[derive(clap::Args, Clone, Default)]
+struct ConfigArg {
+    /// The configuration file [default: /etc/tributary/agent.toml].
+    #[arg(long, short, env = "TRIBUTARY_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+/// Where the packages install the configuration.
+const DEFAULT_CONFIG: &str = "/etc/tributary/agent.toml";
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the agent (the default).
-    Run,
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Validate the configuration and exit: 0 if valid, 2 with the file, key and reason if not.
-    Check,
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Run every input once and print the points it would buffer, as line protocol; nothing
     /// is buffered or forwarded.
-    Test,
+    Test {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Ask the running agent's /health (agent.listen of --config, or --url): exit 0 if it
     /// answers 2xx, 1 if not. For container HEALTHCHECKs.
     Health {
+        #[command(flatten)]
+        config: ConfigArg,
         /// The URL to ask instead.
         #[arg(long)]
         url: Option<String>,
@@ -46,6 +67,8 @@ enum Command {
     /// Look into the buffer file (`inspect`) or salvage a damaged one into a fresh file
     /// (`repair`; stop the agent first). The agent also does the latter by itself at start.
     Buffer {
+        #[command(flatten)]
+        config: ConfigArg,
         #[command(subcommand)]
         action: BufferAction,
         /// The buffer file; by default buffer.db in agent.data_dir of --config.
@@ -93,25 +116,39 @@ fn main() -> ExitCode {
             }
         });
     }
-    if let Some(Command::Health { url: Some(url) }) = &cli.command {
+    if let Some(Command::Health { url: Some(url), .. }) = &cli.command {
         return tributary_common::health::check(url, false);
     }
     if let Some(Command::Buffer {
         action,
         path: Some(path),
+        ..
     }) = &cli.command
     {
         return buffer_command(*action, path);
     }
+    let command = cli.command.unwrap_or(Command::Run {
+        config: ConfigArg::default(),
+    });
     // Only running the agent sends: the other commands load the file without its token.
-    let sends = matches!(cli.command, None | Some(Command::Run));
-    let config = match load_for_main::<RawConfig>(cli.config.as_deref(), "config/agent.toml", sends)
-    {
+    let sends = matches!(command, Command::Run { .. });
+    let given = match &command {
+        Command::Run { config }
+        | Command::Check { config }
+        | Command::Test { config }
+        | Command::Health { config, .. }
+        | Command::Buffer { config, .. } => config.config.clone(),
+        Command::Quickstart { .. } => None,
+    };
+    let path = given
+        .or(cli.config.config)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    let config = match load_for_main::<RawConfig>(Some(&path), "config/agent.toml", sends) {
         Ok(config) => config,
         Err(status) => return status,
     };
-    match cli.command.unwrap_or(Command::Run) {
-        Command::Check => {
+    match command {
+        Command::Check { .. } => {
             let problems: Vec<_> = config
                 .inputs
                 .iter()
@@ -123,16 +160,22 @@ fn main() -> ExitCode {
                 }
                 return ExitCode::from(2);
             }
+            if config.inputs.is_empty() {
+                eprintln!(
+                    "warning: {}: no [[inputs.*]]: the agent would only forward what is already buffered",
+                    path.display()
+                );
+            }
             println!(
                 "{}: ok (agent {:?}, {} input(s), collector {})",
-                cli.config.unwrap_or_default().display(),
+                path.display(),
                 config.agent.id,
                 config.inputs.len(),
                 config.forward.batches_url
             );
             ExitCode::SUCCESS
         }
-        Command::Test => {
+        Command::Test { .. } => {
             block_on(|_| async move { tributary_agent::commands::test(&config).await })
         }
         Command::Health { .. } => match config.agent.listen {
@@ -150,8 +193,8 @@ fn main() -> ExitCode {
             &config.agent.data_dir.join(tributary_agent::BUFFER_FILE),
         ),
         Command::Quickstart { .. } => unreachable!("handled above"),
-        Command::Run => block_on(|shutdown| async move {
-            match tributary_agent::run(config, cli.config, shutdown).await {
+        Command::Run { .. } => block_on(|shutdown| async move {
+            match tributary_agent::run(config, Some(path), shutdown).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "agent failed");

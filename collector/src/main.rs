@@ -17,9 +17,8 @@ use tributary_common::logging::{self, LogFormat};
     about = "Stores what Tributary agents send, exactly once, and answers queries"
 )]
 struct Cli {
-    /// The configuration file.
-    #[arg(long, short, global = true, env = "TRIBUTARY_COLLECTOR_CONFIG")]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    config: ConfigArg,
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -27,15 +26,34 @@ struct Cli {
     command: Option<Command>,
 }
 
+/// The configuration file, for the commands that read one (not `token`).
+#[derive(clap::Args, Clone, Default)]
+struct ConfigArg {
+    /// The configuration file [default: /etc/tributary/collector.toml].
+    #[arg(long, short, env = "TRIBUTARY_COLLECTOR_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+/// Where the package installs the configuration.
+const DEFAULT_CONFIG: &str = "/etc/tributary/collector.toml";
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the collector (the default).
-    Run,
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Validate the configuration and exit: 0 if valid, 2 with the file, key and reason if not.
-    Check,
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Ask the running collector's /healthz (server.listen of --config, or --url): exit 0 if
     /// it answers 2xx (storage reachable), 1 if not. For container HEALTHCHECKs.
     Health {
+        #[command(flatten)]
+        config: ConfigArg,
         /// The URL to ask instead.
         #[arg(long)]
         url: Option<String>,
@@ -60,7 +78,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let command = cli.command.unwrap_or(Command::Run);
+    let command = cli.command.unwrap_or(Command::Run {
+        config: ConfigArg::default(),
+    });
     if let Command::Token { agent, reader } = &command {
         let (token, hash) = tributary_collector::auth::new_token();
         match reader {
@@ -91,20 +111,34 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    if let Command::Health { url: Some(url) } = &command {
+    if let Command::Health { url: Some(url), .. } = &command {
         return tributary_common::health::check(url, false);
     }
     logging::init(cli.log_format);
-    let config =
-        match load_for_main::<RawConfig>(cli.config.as_deref(), "config/collector.toml", true) {
-            Ok(config) => config,
-            Err(status) => return status,
-        };
+    let given = match &command {
+        Command::Run { config } | Command::Check { config } | Command::Health { config, .. } => {
+            config.config.clone()
+        }
+        Command::Token { .. } => None,
+    };
+    let path = given
+        .or(cli.config.config)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    let config = match load_for_main::<RawConfig>(Some(&path), "config/collector.toml", true) {
+        Ok(config) => config,
+        Err(status) => return status,
+    };
     match command {
-        Command::Check => {
+        Command::Check { .. } => {
+            if config.agents.is_empty() {
+                eprintln!(
+                    "warning: {}: no [[agents]]: every batch would be refused with 401 (`tributary-collector token --agent NAME` prints one)",
+                    path.display()
+                );
+            }
             println!(
                 "{}: ok (listen {}, storage {}, {} agent(s), {} cleaning rule(s), rollups {})",
-                cli.config.unwrap_or_default().display(),
+                path.display(),
                 config.listen,
                 config.storage_path.display(),
                 config.agents.len(),
@@ -127,7 +161,7 @@ fn main() -> ExitCode {
             &tributary_common::health::local_url(config.listen, "/healthz", config.tls.is_some()),
             true,
         ),
-        Command::Run | Command::Token { .. } => run(config, cli.config),
+        Command::Run { .. } | Command::Token { .. } => run(config, Some(path)),
     }
 }
 

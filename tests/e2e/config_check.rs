@@ -353,3 +353,51 @@ async fn quickstart_runs_and_refuses_a_taken_port() {
     let status = crate::blocking(|| quickstart.terminate(std::time::Duration::from_secs(30)));
     assert_eq!(status.and_then(|s| s.code()), Some(0));
 }
+
+/// `--config` defaults to the packages' path, commands that read no configuration do not
+/// offer it, and `check` warns about an agent without inputs and a collector without agents.
+#[test]
+fn config_defaults_help_and_warnings() {
+    for (program, default) in [
+        ("tributary-agent", "/etc/tributary/agent.toml"),
+        ("tributary-collector", "/etc/tributary/collector.toml"),
+    ] {
+        let help = Command::new(bin_dir().join(program))
+            .args(["check", "--help"])
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&help.stdout).contains(default),
+            "{program}"
+        );
+    }
+    for (program, command) in [
+        ("tributary-agent", "quickstart"),
+        ("tributary-collector", "token"),
+    ] {
+        let help = Command::new(bin_dir().join(program))
+            .args([command, "--help"])
+            .output()
+            .unwrap();
+        assert!(
+            !String::from_utf8_lossy(&help.stdout).contains("--config"),
+            "{program} {command} reads no configuration"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let agent = write(&dir, "agent.toml", "[agent]\nid = \"x\"\n");
+    let output = run("tributary-agent", &agent, &[]);
+    assert!(output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("warning:")
+            && String::from_utf8_lossy(&output.stderr).contains("no [[inputs.*]]")
+    );
+    let collector = write(
+        &dir,
+        "collector.toml",
+        "[server]\nlisten = \"127.0.0.1:1\"\n",
+    );
+    let output = run("tributary-collector", &collector, &[]);
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no [[agents]]"));
+}
