@@ -121,7 +121,7 @@ pub fn routes() -> Vec<(&'static str, &'static str, Gate)> {
 }
 
 /// The router with every endpoint (each documented in [`openapi`]). Ingest reads its bodies
-/// itself, within [`IngestLimits`] and the memory budget; reads pass [`require_reader`] first.
+/// itself, within [`IngestLimits`] and the memory budget; reads pass the reader check (`require_reader`) first.
 pub fn router(state: Arc<AppState>) -> Router {
     endpoints()
         .into_iter()

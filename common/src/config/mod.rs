@@ -215,7 +215,12 @@ fn load_str_with<T: DeserializeOwned>(
         if key == "." {
             key.clear();
         }
-        let message = e.inner().to_string();
+        // The `config` crate appends its own spelling of the key (without the dot after an
+        // index: `inputs.mqtt[0]qos`); the error names the key already.
+        let mut message = e.inner().to_string();
+        if let Some(at) = message.find(" for key `") {
+            message.truncate(at);
+        }
         source.error(key, message)
     })?;
     Ok((raw, source))
