@@ -493,3 +493,22 @@ fn every_key_a_kind_takes_is_a_key_a_rule_table_has() {
     assert_eq!(key, "clean.rules[0].min");
     assert!(message.contains("it takes: window"), "{message}");
 }
+
+#[test]
+fn an_unknown_unit_is_refused_with_the_units_that_would_do() {
+    let (key, message) = error(
+        "[[clean.rules]]\naction = \"convert\"\nmatch.field = \"t\"\nfrom = \"degF\"\nto = \"centigrade\"\n",
+    );
+    assert_eq!(key, "clean.rules[0].to");
+    assert!(message.contains("unknown unit \"centigrade\""), "{message}");
+    assert!(
+        message.contains("the units of this quantity: K, degC, degF"),
+        "{message}"
+    );
+    assert!(!message.contains("psi"), "only temperatures: {message}");
+    let (key, message) = error(
+        "[[clean.rules]]\naction = \"convert\"\nmatch.field = \"t\"\nfrom = \"furlong\"\nto = \"bogus\"\n",
+    );
+    assert_eq!(key, "clean.rules[0].from");
+    assert!(message.contains("the units: ") && message.contains("psi"), "{message}");
+}

@@ -33,12 +33,24 @@ impl Convert {
             .clone()
             .ok_or_else(|| keys.error("to", "missing unit".into()))?;
         let conversion = Conversion::new(&from, &to).map_err(|e| {
-            let at = if crate::units::lookup(&from).is_err() {
-                "from"
+            let (at, other) = if crate::units::lookup(&from).is_err() {
+                ("from", &to)
             } else {
-                "to"
+                ("to", &from)
             };
-            keys.error(at, e.to_string())
+            // Name the units that would do: those of the other unit's quantity, or all.
+            let known = crate::units::lookup(other).ok().map(|u| u.quantity);
+            let names: Vec<&str> = crate::units::UNITS
+                .iter()
+                .filter(|u| known.is_none_or(|q| u.quantity == q))
+                .map(|u| u.name())
+                .collect();
+            let which = if known.is_some() {
+                "units of this quantity"
+            } else {
+                "units"
+            };
+            keys.error(at, format!("{e}; the {which}: {}", names.join(", ")))
         })?;
         Ok(Convert { conversion })
     }
