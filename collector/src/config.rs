@@ -606,6 +606,15 @@ mod tests {
         );
         let error = load("[server]\ntls_client_ca = \"/nonexistent/ca.pem\"\n").unwrap_err();
         assert_eq!(error.key, "server.tls_client_ca");
+        // A `${VAR}` may stand for a number: its type is checked once it is expanded.
+        let expanded =
+            load("[query]\nmax_points = \"${TRIBUTARY_SURELY_UNSET_MAXP:-5}\"\n").unwrap();
+        assert_eq!(expanded.query_max_points, 5);
+        let error = load("[query]\nmax_points = \"5\"\n").unwrap_err();
+        assert_eq!(
+            (error.key.as_str(), error.line),
+            ("query.max_points", Some(2))
+        );
         let error = load("[server]\nbody_timeout = \"soon\"\n").unwrap_err();
         assert_eq!(
             (error.key.as_str(), error.line),

@@ -175,6 +175,25 @@ fn bad_values_name_their_key_and_line() {
             "not a duration",
         ),
         ("[forward]\nurl = \"ftp://x\"\n", "forward.url", 2, "http"),
+        // Types as written, not coerced: "1" is not a number, "no" not a boolean.
+        (
+            "[[inputs.mqtt]]\nbroker = \"mqtt://b\"\ntopics = [\"a\"]\nqos = \"1\"\n",
+            "inputs.mqtt[0].qos",
+            4,
+            "invalid type: string \"1\"",
+        ),
+        (
+            "[[inputs.system]]\npercpu = \"no\"\n",
+            "inputs.system[0].percpu",
+            2,
+            "expected a boolean",
+        ),
+        (
+            "[[inputs.mqtt]]\nbroker = \"mqtt://b\"\ntopics = [\"a\"]\nqos = true\n",
+            "inputs.mqtt[0].qos",
+            4,
+            "invalid type: boolean",
+        ),
         (
             "[forward]\nurl = \"http://a\"\nurls = [\"http://b\"]\n",
             "forward.urls",

@@ -510,5 +510,8 @@ fn an_unknown_unit_is_refused_with_the_units_that_would_do() {
         "[[clean.rules]]\naction = \"convert\"\nmatch.field = \"t\"\nfrom = \"furlong\"\nto = \"bogus\"\n",
     );
     assert_eq!(key, "clean.rules[0].from");
-    assert!(message.contains("the units: ") && message.contains("psi"), "{message}");
+    assert!(
+        message.contains("the units: ") && message.contains("psi"),
+        "{message}"
+    );
 }

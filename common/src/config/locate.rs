@@ -90,3 +90,21 @@ pub(crate) fn line_of(doc: &Document<String>, path: &str) -> Option<usize> {
     }
     best
 }
+
+/// Whether the value at `path` is a string with a `${VAR}` in it (its type is known only once
+/// it is expanded).
+pub(crate) fn holds_variable(doc: &Document<String>, path: &str) -> bool {
+    let mut node = Node::Table(doc.as_table());
+    for segment in segments(path) {
+        let Some((_, next)) = node.child(&segment) else {
+            return false;
+        };
+        node = next;
+    }
+    match node {
+        Node::Item(Item::Value(Value::String(text))) | Node::Value(Value::String(text)) => {
+            text.value().contains("${")
+        }
+        _ => false,
+    }
+}

@@ -188,10 +188,29 @@ fn load_str_with<T: DeserializeOwned>(
         line: e.span().map(|span| locate::line_at(text, span.start)),
         message: format!("invalid TOML: {}", e.message()),
     })?;
+    // Strict types first: the `config` crate below reads `"1"` as 1 and `"no"` as false, so a
+    // value of the wrong type would pass unnoticed. The file as written must have the types
+    // the keys take; only a `${VAR}` string is let through, as its type is known once expanded.
+    let strict = match toml_edit::de::Deserializer::parse(text) {
+        // A syntax error was reported above.
+        Err(_) => None,
+        Ok(de) => match serde_path_to_error::deserialize::<_, T>(de) {
+            Ok(_) => None,
+            Err(e) => {
+                let key = e.path().to_string();
+                (!locate::holds_variable(&document, &key))
+                    .then(|| (key, e.inner().message().to_owned()))
+            }
+        },
+    };
     let source = Source {
         path: path.to_owned(),
         document: Some(document),
     };
+    if let Some((key, message)) = strict {
+        let key = if key == "." { String::new() } else { key };
+        return Err(source.error(key, message));
+    }
 
     let built = config::Config::builder()
         .add_source(config::File::from_str(text, config::FileFormat::Toml))
