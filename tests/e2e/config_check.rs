@@ -173,6 +173,31 @@ fn environment_overrides_are_checked_too() {
         stdout.contains("https://collector.example/api/v1/batches"),
         "{stdout}"
     );
+    // An override naming an unknown key says it came from the environment, not a line.
+    let output = run(
+        "tributary-agent",
+        &path,
+        &[("TRIBUTARY_AGENT__FORWARD__URLX", "1")],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("agent.toml: forward.urlx: unknown field")
+            && stderr.contains("(from the environment: TRIBUTARY_AGENT__FORWARD__URLX)"),
+        "{stderr}"
+    );
+    // A key inside [[inputs.*]] cannot be overridden: refused, with the way out.
+    let output = run(
+        "tributary-agent",
+        &path,
+        &[("TRIBUTARY_AGENT__INPUTS__MQTT__QOS", "0")],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("cannot be overridden from the environment"),
+        "{stderr}"
+    );
 }
 
 /// `test` runs every input once and prints what it would buffer on stdout, as line protocol,

@@ -240,7 +240,30 @@ fn load_str_with<T: DeserializeOwned>(
         if let Some(at) = message.find(" for key `") {
             message.truncate(at);
         }
-        source.error(key, message)
+        // The file alone passed the strict check above, so an error here came with the
+        // environment: name the overrides rather than a line of the file that is not at fault.
+        let mut overrides: Vec<String> = std::env::vars()
+            .map(|(name, _)| name)
+            .filter(|name| name.starts_with(&format!("{env_prefix}__")))
+            .collect();
+        if overrides.is_empty() {
+            return source.error(key, message);
+        }
+        overrides.sort();
+        let hint = if message.contains("expected a sequence") {
+            "; keys inside arrays of tables ([[inputs.*]], [[agents]]) cannot be overridden from the environment: write \"${VAR}\" in the file for them instead"
+        } else {
+            ""
+        };
+        ConfigError {
+            file: path.to_owned(),
+            key,
+            line: None,
+            message: format!(
+                "{message} (from the environment: {}){hint}",
+                overrides.join(", ")
+            ),
+        }
     })?;
     Ok((raw, source))
 }
