@@ -238,7 +238,43 @@ pub fn parse_cron(text: &str) -> Result<Cron, String> {
         .year(Year::Disallowed)
         .build()
         .parse(trimmed)
-        .map_err(|e| format!("{text:?} is not a valid cron expression: {e}"))
+        .map_err(|e| match out_of_range(trimmed) {
+            Some(why) => format!("{text:?} is not a valid cron expression: {why}"),
+            None => format!("{text:?} is not a valid cron expression: {e}"),
+        })
+}
+
+/// The first field of a 5- or 6-field expression holding a number outside its range, said
+/// plainly (croner only says "Number out of bounds").
+fn out_of_range(expression: &str) -> Option<String> {
+    const SIX: [(&str, u32, u32); 6] = [
+        ("second", 0, 59),
+        ("minute", 0, 59),
+        ("hour", 0, 23),
+        ("day of month", 1, 31),
+        ("month", 1, 12),
+        ("day of week", 0, 7),
+    ];
+    let fields: Vec<&str> = expression.split_whitespace().collect();
+    let names = match fields.len() {
+        6 => &SIX[..],
+        5 => SIX.get(1..)?,
+        _ => return None,
+    };
+    for (field, (name, low, high)) in fields.iter().zip(names) {
+        // Numbers in ranges and lists; a step after `/` is a count, not a value of the field.
+        for part in field.split(',') {
+            let values = part.split('/').next().unwrap_or(part);
+            for number in values.split('-').filter_map(|n| n.parse::<u32>().ok()) {
+                if number < *low || number > *high {
+                    return Some(format!(
+                        "the {name} field is {field:?}, and {number} is outside {low}-{high}"
+                    ));
+                }
+            }
+        }
+    }
+    None
 }
 
 /// An interval: a whole number of seconds, at least one.
@@ -258,6 +294,26 @@ fn parse_interval(text: &str) -> Result<Duration, (&'static str, String)> {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn a_number_out_of_range_names_its_field_and_the_range() {
+        let error = parse_cron("61 * * * *").unwrap_err();
+        assert!(
+            error.contains("the minute field is \"61\", and 61 is outside 0-59"),
+            "{error}"
+        );
+        let error = parse_cron("0 0 25 * * *").unwrap_err();
+        assert!(
+            error.contains("the hour field") && error.contains("0-23"),
+            "{error}"
+        );
+        let error = parse_cron("0 0 1-32 * *").unwrap_err();
+        assert!(
+            error.contains("day of month") && error.contains("1-31"),
+            "{error}"
+        );
+        assert!(parse_cron("*/15 * * * *").is_ok());
+    }
 
     fn cron(text: &str, zone: Option<&str>) -> Schedule {
         Schedule::resolve(None, Some(text), zone, None, "10s").unwrap()
