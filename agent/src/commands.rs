@@ -27,7 +27,7 @@ pub async fn test(config: &Config) -> ExitCode {
         }
         let mut out = stdout.lock();
         for point in &sample.points {
-            let _ = writeln!(out, "{}", format_point(point));
+            let _ = writeln!(out, "{}", format_point(&one_line(point)));
         }
         drop(out);
         if let Some(summary) = &sample.summary {
@@ -40,6 +40,23 @@ pub async fn test(config: &Config) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// `point` with the newlines of its string values spelled out (`\n`, `\r`): line protocol
+/// allows them inside quotes, but a reader of `test`'s output, and most tools, take a line
+/// for a point.
+fn one_line(point: &tributary_wire::Point) -> tributary_wire::Point {
+    let spell = |text: &str| text.replace('\n', "\\n").replace('\r', "\\r");
+    let mut point = point.clone();
+    for value in point.tags.values_mut() {
+        *value = spell(value);
+    }
+    for value in point.fields.values_mut() {
+        if let tributary_wire::FieldValue::Str(text) = value {
+            *text = spell(text);
+        }
+    }
+    point
 }
 
 /// Options of `tributary-agent quickstart`.

@@ -230,6 +230,11 @@ format = "influx"
 paths = [{log:?}]
 format = "influx"
 start_at = "beginning"
+
+[[inputs.exec]]
+name = "multi"
+command = ["/bin/echo", "{{\"msg\": \"a\\nb\"}}"]
+format = "json"
 "#,
             data = dir.path().join("data"),
         ),
@@ -245,15 +250,20 @@ start_at = "beginning"
     assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
     let mut lines: Vec<&str> = stdout.lines().collect();
     lines.sort_unstable();
-    assert_eq!(lines.len(), 3, "{stdout}");
-    assert_eq!(lines[0], "polled,site=lab value=1.5 1700000000000000000");
+    assert_eq!(lines.len(), 4, "one line per point: {stdout}");
+    // A string with a newline is printed on one line, the newline spelled out.
+    assert!(
+        lines[0].starts_with(r#"multi,site=lab msg="a\\nb" "#),
+        "{stdout}"
+    );
+    assert_eq!(lines[1], "polled,site=lab value=1.5 1700000000000000000");
     let tailed = format!("tailed,path={},site=lab", log.display());
     assert!(
-        lines[1].starts_with(&format!("{tailed} id=1i ")),
+        lines[2].starts_with(&format!("{tailed} id=1i ")),
         "{stdout}"
     );
     assert!(
-        lines[2].starts_with(&format!("{tailed} id=2i ")),
+        lines[3].starts_with(&format!("{tailed} id=2i ")),
         "{stdout}"
     );
     assert!(
@@ -271,7 +281,7 @@ start_at = "beginning"
         &dir,
         "failing.toml",
         &format!(
-            "[agent]\nid = \"t\"\ndata_dir = {data:?}\n\n[forward]\nurl = \"http://127.0.0.1:9\"\n\n[[inputs.exec]]\ncommand = [\"/bin/false\"]\n",
+            "[agent]\nid = \"t\"\ndata_dir = {data:?}\n\n[forward]\nurl = \"http://127.0.0.1:9\"\n\n[[inputs.exec]]\ncommand = [\"/bin/false\"]\n\n[[inputs.http]]\nurl = \"http://127.0.0.1:9/metrics\"\n",
             data = dir.path().join("data"),
         ),
     );
@@ -284,6 +294,12 @@ start_at = "beginning"
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("# inputs.exec[0]: error ("), "{stderr}");
+    // An HTTP failure says why, down to the socket.
+    assert!(
+        stderr.contains("# inputs.http[0]: error (request)")
+            && stderr.contains("Connection refused"),
+        "{stderr}"
+    );
 }
 
 /// `check`, `test` and `health` send nothing, so an unset `${TRIBUTARY_TOKEN}` does not stop

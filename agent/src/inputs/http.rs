@@ -318,7 +318,7 @@ impl HttpPoller {
         }
         let mut response = request.send().await.map_err(|e| {
             let kind = if e.is_timeout() { "timeout" } else { "request" };
-            PollError::new(kind, format!("{url}: {e}"))
+            PollError::new(kind, format!("{url}: {}", crate::forward::error_chain(&e)))
         })?;
         let status = response.status();
         let ok = if config.success_status.is_empty() {
@@ -331,11 +331,12 @@ impl HttpPoller {
         }
         let mut body = Vec::new();
         let mut cut = false;
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| PollError::new("request", format!("reading {url}: {e}")))?
-        {
+        while let Some(chunk) = response.chunk().await.map_err(|e| {
+            PollError::new(
+                "request",
+                format!("reading {url}: {}", crate::forward::error_chain(&e)),
+            )
+        })? {
             if body.len() + chunk.len() > config.max_body {
                 cut = true;
                 break;
