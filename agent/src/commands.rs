@@ -16,12 +16,12 @@ use crate::config::Config;
 /// `tributary-agent test`: runs every input once and prints the points it would buffer, as
 /// line protocol on stdout; rejects, errors and notes go to stderr. Nothing is buffered or
 /// forwarded. Exits 1 if any input failed.
-pub async fn test(config: &Config) -> ExitCode {
+pub async fn test(config: &Config, message: Option<(&str, &[u8])>) -> ExitCode {
     let mut failed = false;
     let stdout = std::io::stdout();
     for input in &config.inputs {
         let label = input.label();
-        let sample = input.sample(&config.agent.tags).await;
+        let sample = input.sample(&config.agent.tags, message).await;
         for note in &sample.notes {
             eprintln!("# {label}: {note}");
         }

@@ -54,6 +54,13 @@ enum Command {
     Test {
         #[command(flatten)]
         config: ConfigArg,
+        /// With --payload: a message on this topic, decoded by the MQTT inputs that subscribe
+        /// to it (topic template, format, tags), as if it had arrived.
+        #[arg(long, requires = "payload")]
+        topic: Option<String>,
+        /// The message's payload (with --topic).
+        #[arg(long, requires = "topic")]
+        payload: Option<String>,
     },
     /// Ask the running agent's /health (agent.listen of --config, or --url): exit 0 if it
     /// answers 2xx, 1 if not. For container HEALTHCHECKs.
@@ -135,7 +142,7 @@ fn main() -> ExitCode {
     let given = match &command {
         Command::Run { config }
         | Command::Check { config }
-        | Command::Test { config }
+        | Command::Test { config, .. }
         | Command::Health { config, .. }
         | Command::Buffer { config, .. } => config.config.clone(),
         Command::Quickstart { .. } => None,
@@ -175,9 +182,10 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Test { .. } => {
-            block_on(|_| async move { tributary_agent::commands::test(&config).await })
-        }
+        Command::Test { topic, payload, .. } => block_on(|_| async move {
+            let message = topic.as_deref().zip(payload.as_deref().map(str::as_bytes));
+            tributary_agent::commands::test(&config, message).await
+        }),
         Command::Health { .. } => match config.agent.listen {
             Some(address) => tributary_common::health::check(
                 &tributary_common::health::local_url(address, "/health", false),

@@ -276,6 +276,22 @@ format = "json"
     );
     assert!(stderr.contains("# inputs.exec[0]: 1 point(s)"), "{stderr}");
 
+    // A message for the MQTT input, decoded as if it had arrived.
+    let output = Command::new(bin_dir().join("tributary-agent"))
+        .arg("test")
+        .arg("--config")
+        .arg(&config)
+        .args(["--topic", "a/b", "--payload", r#"{"v": 2}"#])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stdout.lines().any(|l| l.starts_with("mqtt,site=lab,topic=a/b v=2i ")),
+        "{stdout}\n{stderr}"
+    );
+    assert!(stderr.contains("# inputs.mqtt[0]: 1 point(s)"), "{stderr}");
+
     // An input that cannot run fails the command.
     let failing = write(
         &dir,

@@ -211,14 +211,49 @@ impl InputConfig {
     }
 
     /// Runs the input once for `tributary-agent test`, without a buffer: what it would buffer
-    /// now and what it would say about it.
-    pub async fn sample(&self, agent_tags: &BTreeMap<String, String>) -> Sample {
+    /// now and what it would say about it. An MQTT input decodes `message` (topic, payload)
+    /// when it is given and the topic is one it subscribes to.
+    pub async fn sample(
+        &self,
+        agent_tags: &BTreeMap<String, String>,
+        message: Option<(&str, &[u8])>,
+    ) -> Sample {
         let mut sample = Sample::default();
         match self {
-            InputConfig::Mqtt(_) => sample.notes.push(
-                "skipped: MQTT is event-driven; subscribe with mosquitto_sub to see what arrives"
-                    .to_owned(),
-            ),
+            InputConfig::Mqtt(mqtt) => match message {
+                None => sample.notes.push(
+                    "skipped: MQTT is event-driven; give --topic and --payload to see how a message decodes, or subscribe with mosquitto_sub"
+                        .to_owned(),
+                ),
+                Some((topic, _))
+                    if !mqtt
+                        .topics
+                        .iter()
+                        .any(|filter| mqtt::topic::filter_matches(filter, topic)) =>
+                {
+                    sample.notes.push(format!(
+                        "skipped: {topic:?} is not one of its topics ({})",
+                        mqtt.topics.join(", ")
+                    ));
+                }
+                Some((topic, payload)) => {
+                    let (points, rejected) = mqtt::decode_message(
+                        mqtt,
+                        agent_tags,
+                        topic,
+                        payload,
+                        tributary_wire::time::now_ns(),
+                    );
+                    for (payload, reason) in rejected {
+                        sample.notes.push(format!(
+                            "would quarantine: {reason}: {}",
+                            crate::format::truncate(&String::from_utf8_lossy(&payload), 200)
+                        ));
+                    }
+                    sample.summary = Some(format!("{} point(s)", points.len()));
+                    sample.points = points;
+                }
+            },
             InputConfig::File(file) => {
                 let (points, notes) = file::sample(file, agent_tags, SAMPLE_RECORDS);
                 sample.points = points;

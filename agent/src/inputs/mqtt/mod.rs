@@ -32,6 +32,7 @@ use rumqttc::{
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
+use tributary_wire::Point;
 
 use self::config::MqttConfig;
 use crate::backoff::Backoff;
@@ -324,74 +325,97 @@ impl MqttInput {
 
     /// Decodes a message into points (tagged and encoded) and rejects.
     fn decode(&self, publish: &Publish, received_at: i64) -> Ingest {
-        let config = &self.config;
         let mut ingest = Ingest::default();
-        let reject = |payload: &[u8], reason: String| NewReject {
+        let (points, rejected) = decode_message(
+            &self.config,
+            &self.agent_tags,
+            &publish.topic,
+            &publish.payload,
             received_at,
-            source: self.label.clone(),
-            topic: publish.topic.clone(),
-            payload: payload.to_vec(),
-            reason,
-        };
-        if publish.payload.len() > config.max_payload {
-            ingest.rejects.push(reject(
-                &publish.payload[..OVERSIZED_KEPT.min(publish.payload.len())],
-                format!(
-                    "payload of {} bytes exceeds max_payload ({} bytes); the first {OVERSIZED_KEPT} bytes are kept",
-                    publish.payload.len(),
-                    config.max_payload
-                ),
-            ));
-            return ingest;
+        );
+        for point in &points {
+            ingest.points.push(point);
         }
-        let parts = config.template.as_ref().map(|t| t.apply(&publish.topic));
-        let name = match &parts {
-            Some(Some(parts)) => parts.name.unwrap_or(&config.name),
-            _ => &config.name,
-        };
-        let ctx = DecodeContext {
-            name,
-            received_at,
-            tag_keys: &config.tag_keys,
-        };
-        let decoded = decode(config.format, &publish.payload, &ctx);
-        for mut point in decoded.points {
-            match &parts {
-                Some(Some(parts)) => {
-                    for (tag, value) in &parts.tags {
-                        point
-                            .tags
-                            .entry((*tag).to_owned())
-                            .or_insert_with(|| (*value).to_owned());
-                    }
-                }
-                // The topic does not fit the template: keep the topic itself so nothing is lost.
-                Some(None) => {
-                    let tag = config.topic_tag.as_deref().unwrap_or("topic");
-                    point
-                        .tags
-                        .entry(tag.to_owned())
-                        .or_insert_with(|| publish.topic.clone());
-                }
-                None => {}
-            }
-            if let Some(tag) = &config.topic_tag {
-                point
-                    .tags
-                    .entry(tag.clone())
-                    .or_insert_with(|| publish.topic.clone());
-            }
-            add_tags(&mut point, &config.tags);
-            add_tags(&mut point, &self.agent_tags);
-            ingest.points.push(&point);
-        }
-        for rejected in decoded.rejected {
-            ingest
-                .rejects
-                .push(reject(&rejected.payload, rejected.reason));
+        for (payload, reason) in rejected {
+            ingest.rejects.push(NewReject {
+                received_at,
+                source: self.label.clone(),
+                topic: publish.topic.clone(),
+                payload,
+                reason,
+            });
         }
         ingest
     }
+}
+
+/// What one message on `topic` becomes under `config`: its points, tagged from the topic
+/// template, the input's and the agent's tags, and what could not be decoded (the payload kept,
+/// with the reason). The input's task and `tributary-agent test --topic --payload` share it.
+pub fn decode_message(
+    config: &MqttConfig,
+    agent_tags: &BTreeMap<String, String>,
+    topic: &str,
+    payload: &[u8],
+    received_at: i64,
+) -> (Vec<Point>, Vec<(Vec<u8>, String)>) {
+    if payload.len() > config.max_payload {
+        let kept = payload.get(..OVERSIZED_KEPT).unwrap_or(payload).to_vec();
+        let reason = format!(
+            "payload of {} bytes exceeds max_payload ({} bytes); the first {OVERSIZED_KEPT} bytes are kept",
+            payload.len(),
+            config.max_payload
+        );
+        return (Vec::new(), vec![(kept, reason)]);
+    }
+    let parts = config.template.as_ref().map(|t| t.apply(topic));
+    let name = match &parts {
+        Some(Some(parts)) => parts.name.unwrap_or(&config.name),
+        _ => &config.name,
+    };
+    let ctx = DecodeContext {
+        name,
+        received_at,
+        tag_keys: &config.tag_keys,
+    };
+    let decoded = decode(config.format, payload, &ctx);
+    let mut points = Vec::with_capacity(decoded.points.len());
+    for mut point in decoded.points {
+        match &parts {
+            Some(Some(parts)) => {
+                for (tag, value) in &parts.tags {
+                    point
+                        .tags
+                        .entry((*tag).to_owned())
+                        .or_insert_with(|| (*value).to_owned());
+                }
+            }
+            // The topic does not fit the template: keep the topic itself so nothing is lost.
+            Some(None) => {
+                let tag = config.topic_tag.as_deref().unwrap_or("topic");
+                point
+                    .tags
+                    .entry(tag.to_owned())
+                    .or_insert_with(|| topic.to_owned());
+            }
+            None => {}
+        }
+        if let Some(tag) = &config.topic_tag {
+            point
+                .tags
+                .entry(tag.clone())
+                .or_insert_with(|| topic.to_owned());
+        }
+        add_tags(&mut point, &config.tags);
+        add_tags(&mut point, agent_tags);
+        points.push(point);
+    }
+    let rejected = decoded
+        .rejected
+        .into_iter()
+        .map(|r| (r.payload, r.reason))
+        .collect();
+    (points, rejected)
 }
 
 /// After shutdown: keep the connection until the writer has acknowledged its last commit, then

@@ -2,6 +2,27 @@
 
 
 /// Checks a subscription filter against the MQTT rules, with a reason for the user.
+/// Whether `topic` is one `filter` subscribes to (`+` one level, `#` the rest).
+pub fn filter_matches(filter: &str, topic: &str) -> bool {
+    let mut levels = topic.split('/');
+    for part in filter.split('/') {
+        match part {
+            "#" => return true,
+            "+" => {
+                if levels.next().is_none() {
+                    return false;
+                }
+            }
+            exact => {
+                if levels.next() != Some(exact) {
+                    return false;
+                }
+            }
+        }
+    }
+    levels.next().is_none()
+}
+
 pub fn validate_filter(filter: &str) -> Result<(), String> {
     if filter.is_empty() {
         return Err("a topic filter may not be empty".into());
@@ -138,6 +159,17 @@ impl TopicTemplate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filters_match_as_a_broker_matches_them() {
+        assert!(filter_matches("sensors/#", "sensors/d7/t"));
+        assert!(filter_matches("sensors/#", "sensors"));
+        assert!(filter_matches("sensors/+/t", "sensors/d7/t"));
+        assert!(!filter_matches("sensors/+/t", "sensors/d7/x"));
+        assert!(!filter_matches("sensors/+", "sensors/d7/t"));
+        assert!(!filter_matches("a/b", "a"));
+        assert!(filter_matches("a/b", "a/b"));
+    }
 
     #[test]
     fn filters() {
