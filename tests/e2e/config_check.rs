@@ -274,6 +274,11 @@ format = "json"
         stderr.contains("# inputs.exec[0]: would quarantine: "),
         "{stderr}"
     );
+    assert_eq!(
+        stderr.matches("not line protocol").count(),
+        1,
+        "a quarantine is reported once: {stderr}"
+    );
     assert!(stderr.contains("# inputs.exec[0]: 1 point(s)"), "{stderr}");
 
     // A message for the MQTT input, decoded as if it had arrived.
@@ -287,7 +292,9 @@ format = "json"
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stdout.lines().any(|l| l.starts_with("mqtt,site=lab,topic=a/b v=2i ")),
+        stdout
+            .lines()
+            .any(|l| l.starts_with("mqtt,site=lab,topic=a/b v=2i ")),
         "{stdout}\n{stderr}"
     );
     assert!(stderr.contains("# inputs.mqtt[0]: 1 point(s)"), "{stderr}");

@@ -181,21 +181,23 @@ impl PolledInput {
             add_tags(point, &common.tags);
             add_tags(point, agent_tags);
         }
+        // Logged and counted while running (`metrics`); `tributary-agent test` prints them
+        // itself, once.
         for (kind, message) in &polled.warnings {
-            warn!(input = %common.label, "{message}");
             if let Some(metrics) = metrics {
+                warn!(input = %common.label, "{message}");
                 metrics.input_error(&common.label, common.kind, kind);
             }
         }
-        if let Some(first) = polled.rejected.first() {
+        if let Some(first) = polled.rejected.first()
+            && let Some(metrics) = metrics
+        {
             warn!(input = %common.label, origin = %polled.origin, reason = %first.reason, count = polled.rejected.len(), "quarantined output that could not be decoded");
-            if let Some(metrics) = metrics {
-                metrics.input_error(&common.label, common.kind, "output_quarantined");
-                metrics
-                    .rejected
-                    .get_or_create(&Metrics::input(&common.label))
-                    .inc_by(polled.rejected.len() as u64);
-            }
+            metrics.input_error(&common.label, common.kind, "output_quarantined");
+            metrics
+                .rejected
+                .get_or_create(&Metrics::input(&common.label))
+                .inc_by(polled.rejected.len() as u64);
         }
     }
 
