@@ -118,9 +118,7 @@ impl Authenticator {
 
     /// The hash of the presented token if it is a configured one (an agent's or a reader's).
     pub fn known(&self, authorization: Option<&str>) -> Option<TokenHash> {
-        let hash = presented(authorization)?;
-        let access = self.current();
-        (access.agents.contains_key(&hash) || access.readers.contains_key(&hash)).then_some(hash)
+        presented(authorization).filter(|hash| self.is_configured(hash))
     }
 
     /// Whether `hash` is a configured token.

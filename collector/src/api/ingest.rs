@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::http::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use tributary_wire::codec::{self, DecodeError, Encoding};
@@ -61,7 +61,7 @@ pub(super) fn authenticate(
     unknown: &str,
     missing: &str,
 ) -> Result<String, ApiError> {
-    let authorization = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let authorization = super::authorization(headers);
     if let Some(agent) = state.auth.agent_for(authorization) {
         return Ok(agent);
     }

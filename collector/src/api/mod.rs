@@ -126,18 +126,14 @@ pub fn router(state: Arc<AppState>) -> Router {
     endpoints()
         .into_iter()
         .fold(Router::new(), |router, (_, path, gate, handler)| {
+            let reader =
+                || axum::middleware::from_fn_with_state(Arc::clone(&state), require_reader);
+            let limit = || axum::middleware::from_fn_with_state(Arc::clone(&state), rate_limit);
+            // The layer added last runs first: a client over its limit is turned away before
+            // anything else.
             let handler = match gate {
-                Gate::Read => handler.route_layer(axum::middleware::from_fn_with_state(
-                    Arc::clone(&state),
-                    require_reader,
-                )),
-                Gate::Write | Gate::Open => handler,
-            };
-            // Outermost: a client over its limit is turned away before anything else.
-            let handler = match gate {
-                Gate::Read | Gate::Write => handler.route_layer(
-                    axum::middleware::from_fn_with_state(Arc::clone(&state), rate_limit),
-                ),
+                Gate::Read => handler.route_layer(reader()).route_layer(limit()),
+                Gate::Write => handler.route_layer(limit()),
                 Gate::Open => handler,
             };
             router.route(path, handler)
@@ -149,16 +145,20 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// The `Authorization` header's value, if it is text.
+pub(super) fn authorization(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+}
+
 /// Takes the request from its token's bucket ([`limit`]): 429 with `Retry-After` when empty.
 async fn rate_limit(
     State(state): State<Arc<AppState>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let authorization = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
+    let authorization = authorization(request.headers());
     let key = state.auth.known(authorization);
     match state.limiter.take(key, std::time::Instant::now()) {
         Ok(()) => next.run(request).await,
@@ -176,10 +176,7 @@ async fn require_reader(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let authorization = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
+    let authorization = authorization(request.headers());
     match state.auth.check_read(authorization) {
         Ok(()) => next.run(request).await,
         Err(refusal) => {
