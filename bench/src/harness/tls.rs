@@ -15,37 +15,35 @@ pub struct TestCertificates {
 /// A client certificate (for mTLS) with common name `name`, signed by `ca`'s CA: its
 /// certificate and key files.
 pub fn make_client(ca: &TestCertificates, name: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let dir = &ca.dir;
-    let (key, csr, pem, ext) = (
-        format!("client-{name}.key"),
-        format!("client-{name}.csr"),
-        format!("client-{name}.pem"),
-        format!("client-{name}.ext"),
-    );
-    let subject = format!("/CN={name}");
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            &subject,
-        ],
-    )?;
-    std::fs::write(
-        dir.join(&ext),
-        format!(
+    let stem = format!("client-{name}");
+    sign(
+        &ca.dir,
+        &stem,
+        &format!("/CN={name}"),
+        &format!(
             "subjectAltName=DNS:{name}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n"
         ),
     )?;
+    Ok((
+        ca.dir.join(format!("{stem}.pem")),
+        ca.dir.join(format!("{stem}.key")),
+    ))
+}
+
+/// A new P-256 key `<stem>.key` and its certificate `<stem>.pem` for `subject`, with
+/// `extensions`, signed by the CA in `dir` (valid for two days).
+fn sign(dir: &Path, stem: &str, subject: &str, extensions: &str) -> anyhow::Result<()> {
+    let (key, csr, pem, ext) = (
+        format!("{stem}.key"),
+        format!("{stem}.csr"),
+        format!("{stem}.pem"),
+        format!("{stem}.ext"),
+    );
+    let mut request = vec!["req"];
+    request.extend(EC);
+    request.extend(["-keyout", &key, "-out", &csr, "-subj", subject]);
+    openssl(dir, &request)?;
+    std::fs::write(dir.join(&ext), extensions)?;
     openssl(
         dir,
         &[
@@ -65,9 +63,17 @@ pub fn make_client(ca: &TestCertificates, name: &str) -> anyhow::Result<(PathBuf
             "-extfile",
             &ext,
         ],
-    )?;
-    Ok((dir.join(pem), dir.join(key)))
+    )
 }
+
+/// `openssl req` arguments for a new P-256 key without a passphrase.
+const EC: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+];
 
 fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
     let output = Command::new("openssl")
@@ -85,15 +91,8 @@ fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
 /// Makes the files in `dir` (valid for two days, P-256 keys).
 pub fn make(dir: &Path) -> anyhow::Result<TestCertificates> {
     std::fs::create_dir_all(dir)?;
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
     let mut ca = vec!["req", "-x509"];
-    ca.extend(ec);
+    ca.extend(EC);
     ca.extend([
         "-keyout",
         "ca.key",
@@ -109,40 +108,11 @@ pub fn make(dir: &Path) -> anyhow::Result<TestCertificates> {
         "keyUsage=critical,keyCertSign",
     ]);
     openssl(dir, &ca)?;
-    let mut request = vec!["req"];
-    request.extend(ec);
-    request.extend([
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    openssl(dir, &request)?;
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-    )?;
-    openssl(
+    sign(
         dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-        ],
+        "server",
+        "/CN=127.0.0.1",
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
     )?;
     Ok(TestCertificates {
         ca: dir.join("ca.pem"),
