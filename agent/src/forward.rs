@@ -433,7 +433,7 @@ impl Forwarder {
                     return Step::Retry(delay);
                 }
                 let hint = if self.settings.token.is_none() {
-                    "forward.token is not set"
+                    "forward.token is not set, and no client certificate (forward.cert_file) names an [[agents]] id the collector knows"
                 } else {
                     "check forward.token against the agent's token_sha256 in collector.toml"
                 };

@@ -124,7 +124,7 @@ fn main() -> ExitCode {
         });
     }
     if let Some(Command::Health { url: Some(url), .. }) = &cli.command {
-        return tributary_common::health::check(url, false);
+        return tributary_common::health::check(url, false, None);
     }
     if let Some(Command::Buffer {
         action,
@@ -190,6 +190,7 @@ fn main() -> ExitCode {
             Some(address) => tributary_common::health::check(
                 &tributary_common::health::local_url(address, "/health", false),
                 true,
+                None,
             ),
             None => {
                 eprintln!("unhealthy: agent.listen is off, so there is no /health to ask");

@@ -2,8 +2,15 @@
 //! holds no secret. Agent tokens (`[[agents]]`) may write and not read; reader tokens
 //! (`[[readers]]`) may read and not write; with `server.anonymous_read`, reads need no token.
 //! `/healthz` and `/metrics` are open to all, for load balancers and Prometheus.
+//!
+//! Under mTLS (`server.tls_client_ca`), an agent may also be known by its client certificate:
+//! its subject's common name, or one of its DNS or URI subject alternative names, equal to a
+//! configured `[[agents]] id` ([`crate::tls::PeerNames`]). The token wins: a request that
+//! sends one is that token's agent, and it is refused (403) if its certificate names another
+//! agent; a request without an `Authorization` header is its certificate's agent. An agent
+//! may then go without `token_sha256` altogether.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use sha2::{Digest, Sha256};
 
@@ -39,6 +46,9 @@ impl TokenHash {
 pub struct Access {
     /// Token hash -> agent id: may write.
     pub agents: HashMap<TokenHash, String>,
+    /// Every configured agent id, with or without a token: the names a client certificate
+    /// may give.
+    pub agent_ids: HashSet<String>,
     /// Token hash -> reader id: may read.
     pub readers: HashMap<TokenHash, String>,
     /// Reads need no token.
@@ -54,6 +64,19 @@ pub enum ReadRefusal {
     Unknown,
     /// An agent's token: it may write, not read (403).
     AgentToken(String),
+}
+
+/// Why a write is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteRefusal {
+    /// No `Authorization` header, and no client certificate naming an agent (401).
+    Missing,
+    /// A token no one was given (401).
+    Unknown,
+    /// A reader's token: it may read, not write (403).
+    ReaderToken(String),
+    /// The token is one agent's and the client certificate names another (403).
+    CertificateMismatch { certificate: String, token: String },
 }
 
 /// Maps presented tokens to agents and readers. The map can be replaced while requests run
@@ -151,7 +174,46 @@ impl Authenticator {
 
     /// Every configured agent id.
     pub fn agent_ids(&self) -> Vec<String> {
-        self.current().agents.values().cloned().collect()
+        let mut ids: Vec<String> = self.current().agent_ids.iter().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// The agent a client certificate names: the first of its names that is a configured
+    /// agent id.
+    pub fn agent_by_certificate(&self, peer: &crate::tls::PeerNames) -> Option<String> {
+        let access = self.current();
+        peer.names()
+            .iter()
+            .find(|name| access.agent_ids.contains(name.as_str()))
+            .cloned()
+    }
+
+    /// The agent a write comes from, by its token and its client certificate (see the module
+    /// documentation for which wins).
+    pub fn writer(
+        &self,
+        authorization: Option<&str>,
+        peer: &crate::tls::PeerNames,
+    ) -> Result<String, WriteRefusal> {
+        let by_certificate = self.agent_by_certificate(peer);
+        if let Some(agent) = self.agent_for(authorization) {
+            return match by_certificate {
+                Some(named) if named != agent => Err(WriteRefusal::CertificateMismatch {
+                    certificate: named,
+                    token: agent,
+                }),
+                _ => Ok(agent),
+            };
+        }
+        if let Some(reader) = self.reader_for(authorization) {
+            return Err(WriteRefusal::ReaderToken(reader));
+        }
+        match (authorization, by_certificate) {
+            (None, Some(agent)) => Ok(agent),
+            (None, None) => Err(WriteRefusal::Missing),
+            (Some(_), _) => Err(WriteRefusal::Unknown),
+        }
     }
 }
 
@@ -191,6 +253,7 @@ mod tests {
         let (other, other_hash) = new_token();
         auth.replace(Access {
             agents: HashMap::from([(other_hash, "pump-8".to_owned())]),
+            agent_ids: HashSet::from(["pump-8".to_owned()]),
             ..Access::default()
         });
         assert_eq!(auth.agent_for(Some(&format!("Bearer {token}"))), None);
@@ -220,6 +283,7 @@ mod tests {
         let (reader, reader_hash) = new_token();
         let mut access = Access {
             agents: HashMap::from([(agent_hash, "pump-7".to_owned())]),
+            agent_ids: HashSet::from(["pump-7".to_owned()]),
             readers: HashMap::from([(reader_hash, "grafana".to_owned())]),
             anonymous_read: false,
         };
@@ -247,5 +311,60 @@ mod tests {
         access.anonymous_read = true;
         auth.replace(access);
         assert_eq!(auth.check_read(None), Ok(()));
+    }
+
+    #[test]
+    fn a_token_wins_over_a_certificate_that_must_agree_with_it() {
+        use crate::tls::PeerNames;
+        let (agent, agent_hash) = new_token();
+        let (reader, reader_hash) = new_token();
+        let auth = Authenticator::new(Access {
+            agents: HashMap::from([(agent_hash, "pump-7".to_owned())]),
+            // pump-9 has no token: its certificate is all that names it.
+            agent_ids: HashSet::from(["pump-7".to_owned(), "pump-9".to_owned()]),
+            readers: HashMap::from([(reader_hash, "grafana".to_owned())]),
+            anonymous_read: false,
+        });
+        let bearer = |t: &str| format!("Bearer {t}");
+        let none = PeerNames::default();
+        let pump9 = PeerNames::new(vec!["gateway.example".into(), "pump-9".into()]);
+        let pump7 = PeerNames::new(vec!["pump-7".into()]);
+        let stranger = PeerNames::new(vec!["stranger".into()]);
+        assert_eq!(
+            auth.writer(Some(&bearer(&agent)), &none),
+            Ok("pump-7".into())
+        );
+        assert_eq!(
+            auth.writer(Some(&bearer(&agent)), &pump7),
+            Ok("pump-7".into())
+        );
+        // A certificate naming no configured agent does not stand in the token's way.
+        assert_eq!(
+            auth.writer(Some(&bearer(&agent)), &stranger),
+            Ok("pump-7".into())
+        );
+        assert_eq!(
+            auth.writer(Some(&bearer(&agent)), &pump9),
+            Err(WriteRefusal::CertificateMismatch {
+                certificate: "pump-9".into(),
+                token: "pump-7".into()
+            })
+        );
+        assert_eq!(auth.writer(None, &pump9), Ok("pump-9".into()));
+        assert_eq!(auth.writer(None, &stranger), Err(WriteRefusal::Missing));
+        assert_eq!(auth.writer(None, &none), Err(WriteRefusal::Missing));
+        // A wrong token is refused even when the certificate would have named an agent.
+        assert_eq!(
+            auth.writer(Some("Bearer nope"), &pump9),
+            Err(WriteRefusal::Unknown)
+        );
+        assert_eq!(
+            auth.writer(Some(&bearer(&reader)), &none),
+            Err(WriteRefusal::ReaderToken("grafana".into()))
+        );
+        assert_eq!(
+            auth.agent_ids(),
+            vec!["pump-7".to_owned(), "pump-9".to_owned()]
+        );
     }
 }

@@ -145,6 +145,9 @@ pub struct Config {
     pub query_max_points: usize,
     /// Token hash -> agent id.
     pub agents: HashMap<TokenHash, String>,
+    /// Every configured agent id, with a token or without (known by its mTLS client
+    /// certificate only).
+    pub agent_ids: Vec<String>,
     /// Token hash -> reader id (`[[readers]]`).
     pub reader_tokens: HashMap<TokenHash, String>,
     /// Reads need no token.
@@ -193,6 +196,7 @@ impl Config {
     pub fn access(&self) -> crate::auth::Access {
         crate::auth::Access {
             agents: self.agents.clone(),
+            agent_ids: self.agent_ids.iter().cloned().collect(),
             readers: self.reader_tokens.clone(),
             anonymous_read: self.anonymous_read,
         }
@@ -311,8 +315,10 @@ impl Resolve for RawConfig {
             return Err(source.error("query.max_points", "must be at least 1"));
         }
 
-        let agents = resolve_tokens(raw.agents, "agents", &HashMap::new(), source)?;
-        let reader_tokens = resolve_tokens(raw.readers, "readers", &agents, source)?;
+        let mtls = tls.as_ref().is_some_and(|files| files.client_ca.is_some());
+        let (agents, agent_ids) =
+            resolve_tokens(raw.agents, "agents", &HashMap::new(), mtls, source)?;
+        let (reader_tokens, _) = resolve_tokens(raw.readers, "readers", &agents, false, source)?;
         let rules = resolve_rules(raw.clean, source)?;
         let time = resolve_time(&raw.time, source)?;
         let (resolutions, raw_retention) =
@@ -348,6 +354,7 @@ impl Resolve for RawConfig {
             readers,
             query_max_points,
             agents,
+            agent_ids,
             reader_tokens,
             anonymous_read: raw.server.anonymous_read.unwrap_or(false),
             rate_limit,
@@ -358,34 +365,49 @@ impl Resolve for RawConfig {
 
 /// `[[agents]]` or `[[readers]]` (`table`): ids present and unique, hashes valid, and no token
 /// given twice, here or in `others` (an agent's token may not also read, nor a reader's write).
+/// With `certificate_only`, a holder may go without a token: an agent known by its mTLS client
+/// certificate alone. Returns the tokens' holders and every id, in order.
 fn resolve_tokens(
     raw: Vec<RawAgent>,
     table: &str,
     others: &HashMap<TokenHash, String>,
+    certificate_only: bool,
     source: &Source,
-) -> Result<HashMap<TokenHash, String>, ConfigError> {
+) -> Result<(HashMap<TokenHash, String>, Vec<String>), ConfigError> {
     let mut holders = HashMap::new();
     let mut ids = HashMap::new();
+    let mut order = Vec::new();
     for (index, holder) in raw.into_iter().enumerate() {
         let key = |name: &str| format!("{table}[{index}].{name}");
         let id = holder
             .id
             .filter(|id| !id.trim().is_empty())
             .ok_or_else(|| source.error(key("id"), "missing or empty"))?;
-        let hash_text = holder.token_sha256.ok_or_else(|| {
-            source.error(
-                key("token_sha256"),
-                "missing; `tributary-collector token` prints a token and its hash",
-            )
-        })?;
-        let hash =
-            TokenHash::parse(&hash_text).map_err(|m| source.error(key("token_sha256"), m))?;
         if let Some(first) = ids.insert(id.clone(), index) {
             return Err(source.error(
                 key("id"),
                 format!("{id:?} is already configured at {table}[{first}]"),
             ));
         }
+        order.push(id.clone());
+        let hash_text = match holder.token_sha256 {
+            Some(text) => text,
+            None if certificate_only => continue,
+            None if table == "agents" => {
+                return Err(source.error(
+                    key("token_sha256"),
+                    "missing; `tributary-collector token` prints a token and its hash (an agent may go without one only when server.tls_client_ca is set: its client certificate names it)",
+                ));
+            }
+            None => {
+                return Err(source.error(
+                    key("token_sha256"),
+                    "missing; `tributary-collector token --reader NAME` prints a block to paste",
+                ));
+            }
+        };
+        let hash =
+            TokenHash::parse(&hash_text).map_err(|m| source.error(key("token_sha256"), m))?;
         if let Some(other) = others.get(&hash) {
             return Err(source.error(
                 key("token_sha256"),
@@ -399,7 +421,7 @@ fn resolve_tokens(
             ));
         }
     }
-    Ok(holders)
+    Ok((holders, order))
 }
 
 /// `tls_cert`, `tls_key` and `tls_client_ca`: both of the first two or neither, the third only
@@ -578,6 +600,12 @@ mod tests {
             "[[agents]]\nid = \"a\"\ntoken_sha256 = \"{HASH}\"\n[[agents]]\nid = \"b\"\ntoken_sha256 = \"{HASH}\"\n"
         );
         assert!(load(&twice).unwrap_err().message.contains("already given"));
+        // Without mTLS an agent needs a token (with it, its certificate may name it: e2e tls).
+        let error = load("[[agents]]\nid = \"a\"\n").unwrap_err();
+        assert_eq!(error.key, "agents[0].token_sha256");
+        assert!(error.message.contains("server.tls_client_ca"), "{error}");
+        let error = load("[[readers]]\nid = \"r\"\n").unwrap_err();
+        assert_eq!(error.key, "readers[0].token_sha256");
         let error = load("[server]\nlisten = \"everywhere\"\n").unwrap_err();
         assert_eq!(error.key, "server.listen");
         let error = load("[storage]\npth = \"x\"\n").unwrap_err();

@@ -70,7 +70,7 @@ pub async fn serve(
         tokio::task::spawn_blocking(move || Storage::open(&config.storage_options(), metrics))
             .await??
     };
-    if config.agents.is_empty() {
+    if config.agent_ids.is_empty() {
         warn!("no [[agents]] are configured: every batch will be refused with 401");
         metrics.error("config", "no_agents");
     }
@@ -86,7 +86,7 @@ pub async fn serve(
     });
     let app = api::router(Arc::clone(&state));
     let address = listener.local_addr().context("listener address")?;
-    info!(address = %address, tls = config.tls.is_some(), mtls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()), storage = %config.storage_path.display(), agents = config.agents.len(), "collector listening");
+    info!(address = %address, tls = config.tls.is_some(), mtls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()), storage = %config.storage_path.display(), agents = config.agent_ids.len(), "collector listening");
 
     let retention = tokio::spawn(retention_loop(
         Arc::clone(&state),
@@ -106,7 +106,11 @@ pub async fn serve(
             let listener =
                 tls::TlsListener::new(listener, Arc::clone(acceptor), Arc::clone(&state.metrics))
                     .context("TLS listener")?;
-            let server = axum::serve(listener, app).with_graceful_shutdown(stop);
+            let server = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<tls::PeerNames>(),
+            )
+            .with_graceful_shutdown(stop);
             tokio::spawn(async move { server.await })
         }
         None => {
@@ -175,9 +179,12 @@ async fn reload(state: &AppState, path: &std::path::Path, tls: Option<&tls::TlsA
     }
     match tributary_common::config::reload_file::<config::RawConfig>(path).await {
         Ok(config) => {
-            let (agents, readers) = (config.agents.len(), config.reader_tokens.len());
+            let (agents, readers) = (config.agent_ids.len(), config.reader_tokens.len());
             state.auth.replace(config.access());
-            state.limiter.retain(|hash| state.auth.is_configured(hash));
+            state.limiter.retain(|client| match client {
+                api::limit::Client::Token(hash) => state.auth.is_configured(hash),
+                api::limit::Client::Certificate(agent) => state.auth.agent_ids().contains(agent),
+            });
             state.metrics.reloads.inc();
             info!(
                 agents,

@@ -57,6 +57,12 @@ enum Command {
         /// The URL to ask instead.
         #[arg(long)]
         url: Option<String>,
+        /// A client certificate (PEM) to present, for a listener with server.tls_client_ca.
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// The client certificate's key (PEM).
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
     },
     /// Print a new token and the table to paste into collector.toml as it is: [[agents]]
     /// (may write), or [[readers]] with --reader (may read). The token itself is printed
@@ -111,8 +117,14 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    if let Command::Health { url: Some(url), .. } = &command {
-        return tributary_common::health::check(url, false);
+    if let Command::Health {
+        url: Some(url),
+        cert,
+        key,
+        ..
+    } = &command
+    {
+        return tributary_common::health::check(url, false, client_certificate(cert, key));
     }
     logging::init(cli.log_format);
     let given = match &command {
@@ -130,7 +142,7 @@ fn main() -> ExitCode {
     };
     match command {
         Command::Check { .. } => {
-            if config.agents.is_empty() {
+            if config.agent_ids.is_empty() {
                 eprintln!(
                     "warning: {}: no [[agents]]: every batch would be refused with 401 (`tributary-collector token --agent NAME` prints one)",
                     path.display()
@@ -141,7 +153,7 @@ fn main() -> ExitCode {
                 path.display(),
                 config.listen,
                 config.storage_path.display(),
-                config.agents.len(),
+                config.agent_ids.len(),
                 config.rules.len(),
                 config
                     .resolutions
@@ -157,12 +169,40 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Health { .. } => tributary_common::health::check(
-            &tributary_common::health::local_url(config.listen, "/healthz", config.tls.is_some()),
-            true,
-        ),
+        Command::Health { cert, key, .. } => {
+            let mtls = config
+                .tls
+                .as_ref()
+                .is_some_and(|tls| tls.client_ca.is_some());
+            if mtls && cert.is_none() {
+                eprintln!(
+                    "note: {}: server.tls_client_ca is set, so the listener asks for a client certificate: pass --cert and --key",
+                    path.display()
+                );
+            }
+            tributary_common::health::check(
+                &tributary_common::health::local_url(
+                    config.listen,
+                    "/healthz",
+                    config.tls.is_some(),
+                ),
+                true,
+                client_certificate(&cert, &key),
+            )
+        }
         Command::Run { .. } | Command::Token { .. } => run(config, Some(path)),
     }
+}
+
+/// `health --cert --key` (clap makes them go together).
+fn client_certificate<'a>(
+    cert: &'a Option<PathBuf>,
+    key: &'a Option<PathBuf>,
+) -> Option<tributary_common::health::ClientCertificate<'a>> {
+    Some(tributary_common::health::ClientCertificate {
+        cert: cert.as_deref()?,
+        key: key.as_deref()?,
+    })
 }
 
 fn run(config: Config, path: Option<PathBuf>) -> ExitCode {

@@ -10,6 +10,9 @@
 //! The certificate and key are re-read on SIGHUP ([`TlsAcceptor::reload`]): new connections
 //! get the new certificate, open ones keep theirs, and a file that does not load leaves the
 //! running certificate in place.
+//!
+//! Under mTLS, each connection carries its verified client certificate's names
+//! ([`PeerNames`], axum's connection info), which may name the agent (see [`crate::auth`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -155,6 +158,89 @@ impl TlsAcceptor {
 
     fn current(&self) -> Arc<ServerConfig> {
         Arc::clone(&self.config.read().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// The names a connection's verified client certificate gives: its subject's common name,
+/// then its DNS and URI subject alternative names. Empty without a client certificate (plain
+/// HTTP, TLS without mTLS) and for a certificate these cannot be read from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerNames(Arc<[String]>);
+
+impl PeerNames {
+    pub fn new(names: Vec<String>) -> PeerNames {
+        PeerNames(names.into())
+    }
+
+    /// The names in a DER certificate; none if it does not decode. The handshake has already
+    /// verified it against `tls_client_ca`.
+    pub fn of_certificate(der: &[u8]) -> PeerNames {
+        use x509_cert::der::Decode;
+        use x509_cert::ext::pkix::SubjectAltName;
+        use x509_cert::ext::pkix::name::GeneralName;
+        let Ok(certificate) = x509_cert::Certificate::from_der(der) else {
+            return PeerNames::default();
+        };
+        let tbs = certificate.tbs_certificate();
+        let mut names = Vec::new();
+        if let Ok(Some(common_name)) = tbs.subject().common_name() {
+            names.push(common_name.value().into_owned());
+        }
+        if let Ok(Some((_, SubjectAltName(alternatives)))) = tbs.get_extension::<SubjectAltName>() {
+            for name in alternatives {
+                match name {
+                    GeneralName::DnsName(dns) => names.push(dns.to_string()),
+                    GeneralName::UniformResourceIdentifier(uri) => names.push(uri.to_string()),
+                    _ => {}
+                }
+            }
+        }
+        PeerNames::new(names)
+    }
+
+    /// The names of the connection a request came on (from its extensions).
+    pub fn of_request(extensions: &axum::http::Extensions) -> PeerNames {
+        extensions
+            .get::<axum::extract::ConnectInfo<PeerNames>>()
+            .map(|info| info.0.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
+    for PeerNames
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> PeerNames {
+        let (_, connection) = stream.io().get_ref();
+        connection
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|leaf| PeerNames::of_certificate(leaf))
+            .unwrap_or_default()
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TcpListener>>
+    for PeerNames
+{
+    fn connect_info(_: axum::serve::IncomingStream<'_, TcpListener>) -> PeerNames {
+        PeerNames::default()
+    }
+}
+
+/// A request's [`PeerNames`]; none when the server was not started with them.
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PeerNames {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<PeerNames, Self::Rejection> {
+        Ok(PeerNames::of_request(&parts.extensions))
     }
 }
 

@@ -22,11 +22,18 @@ pub fn local_url(address: SocketAddr, path: &str, tls: bool) -> String {
     format!("{scheme}://{ip}:{}{path}", address.port())
 }
 
+/// A client certificate and its key (PEM files), for a listener that requires one (mTLS).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientCertificate<'a> {
+    pub cert: &'a std::path::Path,
+    pub key: &'a std::path::Path,
+}
+
 /// GETs `url` (5 s timeout): exit 0 on a 2xx answer, 1 otherwise, with the reason on stderr.
 /// With `own_listener`, the URL is this host's own process, asked on loopback: its certificate
-/// names the host others reach it by, not the loopback address, so it is not verified (a
-/// listener that requires client certificates cannot be asked this way).
-pub fn check(url: &str, own_listener: bool) -> ExitCode {
+/// names the host others reach it by, not the loopback address, so it is not verified. A
+/// listener that requires client certificates is asked with `identity`.
+pub fn check(url: &str, own_listener: bool, identity: Option<ClientCertificate<'_>>) -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -38,15 +45,33 @@ pub fn check(url: &str, own_listener: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let answer = runtime.block_on(async {
-        reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .tls_danger_accept_invalid_certs(own_listener)
-            .build()?
-            .get(url)
-            .send()
-            .await
-    });
+    let mut builder = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .tls_danger_accept_invalid_certs(own_listener);
+    if let Some(ClientCertificate { cert, key }) = identity {
+        let mut pem = Vec::new();
+        for path in [cert, key] {
+            match std::fs::read(path) {
+                Ok(bytes) => pem.extend(bytes),
+                Err(e) => {
+                    eprintln!("unhealthy: cannot read {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        match reqwest::Identity::from_pem(&pem) {
+            Ok(identity) => builder = builder.identity(identity),
+            Err(e) => {
+                eprintln!(
+                    "unhealthy: {} and {}: not a PEM certificate and key: {e}",
+                    cert.display(),
+                    key.display()
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let answer = runtime.block_on(async { builder.build()?.get(url).send().await });
     match answer {
         Ok(response) if response.status().is_success() => {
             println!("healthy: {url} answered {}", response.status());

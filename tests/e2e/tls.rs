@@ -176,16 +176,151 @@ async fn mtls_refuses_an_agent_without_a_client_certificate_and_takes_one_with()
     agent.set_env("TRIBUTARY_AGENT__FORWARD__CERT_FILE", &cert_text);
     agent.set_env("TRIBUTARY_AGENT__FORWARD__KEY_FILE", &key_text);
     blocking(|| agent.restart()).unwrap();
-    let mut identity = std::fs::read(&client_cert).unwrap();
-    identity.extend(std::fs::read(&client_key).unwrap());
-    let with_identity = reqwest::Client::builder()
+    let client = identity_client(&certs, &client_cert, &client_key);
+    stored_once(&client, &collector.url(), &mut agent, &acked).await;
+
+    // `health` asks the mTLS listener with a client certificate, and says it needs one.
+    let health = |args: &[&std::ffi::OsStr]| {
+        std::process::Command::new(tributary_bench::harness::bin_dir().join("tributary-collector"))
+            .arg("health")
+            .arg("--config")
+            .arg(collector.config_path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let without = health(&[]);
+    assert!(!without.status.success());
+    let stderr = String::from_utf8_lossy(&without.stderr);
+    assert!(stderr.contains("pass --cert and --key"), "{stderr}");
+    let with = health(&[
+        "--cert".as_ref(),
+        client_cert.as_os_str(),
+        "--key".as_ref(),
+        client_key.as_os_str(),
+    ]);
+    assert!(
+        with.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with.stderr)
+    );
+}
+
+/// Under mTLS an agent configured without a token is known by its client certificate alone;
+/// a token of another agent sent with that certificate is refused with 403 (the token wins,
+/// and must agree with the certificate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_known_by_its_client_certificate_alone_delivers_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make(&dir.path().join("pki")).unwrap();
+    let (client_cert, client_key) = make_client(&certs, "edge-1").unwrap();
+    let (other_token, _) = token_pair("edge-2");
+    let broker = blocking(|| {
+        Mosquitto::start(&dir.path().join("broker"), &MosquittoOptions::default()).unwrap()
+    });
+    let collector = blocking(|| {
+        let server_extra = format!(
+            "tls_cert = {:?}\ntls_key = {:?}\ntls_client_ca = {:?}\n",
+            certs.cert.display().to_string(),
+            certs.key.display().to_string(),
+            certs.ca.display().to_string()
+        );
+        CollectorProcess::start_custom(
+            &dir.path().join("collector"),
+            &[("edge-2", &other_token)],
+            &CollectorOptions {
+                server_extra,
+                // edge-1 has no token_sha256: its certificate names it.
+                extra: "[[agents]]\nid = \"edge-1\"\n".into(),
+                https: true,
+                ..CollectorOptions::default()
+            },
+        )
+        .unwrap()
+    });
+    tributary_bench::harness::http(); // installs rustls' provider
+    let client = identity_client(&certs, &client_cert, &client_key);
+    let write = format!("{}/api/v2/write", collector.url());
+    let line = format!("probe value=1 {}", tributary_wire::time::now_ns());
+    let answer = client
+        .post(&write)
+        .header("Authorization", format!("Bearer {other_token}"))
+        .body(line.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 403);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with(
+            "the client certificate names agent \"edge-1\" but the token is agent \"edge-2\"'s"
+        ),
+        "{body}"
+    );
+    let answer = client.post(&write).body(line).send().await.unwrap();
+    assert_eq!(answer.status(), 204, "{:?}", answer.text().await);
+
+    let (cert_text, key_text, ca) = (
+        client_cert.display().to_string(),
+        client_key.display().to_string(),
+        certs.ca.display().to_string(),
+    );
+    let mut agent = blocking(|| {
+        start_agent(
+            &dir.path().join("agent"),
+            &dir.path().join("agent/data"),
+            &collector.url(),
+            &broker,
+            "",
+            &[
+                ("TRIBUTARY_TOKEN", ""),
+                ("TRIBUTARY_AGENT__FORWARD__CA_FILE", &ca),
+                ("TRIBUTARY_AGENT__FORWARD__CERT_FILE", &cert_text),
+                ("TRIBUTARY_AGENT__FORWARD__KEY_FILE", &key_text),
+            ],
+        )
+    });
+    let acked = publish_all(broker.port, 0..200).await;
+    stored_once(&client, &collector.url(), &mut agent, &acked).await;
+    let agents: serde_json::Value = client
+        .get(format!("{}/api/v1/agents", collector.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(agents.to_string().contains("edge-1"), "{agents}");
+}
+
+/// A client trusting `certs`' CA and presenting `cert` and `key`.
+fn identity_client(
+    certs: &TestCertificates,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> reqwest::Client {
+    let pem = std::fs::read(&certs.ca).unwrap();
+    let mut identity = std::fs::read(cert).unwrap();
+    identity.extend(std::fs::read(key).unwrap());
+    reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
         .identity(reqwest::Identity::from_pem(&identity).unwrap())
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+/// Waits (bounded) until every acknowledged message is stored, then checks once more after
+/// the agent's buffer is empty, so a double sent late would be seen: each is stored once.
+async fn stored_once(
+    client: &reqwest::Client,
+    collector_url: &str,
+    agent: &mut AgentProcess,
+    acked: &std::collections::HashSet<u64>,
+) {
     let query = format!(
         "{}/api/v1/query?name={}&field=id",
-        collector.url(),
+        collector_url,
         crate::NAME
     );
     let expected: Vec<i64> = {
@@ -197,7 +332,7 @@ async fn mtls_refuses_an_agent_without_a_client_certificate_and_takes_one_with()
     // so a double sent late would be seen.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let (ids, answer) = loop {
-        let answer: serde_json::Value = with_identity
+        let answer: serde_json::Value = client
             .get(&query)
             .send()
             .await

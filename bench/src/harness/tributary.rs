@@ -295,6 +295,11 @@ impl CollectorProcess {
     pub fn database(&self) -> PathBuf {
         self.dir.join("collector.db")
     }
+
+    /// Its configuration file.
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
 }
 
 /// An agent process.

@@ -14,17 +14,20 @@ use tributary_wire::{Batch, BatchAck, TimeAnswer};
 
 use super::memory::MemoryPermit;
 use super::{ApiError, AppState};
+use crate::auth::WriteRefusal;
 use crate::storage::{Origin, Reservation, Stored, SubmitError, WriteJob};
+use crate::tls::PeerNames;
 
 const ENDPOINT: &str = "batches";
 
 pub async fn post_batch(
     State(state): State<Arc<AppState>>,
+    peer: PeerNames,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let received_at = tributary_wire::time::now_ns();
-    let result = ingest(&state, &headers, body, received_at).await;
+    let result = ingest(&state, &headers, &peer, body, received_at).await;
     let response = match result {
         Ok(mut ack) => {
             ack.received_at = Some(received_at);
@@ -53,28 +56,31 @@ pub(super) const UNKNOWN_TOKEN: &str = "the bearer token is not known";
 /// The 401 body without an `Authorization` header (ingest and reads alike).
 pub(super) const MISSING_TOKEN: &str = "missing Authorization: Bearer <token>";
 
-/// The agent id the request's token belongs to; `missing` says how to authenticate when the
-/// header is absent. A reader's token is refused with 403: readers read, agents write.
+/// The agent id the request comes from, by its token or its mTLS client certificate
+/// ([`crate::auth::Authenticator::writer`]); `missing` says how to authenticate when there is
+/// neither. A reader's token is refused with 403: readers read, agents write.
 pub(super) fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
+    peer: &PeerNames,
     unknown: &str,
     missing: &str,
 ) -> Result<String, ApiError> {
-    let authorization = super::authorization(headers);
-    if let Some(agent) = state.auth.agent_for(authorization) {
-        return Ok(agent);
-    }
-    if let Some(reader) = state.auth.reader_for(authorization) {
-        return Err(ApiError::Forbidden(format!(
-            "the token of reader {reader:?} may read, not write: use an agent's token ([[agents]])"
-        )));
-    }
-    Err(ApiError::Unauthorized(if authorization.is_some() {
-        unknown.to_owned()
-    } else {
-        missing.to_owned()
-    }))
+    state
+        .auth
+        .writer(super::authorization(headers), peer)
+        .map_err(|refusal| match refusal {
+            WriteRefusal::Missing => ApiError::Unauthorized(missing.to_owned()),
+            WriteRefusal::Unknown => ApiError::Unauthorized(unknown.to_owned()),
+            WriteRefusal::ReaderToken(reader) => ApiError::Forbidden(format!(
+                "the token of reader {reader:?} may read, not write: use an agent's token ([[agents]])"
+            )),
+            WriteRefusal::CertificateMismatch { certificate, token } => {
+                ApiError::Forbidden(format!(
+                    "the client certificate names agent {certificate:?} but the token is agent {token:?}'s: send that agent's token, or none and let the certificate name the agent"
+                ))
+            }
+        })
 }
 
 /// Reads the request body within `server.max_body_size` and `server.body_timeout`, after
@@ -214,10 +220,11 @@ pub(super) async fn reserve(state: &AppState) -> Result<Reservation, ApiError> {
 async fn ingest(
     state: &AppState,
     headers: &HeaderMap,
+    peer: &PeerNames,
     body: Body,
     received_at: i64,
 ) -> Result<BatchAck, ApiError> {
-    let agent_id = authenticate(state, headers, UNKNOWN_TOKEN, MISSING_TOKEN)?;
+    let agent_id = authenticate(state, headers, peer, UNKNOWN_TOKEN, MISSING_TOKEN)?;
     let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
     let content_type = header(CONTENT_TYPE).unwrap_or(codec::CONTENT_TYPE_JSON);
     let encoding = Encoding::from_content_type(content_type)

@@ -1,6 +1,7 @@
 //! Per-token request limits (`server.rate_limit` requests per second, bursts of
 //! `server.rate_burst`): one runaway client cannot starve the others. A token bucket per known
-//! token (an agent's or a reader's); requests without a known token share one bucket, so
+//! token (an agent's or a reader's) or, without a token, per agent named by its mTLS client
+//! certificate; requests without either share one bucket, so
 //! made-up tokens cannot grow the map. Over the limit: 429 with `Retry-After` (whole seconds,
 //! at least 1), counted in `errors_total{component="rate_limit"}`. `/healthz` and `/metrics`
 //! are not limited.
@@ -10,6 +11,15 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::auth::TokenHash;
+
+/// Whose bucket a request takes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Client {
+    /// A configured token's holder.
+    Token(TokenHash),
+    /// An agent known by its client certificate, without a token.
+    Certificate(String),
+}
 
 /// A bucket: tokens left, as of when.
 #[derive(Debug, Clone, Copy)]
@@ -24,7 +34,7 @@ pub struct RateLimiter {
     /// Requests per second; 0 switches limiting off.
     rate: f64,
     burst: f64,
-    buckets: Mutex<HashMap<Option<TokenHash>, Bucket>>,
+    buckets: Mutex<HashMap<Option<Client>, Bucket>>,
 }
 
 impl RateLimiter {
@@ -37,9 +47,9 @@ impl RateLimiter {
         }
     }
 
-    /// Takes one request from `key`'s bucket (`None`: no known token) at `now`; `Err` says how
-    /// long until the next would be let through.
-    pub fn take(&self, key: Option<TokenHash>, now: Instant) -> Result<(), Duration> {
+    /// Takes one request from `key`'s bucket (`None`: an unknown client) at `now`; `Err` says
+    /// how long until the next would be let through.
+    pub fn take(&self, key: Option<Client>, now: Instant) -> Result<(), Duration> {
         if self.rate <= 0.0 {
             return Ok(());
         }
@@ -60,8 +70,8 @@ impl RateLimiter {
         }
     }
 
-    /// Forgets the buckets of tokens no longer configured (after a reload).
-    pub fn retain(&self, known: impl Fn(&TokenHash) -> bool) {
+    /// Forgets the buckets of clients no longer configured (after a reload).
+    pub fn retain(&self, known: impl Fn(&Client) -> bool) {
         self.buckets
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -77,28 +87,28 @@ mod tests {
     fn a_burst_then_the_rate_and_each_token_on_its_own() {
         let limiter = RateLimiter::new(10, 3);
         let start = Instant::now();
-        let a = Some(TokenHash::of("a"));
-        let b = Some(TokenHash::of("b"));
+        let a = Some(Client::Token(TokenHash::of("a")));
+        let b = Some(Client::Certificate("b".into()));
         for _ in 0..3 {
-            assert_eq!(limiter.take(a, start), Ok(()));
+            assert_eq!(limiter.take(a.clone(), start), Ok(()));
         }
-        let wait = limiter.take(a, start).unwrap_err();
+        let wait = limiter.take(a.clone(), start).unwrap_err();
         assert!(
             wait > Duration::ZERO && wait <= Duration::from_millis(100),
             "{wait:?}"
         );
         // Another token is not held up by the first.
-        assert_eq!(limiter.take(b, start), Ok(()));
+        assert_eq!(limiter.take(b.clone(), start), Ok(()));
         // A tenth of a second later, one more.
         let later = start + Duration::from_millis(100);
-        assert_eq!(limiter.take(a, later), Ok(()));
-        assert!(limiter.take(a, later).is_err());
+        assert_eq!(limiter.take(a.clone(), later), Ok(()));
+        assert!(limiter.take(a.clone(), later).is_err());
         // Off: everything passes.
         let off = RateLimiter::new(0, 1);
         for _ in 0..100 {
             assert_eq!(off.take(None, start), Ok(()));
         }
-        limiter.retain(|hash| Some(*hash) == b);
+        limiter.retain(|client| Some(client) == b.as_ref());
         assert_eq!(limiter.buckets.lock().unwrap().len(), 1);
     }
 }

@@ -159,7 +159,14 @@ async fn rate_limit(
     next: axum::middleware::Next,
 ) -> Response {
     let authorization = authorization(request.headers());
-    let key = state.auth.known(authorization);
+    let key = match state.auth.known(authorization) {
+        Some(hash) => Some(limit::Client::Token(hash)),
+        None if authorization.is_none() => state
+            .auth
+            .agent_by_certificate(&crate::tls::PeerNames::of_request(request.extensions()))
+            .map(limit::Client::Certificate),
+        None => None,
+    };
     match state.limiter.take(key, std::time::Instant::now()) {
         Ok(()) => next.run(request).await,
         Err(wait) => state

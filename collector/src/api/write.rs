@@ -31,6 +31,7 @@ use tributary_wire::{AgentStatus, Batch, Reject};
 use super::ingest::{authenticate, decode_within_budget, read_body, store};
 use super::{ApiError, AppState};
 use crate::storage::Origin;
+use crate::tls::PeerNames;
 
 const ENDPOINT: &str = "write";
 
@@ -56,10 +57,11 @@ struct RejectedLine {
 pub async fn post_write(
     State(state): State<Arc<AppState>>,
     Query(params): Query<Vec<(String, String)>>,
+    peer: PeerNames,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match write(&state, params, &headers, body).await {
+    match write(&state, params, &headers, &peer, body).await {
         Ok(response) => response,
         Err(error) => state.fail(ENDPOINT, error).into_response(),
     }
@@ -69,11 +71,13 @@ async fn write(
     state: &AppState,
     params: Vec<(String, String)>,
     headers: &HeaderMap,
+    peer: &PeerNames,
     body: Body,
 ) -> Result<Response, ApiError> {
     let agent_id = authenticate(
         state,
         headers,
+        peer,
         "the token is not known",
         "missing Authorization: Token <token> (or Bearer <token>)",
     )?;
