@@ -140,6 +140,46 @@ struct Backlog {
     reported: (Instant, u64),
 }
 
+/// What a backlog's delivery has to report.
+#[derive(Debug, Clone, PartialEq)]
+enum Progress {
+    /// The buffer is empty: `points` sent in `seconds`.
+    Delivered { points: u64, seconds: f64 },
+    /// Every [`BACKLOG_PROGRESS`]: points left, points per second since the last report,
+    /// and seconds to go at that rate (`None` at 0/s).
+    Draining {
+        left: u64,
+        rate: f64,
+        eta: Option<f64>,
+    },
+}
+
+impl Backlog {
+    /// `points` more were confirmed at `now`, and `left` remain buffered: what to report, if
+    /// anything.
+    fn confirmed(&mut self, points: u64, left: u64, now: Instant) -> Option<Progress> {
+        self.sent = self.sent.saturating_add(points);
+        if left == 0 {
+            return Some(Progress::Delivered {
+                points: self.sent,
+                seconds: now.duration_since(self.since).as_secs_f64(),
+            });
+        }
+        let (at, sent_then) = self.reported;
+        let elapsed = now.duration_since(at);
+        if elapsed < BACKLOG_PROGRESS {
+            return None;
+        }
+        let rate = self.sent.saturating_sub(sent_then) as f64 / elapsed.as_secs_f64();
+        self.reported = (now, self.sent);
+        Some(Progress::Draining {
+            left,
+            rate,
+            eta: (rate > 0.0).then(|| left as f64 / rate),
+        })
+    }
+}
+
 /// What is confirmed and waits to be deleted.
 #[derive(Debug, Clone, Copy, Default)]
 struct PendingDelete {
@@ -465,36 +505,24 @@ impl Forwarder {
     /// delivered: N points in T s"), and every 30 s meanwhile the points left, the rate and
     /// the time it may take.
     fn backlog_progress(&mut self, points: u64) {
-        let Some(mut backlog) = self.backlog else {
+        let Some(backlog) = self.backlog.as_mut() else {
             return;
         };
-        backlog.sent = backlog.sent.saturating_add(points);
-        let left = self.link.depth.points();
-        let now = Instant::now();
-        if left == 0 {
-            let seconds = now.duration_since(backlog.since).as_secs_f64();
-            info!(
-                points = backlog.sent,
-                seconds = format!("{seconds:.1}"),
-                "backlog delivered: {} points in {seconds:.1} s",
-                backlog.sent
-            );
-            self.backlog = None;
-            return;
+        match backlog.confirmed(points, self.link.depth.points(), Instant::now()) {
+            None => {}
+            Some(Progress::Delivered { points, seconds }) => {
+                info!(
+                    points,
+                    seconds = format!("{seconds:.1}"),
+                    "backlog delivered: {points} points in {seconds:.1} s"
+                );
+                self.backlog = None;
+            }
+            Some(Progress::Draining { left, rate, eta }) => {
+                let eta = eta.map_or_else(|| "unknown".to_owned(), |s| format!("{s:.0} s"));
+                info!(left, rate = format!("{rate:.0}/s"), eta = %eta, "delivering the backlog: {left} points left at {rate:.0} points/s, about {eta} to go");
+            }
         }
-        let (at, sent_then) = backlog.reported;
-        let elapsed = now.duration_since(at);
-        if elapsed >= BACKLOG_PROGRESS {
-            let rate = backlog.sent.saturating_sub(sent_then) as f64 / elapsed.as_secs_f64();
-            let eta = if rate > 0.0 {
-                format!("{:.0} s", left as f64 / rate)
-            } else {
-                "unknown".to_owned()
-            };
-            info!(left, rate = format!("{rate:.0}/s"), eta = %eta, "delivering the backlog: {left} points left at {rate:.0} points/s, about {eta} to go");
-            backlog.reported = (now, backlog.sent);
-        }
-        self.backlog = Some(backlog);
     }
 
     /// The collector batches go to now.
@@ -873,6 +901,68 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
     use reqwest::header::HeaderValue;
+
+    #[test]
+    fn a_draining_backlog_reports_every_30_s_and_once_when_delivered() {
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        let mut backlog = Backlog {
+            since: start,
+            sent: 0,
+            reported: (start, 0),
+        };
+        // 9,000 points buffered; 100 confirmed a second. Nothing until 30 s have passed.
+        let mut left = 9_000;
+        let mut reports = Vec::new();
+        for second in 1..=90 {
+            left -= 100;
+            if let Some(progress) = backlog.confirmed(100, left, at(second)) {
+                reports.push((second, progress));
+            }
+        }
+        assert_eq!(
+            reports,
+            vec![
+                (
+                    30,
+                    Progress::Draining {
+                        left: 6_000,
+                        rate: 100.0,
+                        eta: Some(60.0)
+                    }
+                ),
+                (
+                    60,
+                    Progress::Draining {
+                        left: 3_000,
+                        rate: 100.0,
+                        eta: Some(30.0)
+                    }
+                ),
+                (
+                    90,
+                    Progress::Delivered {
+                        points: 9_000,
+                        seconds: 90.0
+                    }
+                ),
+            ]
+        );
+        // A stalled delivery (nothing confirmed for 30 s) has no estimate.
+        let mut stalled = Backlog {
+            since: start,
+            sent: 0,
+            reported: (start, 0),
+        };
+        assert_eq!(
+            stalled.confirmed(0, 500, at(31)),
+            Some(Progress::Draining {
+                left: 500,
+                rate: 0.0,
+                eta: None
+            })
+        );
+    }
 
     #[test]
     fn statuses_are_classified_once() {
