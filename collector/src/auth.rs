@@ -86,17 +86,27 @@ pub struct Authenticator {
     access: std::sync::RwLock<std::sync::Arc<Access>>,
 }
 
-/// The hash of the bearer token in an `Authorization` header value. `Token` is the scheme
-/// InfluxDB v2 clients (Telegraf's influxdb_v2 output) send.
+/// The hash of the token in an `Authorization` header value: `Bearer <token>`, `Token
+/// <token>` (InfluxDB clients: Telegraf's influxdb_v2 output) or `Basic` with the token as the
+/// password and any user name (InfluxDB v1 clients, Grafana's basic auth).
 fn presented(authorization: Option<&str>) -> Option<TokenHash> {
     let value = authorization?.trim();
     let (scheme, token) = value.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("bearer") && !scheme.eq_ignore_ascii_case("token") {
-        return None;
-    }
     // Hashing first means lookups compare digests, which reveal nothing about the token
     // through timing.
-    Some(TokenHash::of(token.trim()))
+    if scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token") {
+        return Some(TokenHash::of(token.trim()));
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        use base64::Engine;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(token.trim())
+            .ok()?;
+        let credentials = std::str::from_utf8(&decoded).ok()?;
+        let (_user, password) = credentials.split_once(':')?;
+        return Some(TokenHash::of(password));
+    }
+    None
 }
 
 impl Authenticator {
@@ -247,6 +257,16 @@ mod tests {
         );
         assert_eq!(auth.agent_for(Some("Bearer wrong")), None);
         assert_eq!(auth.agent_for(Some(&format!("Basic {token}"))), None);
+        // Basic: any user, the token as the password.
+        use base64::Engine;
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("telegraf:{token}"));
+        assert_eq!(
+            auth.agent_for(Some(&format!("Basic {basic}"))),
+            Some("pump-7".to_owned())
+        );
+        let no_colon = base64::engine::general_purpose::STANDARD.encode(&token);
+        assert_eq!(auth.agent_for(Some(&format!("Basic {no_colon}"))), None);
+        assert_eq!(auth.agent_for(Some("Basic !!!")), None);
         assert_eq!(auth.agent_for(Some(&token)), None);
         assert_eq!(auth.agent_for(None), None);
         // A reload revokes the token and admits another.

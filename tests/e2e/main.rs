@@ -12,6 +12,7 @@ mod config_check;
 mod damaged;
 mod failover;
 mod faults;
+mod influx_v1;
 mod observe;
 mod overflow;
 mod reload;

@@ -16,16 +16,23 @@ pub enum Precision {
     Microseconds,
     Milliseconds,
     Seconds,
+    /// InfluxDB v1's `m`.
+    Minutes,
+    /// InfluxDB v1's `h`.
+    Hours,
 }
 
 impl Precision {
-    /// Parses the `precision` names InfluxDB uses: `ns`, `us`, `ms`, `s`.
+    /// Parses the `precision` names InfluxDB uses: `ns`, `us`, `ms`, `s` (v2), and v1's `n`,
+    /// `u`, `µ`, `m` and `h` besides.
     pub fn parse(text: &str) -> Option<Precision> {
         match text {
             "ns" | "n" => Some(Precision::Nanoseconds),
-            "us" | "u" | "µs" => Some(Precision::Microseconds),
+            "us" | "u" | "µs" | "µ" => Some(Precision::Microseconds),
             "ms" => Some(Precision::Milliseconds),
             "s" => Some(Precision::Seconds),
+            "m" => Some(Precision::Minutes),
+            "h" => Some(Precision::Hours),
             _ => None,
         }
     }
@@ -36,6 +43,8 @@ impl Precision {
             Precision::Microseconds => 1_000,
             Precision::Milliseconds => 1_000_000,
             Precision::Seconds => 1_000_000_000,
+            Precision::Minutes => 60_000_000_000,
+            Precision::Hours => 3_600_000_000_000,
         }
     }
 }

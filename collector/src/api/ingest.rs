@@ -61,14 +61,14 @@ pub(super) const MISSING_TOKEN: &str = "missing Authorization: Bearer <token>";
 /// neither. A reader's token is refused with 403: readers read, agents write.
 pub(super) fn authenticate(
     state: &AppState,
-    headers: &HeaderMap,
+    authorization: Option<&str>,
     peer: &PeerNames,
     unknown: &str,
     missing: &str,
 ) -> Result<String, ApiError> {
     state
         .auth
-        .writer(super::authorization(headers), peer)
+        .writer(authorization, peer)
         .map_err(|refusal| match refusal {
             WriteRefusal::Missing => ApiError::Unauthorized(missing.to_owned()),
             WriteRefusal::Unknown => ApiError::Unauthorized(unknown.to_owned()),
@@ -224,7 +224,13 @@ async fn ingest(
     body: Body,
     received_at: i64,
 ) -> Result<BatchAck, ApiError> {
-    let agent_id = authenticate(state, headers, peer, UNKNOWN_TOKEN, MISSING_TOKEN)?;
+    let agent_id = authenticate(
+        state,
+        super::authorization(headers),
+        peer,
+        UNKNOWN_TOKEN,
+        MISSING_TOKEN,
+    )?;
     let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
     let content_type = header(CONTENT_TYPE).unwrap_or(codec::CONTENT_TYPE_JSON);
     let encoding = Encoding::from_content_type(content_type)

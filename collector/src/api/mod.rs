@@ -86,6 +86,9 @@ fn endpoints() -> Vec<(
             Gate::Write,
             post(write::post_write),
         ),
+        ("post", "/write", Gate::Write, post(write::post_write_v1)),
+        ("post", "/query", Gate::Write, post(write::post_query_v1)),
+        ("get", "/ping", Gate::Open, get(write::get_ping)),
         ("get", "/api/v1/time", Gate::Open, get(ingest::get_time)),
         ("get", "/api/v1/query", Gate::Read, get(query::get_query)),
         (

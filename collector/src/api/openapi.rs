@@ -45,7 +45,9 @@ pub fn document() -> Value {
             "securitySchemes": {
                 "bearer": { "type": "http", "scheme": "bearer", "description": "An agent's token (collector.toml keeps its SHA-256)" },
                 "reader": { "type": "http", "scheme": "bearer", "description": "A reader's token ([[readers]]); not needed with server.anonymous_read = true" },
-                "influxToken": { "type": "apiKey", "in": "header", "name": "Authorization", "description": "`Token <token>`, as InfluxDB v2 clients send it" }
+                "influxToken": { "type": "apiKey", "in": "header", "name": "Authorization", "description": "`Token <token>`, as InfluxDB v2 clients send it" },
+                "basic": { "type": "http", "scheme": "basic", "description": "Any user name, the token as the password (InfluxDB v1 clients, Grafana)" },
+                "influxPassword": { "type": "apiKey", "in": "query", "name": "p", "description": "InfluxDB v1's password parameter: the token" }
             },
             "schemas": {
                 "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "string" } } },
@@ -124,6 +126,47 @@ pub fn document() -> Value {
                         "429": error_response("Ingest memory or queue full; retry after Retry-After"),
                         "503": error_response("Storage cannot commit or shutting down")
                     }
+                }
+            },
+            "/write": {
+                "post": {
+                    "summary": "InfluxDB v1 line protocol ingest (Telegraf's influxdb output); answers as /api/v2/write does, errors in `error`",
+                    "security": [{ "bearer": [] }, { "influxToken": [] }, { "basic": [] }, { "influxPassword": [] }],
+                    "parameters": [
+                        query_param("precision", "Unit of the timestamps", &json!({ "type": "string", "enum": ["n", "ns", "u", "us", "ms", "s", "m", "h"], "default": "ns" }), false),
+                        query_param("db", "Accepted and ignored (one store)", &json!({ "type": "string" }), false),
+                        query_param("rp", "Accepted and ignored", &json!({ "type": "string" }), false),
+                        query_param("consistency", "Accepted and ignored", &json!({ "type": "string" }), false),
+                        query_param("u", "User name, ignored", &json!({ "type": "string" }), false),
+                        query_param("p", "The token", &json!({ "type": "string" }), false)
+                    ],
+                    "requestBody": { "required": true, "content": { "text/plain": { "schema": { "type": "string" } } }, "description": "Line protocol; Content-Encoding gzip, zstd or none" },
+                    "responses": {
+                        "204": { "description": "Every line stored" },
+                        "400": error_response("Partial write (the good lines are stored; `rejected` lists the others) or a bad parameter"),
+                        "401": error_response("Unknown or missing token"),
+                        "413": error_response("Too large; nothing stored: split the write"),
+                        "429": error_response("Ingest memory or queue full; retry after Retry-After"),
+                        "503": error_response("Storage cannot commit or shutting down")
+                    }
+                }
+            },
+            "/query": {
+                "post": {
+                    "summary": "InfluxDB v1 statements: only `CREATE DATABASE`, which succeeds and does nothing (one store), for Telegraf's start-up",
+                    "security": [{ "bearer": [] }, { "influxToken": [] }, { "basic": [] }, { "influxPassword": [] }],
+                    "parameters": [query_param("q", "The statement (or in a form body)", &json!({ "type": "string" }), false)],
+                    "responses": {
+                        "200": { "description": "`{\"results\":[{\"statement_id\":0}]}`" },
+                        "400": error_response("Any other statement: query with /prometheus/api/v1/query or /api/v1/query"),
+                        "401": error_response("Unknown or missing token")
+                    }
+                }
+            },
+            "/ping": {
+                "get": {
+                    "summary": "InfluxDB v1 liveness (also HEAD): 204 with X-Influxdb-Version",
+                    "responses": { "204": { "description": "Alive" } }
                 }
             },
             "/api/v1/time": {

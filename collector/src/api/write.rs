@@ -1,9 +1,15 @@
-//! `POST /api/v2/write`: InfluxDB line protocol, so Telegraf and other existing agents can
-//! send here. Same token as an agent (`Authorization: Bearer …` or InfluxDB's `Token …`), same
-//! cleaning and storage.
+//! InfluxDB line protocol, so Telegraf and other existing agents can send here: `POST
+//! /api/v2/write` (InfluxDB 2, Telegraf's `[[outputs.influxdb_v2]]`) and `POST /write`
+//! (InfluxDB 1, `[[outputs.influxdb]]`), with `GET`/`HEAD /ping` and a `POST /query` that
+//! answers `CREATE DATABASE` (Telegraf sends it at start; one store, so it is a no-op). Same
+//! token as an agent, same cleaning and storage: `Authorization: Bearer …`, InfluxDB's `Token
+//! …`, or `Basic` with the token as the password; v1's `u` and `p` parameters too (`p` is the
+//! token).
 //!
-//! Parameters: `precision` = `ns` (default), `us`, `ms` or `s`; InfluxDB's `org` and `bucket`
-//! are accepted and ignored (one store). The body may be gzip or zstd compressed.
+//! Parameters: `precision` = `ns` (default), `us`, `ms` or `s`, and v1's `n`, `u`, `m`, `h`;
+//! v2's `org` and `bucket`, v1's `db`, `rp` and `consistency` are accepted and ignored (one
+//! store). The body may be gzip or zstd compressed. Errors carry `{"error": …}`, which v1
+//! clients read; a v2 partial write also has v2's `code` and `message`.
 //!
 //! Partial success: every line that parses and passes the collector's checks is stored. If any
 //! line did not parse (a line that is not UTF-8 included), or a point was quarantined by time
@@ -35,11 +41,23 @@ use crate::tls::PeerNames;
 
 const ENDPOINT: &str = "write";
 
+/// Which InfluxDB API a write came in through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    V1,
+    V2,
+}
+
+/// The version `/ping` reports: Telegraf's v1 output only needs the header to be there.
+const INFLUXDB_VERSION: &str = "1.8.10";
+
 /// The 400 answer of a partial write.
 #[derive(Debug, Serialize)]
 struct PartialWrite {
     code: &'static str,
     message: String,
+    /// The same as `message`, where InfluxDB 1 clients look.
+    error: String,
     /// Points stored from the good lines.
     stored: u64,
     /// Points of good lines that the collector's checks (time sanity, cleaning rules) sent
@@ -61,36 +79,138 @@ pub async fn post_write(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match write(&state, params, &headers, &peer, body).await {
+    match write(&state, Dialect::V2, params, &headers, &peer, body).await {
         Ok(response) => response,
         Err(error) => state.fail(ENDPOINT, error).into_response(),
     }
 }
 
+/// `POST /write`: InfluxDB 1's write endpoint.
+pub async fn post_write_v1(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<Vec<(String, String)>>,
+    peer: PeerNames,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match write(&state, Dialect::V1, params, &headers, &peer, body).await {
+        Ok(response) => response,
+        Err(error) => state.fail(ENDPOINT, error).into_response(),
+    }
+}
+
+/// `GET`/`HEAD /ping`: InfluxDB 1's liveness probe, 204 with its version headers. Open, like
+/// `/healthz`.
+pub async fn get_ping() -> Response {
+    (
+        StatusCode::NO_CONTENT,
+        [
+            ("X-Influxdb-Version", INFLUXDB_VERSION),
+            ("X-Influxdb-Build", "OSS"),
+        ],
+    )
+        .into_response()
+}
+
+/// `POST /query` (InfluxDB 1): `CREATE DATABASE …` succeeds and does nothing (one store);
+/// anything else is refused with a pointer to the query APIs. `q` comes in the URL or a form
+/// body, as InfluxDB takes it; the writer's token is needed, as for `/write`.
+pub async fn post_query_v1(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<Vec<(String, String)>>,
+    peer: PeerNames,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let answer = (|| {
+        let password = param(&params, "p");
+        let authorization = v1_authorization(&headers, password.as_deref());
+        authenticate(
+            &state,
+            authorization.as_deref(),
+            &peer,
+            "the token is not known",
+            MISSING_V1,
+        )?;
+        let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
+            .map_err(|e| ApiError::BadRequest(format!("the form body: {e}")))?;
+        let q = param(&params, "q")
+            .or_else(|| param(&form, "q"))
+            .ok_or_else(|| ApiError::BadRequest("missing parameter \"q\"".into()))?;
+        let statement = q.trim().trim_end_matches(';');
+        let words: Vec<&str> = statement.split_whitespace().take(2).collect();
+        if words.len() == 2
+            && words[0].eq_ignore_ascii_case("create")
+            && words[1].eq_ignore_ascii_case("database")
+        {
+            return Ok(
+                axum::Json(serde_json::json!({"results": [{"statement_id": 0}]})).into_response(),
+            );
+        }
+        Err(ApiError::BadRequest(format!(
+            "{statement:?}: this collector answers only CREATE DATABASE here (a no-op: it has one store); query it with /prometheus/api/v1/query or /api/v1/query"
+        )))
+    })();
+    answer.unwrap_or_else(|error| state.fail("query_v1", error).into_response())
+}
+
+/// The 401 body of a v1 request without credentials.
+const MISSING_V1: &str = "missing credentials: Authorization: Token <token> (or Bearer <token>, or Basic with the token as the password), or the p=<token> parameter";
+
+/// The first value of parameter `name`.
+fn param(params: &[(String, String)], name: &str) -> Option<String> {
+    params
+        .iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.clone())
+}
+
+/// The credentials of a v1 request: its `Authorization` header, else its `p` parameter as a
+/// token.
+fn v1_authorization(headers: &HeaderMap, password: Option<&str>) -> Option<String> {
+    super::authorization(headers)
+        .map(str::to_owned)
+        .or_else(|| password.map(|p| format!("Token {p}")))
+}
+
 async fn write(
     state: &AppState,
+    dialect: Dialect,
     params: Vec<(String, String)>,
     headers: &HeaderMap,
     peer: &PeerNames,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let authorization = match dialect {
+        Dialect::V1 => v1_authorization(headers, param(&params, "p").as_deref()),
+        Dialect::V2 => super::authorization(headers).map(str::to_owned),
+    };
+    let missing = match dialect {
+        Dialect::V1 => MISSING_V1,
+        Dialect::V2 => "missing Authorization: Token <token> (or Bearer <token>)",
+    };
     let agent_id = authenticate(
         state,
-        headers,
+        authorization.as_deref(),
         peer,
         "the token is not known",
-        "missing Authorization: Token <token> (or Bearer <token>)",
+        missing,
     )?;
     let mut precision = Precision::Nanoseconds;
     for (key, value) in params {
-        match key.as_str() {
-            "precision" => {
+        match (dialect, key.as_str()) {
+            (_, "precision") => {
                 precision = Precision::parse(&value).ok_or_else(|| {
-                    ApiError::BadRequest(format!("precision: {value:?} is not ns, us, ms or s"))
+                    ApiError::BadRequest(format!(
+                        "precision: {value:?} is not ns, us, ms, s (or v1's n, u, m, h)"
+                    ))
                 })?;
             }
-            "org" | "bucket" | "orgID" | "db" | "rp" => {}
-            other => return Err(ApiError::BadRequest(format!("unknown parameter {other:?}"))),
+            (Dialect::V2, "org" | "bucket" | "orgID" | "db" | "rp") => {}
+            (Dialect::V1, "db" | "rp" | "u" | "p" | "consistency") => {}
+            (_, other) => {
+                return Err(ApiError::BadRequest(format!("unknown parameter {other:?}")));
+            }
         }
     }
     let content_encoding = headers
@@ -144,11 +264,13 @@ async fn write(
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     let refused = rejected.len().saturating_sub(quarantined as usize);
+    let message = format!(
+        "partial write: {refused} of {lines} lines did not parse and {quarantined} points were quarantined by the collector's checks (all kept in the quarantine, GET /api/v1/quarantine); the others are stored"
+    );
     let body = PartialWrite {
         code: "invalid",
-        message: format!(
-            "partial write: {refused} of {lines} lines did not parse and {quarantined} points were quarantined by the collector's checks (all kept in the quarantine, GET /api/v1/quarantine); the others are stored"
-        ),
+        error: message.clone(),
+        message,
         stored: stored.ack.stored,
         quarantined,
         rejected,
