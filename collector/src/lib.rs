@@ -34,6 +34,7 @@ pub mod auth;
 pub mod clean;
 pub mod config;
 pub mod metrics;
+pub mod prometheus;
 pub mod rollup;
 pub mod storage;
 pub mod tls;

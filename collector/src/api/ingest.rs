@@ -197,7 +197,7 @@ pub(super) async fn store(
     });
     let what = match origin {
         Origin::Agent => "batch",
-        Origin::LineProtocol => "write",
+        Origin::LineProtocol | Origin::RemoteWrite => "write",
     };
     answer
         .await

@@ -8,6 +8,7 @@ mod listings;
 pub mod memory;
 pub mod openapi;
 mod query;
+mod remote_write;
 mod write;
 
 use std::sync::Arc;
@@ -85,6 +86,12 @@ fn endpoints() -> Vec<(
             "/api/v2/write",
             Gate::Write,
             post(write::post_write),
+        ),
+        (
+            "post",
+            "/prometheus/api/v1/write",
+            Gate::Write,
+            post(remote_write::post_remote_write),
         ),
         ("post", "/write", Gate::Write, post(write::post_write_v1)),
         ("post", "/query", Gate::Write, post(write::post_query_v1)),

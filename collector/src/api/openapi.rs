@@ -128,6 +128,22 @@ pub fn document() -> Value {
                     }
                 }
             },
+            "/prometheus/api/v1/write": {
+                "post": {
+                    "summary": "Prometheus remote write 1.0 (snappy-compressed protobuf): each series stored as its metric name, labels as tags, samples in the field `value`",
+                    "security": [{ "bearer": [] }, { "basic": [] }],
+                    "requestBody": { "required": true, "content": { "application/x-protobuf": { "schema": { "type": "string", "format": "binary" } } }, "description": "A WriteRequest; Content-Encoding snappy" },
+                    "responses": {
+                        "204": { "description": "Every series stored" },
+                        "400": error_response("Not a remote write request, or series that can never be taken (no __name__, duplicate labels, native histograms, a timestamp out of range): the good ones are stored, the others quarantined; not retried"),
+                        "401": error_response("Unknown or missing token"),
+                        "413": error_response("Too large; nothing stored: lower max_samples_per_send"),
+                        "415": error_response("Not snappy or not protobuf"),
+                        "429": error_response("Ingest memory or queue full; retried"),
+                        "503": error_response("Storage cannot commit or shutting down; retried")
+                    }
+                }
+            },
             "/write": {
                 "post": {
                     "summary": "InfluxDB v1 line protocol ingest (Telegraf's influxdb output); answers as /api/v2/write does, errors in `error`",

@@ -138,10 +138,13 @@ pub async fn post_query_v1(
             .or_else(|| param(&form, "q"))
             .ok_or_else(|| ApiError::BadRequest("missing parameter \"q\"".into()))?;
         let statement = q.trim().trim_end_matches(';');
-        let words: Vec<&str> = statement.split_whitespace().take(2).collect();
-        if words.len() == 2
-            && words[0].eq_ignore_ascii_case("create")
-            && words[1].eq_ignore_ascii_case("database")
+        let mut words = statement.split_whitespace();
+        if words
+            .next()
+            .is_some_and(|w| w.eq_ignore_ascii_case("create"))
+            && words
+                .next()
+                .is_some_and(|w| w.eq_ignore_ascii_case("database"))
         {
             return Ok(
                 axum::Json(serde_json::json!({"results": [{"statement_id": 0}]})).into_response(),

@@ -76,9 +76,23 @@ pub enum StorageError {
 pub enum Origin {
     /// A Tributary agent's batch: sequences and marks make it exactly-once.
     Agent,
-    /// InfluxDB line protocol (`/api/v2/write`): no sequences; every point is new, and the
-    /// batch's rejects are the lines that did not parse.
+    /// InfluxDB line protocol (`/api/v2/write`, `/write`): no sequences; every point is new,
+    /// and the batch's rejects are the lines that did not parse.
     LineProtocol,
+    /// Prometheus remote write: no sequences either; the rejects are the series that could
+    /// not be taken.
+    RemoteWrite,
+}
+
+impl Origin {
+    /// What the quarantine's `source` and `origin` say of what this origin sent.
+    pub fn source(self) -> &'static str {
+        match self {
+            Origin::Agent => "batch",
+            Origin::LineProtocol => "line_protocol",
+            Origin::RemoteWrite => "remote_write",
+        }
+    }
 }
 
 /// A batch to store, from the agent its token belongs to.

@@ -95,11 +95,7 @@ pub(super) fn store_batch<'a>(
             "INSERT INTO quarantine (received_at, origin, agent_id, epoch, source, topic, ts, payload, reason)
              VALUES (?1, 'collector', ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
-        let source = if agent_origin {
-            "batch"
-        } else {
-            "line_protocol"
-        };
+        let source = job.origin.source();
         let points = batch.points.get(range.clone()).unwrap_or_default();
         for ((index, seq), point) in range.clone().zip(first_seq..).zip(points) {
             if agent_origin && seq <= mark.last_seq {
@@ -190,7 +186,7 @@ pub(super) fn store_batch<'a>(
         let origin = if agent_origin {
             "agent"
         } else {
-            "line_protocol"
+            job.origin.source()
         };
         for reject in batch
             .rejects

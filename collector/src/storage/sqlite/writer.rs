@@ -154,7 +154,7 @@ impl WriterThread {
                     }
                     (mark, shift)
                 }
-                Origin::LineProtocol => (0, 0),
+                Origin::LineProtocol | Origin::RemoteWrite => (0, 0),
             };
             let first_seq = job.batch.first_seq;
             let mut verdicts = Vec::with_capacity(job.batch.points.len());
