@@ -15,6 +15,7 @@ mod faults;
 mod influx_v1;
 mod observe;
 mod overflow;
+mod prometheus;
 mod reload;
 mod scheduled;
 mod spine;

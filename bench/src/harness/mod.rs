@@ -4,6 +4,7 @@ mod mosquitto;
 pub mod pipelined;
 mod process;
 pub mod procstat;
+pub mod prometheus;
 mod publisher;
 pub mod tls;
 mod tributary;
