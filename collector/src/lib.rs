@@ -35,6 +35,7 @@ pub mod clean;
 pub mod config;
 pub mod metrics;
 pub mod prometheus;
+pub mod promql;
 pub mod rollup;
 pub mod storage;
 pub mod tls;

@@ -1,0 +1,202 @@
+//! PromQL: expressions parsed by `promql-parser`, evaluated here against series from a
+//! [`Source`] (the store through [`crate::prometheus`]' naming, or a fixed set in tests).
+//!
+//! Evaluation follows Prometheus 2's semantics: an instant vector selector takes each series'
+//! newest sample within the 5-minute lookback before the evaluation time (not a stale marker);
+//! a range selector takes the samples in `[t - range, t]`; `offset` and `@` move those
+//! windows; a subquery evaluates its expression at the absolute multiples of its step inside
+//! its range; `rate`, `increase` and `delta` extrapolate as Prometheus does. A range query is
+//! the instant evaluation at each step (`start + k·step`), so both agree by construction.
+//! The series a query touches are loaded once, for the whole window it needs, and the steps
+//! slice them.
+//!
+//! What is not implemented (native histograms, experimental functions, `limitk`, the `or`
+//! matcher syntax) is refused with an error that starts with "unsupported": never a wrong
+//! answer.
+
+mod eval;
+mod functions;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+pub use eval::Evaluator;
+use promql_parser::label::{MatchOp, Matcher};
+use promql_parser::parser::Expr;
+
+/// A series' labels, `__name__` included, sorted by name.
+pub type Labels = BTreeMap<String, String>;
+
+/// The label that carries the metric name.
+pub const METRIC_NAME: &str = "__name__";
+
+/// Prometheus' stale marker: a NaN with this bit pattern ends a series.
+pub const STALE_NAN: u64 = 0x7ff0_0000_0000_0002;
+
+/// Whether `value` is the stale marker.
+pub fn is_stale(value: f64) -> bool {
+    value.to_bits() == STALE_NAN
+}
+
+/// One series with its samples (milliseconds, oldest first).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    pub labels: Arc<Labels>,
+    pub samples: Vec<(i64, f64)>,
+}
+
+/// One element of an instant vector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub labels: Arc<Labels>,
+    pub value: f64,
+    /// The sample's own time for a plain selector (what `timestamp()` answers), else the
+    /// evaluation time.
+    pub ts: i64,
+}
+
+/// What an expression evaluates to at one time.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Scalar(f64),
+    String(String),
+    Vector(Vec<Sample>),
+    Matrix(Vec<Series>),
+}
+
+impl Value {
+    /// Prometheus' name of the type (`resultType`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Value::Scalar(_) => "scalar",
+            Value::String(_) => "string",
+            Value::Vector(_) => "vector",
+            Value::Matrix(_) => "matrix",
+        }
+    }
+}
+
+/// Why a query has no answer, with Prometheus' `errorType`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    /// The query or a parameter is malformed (`bad_data`, 400).
+    #[error("{0}")]
+    BadData(String),
+    /// Evaluation failed (`execution`, 422), unsupported features included.
+    #[error("{0}")]
+    Execution(String),
+    /// The query took longer than allowed (`timeout`, 503).
+    #[error("{0}")]
+    Timeout(String),
+    /// The store could not be read (`internal`, 500).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl QueryError {
+    pub fn unsupported(what: impl std::fmt::Display) -> QueryError {
+        QueryError::Execution(format!("unsupported: {what}"))
+    }
+
+    /// Prometheus' `errorType`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            QueryError::BadData(_) => "bad_data",
+            QueryError::Execution(_) => "execution",
+            QueryError::Timeout(_) => "timeout",
+            QueryError::Internal(_) => "internal",
+        }
+    }
+}
+
+/// Where series come from.
+pub trait Source {
+    /// Every series whose labels satisfy all `matchers`, with its samples in `[from, to]`
+    /// (ms). At most `budget` samples in all, else an error.
+    fn select(
+        &self,
+        matchers: &[Matcher],
+        from: i64,
+        to: i64,
+        budget: usize,
+    ) -> Result<Vec<Series>, QueryError>;
+}
+
+/// Whether `labels` satisfy every matcher (a missing label is the empty string).
+pub fn matches(labels: &Labels, matchers: &[Matcher]) -> bool {
+    matchers.iter().all(|m| {
+        let value = labels.get(&m.name).map_or("", String::as_str);
+        m.is_match(value)
+    })
+}
+
+/// Whether a matcher set selects nothing but empty label values: Prometheus refuses such a
+/// selector (`{}` or `{a=""}`) as it would match every series.
+pub fn matches_everything(matchers: &[Matcher]) -> bool {
+    matchers.iter().all(|m| m.is_match(""))
+}
+
+/// The parsed query, or a `bad_data` error with the parser's message.
+pub fn parse(query: &str) -> Result<Expr, QueryError> {
+    promql_parser::parser::parse(query).map_err(QueryError::BadData)
+}
+
+/// A selector's matchers with its metric name as a `__name__` matcher.
+pub fn selector_matchers(
+    selector: &promql_parser::parser::VectorSelector,
+) -> Result<Vec<Matcher>, QueryError> {
+    if !selector.matchers.or_matchers.is_empty() {
+        return Err(QueryError::unsupported("the `or` matcher syntax"));
+    }
+    let mut matchers = selector.matchers.matchers.clone();
+    if let Some(name) = &selector.name
+        && !matchers.iter().any(|m| m.name == METRIC_NAME)
+    {
+        matchers.push(Matcher::new(MatchOp::Equal, METRIC_NAME, name));
+    }
+    Ok(matchers)
+}
+
+/// An in-memory source, for tests and for answers computed from loaded series.
+#[derive(Debug, Clone, Default)]
+pub struct MemorySource {
+    pub series: Vec<Series>,
+}
+
+impl Source for MemorySource {
+    fn select(
+        &self,
+        matchers: &[Matcher],
+        from: i64,
+        to: i64,
+        budget: usize,
+    ) -> Result<Vec<Series>, QueryError> {
+        let mut out = Vec::new();
+        let mut total = 0usize;
+        for series in &self.series {
+            if !matches(&series.labels, matchers) {
+                continue;
+            }
+            let samples: Vec<(i64, f64)> = series
+                .samples
+                .iter()
+                .copied()
+                .filter(|&(ts, _)| ts >= from && ts <= to)
+                .collect();
+            total = total.saturating_add(samples.len());
+            if total > budget {
+                return Err(QueryError::Execution(format!(
+                    "the query would load more than {budget} samples (query.max_points)"
+                )));
+            }
+            out.push(Series {
+                labels: Arc::clone(&series.labels),
+                samples,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests;

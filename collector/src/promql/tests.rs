@@ -1,0 +1,151 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+
+fn labels(pairs: &[(&str, &str)]) -> Arc<Labels> {
+    Arc::new(
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    )
+}
+
+/// Samples every 15 s from 0 to 10 minutes.
+fn source() -> MemorySource {
+    let every = |f: &dyn Fn(i64) -> f64| -> Vec<(i64, f64)> {
+        (0..=40).map(|i| (i * 15_000, f(i))).collect()
+    };
+    MemorySource {
+        series: vec![
+            Series {
+                labels: labels(&[
+                    ("__name__", "requests_total"),
+                    ("job", "api"),
+                    ("code", "200"),
+                ]),
+                samples: every(&|i| (i * 10) as f64),
+            },
+            Series {
+                labels: labels(&[
+                    ("__name__", "requests_total"),
+                    ("job", "api"),
+                    ("code", "500"),
+                ]),
+                // A counter reset at i = 20.
+                samples: every(&|i| if i < 20 { i as f64 } else { (i - 20) as f64 }),
+            },
+            Series {
+                labels: labels(&[("__name__", "temperature"), ("room", "a")]),
+                samples: every(&|i| 20.0 + (i % 4) as f64),
+            },
+        ],
+    }
+}
+
+fn instant(query: &str, time: i64) -> Result<Value, QueryError> {
+    let source = source();
+    let expr = parse(query)?;
+    Evaluator::new(&source, time, time, 1_000_000, Duration::from_secs(5)).instant(&expr, time)
+}
+
+fn values(value: Value) -> Vec<(String, f64)> {
+    let Value::Vector(samples) = value else {
+        panic!("not a vector: {value:?}");
+    };
+    let mut out: Vec<(String, f64)> = samples
+        .into_iter()
+        .map(|s| (format!("{:?}", s.labels), s.value))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+#[test]
+fn selectors_take_the_newest_sample_within_the_lookback() {
+    let v = values(instant("temperature", 100_000).unwrap());
+    // 100 s: the newest sample is at 90 s (i = 6): 20 + 2.
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0].1, 22.0);
+    // 5 minutes after the last sample (600 s) it is still there; just after, gone.
+    assert_eq!(values(instant("temperature", 900_000).unwrap()).len(), 1);
+    assert!(values(instant("temperature", 900_001).unwrap()).is_empty());
+    assert_eq!(
+        values(instant("temperature offset 15s", 100_000).unwrap())[0].1,
+        21.0
+    );
+    assert_eq!(
+        values(instant("temperature @ 45", 600_000).unwrap())[0].1,
+        23.0
+    );
+    assert_eq!(
+        values(instant("requests_total{code=~\"5..\"}", 600_000).unwrap()).len(),
+        1
+    );
+    assert!(matches!(
+        instant("{job=\"\"}", 0),
+        Err(QueryError::BadData(_))
+    ));
+}
+
+#[test]
+fn rate_accounts_for_resets_and_extrapolates() {
+    // code 200: +10 every 15 s: rate 2/3 per second, exactly, whatever the extrapolation.
+    let v = values(instant("rate(requests_total{code=\"200\"}[5m])", 600_000).unwrap());
+    assert!((v[0].1 - 10.0 / 15.0).abs() < 1e-12, "{v:?}");
+    // code 500 over [300 s, 600 s]: 20 samples... reset at 300 s: increase 20 over 300 s.
+    let v = values(instant("increase(requests_total{code=\"500\"}[5m])", 600_000).unwrap());
+    assert!((v[0].1 - 20.0).abs() < 1e-9, "{v:?}");
+    let v = values(instant("resets(requests_total[10m])", 600_000).unwrap());
+    assert_eq!(v.iter().map(|x| x.1).collect::<Vec<_>>(), vec![0.0, 1.0]);
+}
+
+#[test]
+fn aggregations_and_binary_operators_match_labels() {
+    let v = values(instant("sum by (job) (requests_total)", 600_000).unwrap());
+    assert_eq!(v, vec![("{\"job\": \"api\"}".to_owned(), 420.0)]);
+    let v = values(
+        instant(
+            "requests_total{code=\"500\"} / ignoring(code) requests_total{code=\"200\"}",
+            600_000,
+        )
+        .unwrap(),
+    );
+    assert_eq!(v, vec![("{\"job\": \"api\"}".to_owned(), 20.0 / 400.0)]);
+    let v = values(instant("requests_total > 100", 600_000).unwrap());
+    assert_eq!(v.len(), 1);
+    let v = values(instant("count(requests_total > bool 100)", 600_000).unwrap());
+    assert_eq!(v[0].1, 2.0);
+    assert!(
+        instant("requests_total / on(job) requests_total", 600_000)
+            .unwrap_err()
+            .to_string()
+            .contains("many-to-many")
+    );
+}
+
+#[test]
+fn unsupported_functions_say_so() {
+    let error = instant("limitk(1, temperature)", 0);
+    assert!(error.is_err());
+    let error = instant("mad_over_time(temperature[5m])", 600_000).unwrap_err();
+    assert!(error.to_string().starts_with("unsupported"), "{error}");
+}
+
+#[test]
+fn a_range_query_is_the_instant_query_at_each_step() {
+    let source = source();
+    let expr = parse("avg_over_time(temperature[1m])").unwrap();
+    let series = Evaluator::new(&source, 60_000, 600_000, 1_000_000, Duration::from_secs(5))
+        .range(&expr, 60_000)
+        .unwrap();
+    assert_eq!(series.len(), 1);
+    assert_eq!(series[0].samples.len(), 10);
+    for &(t, v) in &series[0].samples {
+        let Value::Vector(at) = instant("avg_over_time(temperature[1m])", t).unwrap() else {
+            panic!()
+        };
+        assert_eq!(at[0].value, v);
+    }
+}
