@@ -7,6 +7,7 @@ pub mod limit;
 mod listings;
 pub mod memory;
 pub mod openapi;
+mod prometheus;
 mod query;
 mod remote_write;
 mod write;
@@ -94,6 +95,54 @@ fn endpoints() -> Vec<(
             post(remote_write::post_remote_write),
         ),
         ("post", "/write", Gate::Write, post(write::post_write_v1)),
+        (
+            "get",
+            "/prometheus/api/v1/query",
+            Gate::Read,
+            get(prometheus::query).post(prometheus::query),
+        ),
+        (
+            "get",
+            "/prometheus/api/v1/query_range",
+            Gate::Read,
+            get(prometheus::query_range).post(prometheus::query_range),
+        ),
+        (
+            "get",
+            "/prometheus/api/v1/series",
+            Gate::Read,
+            get(prometheus::series).post(prometheus::series),
+        ),
+        (
+            "get",
+            "/prometheus/api/v1/labels",
+            Gate::Read,
+            get(prometheus::labels).post(prometheus::labels),
+        ),
+        (
+            "get",
+            "/prometheus/api/v1/label/{name}/values",
+            Gate::Read,
+            get(prometheus::label_values),
+        ),
+        (
+            "get",
+            "/prometheus/api/v1/metadata",
+            Gate::Read,
+            get(prometheus::metadata),
+        ),
+        (
+            "get",
+            "/prometheus/api/v1/status/buildinfo",
+            Gate::Read,
+            get(prometheus::buildinfo),
+        ),
+        (
+            "get",
+            "/prometheus/api/v1/format_query",
+            Gate::Read,
+            get(prometheus::format_query).post(prometheus::format_query),
+        ),
         ("post", "/query", Gate::Write, post(write::post_query_v1)),
         ("get", "/ping", Gate::Open, get(write::get_ping)),
         ("get", "/api/v1/time", Gate::Open, get(ingest::get_time)),

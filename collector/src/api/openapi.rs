@@ -21,6 +21,18 @@ fn query_param(name: &str, description: &str, schema: &Value, required: bool) ->
     json!({ "name": name, "in": "query", "required": required, "description": description, "schema": schema })
 }
 
+/// The answers of the Prometheus API: its envelope, with `errorType` on failure.
+fn prom_responses() -> serde_json::Value {
+    json!({
+        "200": { "description": "`{\"status\": \"success\", \"data\": …}`", "content": { "application/json": { "schema": { "type": "object" } } } },
+        "400": { "description": "`bad_data`: the query or a parameter is malformed" },
+        "401": error_response("Missing or unknown token"),
+        "403": error_response("An agent's token (agents write, readers read)"),
+        "422": { "description": "`execution`: evaluation failed, an unsupported feature included (the error starts with \"unsupported\")" },
+        "503": { "description": "`timeout`" }
+    })
+}
+
 fn error_response(description: &str) -> Value {
     json!({ "description": description, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } })
 }
@@ -126,6 +138,63 @@ pub fn document() -> Value {
                         "429": error_response("Ingest memory or queue full; retry after Retry-After"),
                         "503": error_response("Storage cannot commit or shutting down")
                     }
+                }
+            },
+            "/prometheus/api/v1/query": {
+                "get": {
+                    "summary": "Prometheus API: a PromQL instant query (also POST with a form body)",
+                    "parameters": [
+                        query_param("query", "PromQL", &json!({ "type": "string" }), true),
+                        query_param("time", "RFC 3339 or Unix seconds (default: now)", &json!({ "type": "string" }), false),
+                        query_param("timeout", "At most 2 minutes", &json!({ "type": "string" }), false)
+                    ],
+                    "responses": prom_responses()
+                }
+            },
+            "/prometheus/api/v1/query_range": {
+                "get": {
+                    "summary": "Prometheus API: a PromQL range query (also POST with a form body)",
+                    "parameters": [
+                        query_param("query", "PromQL", &json!({ "type": "string" }), true),
+                        query_param("start", "RFC 3339 or Unix seconds", &json!({ "type": "string" }), true),
+                        query_param("end", "RFC 3339 or Unix seconds", &json!({ "type": "string" }), true),
+                        query_param("step", "Seconds or a duration (1m)", &json!({ "type": "string" }), true),
+                        query_param("timeout", "At most 2 minutes", &json!({ "type": "string" }), false)
+                    ],
+                    "responses": prom_responses()
+                }
+            },
+            "/prometheus/api/v1/series": {
+                "get": {
+                    "summary": "Prometheus API: the label sets of the series matching match[] (also POST)",
+                    "parameters": [query_param("match[]", "Series selectors (repeatable)", &json!({ "type": "string" }), true)],
+                    "responses": prom_responses()
+                }
+            },
+            "/prometheus/api/v1/labels": {
+                "get": {
+                    "summary": "Prometheus API: label names, of the series matching match[] if given (also POST)",
+                    "responses": prom_responses()
+                }
+            },
+            "/prometheus/api/v1/label/{name}/values": {
+                "get": {
+                    "summary": "Prometheus API: the values of a label (`__name__`: metric names)",
+                    "parameters": [{ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }],
+                    "responses": prom_responses()
+                }
+            },
+            "/prometheus/api/v1/metadata": {
+                "get": { "summary": "Prometheus API: metric metadata (none is kept yet: an empty object)", "responses": prom_responses() }
+            },
+            "/prometheus/api/v1/status/buildinfo": {
+                "get": { "summary": "Prometheus API: the Prometheus API version followed", "responses": prom_responses() }
+            },
+            "/prometheus/api/v1/format_query": {
+                "get": {
+                    "summary": "Prometheus API: a PromQL expression, formatted (also POST)",
+                    "parameters": [query_param("query", "PromQL", &json!({ "type": "string" }), true)],
+                    "responses": prom_responses()
                 }
             },
             "/prometheus/api/v1/write": {
@@ -251,7 +320,7 @@ pub fn document() -> Value {
                     "responses": { "200": { "description": "The records, oldest first", "content": { "application/json": { "schema": { "type": "object", "properties": {
                         "records": { "type": "array", "items": { "type": "object", "properties": {
                             "id": { "type": "integer" }, "received_at": { "type": "string" },
-                            "origin": { "type": "string", "enum": ["agent", "collector", "line_protocol"] },
+                            "origin": { "type": "string", "enum": ["agent", "collector", "line_protocol", "remote_write"] },
                             "agent": { "type": "string", "nullable": true }, "source": { "type": "string" }, "topic": { "type": "string" },
                             "time": { "type": "string", "nullable": true }, "payload": { "type": "string" },
                             "payload_encoding": { "type": "string", "enum": ["text", "hex"] }, "reason": { "type": "string" }

@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 pub use eval::Evaluator;
+pub use functions::format_value;
 use promql_parser::label::{MatchOp, Matcher};
 use promql_parser::parser::Expr;
 

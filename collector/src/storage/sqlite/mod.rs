@@ -32,6 +32,7 @@ use crate::rollup::Resolution;
 mod batch;
 mod checkpointer;
 pub mod chunks;
+pub mod prom;
 mod reads;
 mod retention;
 pub mod rollups;
@@ -220,6 +221,18 @@ impl Storage {
     /// Raw points of the series a query matches.
     pub async fn query_raw(&self, query: RawQuery) -> Result<QueryResult, StorageError> {
         self.reads.run(move |conn| query_raw(conn, &query)).await
+    }
+
+    /// Runs PromQL work (an evaluation, a listing) on a read connection seen as a
+    /// [`crate::promql::Source`].
+    pub async fn promql<T, F>(&self, work: F) -> Result<T, StorageError>
+    where
+        F: FnOnce(&prom::SqliteSource<'_>) -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.reads
+            .run(move |conn| Ok(work(&prom::SqliteSource { conn })))
+            .await
     }
 
     /// Buckets of a query, from the coarsest fitting rollup or the raw points.
