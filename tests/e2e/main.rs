@@ -16,6 +16,7 @@ mod influx_v1;
 mod observe;
 mod overflow;
 mod prometheus;
+mod promql;
 mod reload;
 mod scheduled;
 mod spine;

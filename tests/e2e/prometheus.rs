@@ -33,7 +33,7 @@ async fn collector_samples(url: &str, metric: &str, room: Option<&str>) -> Vec<(
             samples.push((ts / 1_000_000, point[1].as_f64().unwrap()));
         }
     }
-    samples.sort_by(|a, b| a.0.cmp(&b.0));
+    samples.sort_by_key(|s| s.0);
     samples
 }
 
@@ -59,7 +59,7 @@ async fn prometheus_samples(url: &str, selector: &str) -> Vec<(i64, f64)> {
             samples.push((ms, value[1].as_str().unwrap().parse().unwrap()));
         }
     }
-    samples.sort_by(|a, b| a.0.cmp(&b.0));
+    samples.sort_by_key(|s| s.0);
     samples
 }
 

@@ -443,9 +443,7 @@ impl<'a> Evaluator<'a> {
             (Value::Scalar(s), Value::Vector(v)) => {
                 vector_scalar(&op, v, s, true, return_bool, comparison, time)
             }
-            (Value::Vector(l), Value::Vector(r)) => {
-                vector_vector(&op, l, r, b, return_bool, comparison, time)
-            }
+            (Value::Vector(l), Value::Vector(r)) => vector_vector(&op, l, r, b, return_bool, time),
             (l, r) => Err(QueryError::BadData(format!(
                 "binary operator {op} between {} and {}",
                 l.kind(),
@@ -477,6 +475,12 @@ pub(super) fn drop_name(labels: &Arc<Labels>) -> Arc<Labels> {
     } else {
         Arc::clone(labels)
     }
+}
+
+/// Whether `op`'s result loses the metric name: arithmetic does, comparisons and (as in
+/// Prometheus 2) `atan2` do not.
+fn drops_name(op: &str) -> bool {
+    matches!(op, "+" | "-" | "*" | "/" | "%" | "^")
 }
 
 /// `op` on two numbers: the value, and for comparisons whether it holds.
@@ -530,10 +534,10 @@ fn vector_scalar(
         } else if !keep {
             continue;
         }
-        let labels = if comparison && !return_bool {
-            sample.labels
-        } else {
+        let labels = if drops_name(op) || return_bool {
             drop_name(&sample.labels)
+        } else {
+            sample.labels
         };
         out.push(Sample {
             labels,
@@ -572,7 +576,6 @@ fn vector_vector(
     rhs: Vec<Sample>,
     b: &BinaryExpr,
     return_bool: bool,
-    comparison: bool,
     time: i64,
 ) -> Result<Value, QueryError> {
     let matching = b.modifier.as_ref().and_then(|m| m.matching.as_ref());
@@ -633,7 +636,7 @@ fn vector_vector(
             )));
         }
     }
-    let drop_metric = !comparison || return_bool;
+    let drop_metric = drops_name(op) || return_bool;
     let mut matched: HashMap<Vec<(String, String)>, HashSet<Arc<Labels>>> = HashMap::new();
     let mut out = Vec::new();
     for sample in &many {
