@@ -46,6 +46,44 @@ pub struct RawConfig {
     /// How long data is kept: `raw`, and one key per rollup resolution (e.g. `"1m"`).
     #[serde(default)]
     pub retention: BTreeMap<String, String>,
+    /// Where stored data is sent on.
+    #[serde(default)]
+    pub exports: RawExports,
+}
+
+/// `[exports]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExports {
+    /// `[[exports.remote_write]]`: Prometheus remote write receivers.
+    #[serde(default)]
+    pub remote_write: Vec<RawRemoteWrite>,
+}
+
+/// `[[exports.remote_write]]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRemoteWrite {
+    pub name: Option<String>,
+    pub url: Option<String>,
+    pub bearer_token: Option<String>,
+    pub basic_auth: Option<RawBasicAuth>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(rename = "match", default)]
+    pub matcher: Option<crate::clean::config::RawMatch>,
+    pub batch_size: Option<usize>,
+    pub concurrency: Option<usize>,
+    pub timeout: Option<String>,
+    pub poll_interval: Option<String>,
+}
+
+/// `basic_auth = { username = "…", password = "…" }`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBasicAuth {
+    pub username: Option<String>,
+    pub password: Option<String>,
 }
 
 /// `[rollups]`
@@ -164,6 +202,8 @@ pub struct Config {
     pub retention_interval: Duration,
     /// TLS on the listener, checked (the files load and go together).
     pub tls: Option<TlsFiles>,
+    /// `[[exports.remote_write]]`, checked.
+    pub exports: Vec<crate::export::RemoteWriteExport>,
 }
 
 impl Config {
@@ -212,6 +252,7 @@ impl Config {
             time: self.time.clone(),
             resolutions: self.resolutions.clone(),
             raw_retention: self.raw_retention,
+            export_feed: !self.exports.is_empty(),
         }
     }
 }
@@ -329,7 +370,9 @@ impl Resolve for RawConfig {
             raw.rollups.retention_interval.as_deref(),
             "10m",
         )?;
+        let exports = resolve_exports(raw.exports, source)?;
         Ok(Config {
+            exports,
             tls,
             rules,
             time,
@@ -422,6 +465,82 @@ fn resolve_tokens(
         }
     }
     Ok((holders, order))
+}
+
+/// `[[exports.remote_write]]`: names present and unique, a URL, one way to authenticate.
+fn resolve_exports(
+    raw: RawExports,
+    source: &Source,
+) -> Result<Vec<crate::export::RemoteWriteExport>, ConfigError> {
+    use crate::export::{Auth, RemoteWriteExport};
+    let mut out: Vec<RemoteWriteExport> = Vec::new();
+    for (index, export) in raw.remote_write.into_iter().enumerate() {
+        let key = |name: &str| format!("exports.remote_write[{index}].{name}");
+        let err = |name: &str, message: String| source.error(key(name), message);
+        let name = export
+            .name
+            .filter(|n| !n.trim().is_empty())
+            .ok_or_else(|| {
+                err(
+                    "name",
+                    "missing: each export needs a name (its cursor and metrics label)".into(),
+                )
+            })?;
+        if out.iter().any(|e| e.name == name) {
+            return Err(err("name", format!("{name:?} is already an export's name")));
+        }
+        let url = export
+            .url
+            .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
+            .ok_or_else(|| err("url", "missing, or not an http:// or https:// URL (the receiver's remote write endpoint)".into()))?;
+        let auth = match (export.bearer_token, export.basic_auth) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    "basic_auth",
+                    "give bearer_token or basic_auth, not both".into(),
+                ));
+            }
+            (Some(token), None) => Auth::Bearer(token),
+            (None, Some(basic)) => Auth::Basic {
+                username: basic
+                    .username
+                    .ok_or_else(|| err("basic_auth.username", "missing".into()))?,
+                password: basic.password.unwrap_or_default(),
+            },
+            (None, None) => Auth::None,
+        };
+        let matcher = match export.matcher {
+            Some(raw) => Some(std::sync::Arc::new(raw.resolve(&err)?)),
+            None => None,
+        };
+        let batch_size = export.batch_size.unwrap_or(2_000);
+        if !(1..=1_000_000).contains(&batch_size) {
+            return Err(err("batch_size", "must be between 1 and 1000000".into()));
+        }
+        let concurrency = export.concurrency.unwrap_or(1);
+        if !(1..=64).contains(&concurrency) {
+            return Err(err("concurrency", "must be between 1 and 64".into()));
+        }
+        let timeout = duration(source, &key("timeout"), export.timeout.as_deref(), "30s")?;
+        let poll_interval = duration(
+            source,
+            &key("poll_interval"),
+            export.poll_interval.as_deref(),
+            "1s",
+        )?;
+        out.push(RemoteWriteExport {
+            name,
+            url,
+            auth,
+            headers: export.headers.into_iter().collect(),
+            matcher,
+            batch_size,
+            concurrency,
+            timeout,
+            poll_interval,
+        });
+    }
+    Ok(out)
 }
 
 /// `tls_cert`, `tls_key` and `tls_client_ca`: both of the first two or neither, the third only

@@ -70,17 +70,19 @@ type Named = Option<Arc<Vec<Label>>>;
 /// Runs every export until `shutdown`.
 pub fn spawn_all(
     exports: &[RemoteWriteExport],
-    database: PathBuf,
+    database: &std::path::Path,
     metrics: &Arc<Metrics>,
     shutdown: &CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    // reqwest's rustls needs a process-wide provider: the same *ring* the listener uses.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let names: Arc<Vec<String>> = Arc::new(exports.iter().map(|e| e.name.clone()).collect());
     exports
         .iter()
         .map(|export| {
             tokio::spawn(run(
                 export.clone(),
-                database.clone(),
+                database.to_owned(),
                 Arc::clone(metrics),
                 Arc::clone(&names),
                 shutdown.clone(),
@@ -364,7 +366,10 @@ async fn send(
             .header("Content-Type", remote::CONTENT_TYPE)
             .header("Content-Encoding", "snappy")
             .header(remote::VERSION_HEADER, remote::VERSION)
-            .header("User-Agent", concat!("tributary-collector/", env!("CARGO_PKG_VERSION")));
+            .header(
+                "User-Agent",
+                concat!("tributary-collector/", env!("CARGO_PKG_VERSION")),
+            );
         for (name, value) in &export.headers {
             builder = builder.header(name, value);
         }

@@ -33,6 +33,7 @@ pub mod api;
 pub mod auth;
 pub mod clean;
 pub mod config;
+pub mod export;
 pub mod metrics;
 pub mod prometheus;
 pub mod promql;
@@ -90,6 +91,12 @@ pub async fn serve(
     let address = listener.local_addr().context("listener address")?;
     info!(address = %address, tls = config.tls.is_some(), mtls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()), storage = %config.storage_path.display(), agents = config.agent_ids.len(), "collector listening");
 
+    let exports = export::spawn_all(
+        &config.exports,
+        &config.storage_path,
+        &state.metrics,
+        &shutdown,
+    );
     let retention = tokio::spawn(retention_loop(
         Arc::clone(&state),
         config.retention_interval,
@@ -151,6 +158,10 @@ pub async fn serve(
     if let Err(e) = retention.await {
         warn!(error = %e, "the retention task failed");
         state.metrics.error("retention", "task");
+    }
+    // Exports stop at once on shutdown; a request in flight is sent again after a restart.
+    for export in exports {
+        let _ = export.await;
     }
     // Every handler is done with the state now; close storage so the writer finishes.
     match Arc::try_unwrap(state) {

@@ -6,6 +6,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tributary_common::errors::ErrorCounter;
@@ -25,6 +26,12 @@ pub struct RequestLabels {
 }
 
 /// Labels of an ingest request's outcome (its HTTP status).
+/// Labels of an export's figures.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExportLabels {
+    pub export: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabels {
     pub status: String,
@@ -75,6 +82,12 @@ pub struct Metrics {
     pub retention_deleted: Family<ReasonLabels, Counter>,
     /// Errors and warnings logged, by component and kind.
     pub errors: ErrorCounter,
+    /// Per export: samples the receiver took, samples it refused for good, values not sent
+    /// yet and the age of the oldest of them.
+    pub export_samples: Family<ExportLabels, Counter>,
+    pub export_dropped: Family<ExportLabels, Counter>,
+    pub export_lag_points: Family<ExportLabels, Gauge>,
+    pub export_lag_seconds: Family<ExportLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
 impl Metrics {
@@ -199,7 +212,35 @@ impl Metrics {
         );
         let errors = ErrorCounter::default();
         errors.register(&mut registry);
+        let export_samples = Family::default();
+        registry.register(
+            "export_samples",
+            "Samples an export's receiver took (2xx)",
+            export_samples.clone(),
+        );
+        let export_dropped = Family::default();
+        registry.register(
+            "export_dropped_samples",
+            "Samples an export's receiver refused for good (a 4xx other than 429)",
+            export_dropped.clone(),
+        );
+        let export_lag_points = Family::default();
+        registry.register(
+            "export_lag_points",
+            "Values stored and not yet sent by the export",
+            export_lag_points.clone(),
+        );
+        let export_lag_seconds = Family::default();
+        registry.register(
+            "export_lag_seconds",
+            "Age of the oldest value the export has not sent yet (0: none)",
+            export_lag_seconds.clone(),
+        );
         Metrics {
+            export_samples,
+            export_dropped,
+            export_lag_points,
+            export_lag_seconds,
             points_received,
             quarantine,
             clock_corrected_batches,
@@ -223,6 +264,35 @@ impl Metrics {
             commit_seconds,
             errors,
         }
+    }
+
+    /// An export's receiver took `samples`.
+    pub fn export_sent(&self, export: &str, samples: u64) {
+        self.export_samples
+            .get_or_create(&ExportLabels {
+                export: export.to_owned(),
+            })
+            .inc_by(samples);
+    }
+
+    /// An export's receiver refused `samples` for good.
+    pub fn export_dropped(&self, export: &str, samples: u64) {
+        self.export_dropped
+            .get_or_create(&ExportLabels {
+                export: export.to_owned(),
+            })
+            .inc_by(samples);
+    }
+
+    /// An export's lag: values not sent yet and the age of the oldest.
+    pub fn export_lag(&self, export: &str, points: u64, seconds: f64) {
+        let labels = ExportLabels {
+            export: export.to_owned(),
+        };
+        self.export_lag_points
+            .get_or_create(&labels)
+            .set(i64::try_from(points).unwrap_or(i64::MAX));
+        self.export_lag_seconds.get_or_create(&labels).set(seconds);
     }
 
     /// Counts one logged error or warning.

@@ -29,7 +29,10 @@ fn victoria(dir: &std::path::Path) -> (Process, u16) {
     let process = Process::spawn("victoria-metrics", command).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "victoria-metrics did not start");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "victoria-metrics did not start"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     (process, port)
@@ -41,7 +44,10 @@ fn lines(base_ms: i64, range: std::ops::Range<usize>) -> String {
     for i in range {
         for s in 0..SERIES {
             let ts = (base_ms + i as i64 * 2_000) * 1_000_000;
-            out.push_str(&format!("exported,sensor=s{s} reading={}.5 {ts}\n", i * 10 + s));
+            out.push_str(&format!(
+                "exported,sensor=s{s} reading={}.5 {ts}\n",
+                i * 10 + s
+            ));
         }
     }
     out
@@ -75,7 +81,10 @@ async fn counts(base: &str, at: i64) -> BTreeMap<String, f64> {
         .flatten()
         .map(|r| {
             (
-                r["metric"]["sensor"].as_str().unwrap_or_default().to_owned(),
+                r["metric"]["sensor"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
                 r["value"][1].as_str().unwrap().parse().unwrap(),
             )
         })
@@ -111,7 +120,7 @@ async fn exports_reach_prometheus_and_victoriametrics_once_through_a_kill() {
     });
     let (_vm, vm_port) = blocking(|| victoria(&dir.path().join("vm")));
     let extra = format!(
-        "\n[[exports.remote_write]]\nname = \"prom\"\nurl = \"{}/api/v1/write\"\nbatch_size = 40\nmatch = {{ name = \"exported\" }}\npoll_interval = \"200ms\"\n\n[[exports.remote_write]]\nname = \"vm\"\nurl = \"http://127.0.0.1:{vm_port}/api/v1/write\"\nbatch_size = 100\nconcurrency = 2\nheaders = {{ \"X-Scope-OrgID\" = \"t1\" }}\npoll_interval = \"200ms\"\n",
+        "\n[[exports.remote_write]]\nname = \"prom\"\nurl = \"{}/api/v1/write\"\nbatch_size = 5\nmatch = {{ name = \"exported\" }}\npoll_interval = \"200ms\"\n\n[[exports.remote_write]]\nname = \"vm\"\nurl = \"http://127.0.0.1:{vm_port}/api/v1/write\"\nbatch_size = 100\nconcurrency = 2\nheaders = {{ \"X-Scope-OrgID\" = \"t1\" }}\npoll_interval = \"200ms\"\n",
         prometheus.url()
     );
     let mut collector = blocking(|| {
@@ -126,39 +135,69 @@ async fn exports_reach_prometheus_and_victoriametrics_once_through_a_kill() {
         .unwrap()
     });
     let base_ms = tributary_wire::time::now_ns() / 1_000_000 - 20 * 60_000;
-    write(&collector.url(), &token, lines(base_ms, 0..100)).await;
-    // Kill it while the export is under way (40 samples a request: 30 requests to Prometheus).
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    blocking(|| collector.kill9());
-    blocking(|| collector.restart()).unwrap();
-    write(&collector.url(), &token, lines(base_ms, 100..POINTS)).await;
-
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    // Ten transactions: 120 feed entries of 10 values; Prometheus takes them 10 a request.
+    for part in 0..10 {
+        write(
+            &collector.url(),
+            &token,
+            lines(base_ms, part * 10..part * 10 + 10),
+        )
+        .await;
+    }
+    // Kill it while the export to Prometheus is under way: some sent, some not.
+    let total = (SERIES * 100) as f64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let (p, v) = (lag(&collector.url(), "prom").await, lag(&collector.url(), "vm").await);
-        if p == Some(0.0) && v == Some(0.0) {
+        let left = lag(&collector.url(), "prom").await.unwrap_or(total);
+        if left > 0.0 && left < total {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the exports did not catch up: lag {p:?} {v:?}; {:?}",
-            collector.process().logs()
+            "the export did not start: {left}"
         );
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    blocking(|| collector.kill9());
+    blocking(|| collector.restart()).unwrap();
+    write(&collector.url(), &token, lines(base_ms, 100..POINTS)).await;
+
+    // Both receivers end with every sample once (bounded wait: the exports catch up), and
+    // the exports then report no lag.
     let at = base_ms + POINTS as i64 * 2_000;
-    let expected: BTreeMap<String, f64> =
-        (0..SERIES).map(|s| (format!("s{s}"), POINTS as f64)).collect();
-    assert_eq!(counts(&prometheus.url(), at).await, expected, "Prometheus");
-    // VictoriaMetrics makes new samples searchable within a second or two.
+    let expected: BTreeMap<String, f64> = (0..SERIES)
+        .map(|s| (format!("s{s}"), POINTS as f64))
+        .collect();
+    let receivers = [
+        ("Prometheus", prometheus.url()),
+        ("VictoriaMetrics", format!("http://127.0.0.1:{vm_port}")),
+    ];
+    for (name, base) in &receivers {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let got = counts(base, at).await;
+            if got == expected {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name}: {got:?}; {:?}",
+                collector.process().logs()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let got = counts(&format!("http://127.0.0.1:{vm_port}"), at).await;
-        if got == expected {
+        let (p, v) = (
+            lag(&collector.url(), "prom").await,
+            lag(&collector.url(), "vm").await,
+        );
+        if p == Some(0.0) && v == Some(0.0) {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "VictoriaMetrics: {got:?}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(tokio::time::Instant::now() < deadline, "lag {p:?} {v:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let metrics = http()
         .get(format!("{}/metrics", collector.url()))

@@ -10,6 +10,7 @@ mod bad_input;
 mod collector_api;
 mod config_check;
 mod damaged;
+mod export;
 mod failover;
 mod faults;
 mod influx_v1;

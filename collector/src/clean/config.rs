@@ -68,6 +68,35 @@ pub struct RawMatch {
     pub field: Option<String>,
 }
 
+impl RawMatch {
+    /// The matcher, its globs checked; `err` names a key under `match.` of the table it is in.
+    pub fn resolve(
+        &self,
+        err: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<Matcher, ConfigError> {
+        let glob = |text: &str, at: &str| {
+            Glob::new(text).map_err(|e| err(at, format!("{text:?} is not a glob pattern ({e})")))
+        };
+        Ok(Matcher {
+            name: self
+                .name
+                .as_deref()
+                .map(|g| glob(g, "match.name"))
+                .transpose()?,
+            tags: self
+                .tags
+                .iter()
+                .map(|(k, g)| Ok((k.clone(), glob(g, &format!("match.tags.{k}"))?)))
+                .collect::<Result<_, ConfigError>>()?,
+            field: self
+                .field
+                .as_deref()
+                .map(|g| glob(g, "match.field"))
+                .transpose()?,
+        })
+    }
+}
+
 /// One `[[clean.rules]]` table.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -237,29 +266,7 @@ fn resolve_rule(raw: &RawRule, index: usize, source: &Source) -> Result<Rule, Co
         .name
         .clone()
         .unwrap_or_else(|| format!("{action_name}#{index}"));
-    let glob = |text: &str, at: &str| {
-        Glob::new(text).map_err(|e| err(at, format!("{text:?} is not a glob pattern ({e})")))
-    };
-    let matcher = Matcher {
-        name: raw
-            .matcher
-            .name
-            .as_deref()
-            .map(|g| glob(g, "match.name"))
-            .transpose()?,
-        tags: raw
-            .matcher
-            .tags
-            .iter()
-            .map(|(k, g)| Ok((k.clone(), glob(g, &format!("match.tags.{k}"))?)))
-            .collect::<Result<_, ConfigError>>()?,
-        field: raw
-            .matcher
-            .field
-            .as_deref()
-            .map(|g| glob(g, "match.field"))
-            .transpose()?,
-    };
+    let matcher = raw.matcher.resolve(&err)?;
     let keys = RuleKeys {
         raw,
         matcher: &matcher,

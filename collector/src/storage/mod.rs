@@ -186,6 +186,8 @@ pub struct StorageOptions {
     pub time: crate::clean::TimeSanity,
     pub resolutions: Vec<crate::rollup::Resolution>,
     pub raw_retention: Option<i64>,
+    /// Note what each transaction stored in the export feed (exports are configured).
+    pub export_feed: bool,
 }
 
 impl StorageOptions {
@@ -200,6 +202,7 @@ impl StorageOptions {
             time: crate::clean::TimeSanity::default(),
             resolutions: crate::rollup::default_resolutions(),
             raw_retention: None,
+            export_feed: false,
         }
     }
 }

@@ -73,6 +73,22 @@ impl Matcher {
                 .is_none_or(|g| point.fields.keys().any(|f| g.matches(f)))
     }
 
+    /// Whether the stored series `name`, `tags`, `field` is one this matcher selects (exports'
+    /// `match`).
+    pub fn matches_series(
+        &self,
+        name: &str,
+        tags: &std::collections::BTreeMap<String, String>,
+        field: &str,
+    ) -> bool {
+        self.name.as_ref().is_none_or(|g| g.matches(name))
+            && self
+                .tags
+                .iter()
+                .all(|(k, g)| tags.get(k).is_some_and(|v| g.matches(v)))
+            && self.matches_field(field)
+    }
+
     fn matches_field(&self, field: &str) -> bool {
         self.field.as_ref().is_none_or(|g| g.matches(field))
     }

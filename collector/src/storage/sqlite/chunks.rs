@@ -23,6 +23,7 @@ use serde::Deserialize;
 use tributary_wire::FieldValue;
 
 use crate::rollup::window_start;
+use tributary_wire::time::now_ns;
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS chunks (
@@ -49,6 +50,8 @@ const MAX_VALUES: usize = 4096;
 #[derive(Debug, Clone, Copy)]
 struct OpenChunk {
     id: i64,
+    /// Values it holds.
+    count: usize,
     start_ts: i64,
     end_ts: i64,
     bytes: usize,
@@ -67,9 +70,19 @@ pub struct ChunkStats {
 pub struct ChunkWriter {
     open: HashMap<i64, OpenChunk, foldhash::fast::FixedState>,
     buf: Vec<u8>,
+    /// Note each write in the export feed.
+    feed: bool,
 }
 
 impl ChunkWriter {
+    /// A writer that notes its writes in the export feed when `feed` is on.
+    pub fn with_feed(feed: bool) -> ChunkWriter {
+        ChunkWriter {
+            feed,
+            ..ChunkWriter::default()
+        }
+    }
+
     /// Writes `rows` (series id, time, value), which must be sorted by series and then time.
     pub fn write(
         &mut self,
@@ -115,6 +128,10 @@ impl ChunkWriter {
                 {
                     encode(&mut self.buf, open.end_ts, run);
                     append.execute(params![open.id, self.buf, end_ts, len])?;
+                    if self.feed {
+                        super::feed::record(tx, open.id, open.count, len, now_ns())?;
+                    }
+                    open.count = open.count.saturating_add(len);
                     open.end_ts = end_ts;
                     open.bytes = open.bytes.saturating_add(self.buf.len());
                     stats.appended = stats.appended.saturating_add(1);
@@ -122,8 +139,13 @@ impl ChunkWriter {
                 _ => {
                     encode(&mut self.buf, first_ts, run);
                     insert.execute(params![series, first_ts, end_ts, len, self.buf])?;
+                    let id = tx.last_insert_rowid();
+                    if self.feed {
+                        super::feed::record(tx, id, 0, len, now_ns())?;
+                    }
                     let chunk = OpenChunk {
-                        id: tx.last_insert_rowid(),
+                        id,
+                        count: len,
                         start_ts: first_ts,
                         end_ts,
                         bytes: self.buf.len(),
@@ -298,6 +320,7 @@ pub fn trim(
         // No value left (the chunk ended before the cutoff, or its end was wrong): it goes.
         let Some(&(_, new_start, _)) = run.first() else {
             delete.execute([id])?;
+            super::feed::deleted(tx, id)?;
             trimmed.values = trimmed.values.saturating_add(count);
             continue;
         };
@@ -305,6 +328,10 @@ pub fn trim(
         encode(&mut buf, new_start, &run);
         tx.prepare_cached("UPDATE chunks SET start_ts = ?2, count = ?3, data = ?4 WHERE id = ?1")?
             .execute(params![id, new_start, run.len(), buf])?;
+        let removed = usize::try_from(count)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(run.len());
+        super::feed::trimmed(tx, id, removed)?;
         trimmed.values = trimmed
             .values
             .saturating_add(count.saturating_sub(run.len() as u64));
@@ -323,6 +350,7 @@ mod tests {
     fn db() -> Connection {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(SCHEMA).unwrap();
+        conn.execute_batch(super::super::feed::SCHEMA).unwrap();
         conn
     }
 

@@ -32,6 +32,7 @@ use crate::rollup::Resolution;
 mod batch;
 mod checkpointer;
 pub mod chunks;
+pub mod feed;
 pub mod prom;
 mod reads;
 mod retention;
@@ -96,6 +97,7 @@ impl Storage {
         let (conn, version) = open_connection(path)?;
         conn.execute_batch(SCHEMA).map_err(sql)?;
         conn.execute_batch(chunks::SCHEMA).map_err(sql)?;
+        conn.execute_batch(feed::SCHEMA).map_err(sql)?;
         conn.execute_batch(rollups::SCHEMA).map_err(sql)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(sql)?;
@@ -143,7 +145,7 @@ impl Storage {
             conn,
             path: path.to_owned(),
             series,
-            chunks: ChunkWriter::default(),
+            chunks: ChunkWriter::with_feed(options.export_feed),
             commit_max_points: options.commit_max_points,
             metrics: Arc::clone(&metrics),
             cleaner: Cleaner::new(options.rules.clone(), options.time.clone()),
