@@ -173,3 +173,180 @@ async fn remote_write_refuses_bad_requests_with_the_answers_prometheus_expects()
     let empty = send(vec![0], "snappy", Some(&token)).await.unwrap();
     assert_eq!(empty.status(), 204, "{:?}", empty.text().await);
 }
+
+/// The requests Grafana's Prometheus data source makes (URL `…/prometheus`, the reader's
+/// token in a custom `Authorization` header or as basic auth), replayed in their shapes:
+/// buildinfo at save, the metrics browser's labels, names and series by form POST, and a
+/// range panel's `query_range` by form POST. Reads need the reader's token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grafanas_prometheus_data_source_requests_are_answered() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let (agent_token, _) = token_pair("gw-1");
+    let (reader_token, reader_hash) = token_pair("grafana");
+    let collector = blocking(|| {
+        CollectorProcess::start_custom(
+            dir.path(),
+            &[("gw-1", &agent_token)],
+            &tributary_bench::harness::CollectorOptions {
+                anonymous_read: false,
+                extra: format!("[[readers]]\nid = \"grafana\"\ntoken_sha256 = \"{reader_hash}\"\n"),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    });
+    let url = collector.url();
+    let now = tributary_wire::time::now_ns() / 1_000_000_000;
+    let mut lines = String::new();
+    for i in 0..30 {
+        let ts = now - 600 + i * 20;
+        lines.push_str(&format!(
+            "cpu,host=h1 usage_idle={}.5,usage_user=2 {ts}\ncpu,host=h2 usage_idle=80 {ts}\nlog,host=h1 message=\"text\" {ts}\n",
+            90 - i % 5
+        ));
+    }
+    let stored = http()
+        .post(format!("{url}/api/v2/write?precision=s"))
+        .header("Authorization", format!("Token {agent_token}"))
+        .body(lines)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 204);
+
+    let bearer = format!("Bearer {reader_token}");
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("grafana:{reader_token}"))
+    );
+    let range = format!("start={}&end={}", now - 3600, now);
+    let call = |method: reqwest::Method, path: &str, form: Option<String>, auth: Option<&str>| {
+        let mut request = http().request(method, format!("{url}/prometheus/api/v1/{path}"));
+        if let Some(auth) = auth {
+            request = request.header("Authorization", auth);
+        }
+        if let Some(form) = form {
+            request = request
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .body(form);
+        }
+        request.send()
+    };
+    let get = reqwest::Method::GET;
+    let post = reqwest::Method::POST;
+
+    // Without a token, 401; an agent's token, 403; the reader's, 200.
+    let anonymous = call(get.clone(), "status/buildinfo", None, None)
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let agent = format!("Bearer {agent_token}");
+    let writer = call(get.clone(), "status/buildinfo", None, Some(&agent))
+        .await
+        .unwrap();
+    assert_eq!(writer.status(), 403);
+    let info: serde_json::Value = call(get.clone(), "status/buildinfo", None, Some(&bearer))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["status"], "success");
+    assert!(
+        info["data"]["version"]
+            .as_str()
+            .is_some_and(|v| v.starts_with('2')),
+        "{info}"
+    );
+
+    let labels: serde_json::Value = call(post.clone(), "labels", Some(range.clone()), Some(&basic))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for name in ["__name__", "agent", "host"] {
+        assert!(
+            labels["data"].as_array().unwrap().iter().any(|l| l == name),
+            "{labels}"
+        );
+    }
+    let names: serde_json::Value = call(
+        get.clone(),
+        &format!("label/__name__/values?{range}"),
+        None,
+        Some(&bearer),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    // Numeric fields only; `log`'s string field is not exposed.
+    assert_eq!(
+        names["data"],
+        serde_json::json!(["cpu_usage_idle", "cpu_usage_user"]),
+        "{names}"
+    );
+    let series: serde_json::Value = call(
+        post.clone(),
+        "series",
+        Some(format!("match%5B%5D=cpu_usage_idle&{range}")),
+        Some(&bearer),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(series["data"].as_array().unwrap().len(), 2, "{series}");
+    assert_eq!(series["data"][0]["agent"], "gw-1", "{series}");
+    let metadata: serde_json::Value = call(get.clone(), "metadata", None, Some(&bearer))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(metadata["status"], "success");
+
+    // A time series panel: the query as Grafana sends it, by form POST.
+    let panel: serde_json::Value = call(
+        post.clone(),
+        "query_range",
+        Some(format!(
+            "query=avg+by+%28host%29+%28cpu_usage_idle%29&start={}&end={}&step=60",
+            now - 600,
+            now
+        )),
+        Some(&bearer),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(panel["data"]["resultType"], "matrix", "{panel}");
+    let result = panel["data"]["result"].as_array().unwrap();
+    assert_eq!(result.len(), 2, "{panel}");
+    assert!(
+        result
+            .iter()
+            .all(|s| s["values"].as_array().unwrap().len() >= 10),
+        "{panel}"
+    );
+    // An error in Prometheus' shape.
+    let bad: serde_json::Value = call(
+        post.clone(),
+        "query",
+        Some("query=sum(".into()),
+        Some(&bearer),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(bad["status"], "error");
+    assert_eq!(bad["errorType"], "bad_data");
+}
