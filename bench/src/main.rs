@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod collector;
+mod prom;
 
 use clap::{Parser, Subcommand};
 use tributary_bench::harness::pipelined;
@@ -114,6 +115,23 @@ enum Scenario {
         #[arg(long, default_value_t = 200)]
         queries: usize,
     },
+    /// The Prometheus side against its peers with the same data: remote write ingest into the
+    /// collector and VictoriaMetrics (samples/s, CPU s per million), then a ten-panel
+    /// Grafana-like dashboard of query_range over the whole range at a 60 s step against the
+    /// collector and Prometheus (p50, p99).
+    Prom {
+        #[arg(long, default_value_t = 100)]
+        agents: usize,
+        #[arg(long, default_value_t = 10)]
+        series_per_agent: usize,
+        #[arg(long, default_value_t = 24)]
+        hours: i64,
+        #[arg(long, default_value_t = 60)]
+        interval_seconds: i64,
+        /// Runs of the whole dashboard.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+    },
     /// Ten scheduled inputs (exec, system, http, sql) every 10 s for `seconds`: CPU % and RSS
     /// of an agent that is mostly waiting.
     Idle {
@@ -163,6 +181,19 @@ fn main() -> anyhow::Result<()> {
         Scenario::Sizes => sizes(),
         Scenario::Tail { lines, tls } => block_on(tail(lines, tls)),
         Scenario::Idle { seconds } => block_on(idle(seconds)),
+        Scenario::Prom {
+            agents,
+            series_per_agent,
+            hours,
+            interval_seconds,
+            runs,
+        } => block_on(prom::run(prom::Options {
+            agents,
+            series_per_agent,
+            hours,
+            interval_seconds,
+            runs,
+        })),
         Scenario::Collector {
             agents,
             series_per_agent,

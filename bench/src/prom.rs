@@ -46,18 +46,42 @@ fn labels(a: usize, k: usize) -> Vec<Label> {
     let (name, extra): (&str, Option<(&str, String)>) = match k % 5 {
         0 => ("bench_temperature", Some(("sensor", format!("t{k}")))),
         1 => ("bench_humidity", Some(("sensor", format!("h{k}")))),
-        2 => ("bench_requests_total", Some(("code", format!("{}", 200 + k)))),
-        3 => ("bench_latency_bucket", Some(("le", ["0.1", "0.5", "1", "+Inf"][k / 5 % 4].to_owned()))),
-        _ => ("bench_requests_total", Some(("code", format!("{}", 500 + k)))),
+        2 => (
+            "bench_requests_total",
+            Some(("code", format!("{}", 200 + k))),
+        ),
+        3 => (
+            "bench_latency_bucket",
+            Some(("le", ["0.1", "0.5", "1", "+Inf"][k / 5 % 4].to_owned())),
+        ),
+        _ => (
+            "bench_requests_total",
+            Some(("code", format!("{}", 500 + k))),
+        ),
     };
     let mut out = vec![
-        Label { name: "__name__".into(), value: name.into() },
-        Label { name: "instance".into(), value: instance },
-        Label { name: "job".into(), value: "bench".into() },
-        Label { name: "room".into(), value: room },
+        Label {
+            name: "__name__".into(),
+            value: name.into(),
+        },
+        Label {
+            name: "instance".into(),
+            value: instance,
+        },
+        Label {
+            name: "job".into(),
+            value: "bench".into(),
+        },
+        Label {
+            name: "room".into(),
+            value: room,
+        },
     ];
     if let Some((n, v)) = extra {
-        out.push(Label { name: n.into(), value: v });
+        out.push(Label {
+            name: n.into(),
+            value: v,
+        });
     }
     out.sort_by(|x, y| x.name.cmp(&y.name));
     out
@@ -87,13 +111,23 @@ fn requests(options: &Options, end_ms: i64) -> anyhow::Result<(Vec<Vec<u8>>, u64
                 let s: Vec<Sample> = (i..i + per_request)
                     .map(|j| (j, start + j * step))
                     .filter(|&(_, t)| t <= end_ms)
-                    .map(|(j, t)| Sample { value: value(a, k, j), timestamp: t })
+                    .map(|(j, t)| Sample {
+                        value: value(a, k, j),
+                        timestamp: t,
+                    })
                     .collect();
                 samples += s.len() as u64;
-                timeseries.push(TimeSeries { labels: labels(a, k), samples: s, histograms: Vec::new() });
+                timeseries.push(TimeSeries {
+                    labels: labels(a, k),
+                    samples: s,
+                    histograms: Vec::new(),
+                });
             }
         }
-        out.push(encode(&WriteRequest { timeseries, metadata: Vec::new() })?);
+        out.push(encode(&WriteRequest {
+            timeseries,
+            metadata: Vec::new(),
+        })?);
         i += per_request;
     }
     Ok((out, samples))
@@ -205,9 +239,24 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         bodies.len()
     );
     let targets: [(&str, String, Option<&str>, u32); 3] = [
-        ("tributary-collector", format!("{}/prometheus/api/v1/write", collector.url()), Some(token.as_str()), collector.pid().unwrap_or(0)),
-        ("victoria-metrics", format!("http://127.0.0.1:{vm_port}/api/v1/write"), None, vm.pid()),
-        ("prometheus", format!("{}/api/v1/write", prometheus.url()), None, prometheus.pid()),
+        (
+            "tributary-collector",
+            format!("{}/prometheus/api/v1/write", collector.url()),
+            Some(token.as_str()),
+            collector.pid().unwrap_or(0),
+        ),
+        (
+            "victoria-metrics",
+            format!("http://127.0.0.1:{vm_port}/api/v1/write"),
+            None,
+            vm.pid(),
+        ),
+        (
+            "prometheus",
+            format!("{}/api/v1/write", prometheus.url()),
+            None,
+            prometheus.pid(),
+        ),
     ];
     for (name, url, auth, pid) in &targets {
         let cpu_before = cpu_seconds(*pid).unwrap_or(0.0);
@@ -223,9 +272,18 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     }
     // Let Prometheus and the collector settle (commits, head appends) before querying.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    println!("dashboard: {} panels x {} runs, {} h at step 60 s", PANELS.len(), options.runs, options.hours);
+    println!(
+        "dashboard: {} panels x {} runs, {} h at step 60 s",
+        PANELS.len(),
+        options.runs,
+        options.hours
+    );
     for (name, base, auth) in [
-        ("tributary-collector", format!("{}/prometheus", collector.url()), Some(token.as_str())),
+        (
+            "tributary-collector",
+            format!("{}/prometheus", collector.url()),
+            Some(token.as_str()),
+        ),
         ("prometheus", prometheus.url(), None),
     ] {
         let (p50, p99, series) = dashboard(&base, auth, start_ms, end_ms, options.runs).await?;

@@ -9,7 +9,7 @@ pub mod memory;
 pub mod openapi;
 mod prometheus;
 mod query;
-mod remote_write;
+pub mod remote_write;
 mod write;
 
 use std::sync::Arc;

@@ -119,7 +119,7 @@ async fn remote_write(
 
 /// The request's series as points (one per sample), and the series that cannot be taken as
 /// rejects; with the batch's estimated size. `limits` bound the samples and that size (413).
-fn to_batch(
+pub fn to_batch(
     agent_id: &str,
     raw: &[u8],
     received_at: i64,
