@@ -792,4 +792,43 @@ mod tests {
         .unwrap();
         assert_eq!(small.ingest_memory, 5 << 20);
     }
+
+    #[test]
+    fn exports_are_checked() {
+        let load = |text: &str| Config::load_str(text, Path::new("c.toml"));
+        let ok = load(
+            "[[exports.remote_write]]\nname = \"vm\"\nurl = \"http://vm:8428/api/v1/write\"\nbasic_auth = { username = \"u\", password = \"p\" }\nheaders = { \"X-Scope-OrgID\" = \"t\" }\nmatch = { name = \"cpu*\" }\nbatch_size = 500\nconcurrency = 4\n",
+        )
+        .unwrap();
+        let export = &ok.exports[0];
+        assert_eq!(
+            export.auth,
+            crate::export::Auth::Basic {
+                username: "u".into(),
+                password: "p".into()
+            }
+        );
+        assert_eq!((export.batch_size, export.concurrency), (500, 4));
+        assert!(ok.storage_options().export_feed);
+        assert!(!load("").unwrap().storage_options().export_feed);
+        for (text, key) in [
+            ("[[exports.remote_write]]\nurl = \"http://a\"\n", "exports.remote_write[0].name"),
+            ("[[exports.remote_write]]\nname = \"a\"\nurl = \"ftp://a\"\n", "exports.remote_write[0].url"),
+            (
+                "[[exports.remote_write]]\nname = \"a\"\nurl = \"http://a\"\n[[exports.remote_write]]\nname = \"a\"\nurl = \"http://b\"\n",
+                "exports.remote_write[1].name",
+            ),
+            (
+                "[[exports.remote_write]]\nname = \"a\"\nurl = \"http://a\"\nbearer_token = \"t\"\nbasic_auth = { username = \"u\" }\n",
+                "exports.remote_write[0].basic_auth",
+            ),
+            ("[[exports.remote_write]]\nname = \"a\"\nurl = \"http://a\"\nconcurrency = 0\n", "exports.remote_write[0].concurrency"),
+            ("[[exports.remote_write]]\nname = \"a\"\nurl = \"http://a\"\ntimeout = \"soon\"\n", "exports.remote_write[0].timeout"),
+            ("[[exports.remote_write]]\nname = \"a\"\nurl = \"http://a\"\nmatch = { name = \"[\" }\n", "exports.remote_write[0].match.name"),
+            ("[[exports.remote_write]]\nname = \"a\"\nurl = \"http://a\"\nbatch = 5\n", "exports.remote_write[0].batch"),
+        ] {
+            let error = load(text).unwrap_err();
+            assert_eq!(error.key, key, "{text}: {error}");
+        }
+    }
 }
