@@ -812,8 +812,14 @@ mod tests {
         assert!(ok.storage_options().export_feed);
         assert!(!load("").unwrap().storage_options().export_feed);
         for (text, key) in [
-            ("[[exports.remote_write]]\nurl = \"http://a\"\n", "exports.remote_write[0].name"),
-            ("[[exports.remote_write]]\nname = \"a\"\nurl = \"ftp://a\"\n", "exports.remote_write[0].url"),
+            (
+                "[[exports.remote_write]]\nurl = \"http://a\"\n",
+                "exports.remote_write[0].name",
+            ),
+            (
+                "[[exports.remote_write]]\nname = \"a\"\nurl = \"ftp://a\"\n",
+                "exports.remote_write[0].url",
+            ),
             (
                 "[[exports.remote_write]]\nname = \"a\"\nurl = \"http://a\"\n[[exports.remote_write]]\nname = \"a\"\nurl = \"http://b\"\n",
                 "exports.remote_write[1].name",
@@ -822,10 +828,22 @@ mod tests {
                 "[[exports.remote_write]]\nname = \"a\"\nurl = \"http://a\"\nbearer_token = \"t\"\nbasic_auth = { username = \"u\" }\n",
                 "exports.remote_write[0].basic_auth",
             ),
-            ("[[exports.remote_write]]\nname = \"a\"\nurl = \"http://a\"\nconcurrency = 0\n", "exports.remote_write[0].concurrency"),
-            ("[[exports.remote_write]]\nname = \"a\"\nurl = \"http://a\"\ntimeout = \"soon\"\n", "exports.remote_write[0].timeout"),
-            ("[[exports.remote_write]]\nname = \"a\"\nurl = \"http://a\"\nmatch = { name = \"[\" }\n", "exports.remote_write[0].match.name"),
-            ("[[exports.remote_write]]\nname = \"a\"\nurl = \"http://a\"\nbatch = 5\n", "exports.remote_write[0].batch"),
+            (
+                "[[exports.remote_write]]\nname = \"a\"\nurl = \"http://a\"\nconcurrency = 0\n",
+                "exports.remote_write[0].concurrency",
+            ),
+            (
+                "[[exports.remote_write]]\nname = \"a\"\nurl = \"http://a\"\ntimeout = \"soon\"\n",
+                "exports.remote_write[0].timeout",
+            ),
+            (
+                "[[exports.remote_write]]\nname = \"a\"\nurl = \"http://a\"\nmatch = { name = \"[\" }\n",
+                "exports.remote_write[0].match.name",
+            ),
+            (
+                "[[exports.remote_write]]\nname = \"a\"\nurl = \"http://a\"\nbatch = 5\n",
+                "exports.remote_write[0].batch",
+            ),
         ] {
             let error = load(text).unwrap_err();
             assert_eq!(error.key, key, "{text}: {error}");

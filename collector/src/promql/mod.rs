@@ -139,7 +139,93 @@ pub fn matches_everything(matchers: &[Matcher]) -> bool {
 
 /// The parsed query, or a `bad_data` error with the parser's message.
 pub fn parse(query: &str) -> Result<Expr, QueryError> {
+    check_bare_durations(query)?;
     promql_parser::parser::parse(query).map_err(QueryError::BadData)
+}
+
+/// The longest duration written as a bare number of seconds that the parser is given: about
+/// 3,000 years. promql-parser turns such numbers into a `Duration` with a conversion that
+/// panics when the number is out of range (`x[1e30]`, `offset 1e30`; found by the `promql`
+/// fuzz target), and a panic would abort the collector; so they are refused before parsing.
+const MAX_BARE_SECONDS: f64 = 1e11;
+
+/// Refuses a range, subquery step or offset written as a bare number (seconds) that is not a
+/// finite number of seconds within [`MAX_BARE_SECONDS`]. Strings and comments are skipped.
+fn check_bare_durations(query: &str) -> Result<(), QueryError> {
+    let bytes = query.as_bytes();
+    let mut i = 0usize;
+    let mut depth = 0usize;
+    // Whether the next token is a duration: after `[`, `:` inside brackets, or `offset`.
+    let mut expect_duration = false;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'"' | b'\'' | b'`' => {
+                // Skip the string, escapes included.
+                i = i.saturating_add(1);
+                while let Some(&c) = bytes.get(i) {
+                    if c == b'\\' && b != b'`' {
+                        i = i.saturating_add(2);
+                        continue;
+                    }
+                    i = i.saturating_add(1);
+                    if c == b {
+                        break;
+                    }
+                }
+                expect_duration = false;
+                continue;
+            }
+            b'#' => {
+                while bytes.get(i).is_some_and(|&c| c != b'\n') {
+                    i = i.saturating_add(1);
+                }
+                continue;
+            }
+            b'[' => {
+                depth = depth.saturating_add(1);
+                expect_duration = true;
+            }
+            b']' => {
+                depth = depth.saturating_sub(1);
+                expect_duration = false;
+            }
+            b':' if depth > 0 => expect_duration = true,
+            c if c.is_ascii_whitespace() => {}
+            c if c.is_ascii_alphanumeric() || matches!(c, b'.' | b'+' | b'-' | b'_') => {
+                let start = i;
+                while bytes.get(i).is_some_and(|&c| {
+                    c.is_ascii_alphanumeric() || matches!(c, b'.' | b'+' | b'-' | b'_')
+                }) {
+                    i = i.saturating_add(1);
+                }
+                let token = query.get(start..i).unwrap_or_default();
+                if token.eq_ignore_ascii_case("offset") {
+                    expect_duration = true;
+                    continue;
+                }
+                if expect_duration {
+                    let number = token.parse::<f64>().ok().or_else(|| {
+                        let hex = token
+                            .strip_prefix("0x")
+                            .or_else(|| token.strip_prefix("0X"))?;
+                        u64::from_str_radix(hex, 16).ok().map(|v| v as f64)
+                    });
+                    if let Some(seconds) = number
+                        && !(seconds.is_finite() && seconds.abs() <= MAX_BARE_SECONDS)
+                    {
+                        return Err(QueryError::BadData(format!(
+                            "{token:?} is not a duration this collector takes: a bare number of seconds must be finite and at most {MAX_BARE_SECONDS:e}"
+                        )));
+                    }
+                }
+                expect_duration = false;
+                continue;
+            }
+            _ => expect_duration = false,
+        }
+        i = i.saturating_add(1);
+    }
+    Ok(())
 }
 
 /// A selector's matchers with its metric name as a `__name__` matcher.

@@ -149,3 +149,35 @@ fn a_range_query_is_the_instant_query_at_each_step() {
         assert_eq!(at[0].value, v);
     }
 }
+
+#[test]
+fn bare_durations_the_parser_cannot_hold_are_refused_before_parsing() {
+    // Each of these made promql-parser panic (the fuzz target found the first).
+    for query in [
+        "mmp[529999999999992222222222222:2m2230s]",
+        "x[1e30]",
+        "x[5m:1e30]",
+        "x offset 1e30",
+        "x offset -1e30",
+        "x[Inf]",
+        "x[NaN]",
+        "sum(rate(x[ 1e300 ]))",
+    ] {
+        assert!(
+            matches!(parse(query), Err(QueryError::BadData(_))),
+            "{query}"
+        );
+    }
+    // Bare numbers elsewhere, in strings and in comments are left to the parser.
+    for query in [
+        "x[300]",
+        "x[5m:30]",
+        "x offset 60",
+        "x > 1e300",
+        "x{a=\"[1e30]\"}",
+        "x # [1e30]\n",
+        "label_replace(x, \"a\", \"$1\", \"b\", \"[1e30]\")",
+    ] {
+        assert!(parse(query).is_ok(), "{query}");
+    }
+}
