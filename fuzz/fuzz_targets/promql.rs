@@ -27,6 +27,8 @@ fn source() -> MemorySource {
             series("latency_bucket", ("le", "+Inf"), |i| (i * 2) as f64),
             series("temp", ("room", "x"), |i| f64::from(i as i32).sin() * 1e308),
         ],
+        // `*_over_time` on these grids goes through the windows path.
+        window_widths: vec![15_000, 60_000],
     }
 }
 

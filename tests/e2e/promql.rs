@@ -125,6 +125,11 @@ const QUERIES: &[&str] = &[
     "max(rate(demo_requests_total[5m])) by (code)",
     "sum by (le) (demo_latency_seconds_bucket)",
     "count_over_time(demo_requests_total[1m])",
+    // Ranges the minute rollups tile at the aligned times (answered from the windows).
+    "avg_over_time(demo_gauge[1h])",
+    "count_over_time(demo_requests_total[15m] offset 2m)",
+    "max_over_time(demo_gauge[3m] @ end())",
+    "sum by (instance) (sum_over_time(demo_requests_total[2m]))",
     "max_over_time(demo_requests_total[5m] offset 10m)",
     "sgn(demo_gauge)",
     "abs(demo_gauge - 1)",

@@ -6,11 +6,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use promql_parser::label::Matcher;
 use promql_parser::parser::{
-    AggregateExpr, AtModifier, BinaryExpr, Expr, LabelModifier, Offset, VectorMatchCardinality,
-    VectorSelector,
+    AggregateExpr, AtModifier, BinaryExpr, Call, Expr, LabelModifier, MatrixSelector, Offset,
+    VectorMatchCardinality, VectorSelector,
 };
 
 use super::functions;
+use super::rolled::{self, Grid, Windowed};
 use super::{Labels, METRIC_NAME, QueryError, Sample, Series, Source, Value, is_stale};
 
 /// Prometheus' default lookback: how far back an instant selector looks for a sample.
@@ -30,6 +31,9 @@ pub struct Evaluator<'a> {
     /// Each selector's series, loaded for the whole window the query needs (keyed by the
     /// selector's address in the expression, which outlives the evaluation).
     loaded: HashMap<usize, Vec<Series>>,
+    /// Calls answered from windows ([`rolled`]), keyed by the call's address: the windows'
+    /// width and the series they answer (the others are in `loaded`, raw).
+    windowed: HashMap<usize, (i64, Vec<Windowed>)>,
     /// Samples loaded so far.
     used: usize,
 }
@@ -39,6 +43,9 @@ pub struct Evaluator<'a> {
 struct Span {
     from: i64,
     to: i64,
+    /// The times are `from + k·step` (a single time when `from == to`); `None` under a
+    /// subquery, whose times the windows path does not follow.
+    step: Option<i64>,
 }
 
 pub(super) fn ms(duration: &Duration) -> i64 {
@@ -79,6 +86,7 @@ impl<'a> Evaluator<'a> {
                 .checked_add(timeout)
                 .unwrap_or_else(Instant::now),
             loaded: HashMap::new(),
+            windowed: HashMap::new(),
             used: 0,
         }
     }
@@ -90,6 +98,7 @@ impl<'a> Evaluator<'a> {
             Span {
                 from: time,
                 to: time,
+                step: Some(0),
             },
         )?;
         self.eval(expr, time)
@@ -117,6 +126,7 @@ impl<'a> Evaluator<'a> {
             Span {
                 from: self.start,
                 to: self.end,
+                step: Some(step),
             },
         )?;
         let mut out: BTreeMap<Arc<Labels>, Vec<(i64, f64)>> = BTreeMap::new();
@@ -198,6 +208,7 @@ impl<'a> Evaluator<'a> {
                 let inner = Span {
                     from: from.saturating_sub(offset).saturating_sub(ms(&sq.range)),
                     to: to.saturating_sub(offset),
+                    step: None,
                 };
                 self.load(&sq.expr, inner)
             }
@@ -214,6 +225,13 @@ impl<'a> Evaluator<'a> {
             }
             Expr::Paren(p) => self.load(&p.expr, span),
             Expr::Call(call) => {
+                if let (Some(step), [arg]) = (span.step, call.args.args.as_slice())
+                    && let Expr::MatrixSelector(m) = arg.as_ref()
+                    && rolled::answers(call.func.name)
+                    && self.load_windows(call, m, span, step)?
+                {
+                    return Ok(());
+                }
                 for arg in &call.args.args {
                     self.load(arg, span)?;
                 }
@@ -222,6 +240,96 @@ impl<'a> Evaluator<'a> {
             Expr::NumberLiteral(_) | Expr::StringLiteral(_) => Ok(()),
             Expr::Extension(_) => Err(QueryError::unsupported("extension expressions")),
         }
+    }
+
+    /// Loads the selector of `call` (an `*_over_time` the windows answer) as windows, if the
+    /// source keeps windows that tile its ranges; returns whether it did.
+    fn load_windows(
+        &mut self,
+        call: &Call,
+        m: &MatrixSelector,
+        span: Span,
+        step: i64,
+    ) -> Result<bool, QueryError> {
+        let vs = &m.vs;
+        let matchers: Vec<Matcher> = super::selector_matchers(vs)?;
+        if super::matches_everything(&matchers) {
+            return Ok(false);
+        }
+        let offset = offset_ms(vs.offset.as_ref());
+        let grid = match &vs.at {
+            Some(at) => {
+                let t = self.at_time(Some(at), span.from).saturating_sub(offset);
+                Grid {
+                    from: t,
+                    to: t,
+                    step: 0,
+                }
+            }
+            None => Grid {
+                from: span.from.saturating_sub(offset),
+                to: span.to.saturating_sub(offset),
+                step,
+            },
+        };
+        let budget = self.budget.saturating_sub(self.used);
+        let Some(rolled) = self.source.windows(&matchers, ms(&m.range), grid, budget)? else {
+            return Ok(false);
+        };
+        let loaded = rolled
+            .windowed
+            .iter()
+            .map(|w| w.windows.len())
+            .chain(rolled.raw.iter().map(|s| s.samples.len()))
+            .fold(0usize, usize::saturating_add);
+        self.used = self.used.saturating_add(loaded);
+        self.loaded
+            .insert(std::ptr::from_ref(vs) as usize, rolled.raw);
+        self.windowed.insert(
+            std::ptr::from_ref(call) as usize,
+            (rolled.width, rolled.windowed),
+        );
+        self.check_time()?;
+        Ok(true)
+    }
+
+    /// `call` at `time` for a call loaded as windows: the raw series the usual way, the
+    /// others from their windows.
+    fn call_windowed(&mut self, call: &Call, time: i64) -> Result<Value, QueryError> {
+        let Value::Vector(mut out) = functions::call(self, call, time)? else {
+            return Err(QueryError::Internal(format!(
+                "{} did not give an instant vector",
+                call.func.name
+            )));
+        };
+        let Some(Expr::MatrixSelector(m)) = call.args.args.first().map(AsRef::as_ref) else {
+            return Err(QueryError::Internal(
+                "a windowed call without its range".into(),
+            ));
+        };
+        let reference = self.reference(m.vs.at.as_ref(), m.vs.offset.as_ref(), time);
+        let range = ms(&m.range);
+        let Some((width, windowed)) = self.windowed.get(&(std::ptr::from_ref(call) as usize))
+        else {
+            return Ok(Value::Vector(out));
+        };
+        for series in windowed {
+            let Some(partial) = series.range(*width, reference, range) else {
+                return Err(QueryError::Internal(format!(
+                    "{reference} is off the grid of the {width} ms windows loaded for {}",
+                    call.func.name
+                )));
+            };
+            if let Some(value) = rolled::value(call.func.name, &partial) {
+                out.push(Sample {
+                    labels: drop_name(&series.labels),
+                    value,
+                    ts: time,
+                });
+            }
+        }
+        check_unique(&out)?;
+        Ok(Value::Vector(out))
     }
 
     fn load_selector(
@@ -382,6 +490,13 @@ impl<'a> Evaluator<'a> {
                         .map(|(labels, samples)| Series { labels, samples })
                         .collect(),
                 ))
+            }
+            Expr::Call(call)
+                if self
+                    .windowed
+                    .contains_key(&(std::ptr::from_ref(call) as usize)) =>
+            {
+                self.call_windowed(call, time)
             }
             Expr::Call(call) => functions::call(self, call, time),
             Expr::Aggregate(a) => self.aggregate(a, time),

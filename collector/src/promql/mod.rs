@@ -16,6 +16,7 @@
 
 mod eval;
 mod functions;
+pub mod rolled;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ pub use eval::Evaluator;
 pub use functions::format_value;
 use promql_parser::label::{MatchOp, Matcher};
 use promql_parser::parser::Expr;
+pub use rolled::{Grid, Partial, Rolled, Windowed};
 
 /// A series' labels, `__name__` included, sorted by name.
 pub type Labels = BTreeMap<String, String>;
@@ -121,6 +123,22 @@ pub trait Source {
         to: i64,
         budget: usize,
     ) -> Result<Vec<Series>, QueryError>;
+
+    /// The series `matchers` select as windows (see [`rolled`]) for a `*_over_time` over
+    /// `range` (ms) at every reference time of `grid`, or `None` when the source keeps no
+    /// windows that tile them. Series the windows cannot answer exactly come back raw, with
+    /// their samples in `[grid.from - range, grid.to]`. At most `budget` windows and samples
+    /// in all, else an error.
+    fn windows(
+        &self,
+        matchers: &[Matcher],
+        range: i64,
+        grid: Grid,
+        budget: usize,
+    ) -> Result<Option<Rolled>, QueryError> {
+        let _ = (matchers, range, grid, budget);
+        Ok(None)
+    }
 }
 
 /// Whether `labels` satisfy every matcher (a missing label is the empty string).
@@ -248,6 +266,9 @@ pub fn selector_matchers(
 #[derive(Debug, Clone, Default)]
 pub struct MemorySource {
     pub series: Vec<Series>,
+    /// Window widths (ms) it answers [`Source::windows`] with, as a store keeps rollups;
+    /// none: it answers raw only.
+    pub window_widths: Vec<i64>,
 }
 
 impl Source for MemorySource {
@@ -282,6 +303,38 @@ impl Source for MemorySource {
             });
         }
         Ok(out)
+    }
+
+    fn windows(
+        &self,
+        matchers: &[Matcher],
+        range: i64,
+        grid: Grid,
+        budget: usize,
+    ) -> Result<Option<Rolled>, QueryError> {
+        let Some(width) = self
+            .window_widths
+            .iter()
+            .copied()
+            .filter(|&w| grid.tiled_by(w, range))
+            .max()
+        else {
+            return Ok(None);
+        };
+        let from = grid.from.saturating_sub(range);
+        let selected = self.select(matchers, from, grid.to.saturating_add(width), budget)?;
+        let windowed = selected
+            .into_iter()
+            .map(|series| Windowed {
+                windows: rolled::windows_of(&series.samples, width),
+                labels: series.labels,
+            })
+            .collect();
+        Ok(Some(Rolled {
+            width,
+            windowed,
+            raw: Vec::new(),
+        }))
     }
 }
 

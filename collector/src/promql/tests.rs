@@ -41,6 +41,7 @@ fn source() -> MemorySource {
                 samples: every(&|i| 20.0 + (i % 4) as f64),
             },
         ],
+        ..MemorySource::default()
     }
 }
 
@@ -180,4 +181,98 @@ fn bare_durations_the_parser_cannot_hold_are_refused_before_parsing() {
     ] {
         assert!(parse(query).is_ok(), "{query}");
     }
+}
+
+/// A source that says how often it answered with windows.
+struct Counting {
+    inner: MemorySource,
+    windowed: std::cell::Cell<usize>,
+}
+
+impl Source for Counting {
+    fn select(
+        &self,
+        matchers: &[Matcher],
+        from: i64,
+        to: i64,
+        budget: usize,
+    ) -> Result<Vec<Series>, QueryError> {
+        self.inner.select(matchers, from, to, budget)
+    }
+
+    fn windows(
+        &self,
+        matchers: &[Matcher],
+        range: i64,
+        grid: Grid,
+        budget: usize,
+    ) -> Result<Option<Rolled>, QueryError> {
+        let answer = self.inner.windows(matchers, range, grid, budget)?;
+        if answer.is_some() {
+            self.windowed.set(self.windowed.get() + 1);
+        }
+        Ok(answer)
+    }
+}
+
+fn close(a: &[Series], b: &[Series]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.labels == y.labels
+                && x.samples.len() == y.samples.len()
+                && x.samples.iter().zip(&y.samples).all(|(p, q)| {
+                    p.0 == q.0 && (p.1 - q.1).abs() <= 1e-9 * p.1.abs().max(q.1.abs()).max(1e-300)
+                })
+        })
+}
+
+#[test]
+fn windows_give_the_numbers_the_raw_samples_give() {
+    let raw = source();
+    let rolled = Counting {
+        inner: MemorySource {
+            window_widths: vec![15_000, 60_000, 300_000],
+            ..source()
+        },
+        windowed: std::cell::Cell::new(0),
+    };
+    let queries = [
+        "count_over_time(temperature[1m])",
+        "sum_over_time(requests_total[5m])",
+        "avg_over_time(temperature[5m])",
+        "min_over_time(requests_total{code=\"500\"}[2m])",
+        "max_over_time(requests_total[10m])",
+        "sum by (job) (max_over_time(requests_total[1m]))",
+        "avg_over_time(temperature[1m] offset 1m)",
+        "sum_over_time(temperature[1m] @ 300)",
+        "abs(min_over_time(temperature[45s]))",
+        // Not on any grid: the raw samples answer.
+        "avg_over_time(temperature[50s])",
+    ];
+    // (start, end, step): aligned, misaligned, an instant.
+    let grids = [
+        (0, 900_000, 60_000),
+        (0, 900_000, 15_000),
+        (300_000, 300_000, 1),
+        (7_000, 600_000, 30_000),
+        (600_000, 900_000, 300_000),
+    ];
+    for query in queries {
+        let expr = parse(query).unwrap();
+        for (start, end, step) in grids {
+            let run = |source: &dyn Source| {
+                Evaluator::new(source, start, end, 1_000_000, Duration::from_secs(5))
+                    .range(&expr, step)
+                    .unwrap()
+            };
+            let (a, b) = (run(&raw), run(&rolled));
+            assert!(!a.is_empty(), "{query} at {start}..{end}/{step}: no answer");
+            assert!(
+                close(&a, &b),
+                "{query} at {start}..{end}/{step}:\nraw {a:?}\nwindows {b:?}"
+            );
+        }
+    }
+    // The aligned grids were answered from windows.
+    assert!(rolled.windowed.get() >= 20, "{}", rolled.windowed.get());
 }

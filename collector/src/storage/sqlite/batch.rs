@@ -89,7 +89,7 @@ pub(super) fn store_batch<'a>(
     let (mut stored, mut duplicates, mut quarantined) = (0u64, 0u64, 0u64);
     {
         let mut insert_series = tx.prepare_cached(
-            "INSERT INTO series (name, tags, field, kind, first_ts, last_ts) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+            "INSERT INTO series (name, tags, field, kind, first_ts, last_ts, exact) VALUES (?1, ?2, ?3, ?4, ?5, ?5, 1)",
         )?;
         let mut quarantine = tx.prepare_cached(
             "INSERT INTO quarantine (received_at, origin, agent_id, epoch, source, topic, ts, payload, reason)
@@ -165,6 +165,7 @@ pub(super) fn store_batch<'a>(
                             point.ts
                         ])?;
                         let id = tx.last_insert_rowid();
+                        state.first_created.get_or_insert(id);
                         series.insert(&point.name, tags, field, id, ValueClass::of(value));
                         id
                     }

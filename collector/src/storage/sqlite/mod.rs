@@ -79,6 +79,8 @@ pub struct Storage {
     reads: Arc<ReadPool>,
     metrics: Arc<Metrics>,
     health: Arc<StoreHealth>,
+    /// The rollup resolutions PromQL may answer from ([`prom::window_resolutions`]).
+    windows: Arc<[Resolution]>,
 }
 
 impl Storage {
@@ -116,6 +118,9 @@ impl Storage {
         // Checkpoints run on their own thread (start_checkpointer), not inside commits.
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(sql)?;
+        if version < 5 {
+            add_column(&conn, "series", "exact", "INTEGER NOT NULL DEFAULT 0").map_err(sql)?;
+        }
         if version < 4 {
             add_column(&conn, "agents", "clock_error_ns", "INTEGER").map_err(sql)?;
         }
@@ -172,6 +177,7 @@ impl Storage {
             reads: Arc::new(ReadPool::new(path, options.readers)),
             metrics,
             health,
+            windows: prom::window_resolutions(&options.resolutions, options.raw_retention).into(),
         })
     }
 
@@ -232,8 +238,14 @@ impl Storage {
         F: FnOnce(&prom::SqliteSource<'_>) -> T + Send + 'static,
         T: Send + 'static,
     {
+        let windows = Arc::clone(&self.windows);
         self.reads
-            .run(move |conn| Ok(work(&prom::SqliteSource { conn })))
+            .run(move |conn| {
+                Ok(work(&prom::SqliteSource {
+                    conn,
+                    windows: &windows,
+                }))
+            })
             .await
     }
 

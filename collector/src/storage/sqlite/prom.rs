@@ -1,6 +1,15 @@
 //! The store as a PromQL [`Source`]: every numeric series with data in the window, named and
 //! labelled as [`crate::prometheus`] says, its samples read from the chunks. Booleans read as
 //! 0 and 1; string series are not exposed.
+//!
+//! `*_over_time` over ranges the rollup windows tile is answered from the rollups
+//! ([`crate::promql::rolled`]) for the series where that is exact, which the writer records in
+//! `series.exact`: every value it has stored for the series was at a whole millisecond, at a
+//! time after every value stored before (or later in the same sorted run), and a finite
+//! number or a stale marker. Then the samples PromQL reads (a millisecond each, none dropped as
+//! a same-millisecond duplicate) are exactly the values the rollups hold (stale markers and
+//! non-finite values are left out of both). A resolution is used only if it is kept at least
+//! as long as the raw values, so its windows exist wherever raw values do.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,17 +20,37 @@ use tributary_wire::FieldValue;
 
 use super::chunks;
 use crate::prometheus::{label_name, metric_name};
-use crate::promql::{Labels, METRIC_NAME, QueryError, Series, Source, matches};
+use crate::promql::{
+    Grid, Labels, METRIC_NAME, Partial, QueryError, Rolled, Series, Source, Windowed, matches,
+};
+use crate::rollup::Resolution;
 
 /// A read connection seen as a PromQL source.
 pub struct SqliteSource<'c> {
     pub conn: &'c Connection,
+    /// The rollup resolutions kept at least as long as the raw values (see the module docs).
+    pub windows: &'c [Resolution],
+}
+
+/// The resolutions of `all` that the windows path may use: kept at least as long as the raw
+/// values (`None`: forever).
+pub fn window_resolutions(all: &[Resolution], raw_retention: Option<i64>) -> Vec<Resolution> {
+    all.iter()
+        .filter(|r| match (r.retention, raw_retention) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(kept), Some(raw)) => kept >= raw,
+        })
+        .copied()
+        .collect()
 }
 
 /// One stored numeric series, as Prometheus sees it.
 pub struct Catalogued {
     pub id: i64,
     pub labels: Arc<Labels>,
+    /// Rollups answer its `*_over_time` exactly (see the module docs).
+    pub exact: bool,
 }
 
 /// The labels of the stored series `name`, `tags`, `field`.
@@ -49,7 +78,7 @@ pub fn catalogue(
 ) -> Result<Vec<Catalogued>, QueryError> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT id, name, tags, field FROM series
+            "SELECT id, name, tags, field, exact AND kind <> 'boolean' FROM series
              WHERE kind IN ('float', 'integer', 'boolean') AND last_ts >= ?1 AND first_ts <= ?2
              ORDER BY id",
         )
@@ -61,18 +90,20 @@ pub fn catalogue(
                 r.get::<_, String>(1)?,
                 r.get::<_, String>(2)?,
                 r.get::<_, String>(3)?,
+                r.get::<_, bool>(4)?,
             ))
         })
         .map_err(internal)?;
     let mut out = Vec::new();
     for row in rows {
-        let (id, name, tags, field) = row.map_err(internal)?;
+        let (id, name, tags, field, exact) = row.map_err(internal)?;
         let tags: BTreeMap<String, String> = serde_json::from_str(&tags).unwrap_or_default();
         let labels = labels_of(&name, &tags, &field);
         if matches(&labels, matchers) {
             out.push(Catalogued {
                 id,
                 labels: Arc::new(labels),
+                exact,
             });
         }
     }
@@ -96,6 +127,93 @@ impl SqliteSource<'_> {
     }
 }
 
+fn over_budget(budget: usize) -> QueryError {
+    QueryError::Execution(format!(
+        "the query would load more than {budget} samples (query.max_points)"
+    ))
+}
+
+/// The samples of series `id` in `[from_ns, to_ns]`, at most `left` (else an error naming
+/// `budget`).
+fn samples(
+    conn: &Connection,
+    id: i64,
+    from_ns: i64,
+    to_ns: i64,
+    left: usize,
+    budget: usize,
+) -> Result<Vec<(i64, f64)>, QueryError> {
+    let (mut points, truncated) = chunks::read(
+        conn,
+        id,
+        from_ns,
+        to_ns.saturating_add(1),
+        Some(left.saturating_add(1)),
+    )
+    .map_err(internal)?;
+    if truncated || points.len() > left {
+        return Err(over_budget(budget));
+    }
+    // Late points may sit in an earlier chunk's successor: order by time (stable, so of two
+    // points at one time the one written later stays later).
+    points.sort_by_key(|p| p.0);
+    let mut samples: Vec<(i64, f64)> = Vec::with_capacity(points.len());
+    for (ts, value) in points {
+        let value = match value {
+            FieldValue::F64(v) => v,
+            FieldValue::I64(v) => v as f64,
+            FieldValue::Bool(b) => f64::from(u8::from(b)),
+            FieldValue::Str(_) => continue,
+        };
+        let ms = ts.div_euclid(1_000_000);
+        // Two points in one millisecond: the later one stands, as a sample would.
+        match samples.last_mut() {
+            Some(last) if last.0 == ms => last.1 = value,
+            _ => samples.push((ms, value)),
+        }
+    }
+    Ok(samples)
+}
+
+/// The windows of resolution `res` (ns) of series `id` starting in `[from_ns, to_ns]`, as
+/// `(start ms, partial)`.
+fn windows(
+    conn: &Connection,
+    id: i64,
+    res: i64,
+    from_ns: i64,
+    to_ns: i64,
+) -> Result<Vec<(i64, Partial)>, QueryError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT start, count, sum, min, max, first_ts, first FROM rollups
+             WHERE series_id = ?1 AND res = ?2 AND start >= ?3 AND start <= ?4 AND count > 0
+             ORDER BY start",
+        )
+        .map_err(internal)?;
+    let rows = stmt
+        .query_map(rusqlite::params![id, res, from_ns, to_ns], |r| {
+            let start: i64 = r.get(0)?;
+            let first_ts: i64 = r.get(5)?;
+            Ok((
+                start.div_euclid(1_000_000),
+                Partial {
+                    count: r.get(1)?,
+                    sum: r.get(2)?,
+                    min: r.get(3)?,
+                    max: r.get(4)?,
+                    at_start: if first_ts == start {
+                        Some(r.get(6)?)
+                    } else {
+                        None
+                    },
+                },
+            ))
+        })
+        .map_err(internal)?;
+    rows.collect::<Result<_, _>>().map_err(internal)
+}
+
 impl Source for SqliteSource<'_> {
     fn select(
         &self,
@@ -111,44 +229,68 @@ impl Source for SqliteSource<'_> {
         let mut total = 0usize;
         for entry in catalogue(self.conn, matchers, from_ns, to_ns)? {
             let left = budget.saturating_sub(total);
-            let (points, truncated) = chunks::read(
-                self.conn,
-                entry.id,
-                from_ns,
-                to_ns.saturating_add(1),
-                Some(left.saturating_add(1)),
-            )
-            .map_err(internal)?;
-            if truncated || points.len() > left {
-                return Err(QueryError::Execution(format!(
-                    "the query would load more than {budget} samples (query.max_points)"
-                )));
-            }
-            total = total.saturating_add(points.len());
-            let mut points = points;
-            // Late points may sit in an earlier chunk's successor: order by time (stable, so
-            // of two points at one time the one written later stays later).
-            points.sort_by_key(|p| p.0);
-            let mut samples: Vec<(i64, f64)> = Vec::with_capacity(points.len());
-            for (ts, value) in points {
-                let value = match value {
-                    FieldValue::F64(v) => v,
-                    FieldValue::I64(v) => v as f64,
-                    FieldValue::Bool(b) => f64::from(u8::from(b)),
-                    FieldValue::Str(_) => continue,
-                };
-                let ms = ts.div_euclid(1_000_000);
-                // Two points in one millisecond: the later one stands, as a sample would.
-                match samples.last_mut() {
-                    Some(last) if last.0 == ms => last.1 = value,
-                    _ => samples.push((ms, value)),
-                }
-            }
+            let samples = samples(self.conn, entry.id, from_ns, to_ns, left, budget)?;
+            total = total.saturating_add(samples.len());
             out.push(Series {
                 labels: entry.labels,
                 samples,
             });
         }
         Ok(out)
+    }
+
+    fn windows(
+        &self,
+        matchers: &[Matcher],
+        range: i64,
+        grid: Grid,
+        budget: usize,
+    ) -> Result<Option<Rolled>, QueryError> {
+        let Some(res) = self
+            .windows
+            .iter()
+            .filter(|r| {
+                r.step.rem_euclid(1_000_000) == 0 && grid.tiled_by(r.step / 1_000_000, range)
+            })
+            .max_by_key(|r| r.step)
+        else {
+            return Ok(None);
+        };
+        let from_ns = grid.from.saturating_sub(range).saturating_mul(1_000_000);
+        let to_ns = grid.to.saturating_mul(1_000_000).saturating_add(999_999);
+        let mut rolled = Rolled {
+            width: res.step / 1_000_000,
+            ..Rolled::default()
+        };
+        let mut total = 0usize;
+        for entry in catalogue(self.conn, matchers, from_ns, to_ns)? {
+            let left = budget.saturating_sub(total);
+            if entry.exact {
+                // Up to the window starting at the last time, for the sample at its start.
+                let windows = windows(
+                    self.conn,
+                    entry.id,
+                    res.step,
+                    from_ns,
+                    grid.to.saturating_mul(1_000_000),
+                )?;
+                if windows.len() > left {
+                    return Err(over_budget(budget));
+                }
+                total = total.saturating_add(windows.len());
+                rolled.windowed.push(Windowed {
+                    labels: entry.labels,
+                    windows,
+                });
+            } else {
+                let samples = samples(self.conn, entry.id, from_ns, to_ns, left, budget)?;
+                total = total.saturating_add(samples.len());
+                rolled.raw.push(Series {
+                    labels: entry.labels,
+                    samples,
+                });
+            }
+        }
+        Ok(Some(rolled))
     }
 }

@@ -359,3 +359,112 @@ async fn after_a_restart_late_then_newer_points_merge_with_what_is_stored() {
     send(&storage, "e1", &late, &[7], next).await;
     check(&storage, &readings).await;
 }
+
+/// PromQL's `*_over_time` from the rollups gives the numbers the raw samples give, and a
+/// series the rollups cannot answer exactly (a late value, a time between milliseconds) is
+/// read raw.
+#[tokio::test]
+async fn promql_over_time_from_rollups_equals_the_raw_samples() {
+    use crate::promql::{Evaluator, Grid, Series, Source, parse};
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = StorageOptions::new(&dir.path().join("c.db"));
+    options.raw_retention = Some(24 * 7 * 60 * MINUTE);
+    let storage = Storage::open(&options, Arc::new(Metrics::new())).unwrap();
+    let mut readings = readings();
+    // d3: a value arrives after newer ones (late); d4: a value between two milliseconds.
+    let mut d3: Readings = readings
+        .iter()
+        .filter(|r| r.0 == "d1")
+        .map(|r| ("d3".to_owned(), r.1, r.2 + 1.0))
+        .collect();
+    let late = d3.remove(100);
+    d3.push(late);
+    readings.sort_by_key(|r| r.1);
+    readings.extend(d3);
+    readings.push(("d4".to_owned(), T0 + HOUR + 1, 5.0));
+    readings.push(("d4".to_owned(), T0 + HOUR + 2 * MINUTE, 6.0));
+    send(&storage, "e1", &readings, &[700, 3, 50], 1).await;
+
+    let t0 = T0 / 1_000_000;
+    let minute = MINUTE / 1_000_000;
+    let answers = storage
+        .promql(move |windowed| {
+            let raw = super::prom::SqliteSource {
+                conn: windowed.conn,
+                windows: &[],
+            };
+            let probe = windowed
+                .windows(
+                    &parse("temp_v").map(|e| match e {
+                        promql_parser::parser::Expr::VectorSelector(vs) => {
+                            crate::promql::selector_matchers(&vs).unwrap()
+                        }
+                        _ => unreachable!(),
+                    })?,
+                    5 * minute,
+                    Grid {
+                        from: t0 + 30 * minute,
+                        to: t0 + 180 * minute,
+                        step: minute,
+                    },
+                    1_000_000,
+                )?
+                .expect("the minute windows tile the grid");
+            let split = (probe.width, probe.windowed.len(), probe.raw.len());
+            let queries = [
+                "avg_over_time(temp_v[5m])",
+                "sum_over_time(temp_v[1h])",
+                "count_over_time(temp_v[1m])",
+                "min_over_time(temp_v{device=\"d1\"}[10m] offset 1m)",
+                "max_over_time(temp_v[2h])",
+                "sum by (device) (count_over_time(temp_v[3m]))",
+            ];
+            let grids = [
+                (t0 + 30 * minute, t0 + 180 * minute, minute),
+                (t0 + 60 * minute, t0 + 180 * minute, 60 * minute),
+                (t0 + 61 * minute, t0 + 180 * minute, 30 * minute),
+                (t0 + 30 * minute + 7, t0 + 90 * minute, minute),
+            ];
+            let mut compared = Vec::new();
+            for query in queries {
+                let expr = parse(query)?;
+                for (start, end, step) in grids {
+                    let run = |source: &dyn Source| {
+                        Evaluator::new(source, start, end, 1_000_000, Duration::from_secs(30))
+                            .range(&expr, step)
+                    };
+                    let (a, b): (Vec<Series>, Vec<Series>) = (run(&raw)?, run(windowed)?);
+                    compared.push((format!("{query} {start}..{end}/{step}"), a, b));
+                }
+            }
+            Ok::<_, crate::promql::QueryError>((split, compared))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let (split, compared) = answers;
+    assert_eq!(
+        split,
+        (MINUTE / 1_000_000, 2, 2),
+        "d1, d2 from minute windows; d3, d4 raw"
+    );
+    for (what, raw, windowed) in compared {
+        assert!(!raw.is_empty(), "{what}: no answer");
+        assert_eq!(raw.len(), windowed.len(), "{what}");
+        for (a, b) in raw.iter().zip(&windowed) {
+            assert_eq!(a.labels, b.labels, "{what}");
+            assert_eq!(a.samples.len(), b.samples.len(), "{what} {:?}", a.labels);
+            for (p, q) in a.samples.iter().zip(&b.samples) {
+                assert_eq!(p.0, q.0, "{what}");
+                assert!(
+                    (p.1 - q.1).abs() <= 1e-9 * p.1.abs().max(q.1.abs()),
+                    "{what} {:?} at {}: raw {} windows {}",
+                    a.labels,
+                    p.0,
+                    p.1,
+                    q.1
+                );
+            }
+        }
+    }
+}

@@ -14,6 +14,7 @@ CREATE TABLE IF NOT EXISTS series (
     kind     TEXT NOT NULL,
     first_ts INTEGER NOT NULL,
     last_ts  INTEGER NOT NULL,
+    exact    INTEGER NOT NULL DEFAULT 0,
     UNIQUE (name, tags, field)
 );
 CREATE TABLE IF NOT EXISTS meta (
@@ -63,8 +64,9 @@ CREATE INDEX IF NOT EXISTS quarantine_by_time ON quarantine (received_at);
 ";
 
 /// 2: rollups. 3: raw values in chunks instead of a row per value; `marks.explained`.
-/// 4: `agents.clock_error_ns` (the bound of the agent's clock estimate).
-pub(super) const SCHEMA_VERSION: i64 = 4;
+/// 4: `agents.clock_error_ns` (the bound of the agent's clock estimate). 5: `series.exact`
+/// (see [`super::prom`]; a series from before it counts as not exact).
+pub(super) const SCHEMA_VERSION: i64 = 5;
 
 /// Page cache of the writer connection, in KiB.
 pub(super) const WRITER_CACHE_KIB: u64 = 64 * 1024;

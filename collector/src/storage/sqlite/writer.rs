@@ -65,6 +65,23 @@ impl BatchAttempt {
 pub(super) struct GroupState<'a> {
     /// Values to store: (series id, ts, value), the value borrowed from its batch.
     pub(super) rows: Vec<(i64, i64, &'a FieldValue)>,
+    /// The first series id the transaction created: rowids only grow, so a series is new
+    /// in this transaction exactly when its id is at least this.
+    pub(super) first_created: Option<i64>,
+}
+
+/// Whether a sorted run of one series' values keeps the series exact for PromQL's rollup
+/// path ([`super::prom`]): whole milliseconds, no two values at one time, numbers finite or
+/// a stale marker. (That the run also starts after what is stored is checked in SQL.)
+pub(super) fn run_is_exact(run: &[(i64, i64, &FieldValue)]) -> bool {
+    let whole = run.iter().all(|(_, ts, v)| {
+        ts.rem_euclid(1_000_000) == 0
+            && match v {
+                FieldValue::F64(x) => x.is_finite() || crate::promql::is_stale(*x),
+                _ => true,
+            }
+    });
+    whole && run.windows(2).all(|w| matches!(w, [a, b] if a.1 < b.1))
 }
 
 /// Whether a failed transaction says the store cannot commit at all (disk full, I/O errors,
@@ -323,6 +340,7 @@ impl WriterThread {
         let points: usize = jobs.iter().map(|p| p.range.len()).sum();
         let mut state = GroupState {
             rows: Vec::with_capacity(points.saturating_add(points / 4)),
+            first_created: None,
         };
         let result = (|| {
             let tx = self
@@ -349,13 +367,22 @@ impl WriterThread {
             let mut numeric = Vec::with_capacity(state.rows.len());
             {
                 let mut update = tx.prepare_cached(
-                    "UPDATE series SET first_ts = min(first_ts, ?2), last_ts = max(last_ts, ?3) WHERE id = ?1",
+                    "UPDATE series SET first_ts = min(first_ts, ?2), last_ts = max(last_ts, ?3),
+                         exact = exact AND ?4 AND (?5 OR ?2 > last_ts)
+                     WHERE id = ?1",
                 )?;
                 for run in state.rows.chunk_by(|a, b| a.0 == b.0) {
                     let (Some(first), Some(last)) = (run.first(), run.last()) else {
                         continue;
                     };
-                    update.execute(params![first.0, first.1, last.1])?;
+                    let created = state.first_created.is_some_and(|id| first.0 >= id);
+                    update.execute(params![
+                        first.0,
+                        first.1,
+                        last.1,
+                        run_is_exact(run),
+                        created
+                    ])?;
                     numeric.extend(
                         run.iter()
                             .filter_map(|(id, ts, v)| Some((*id, *ts, rollups::number(v)?))),
