@@ -49,6 +49,16 @@ pub struct RawConfig {
     /// Where stored data is sent on.
     #[serde(default)]
     pub exports: RawExports,
+    #[serde(default)]
+    pub fleet: RawFleet,
+}
+
+/// `[fleet]`: when an agent counts as late or silent.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFleet {
+    pub late_after: Option<String>,
+    pub silent_after: Option<String>,
 }
 
 /// `[exports]`
@@ -190,6 +200,9 @@ pub struct Config {
     pub reader_tokens: HashMap<TokenHash, String>,
     /// Reads need no token.
     pub anonymous_read: bool,
+    /// An agent not heard from for longer than these is late, then silent (`[fleet]`).
+    pub late_after: Duration,
+    pub silent_after: Duration,
     /// Requests per second per token (0: no limit), and the burst.
     pub rate_limit: u32,
     pub rate_burst: u32,
@@ -371,7 +384,27 @@ impl Resolve for RawConfig {
             "10m",
         )?;
         let exports = resolve_exports(raw.exports, source)?;
+        let late_after = duration(
+            source,
+            "fleet.late_after",
+            raw.fleet.late_after.as_deref(),
+            "3m",
+        )?;
+        let silent_after = duration(
+            source,
+            "fleet.silent_after",
+            raw.fleet.silent_after.as_deref(),
+            "15m",
+        )?;
+        if silent_after <= late_after {
+            return Err(source.error(
+                "fleet.silent_after",
+                format!("must be longer than fleet.late_after ({late_after:?})"),
+            ));
+        }
         Ok(Config {
+            late_after,
+            silent_after,
             exports,
             tls,
             rules,

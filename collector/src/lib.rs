@@ -86,6 +86,7 @@ pub async fn serve(
         query_max_points: config.query_max_points,
         resolutions: config.resolutions.clone(),
         limiter: api::limit::RateLimiter::new(config.rate_limit, config.rate_burst),
+        fleet: api::fleet::Fleet::new(config.late_after, config.silent_after),
     });
     let app = api::router(Arc::clone(&state));
     let address = listener.local_addr().context("listener address")?;

@@ -9,6 +9,7 @@ mod access;
 mod bad_input;
 mod collector_api;
 mod config_check;
+mod console;
 mod damaged;
 mod export;
 mod failover;

@@ -1,4 +1,5 @@
-//! `GET /api/v1/agents`: every configured or seen agent, its marks and what it reported.
+//! `GET /api/v1/agents`: every configured or seen agent, its status ([`super::fleet`]), marks
+//! and what it reported, and a summary of the fleet (counts by status, the thresholds).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,21 +9,43 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tributary_wire::time::{format_rfc3339, now_ns};
 
+use super::fleet::{Status, status};
 use super::{ApiError, AppState};
 use crate::storage::AgentRecord;
 
 #[derive(Serialize)]
 struct AgentsAnswer {
+    summary: Summary,
     agents: Vec<AgentView>,
+}
+
+#[derive(Serialize, Default)]
+struct Summary {
+    generated_at: String,
+    late_after_seconds: f64,
+    silent_after_seconds: f64,
+    ok: usize,
+    late: usize,
+    silent: usize,
+    never_seen: usize,
 }
 
 #[derive(Serialize)]
 struct AgentView {
     id: String,
+    /// ok, late, silent or never_seen, by the age of `last_seen` (`[fleet]`).
+    status: Status,
+    /// What the agent's requests call their client (`tributary-agent/0.1.0`), since the
+    /// collector started.
+    version: Option<String>,
+    /// Points stored from it in the last whole minute (since the collector started).
+    points_per_minute: u64,
     /// Has a token in collector.toml (an agent removed from the file still shows its history).
     configured: bool,
     first_seen: Option<String>,
     last_seen: Option<String>,
+    #[serde(skip)]
+    last_seen_ns: Option<i64>,
     batches: u64,
     points_received: u64,
     duplicates: u64,
@@ -81,7 +104,29 @@ pub async fn get_agents(State(state): State<Arc<AppState>>) -> Response {
             })
             .configured = true;
     }
+    let now = now_ns();
+    let mut summary = Summary {
+        generated_at: format_rfc3339(now),
+        late_after_seconds: state.fleet.late_after.as_secs_f64(),
+        silent_after_seconds: state.fleet.silent_after.as_secs_f64(),
+        ..Summary::default()
+    };
     for (id, view) in &mut views {
+        let (version, points) = state.fleet.activity(id, now);
+        view.version = version;
+        view.points_per_minute = points;
+        view.status = status(
+            view.last_seen_ns,
+            now,
+            state.fleet.late_after,
+            state.fleet.silent_after,
+        );
+        match view.status {
+            Status::Ok => summary.ok = summary.ok.saturating_add(1),
+            Status::Late => summary.late = summary.late.saturating_add(1),
+            Status::Silent => summary.silent = summary.silent.saturating_add(1),
+            Status::NeverSeen => summary.never_seen = summary.never_seen.saturating_add(1),
+        }
         view.health = reports.remove(id).map(|(ts, figures)| HealthView {
             reported_at: format_rfc3339(ts),
             figures: figures
@@ -91,6 +136,7 @@ pub async fn get_agents(State(state): State<Arc<AppState>>) -> Response {
         });
     }
     axum::Json(AgentsAnswer {
+        summary,
         agents: views.into_values().collect(),
     })
     .into_response()
@@ -100,6 +146,10 @@ fn view(record: AgentRecord) -> AgentView {
     let now = now_ns();
     AgentView {
         id: record.agent_id,
+        status: Status::NeverSeen,
+        version: None,
+        points_per_minute: 0,
+        last_seen_ns: record.last_seen,
         configured: false,
         first_seen: record.first_seen.map(format_rfc3339),
         last_seen: record.last_seen.map(format_rfc3339),

@@ -205,6 +205,17 @@ pub(super) async fn store(
         .map_err(|e| ApiError::Unavailable(format!("storing the {what} failed: {e}")))
 }
 
+/// Notes for the fleet view that `agent_id`'s request stored `points`, and the client its
+/// `User-Agent` names.
+pub(super) fn note_activity(state: &AppState, agent_id: &str, points: u64, headers: &HeaderMap) {
+    let client = headers
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    state
+        .fleet
+        .record(agent_id, points, client, tributary_wire::time::now_ns());
+}
+
 /// Waits (up to `server.ingest_wait`) for room in the writer's queue.
 pub(super) async fn reserve(state: &AppState) -> Result<Reservation, ApiError> {
     state
@@ -259,12 +270,13 @@ async fn ingest(
     }
     let stored = store(
         reservation,
-        agent_id,
+        agent_id.clone(),
         batch,
         received_at,
         Origin::Agent,
         memory,
     )
     .await?;
+    note_activity(state, &agent_id, stored.ack.stored, headers);
     Ok(stored.ack)
 }

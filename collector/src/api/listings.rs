@@ -9,6 +9,7 @@ use serde::Serialize;
 use tributary_wire::time::{format_rfc3339, parse_time_param};
 
 use super::{ApiError, AppState};
+use crate::storage::QuarantineFilter;
 
 /// Most entries one listing answers with unless `limit` says fewer.
 const DEFAULT_LIMIT: usize = 10_000;
@@ -46,11 +47,13 @@ pub async fn get_series(
 ) -> Response {
     let result = async {
         let mut name = String::new();
+        let mut search = String::new();
         let mut tags = Vec::new();
         let mut limit = DEFAULT_LIMIT;
         for (key, value) in params {
             match key.as_str() {
                 "name" => name = value,
+                "search" => search = value,
                 "limit" => limit = limit_param(&value)?,
                 other => match other.strip_prefix("tag.") {
                     Some(tag) if !tag.is_empty() => tags.push((tag.to_owned(), value)),
@@ -60,7 +63,7 @@ pub async fn get_series(
         }
         state
             .storage
-            .list_series(name, tags, limit)
+            .list_series(name, tags, search, limit)
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))
     }
@@ -113,27 +116,47 @@ pub async fn get_quarantine(
     Query(params): Query<Vec<(String, String)>>,
 ) -> Response {
     let result = async {
-        let (mut from, mut to, mut limit) = (i64::MIN, i64::MAX, DEFAULT_LIMIT);
+        let mut filter = QuarantineFilter {
+            from: i64::MIN,
+            to: i64::MAX,
+            limit: DEFAULT_LIMIT,
+            newest_first: false,
+            agent: None,
+            reason: None,
+        };
         for (key, value) in params {
             match key.as_str() {
+                "order" => {
+                    filter.newest_first = match value.as_str() {
+                        "newest" => true,
+                        "oldest" => false,
+                        other => {
+                            return Err(ApiError::BadRequest(format!(
+                                "order: {other:?} is neither \"newest\" nor \"oldest\""
+                            )));
+                        }
+                    };
+                }
+                "agent" => filter.agent = Some(value),
+                "reason" => filter.reason = Some(value),
                 "from" => {
-                    from = parse_time_param(&value)
+                    filter.from = parse_time_param(&value)
                         .map_err(|e| ApiError::BadRequest(format!("from: {e}")))?;
                 }
                 "to" => {
-                    to = parse_time_param(&value)
+                    filter.to = parse_time_param(&value)
                         .map_err(|e| ApiError::BadRequest(format!("to: {e}")))?;
                 }
-                "limit" => limit = limit_param(&value)?,
+                "limit" => filter.limit = limit_param(&value)?,
                 other => return Err(ApiError::BadRequest(format!("unknown parameter {other:?}"))),
             }
         }
-        if from >= to {
+        if filter.from >= filter.to {
             return Err(ApiError::BadRequest("from must be before to".into()));
         }
         state
             .storage
-            .list_quarantine(from, to, limit)
+            .list_quarantine(filter)
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))
     }

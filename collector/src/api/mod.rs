@@ -2,6 +2,8 @@
 //! its status code in one place, with a JSON body `{"error": "..."}`.
 
 mod agents;
+mod console;
+pub mod fleet;
 mod ingest;
 pub mod limit;
 mod listings;
@@ -40,6 +42,8 @@ pub struct AppState {
     pub resolutions: Vec<crate::rollup::Resolution>,
     /// Requests per token ([`limit`]).
     pub limiter: limit::RateLimiter,
+    /// Agents' liveness thresholds and activity ([`fleet`]).
+    pub fleet: fleet::Fleet,
 }
 
 /// What one ingest request may send and become (`[server]`).
@@ -165,6 +169,13 @@ fn endpoints() -> Vec<(
             "/api/v1/openapi.json",
             Gate::Read,
             get(openapi::get_openapi),
+        ),
+        ("get", "/", Gate::Open, get(console::get_index)),
+        (
+            "get",
+            "/console/{file}",
+            Gate::Open,
+            get(console::get_asset),
         ),
         ("get", "/healthz", Gate::Open, get(healthz)),
         ("get", "/metrics", Gate::Open, get(metrics)),

@@ -331,9 +331,21 @@ pub fn document() -> Value {
             },
             "/api/v1/agents": {
                 "get": {
-                    "summary": "Every agent: last seen, marks, points received, reported backlog and lag, clock skew, and `health`: the newest figures it reported about itself (tributary_agent points)",
+                    "summary": "Every agent: status (ok, late, silent, never_seen by the age of its last request against [fleet] late_after and silent_after), last seen, client version, points stored in the last whole minute, marks, points received, reported backlog and lag, clock skew, and `health`: the newest figures it reported about itself (tributary_agent points); and `summary`: the counts by status and the thresholds",
                     "responses": { "200": { "description": "The agents", "content": { "application/json": { "schema": { "type": "object", "properties": {
-                        "agents": { "type": "array", "items": { "type": "object" } }
+                        "summary": { "type": "object", "properties": {
+                            "generated_at": { "type": "string", "format": "date-time" },
+                            "late_after_seconds": { "type": "number" },
+                            "silent_after_seconds": { "type": "number" },
+                            "ok": { "type": "integer" }, "late": { "type": "integer" },
+                            "silent": { "type": "integer" }, "never_seen": { "type": "integer" }
+                        } },
+                        "agents": { "type": "array", "items": { "type": "object", "properties": {
+                            "id": { "type": "string" },
+                            "status": { "type": "string", "enum": ["ok", "late", "silent", "never_seen"] },
+                            "version": { "type": "string", "nullable": true },
+                            "points_per_minute": { "type": "integer" }
+                        } } }
                     } } } } } }
                 }
             },
@@ -344,6 +356,20 @@ pub fn document() -> Value {
                 "get": { "summary": "The store answers reads and its writer can commit", "responses": {
                     "200": { "description": "Healthy", "content": { "application/json": { "schema": { "type": "object" } } } },
                     "503": error_response("The store does not answer, or cannot commit (a full disk, I/O errors); the error says why and since when")
+                } }
+            },
+            "/": {
+                "get": { "summary": "The web console (HTML; its scripts read this API with a reader's token)", "responses": {
+                    "200": { "description": "The console's page", "content": { "text/html": { "schema": { "type": "string" } } } }
+                } }
+            },
+            "/console/{file}": {
+                "get": { "summary": "The console's scripts, styles and vendored uPlot (ETag, gzip)", "parameters": [
+                    { "name": "file", "in": "path", "required": true, "schema": { "type": "string" } }
+                ], "responses": {
+                    "200": { "description": "The file" },
+                    "304": { "description": "Not modified (If-None-Match)" },
+                    "404": { "description": "No such file" }
                 } }
             },
             "/metrics": {
@@ -416,6 +442,7 @@ mod tests {
             query_max_points: config.query_max_points,
             resolutions: config.resolutions.clone(),
             limiter: crate::api::limit::RateLimiter::new(config.rate_limit, config.rate_burst),
+            fleet: crate::api::fleet::Fleet::new(config.late_after, config.silent_after),
         });
         let app = router(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -440,7 +467,9 @@ mod tests {
         let doc = document();
         for (path, item) in doc["paths"].as_object().unwrap() {
             for method in item.as_object().unwrap().keys() {
-                let status = status_of(method, path).await;
+                // A path parameter the route must find: a real file of the console.
+                let concrete = path.replace("{file}", "app.js");
+                let status = status_of(method, &concrete).await;
                 assert!(
                     status != 0 && status != 404 && status != 405,
                     "{method} {path} answered {status}"

@@ -97,13 +97,14 @@ async fn remote_write(
     let agent_id = batch.agent_id.clone();
     let stored = store(
         reservation,
-        agent_id,
+        agent_id.clone(),
         batch,
         received_at,
         Origin::RemoteWrite,
         memory,
     )
     .await?;
+    super::ingest::note_activity(state, &agent_id, stored.ack.stored, headers);
     let quarantined = stored.ack.quarantined;
     if refused == 0 && quarantined == 0 {
         return Ok(StatusCode::NO_CONTENT.into_response());

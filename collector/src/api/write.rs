@@ -248,13 +248,14 @@ async fn write(
     let agent_id = batch.agent_id.clone();
     let stored = store(
         reservation,
-        agent_id,
+        agent_id.clone(),
         batch,
         received_at,
         Origin::LineProtocol,
         memory,
     )
     .await?;
+    super::ingest::note_activity(state, &agent_id, stored.ack.stored, headers);
     let quarantined = stored.ack.quarantined;
     for (index, reason) in stored.quarantined {
         rejected.push(RejectedLine {

@@ -40,6 +40,21 @@ pub struct SeriesInfo {
     pub last_ts: i64,
 }
 
+/// Which quarantined records `/api/v1/quarantine` lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuarantineFilter {
+    /// Received in `[from, to)` (ns).
+    pub from: i64,
+    pub to: i64,
+    pub limit: usize,
+    /// Newest first (else oldest first).
+    pub newest_first: bool,
+    /// Only this agent's.
+    pub agent: Option<String>,
+    /// Only those whose reason contains this (any case).
+    pub reason: Option<String>,
+}
+
 /// A quarantined record, for `/api/v1/quarantine`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuarantineRecord {

@@ -266,22 +266,21 @@ impl Storage {
         &self,
         name: String,
         tags: Vec<(String, String)>,
+        search: String,
         limit: usize,
     ) -> Result<(Vec<SeriesInfo>, bool), StorageError> {
         self.reads
-            .run(move |conn| list_series(conn, &name, &tags, limit))
+            .run(move |conn| list_series(conn, &name, &tags, &search, limit))
             .await
     }
 
     /// Quarantined records received in `[from, to)`, oldest first, at most `limit`.
     pub async fn list_quarantine(
         &self,
-        from: i64,
-        to: i64,
-        limit: usize,
+        filter: super::QuarantineFilter,
     ) -> Result<(Vec<QuarantineRecord>, bool), StorageError> {
         self.reads
-            .run(move |conn| list_quarantine(conn, from, to, limit))
+            .run(move |conn| list_quarantine(conn, &filter))
             .await
     }
 

@@ -1,6 +1,7 @@
 //! The read side: a pool of read connections, raw queries, listings and agents.
 
 use super::*;
+use crate::storage::QuarantineFilter;
 
 /// Read connections, used one request at a time each, on the blocking pool.
 pub struct ReadPool {
@@ -180,9 +181,26 @@ pub fn list_series(
     conn: &Connection,
     name: &str,
     tags: &[(String, String)],
+    search: &str,
     limit: usize,
 ) -> rusqlite::Result<(Vec<SeriesInfo>, bool)> {
-    let candidates = matching_series(conn, name, None, i64::MIN, i64::MAX, tags)?;
+    let mut candidates = matching_series(conn, name, None, i64::MIN, i64::MAX, tags)?;
+    if !search.is_empty() {
+        let words: Vec<String> = search.split_whitespace().map(str::to_lowercase).collect();
+        candidates.retain(|(name, c)| {
+            let text = format!(
+                "{name} {} {}",
+                c.field,
+                c.tags
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )
+            .to_lowercase();
+            words.iter().all(|w| text.contains(w.as_str()))
+        });
+    }
     let truncated = candidates.len() > limit;
     Ok((
         candidates
@@ -201,31 +219,46 @@ pub fn list_series(
     ))
 }
 
-/// Quarantined records received in `[from, to)`, oldest first, at most `limit`.
+/// Quarantined records the filter selects, at most its `limit`.
 pub fn list_quarantine(
     conn: &Connection,
-    from: i64,
-    to: i64,
-    limit: usize,
+    filter: &QuarantineFilter,
 ) -> rusqlite::Result<(Vec<QuarantineRecord>, bool)> {
-    let mut stmt = conn.prepare_cached(
+    let mut stmt = conn.prepare_cached(if filter.newest_first {
         "SELECT id, received_at, origin, agent_id, source, topic, ts, payload, reason FROM quarantine
-         WHERE received_at >= ?1 AND received_at < ?2 ORDER BY received_at, id LIMIT ?3",
-    )?;
+         WHERE received_at >= ?1 AND received_at < ?2 AND (?4 IS NULL OR agent_id = ?4)
+           AND (?5 IS NULL OR instr(lower(reason), lower(?5)) > 0)
+         ORDER BY received_at DESC, id DESC LIMIT ?3"
+    } else {
+        "SELECT id, received_at, origin, agent_id, source, topic, ts, payload, reason FROM quarantine
+         WHERE received_at >= ?1 AND received_at < ?2 AND (?4 IS NULL OR agent_id = ?4)
+           AND (?5 IS NULL OR instr(lower(reason), lower(?5)) > 0)
+         ORDER BY received_at, id LIMIT ?3"
+    })?;
+    let limit = filter.limit;
     let mut records = stmt
-        .query_map(params![from, to, limit.saturating_add(1)], |r| {
-            Ok(QuarantineRecord {
-                id: r.get(0)?,
-                received_at: r.get(1)?,
-                origin: r.get(2)?,
-                agent_id: r.get(3)?,
-                source: r.get(4)?,
-                topic: r.get(5)?,
-                ts: r.get(6)?,
-                payload: r.get(7)?,
-                reason: r.get(8)?,
-            })
-        })?
+        .query_map(
+            params![
+                filter.from,
+                filter.to,
+                limit.saturating_add(1),
+                filter.agent,
+                filter.reason
+            ],
+            |r| {
+                Ok(QuarantineRecord {
+                    id: r.get(0)?,
+                    received_at: r.get(1)?,
+                    origin: r.get(2)?,
+                    agent_id: r.get(3)?,
+                    source: r.get(4)?,
+                    topic: r.get(5)?,
+                    ts: r.get(6)?,
+                    payload: r.get(7)?,
+                    reason: r.get(8)?,
+                })
+            },
+        )?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let truncated = records.len() > limit;
     records.truncate(limit);

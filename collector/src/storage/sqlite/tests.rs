@@ -432,7 +432,19 @@ async fn a_database_with_a_row_per_value_is_converted_to_chunks() {
 async fn quarantine(storage: &Storage) -> Vec<QuarantineRecord> {
     storage
         .reads()
-        .run(|c| list_quarantine(c, i64::MIN, i64::MAX, 100_000))
+        .run(|c| {
+            list_quarantine(
+                c,
+                &crate::storage::QuarantineFilter {
+                    from: i64::MIN,
+                    to: i64::MAX,
+                    limit: 100_000,
+                    newest_first: false,
+                    agent: None,
+                    reason: None,
+                },
+            )
+        })
         .await
         .unwrap()
         .0
