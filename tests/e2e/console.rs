@@ -50,11 +50,31 @@ struct Browser {
     log: Vec<serde_json::Value>,
 }
 
+impl Drop for Browser {
+    /// Chromium holds chromedriver's output pipes, and a session a failed test did not close
+    /// keeps it running: kill it (found by its profile directory) so chromedriver's process can
+    /// be reaped and nothing outlives the test.
+    fn drop(&mut self) {
+        // chromedriver leads its own process group, which Chromium's processes join.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self._driver.pid())])
+            .status();
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-f", "--"])
+            .arg(format!(
+                "--user-data-dir={}",
+                self._profile.path().display()
+            ))
+            .status();
+    }
+}
+
 impl Browser {
     async fn start() -> Browser {
         let port = free_port();
         let mut command = Command::new("chromedriver");
         command.arg(format!("--port={port}"));
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let driver = Process::spawn("chromedriver", command).unwrap();
         assert!(
             wait_until(Duration::from_secs(20), || port_open(port)),
@@ -68,6 +88,7 @@ impl Browser {
                 "args": [
                     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                     "--window-size=1280,800", "--no-first-run", "--disable-extensions",
+                    "--disable-crash-reporter", "--disable-breakpad",
                     format!("--user-data-dir={}", profile.path().display()),
                 ],
             },
@@ -114,6 +135,13 @@ impl Browser {
             .unwrap_or_else(|e| panic!("{css}: {e}"))
     }
 
+    /// Text whose contrast with its background is under WCAG AA (4.5:1, 3:1 for large
+    /// text), as `[text, ratio]` pairs; disabled controls are exempt, as WCAG says.
+    async fn low_contrast(&self) -> Vec<serde_json::Value> {
+        let found = self.client.execute(CONTRAST_SCRIPT, vec![]).await.unwrap();
+        serde_json::from_value(found).unwrap()
+    }
+
     async fn text(&self, css: &str) -> String {
         self.wait_css(css).await.text().await.unwrap()
     }
@@ -131,6 +159,34 @@ impl Browser {
         self.client.set_window_size(1280, 800).await.unwrap();
     }
 }
+
+/// Walks the visible elements that hold text and measures their contrast (WCAG 2 relative
+/// luminance) against the first opaque background up the tree.
+const CONTRAST_SCRIPT: &str = r#"
+const channel = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+const parse = (c) => (c.match(/[\d.]+/g) || []).map(Number);
+const luminance = (c) => { const [r, g, b] = parse(c); return 0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b); };
+const background = (e) => {
+  for (; e; e = e.parentElement) {
+    const c = getComputedStyle(e).backgroundColor, p = parse(c);
+    if (p.length === 3 || (p.length === 4 && p[3] > 0.5)) return c;
+  }
+  return "rgb(255, 255, 255)";
+};
+const low = [];
+for (const e of document.querySelectorAll("body *")) {
+  const text = [...e.childNodes].filter((n) => n.nodeType === 3).map((n) => n.textContent.trim()).join(" ").trim();
+  if (!text || e.closest(":disabled") || !e.getClientRects().length) continue;
+  const s = getComputedStyle(e);
+  if (s.visibility === "hidden") continue;
+  const [a, b] = [luminance(s.color), luminance(background(e))];
+  const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+  const size = parseFloat(s.fontSize), bold = Number(s.fontWeight) >= 700;
+  const need = size >= 24 || (size >= 18.66 && bold) ? 3 : 4.5;
+  if (ratio < need) low.push([text.slice(0, 40), Math.round(ratio * 100) / 100]);
+}
+return low;
+"#;
 
 fn agent(dir: &std::path::Path, id: &str, collector: &str) -> String {
     let text = agent_config_with(
@@ -197,6 +253,13 @@ async fn the_console_shows_the_fleet_explore_and_quarantine_in_a_real_browser() 
     let (t1, _) = token_pair("a1");
     let (t2, _) = token_pair("a2");
     let (reader, reader_hash) = token_pair("console");
+    // A thousand more agents that never report: the fleet table pages through them.
+    let fleet: String = (0..1000)
+        .map(|i| {
+            let (_, hash) = token_pair(&format!("idle-{i:04}"));
+            format!("[[agents]]\nid = \"idle-{i:04}\"\ntoken_sha256 = \"{hash}\"\n\n")
+        })
+        .collect();
     let mut collector = blocking(|| {
         CollectorProcess::start_custom(
             &dir.path().join("collector"),
@@ -204,7 +267,7 @@ async fn the_console_shows_the_fleet_explore_and_quarantine_in_a_real_browser() 
             &CollectorOptions {
                 anonymous_read: false,
                 extra: format!(
-                    "[[readers]]\nid = \"console\"\ntoken_sha256 = \"{reader_hash}\"\n\n[fleet]\nlate_after = \"2s\"\nsilent_after = \"4s\"\n"
+                    "{fleet}[[readers]]\nid = \"console\"\ntoken_sha256 = \"{reader_hash}\"\n\n[fleet]\nlate_after = \"2s\"\nsilent_after = \"4s\"\n"
                 ),
                 ..CollectorOptions::default()
             },
@@ -285,9 +348,28 @@ async fn the_console_shows_the_fleet_explore_and_quarantine_in_a_real_browser() 
         .await
         .unwrap();
 
-    // The fleet lists both agents.
+    // The fleet pages through the 1,002 agents (the never-seen ones sort before those that
+    // are ok), and the filter finds the two that report.
+    browser
+        .wait_css("#fleet-table tr[data-status=\"never_seen\"]")
+        .await;
+    let pager = browser.text(".pager span").await;
+    assert!(pager.contains("Page 1 of 21 (1002 agents)"), "{pager}");
+    let rows = browser
+        .client
+        .find_all(Locator::Css("#fleet-table tbody tr"))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 50);
+    browser
+        .wait_css("#fleet-filter")
+        .await
+        .send_keys("a")
+        .await
+        .unwrap();
     browser.wait_css("#fleet-table tr[data-agent=\"a1\"]").await;
     browser.wait_css("#fleet-table tr[data-agent=\"a2\"]").await;
+    let mut low_contrast = browser.low_contrast().await;
     browser.screenshots("fleet").await;
 
     // A stopped agent turns silent (silent_after = 4s; the table refreshes every 5 s).
@@ -321,6 +403,7 @@ async fn the_console_shows_the_fleet_explore_and_quarantine_in_a_real_browser() 
         .unwrap();
     browser.wait_css("#agent-head dl").await;
     browser.wait_css("#agent-series li a").await;
+    low_contrast.extend(browser.low_contrast().await);
     browser.screenshots("agent").await;
 
     // Explore: the chart's points and extremes are /api/v1/query's.
@@ -350,6 +433,7 @@ async fn the_console_shows_the_fleet_explore_and_quarantine_in_a_real_browser() 
             (a.min(v), b.max(v))
         });
     assert_eq!((min, max), (qmin, qmax), "extremes on the chart");
+    low_contrast.extend(browser.low_contrast().await);
     browser.screenshots("explore").await;
 
     // Quarantine: the markup is shown as text, and nothing ran.
@@ -387,6 +471,7 @@ async fn the_console_shows_the_fleet_explore_and_quarantine_in_a_real_browser() 
         .await
         .unwrap();
     assert_eq!(ran, serde_json::json!([true, 0]), "the payload did not run");
+    low_contrast.extend(browser.low_contrast().await);
     browser.screenshots("quarantine").await;
 
     // Ingest.
@@ -397,6 +482,7 @@ async fn the_console_shows_the_fleet_explore_and_quarantine_in_a_real_browser() 
         .unwrap();
     browser.wait_css("#ingest-rate").await;
     tokio::time::sleep(Duration::from_secs(6)).await;
+    low_contrast.extend(browser.low_contrast().await);
     browser.screenshots("ingest").await;
 
     // The benchmark's second figure: Explore with 1,000 more series in the store.
@@ -427,12 +513,33 @@ async fn the_console_shows_the_fleet_explore_and_quarantine_in_a_real_browser() 
         with_many[with_many.len() / 2]
     );
 
+    assert!(
+        low_contrast.is_empty(),
+        "text under WCAG AA contrast: {low_contrast:?}"
+    );
     browser.drain_log().await;
     let errors = browser.script_errors();
     assert!(errors.is_empty(), "JavaScript errors: {errors:?}");
-    browser.client.close().await.unwrap();
     drop(a1);
     collector.terminate();
+
+    // With anonymous_read, the console asks for no token.
+    let open =
+        blocking(|| CollectorProcess::start(&dir.path().join("open"), &[("a1", &t1)]).unwrap());
+    browser.client.goto("about:blank").await.unwrap();
+    browser
+        .client
+        .goto(&format!("{}/", open.url().trim_end_matches('/')))
+        .await
+        .unwrap();
+    browser.wait_css("#fleet-table tr[data-agent=\"a1\"]").await;
+    let prompted = browser
+        .client
+        .execute("return document.getElementById('login').open", vec![])
+        .await
+        .unwrap();
+    assert_eq!(prompted, serde_json::json!(false), "no token prompt");
+    browser.client.clone().close().await.unwrap();
 }
 
 /// Polls `check` until it is true or `timeout` passes.
