@@ -20,7 +20,7 @@ use tributary_collector::metrics::Metrics;
 use tributary_collector::rollup::{Agg, window_start};
 use tributary_collector::storage::sqlite::{list_quarantine, query_raw, rollups::query_aggregated};
 use tributary_collector::storage::{
-    AggregateQuery, Origin, RawQuery, Storage, StorageOptions, Stored, WriteJob,
+    AggregateQuery, Origin, QuarantineFilter, RawQuery, Storage, StorageOptions, Stored, WriteJob,
 };
 use tributary_wire::codec::{self, Encoding};
 use tributary_wire::decode::{DecodeLimits, decode_batch_limited};
@@ -204,7 +204,19 @@ fuzz_target!(|input: Input| {
         // What the store holds is what was acknowledged.
         let reads = Arc::clone(storage.reads());
         let held = reads
-            .run(|c| list_quarantine(c, i64::MIN, i64::MAX, 1_000_000))
+            .run(|c| {
+                list_quarantine(
+                    c,
+                    &QuarantineFilter {
+                        from: i64::MIN,
+                        to: i64::MAX,
+                        limit: 1_000_000,
+                        newest_first: false,
+                        agent: None,
+                        reason: None,
+                    },
+                )
+            })
             .await
             .unwrap()
             .0;
