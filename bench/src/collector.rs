@@ -13,7 +13,7 @@ use tributary_wire::codec::{self, Encoding};
 use tributary_wire::{AgentStatus, Batch, Point};
 
 /// Rules a site would plausibly run: a sanity range that flags, a unit conversion, a rename.
-const RULES: &str = r#"
+pub(crate) const RULES: &str = r#"
 [query]
 max_points = 2000000
 

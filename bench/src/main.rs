@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod collector;
+mod density;
 mod prom;
 
 use clap::{Parser, Subcommand};
@@ -132,6 +133,23 @@ enum Scenario {
         #[arg(long, default_value_t = 10)]
         runs: usize,
     },
+    /// The same InfluxDB line protocol into the collector (cleaning and rollups on) and into
+    /// VictoriaMetrics: points/s, CPU s per million, bytes on disk per point after a clean
+    /// stop, peak RSS, and the collector's WAL at its largest.
+    Density {
+        #[arg(long, default_value_t = 100)]
+        hosts: usize,
+        #[arg(long, default_value_t = 10)]
+        fields: usize,
+        #[arg(long, default_value_t = 24)]
+        hours: i64,
+        #[arg(long, default_value_t = 10)]
+        interval_seconds: i64,
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        #[arg(long, default_value_t = 5000)]
+        lines_per_request: usize,
+    },
     /// Ten scheduled inputs (exec, system, http, sql) every 10 s for `seconds`: CPU % and RSS
     /// of an agent that is mostly waiting.
     Idle {
@@ -181,6 +199,21 @@ fn main() -> anyhow::Result<()> {
         Scenario::Sizes => sizes(),
         Scenario::Tail { lines, tls } => block_on(tail(lines, tls)),
         Scenario::Idle { seconds } => block_on(idle(seconds)),
+        Scenario::Density {
+            hosts,
+            fields,
+            hours,
+            interval_seconds,
+            clients,
+            lines_per_request,
+        } => block_on(density::run(density::Options {
+            hosts,
+            fields,
+            hours,
+            interval_seconds,
+            clients,
+            lines_per_request,
+        })),
         Scenario::Prom {
             agents,
             series_per_agent,
