@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use fantoccini::actions::{InputSource, MOUSE_BUTTON_LEFT, MouseActions, PointerAction};
 use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
 use tributary_bench::harness::{
@@ -433,6 +434,55 @@ async fn the_console_shows_the_fleet_explore_and_quarantine_in_a_real_browser() 
             (a.min(v), b.max(v))
         });
     assert_eq!((min, max), (qmin, qmax), "extremes on the chart");
+
+    // Dragging across the chart zooms in: the URL takes the custom range, and the chart
+    // redraws with fewer points.
+    let over = browser.wait_css("#explore-chart .u-over").await;
+    let drag = MouseActions::new("mouse".into())
+        .then(PointerAction::MoveToElement {
+            element: over.clone(),
+            duration: None,
+            x: -150.0,
+            y: 0.0,
+        })
+        .then(PointerAction::Down {
+            button: MOUSE_BUTTON_LEFT,
+        })
+        .then(PointerAction::MoveToElement {
+            element: over,
+            duration: Some(Duration::from_millis(300)),
+            x: 150.0,
+            y: 0.0,
+        })
+        .then(PointerAction::Up {
+            button: MOUSE_BUTTON_LEFT,
+        });
+    browser.client.perform_actions(drag).await.unwrap();
+    assert!(
+        wait_until_async(Duration::from_secs(20), async || {
+            let hash = browser
+                .client
+                .execute("return location.hash", vec![])
+                .await
+                .unwrap();
+            let zoomed = browser
+                .client
+                .find(Locator::Css("#explore-stats tr[data-points]"))
+                .await
+                .ok();
+            let points = match zoomed {
+                Some(row) => row.attr("data-points").await.ok().flatten(),
+                None => None,
+            };
+            hash.as_str()
+                .is_some_and(|h| h.contains("from=") && !h.contains("range="))
+                && points
+                    .and_then(|p| p.parse::<u64>().ok())
+                    .is_some_and(|p| p > 0 && p < 1380)
+        })
+        .await,
+        "dragging across the chart zooms in"
+    );
     low_contrast.extend(browser.low_contrast().await);
     browser.screenshots("explore").await;
 
