@@ -1,9 +1,10 @@
-//! Raw values stored as chunks: one row holds a run of one series' values, in time order,
-//! encoded back to back as MessagePack (`uint` time delta in ns, then the value as the wire
-//! carries it: float, integer, boolean or string).
+//! Raw values stored as chunks: one row holds a run of one series' values, in time order, in
+//! the chunk format of [`crate::storage::codec`] (segments of delta-of-delta times and
+//! Gorilla-XOR floats, zigzag-delta integers, bit-packed booleans, dictionary strings; the
+//! MessagePack pairs of schema 3 to 5 still read).
 //!
 //! A row per value cost a b-tree insert and ~70 bytes per value; a chunk costs one insert per
-//! series per commit and ~10-18 bytes per value. Three rules keep reads simple:
+//! series per commit and a few bytes per value. Three rules keep reads simple:
 //!
 //! - The values of a chunk lie in one aligned [`CHUNK_SPAN`] (1 h), so every chunk that holds
 //!   a value of `[from, to)` starts in `[span start of from, to)`: a range read is an index
@@ -19,7 +20,6 @@
 use std::collections::HashMap;
 
 use rusqlite::{Connection, Transaction, params};
-use serde::Deserialize;
 use tributary_wire::FieldValue;
 
 use crate::rollup::window_start;
@@ -171,27 +171,11 @@ impl ChunkWriter {
     }
 }
 
-/// Encodes `run` into `buf` (cleared first), times as deltas from `base`.
+/// Encodes `run` into `buf` (cleared first) as one part of the chunk format
+/// ([`crate::storage::codec`]), times as deltas from `base`.
 fn encode(buf: &mut Vec<u8>, base: i64, run: &[(i64, i64, &FieldValue)]) {
     buf.clear();
-    let mut previous = base;
-    for (_, ts, value) in run {
-        // Writing into a Vec cannot fail.
-        let _ = rmp::encode::write_uint(buf, ts.abs_diff(previous));
-        previous = *ts;
-        match value {
-            FieldValue::F64(v) => {
-                let _ = rmp::encode::write_f64(buf, *v);
-            }
-            FieldValue::I64(v) => {
-                let _ = rmp::encode::write_sint(buf, *v);
-            }
-            FieldValue::Bool(v) => rmp::encode::write_bool(buf, *v).unwrap_or_default(),
-            FieldValue::Str(v) => {
-                let _ = rmp::encode::write_str(buf, v);
-            }
-        }
-    }
+    crate::storage::codec::encode(buf, base, run);
 }
 
 /// A chunk that does not decode: the database was damaged or written by something else.
@@ -208,17 +192,9 @@ pub fn decode(
     series: i64,
     start_ts: i64,
     data: &[u8],
-    mut each: impl FnMut(i64, FieldValue),
+    each: impl FnMut(i64, FieldValue),
 ) -> rusqlite::Result<()> {
-    let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(data));
-    let mut ts = start_ts;
-    while de.position() < data.len() as u64 {
-        let delta = u64::deserialize(&mut de).map_err(|e| corrupt(series, start_ts, e))?;
-        let value = FieldValue::deserialize(&mut de).map_err(|e| corrupt(series, start_ts, e))?;
-        ts = ts.wrapping_add(delta as i64);
-        each(ts, value);
-    }
-    Ok(())
+    crate::storage::codec::decode(start_ts, data, each).map_err(|e| corrupt(series, start_ts, e))
 }
 
 /// The values of `series` with `from <= ts < to`, in time order (equal times in the order
