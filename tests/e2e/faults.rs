@@ -47,6 +47,26 @@ fn padded(id: u64, pad: usize) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Like [`padded`], with padding that differs from message to message (hex of a xorshift
+/// seeded by the id), so a store cannot keep it once for all: the collector's chunks keep each
+/// distinct string once per segment.
+fn padded_unique(id: u64, pad: usize) -> Vec<u8> {
+    let mut state = id.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut text = String::with_capacity(pad);
+    while text.len() < pad {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        text.push_str(&format!("{state:016x}"));
+    }
+    text.truncate(pad);
+    format!(
+        r#"{{"id": {id}, "value": {}, "pad": "{text}"}}"#,
+        id as f64 + 0.5
+    )
+    .into_bytes()
+}
+
 /// Publishes `range` with `payload`, as fast as the broker takes them; returns what the
 /// broker acknowledged (all of it, asserted).
 async fn publish_with(
@@ -194,7 +214,7 @@ async fn collector_on_a_full_disk_answers_503_and_resumes_exactly_once() {
     let healthz = format!("{}/healthz", collector.url());
     assert_eq!(get(&healthz).await.0, 200);
 
-    let acked = publish_with(broker.port, 0..8_000, |id| padded(id, 1500)).await;
+    let acked = publish_with(broker.port, 0..8_000, |id| padded_unique(id, 1500)).await;
     let (status, body) = wait_status(&healthz, 503, Duration::from_secs(60)).await;
     assert_eq!(status, 503, "healthz says storage cannot commit: {body}");
     assert!(body.contains("storage cannot commit"), "{body}");
