@@ -266,6 +266,7 @@ impl Config {
             resolutions: self.resolutions.clone(),
             raw_retention: self.raw_retention,
             export_feed: !self.exports.is_empty(),
+            ..StorageOptions::new(&self.storage_path)
         }
     }
 }

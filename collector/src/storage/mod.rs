@@ -204,6 +204,8 @@ pub struct StorageOptions {
     pub raw_retention: Option<i64>,
     /// Note what each transaction stored in the export feed (exports are configured).
     pub export_feed: bool,
+    /// The WAL file's size past which the writer truncates it (bytes).
+    pub wal_limit: u64,
 }
 
 impl StorageOptions {
@@ -219,6 +221,7 @@ impl StorageOptions {
             resolutions: crate::rollup::default_resolutions(),
             raw_retention: None,
             export_feed: false,
+            wal_limit: 128 << 20,
         }
     }
 }

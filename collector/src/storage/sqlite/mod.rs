@@ -161,6 +161,7 @@ impl Storage {
                 StorageError::Other(format!("cannot start the storage-free thread: {e}"))
             })?,
             health: Arc::clone(&health),
+            wal_limit: options.wal_limit,
         };
         let writer = std::thread::Builder::new()
             .name("storage-writer".into())

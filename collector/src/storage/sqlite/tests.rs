@@ -774,3 +774,40 @@ fn gaps_are_explained_by_drop_counts_no_earlier_jump_used() {
         u64::MAX
     );
 }
+
+/// Commits without pause never give the checkpointer thread the moment it needs to restart
+/// the WAL; the writer truncates it itself past `wal_limit`.
+#[tokio::test]
+async fn the_wal_stays_near_its_limit_under_back_to_back_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open_with(&dir, |o| o.wal_limit = 256 << 10);
+    let wal = dir.path().join("c.db-wal");
+    let (mut largest, mut seq) = (0u64, 1u64);
+    for round in 0..30i64 {
+        // A thousand series a commit: every commit writes pages all over the database.
+        let points: Vec<Point> = (0..1000)
+            .map(|d| {
+                Point::new("wide", 1_700_000_000_000_000_000 + round * 10_000_000_000)
+                    .with_tag("device", format!("d{d}"))
+                    .with_field("v", (d * 7 + round) as f64 * 0.37)
+            })
+            .collect();
+        let n = points.len() as u64;
+        let batch = Batch {
+            points,
+            last_seq: seq + n - 1,
+            ..batch("e1", seq, &[0])
+        };
+        store(&storage, "a1", batch, 0).await.unwrap();
+        seq += n;
+        largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+    }
+    assert!(
+        storage.metrics.wal_restarts.get() >= 1,
+        "the writer truncated the WAL"
+    );
+    assert!(
+        largest < 4 << 20,
+        "the WAL reached {largest} bytes with a 256 KiB limit"
+    );
+}

@@ -17,7 +17,13 @@ pub(super) struct WriterThread {
     /// Where stored batches go to be freed, off the writer thread.
     pub(super) dropper: std::sync::mpsc::SyncSender<Vec<Freed>>,
     pub(super) health: Arc<StoreHealth>,
+    /// The WAL file's size past which the writer checkpoints and truncates it itself.
+    pub(super) wal_limit: u64,
 }
+
+/// How long the writer's own checkpoint waits for readers to leave the old snapshot before it
+/// gives up until the next commit.
+const WAL_TRUNCATE_WAIT: Duration = Duration::from_secs(1);
 
 /// A stored batch on its way to be freed, with the ingest memory it holds.
 pub(super) type Freed = (
@@ -225,6 +231,7 @@ impl WriterThread {
                 if let Err(returned) = self.dropper.send(batches) {
                     drop(returned);
                 }
+                self.bound_wal();
             }
             Err(e) if jobs.len() > 1 && !storage_cannot_commit(&e) => {
                 warn!(error = %e, batches = jobs.len(), "group commit failed; storing the batches one by one");
@@ -314,6 +321,39 @@ impl WriterThread {
         self.metrics.points_stored.inc_by(ack.stored);
         self.metrics.points_duplicate.inc_by(ack.duplicates);
         self.metrics.rejects_stored.inc_by(ack.rejects_stored);
+    }
+
+    /// Keeps the WAL under `wal_limit`: the checkpointer thread restarts it only when it gets
+    /// the write lock for a moment, which a writer committing without pause never gives, so
+    /// past the limit the writer, between two commits and with the group's answers sent,
+    /// copies the rest of the WAL into the database and truncates it. Readers still in an
+    /// older snapshot make it wait (up to [`WAL_TRUNCATE_WAIT`]) or try again after the next
+    /// commit.
+    fn bound_wal(&mut self) {
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        let size = std::fs::metadata(&wal).map_or(0, |m| m.len());
+        if size <= self.wal_limit {
+            return;
+        }
+        let _ = self.conn.busy_timeout(WAL_TRUNCATE_WAIT);
+        let result = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            });
+        let _ = self.conn.busy_timeout(Duration::from_secs(10));
+        match result {
+            Ok(0) => {
+                self.metrics.wal_restarts.inc();
+            }
+            // Readers kept it: the next commit tries again.
+            Ok(_) => {}
+            Err(e) => {
+                warn!(error = %e, wal_bytes = size, "truncating the WAL failed; retrying after the next commit");
+                self.metrics.error("storage", "checkpoint");
+            }
+        }
     }
 
     /// A transaction committed: the store is healthy.
