@@ -222,12 +222,10 @@ fn check_bare_durations(query: &str) -> Result<(), QueryError> {
                     continue;
                 }
                 if expect_duration {
-                    let number = token.parse::<f64>().ok().or_else(|| {
-                        let hex = token
-                            .strip_prefix("0x")
-                            .or_else(|| token.strip_prefix("0X"))?;
-                        u64::from_str_radix(hex, 16).ok().map(|v| v as f64)
-                    });
+                    let number = token
+                        .parse::<f64>()
+                        .ok()
+                        .or_else(|| duration_seconds(token));
                     if let Some(seconds) = number
                         && !(seconds.is_finite() && seconds.abs() <= MAX_BARE_SECONDS)
                     {
@@ -244,6 +242,64 @@ fn check_bare_durations(query: &str) -> Result<(), QueryError> {
         i = i.saturating_add(1);
     }
     Ok(())
+}
+
+/// The most seconds any number in a duration-position token names (`1h30m`, `0x10`, `1e77`,
+/// `5555…5+88h`: the tokens run on through signs): each number, decimal with an optional
+/// exponent or hexadecimal, times the unit letters after it (none: seconds). `None` without
+/// a number.
+fn duration_seconds(token: &str) -> Option<f64> {
+    let bytes = token.as_bytes();
+    let at = |i: usize| bytes.get(i).copied().unwrap_or(0);
+    let mut i = 0usize;
+    let mut largest: Option<f64> = None;
+    while i < bytes.len() {
+        let start = i;
+        let value = if at(i) == b'0' && matches!(at(i.saturating_add(1)), b'x' | b'X') {
+            i = i.saturating_add(2);
+            let digits = i;
+            while at(i).is_ascii_hexdigit() {
+                i = i.saturating_add(1);
+            }
+            let hex = token.get(digits..i).unwrap_or_default();
+            u64::from_str_radix(hex, 16).map_or(f64::INFINITY, |v| v as f64)
+        } else if at(i).is_ascii_digit() || at(i) == b'.' {
+            while at(i).is_ascii_digit() || at(i) == b'.' {
+                i = i.saturating_add(1);
+            }
+            let signed = matches!(at(i.saturating_add(1)), b'+' | b'-');
+            let exponent_digit = at(i.saturating_add(if signed { 2 } else { 1 }));
+            if matches!(at(i), b'e' | b'E') && exponent_digit.is_ascii_digit() {
+                i = i.saturating_add(if signed { 2 } else { 1 });
+                while at(i).is_ascii_digit() {
+                    i = i.saturating_add(1);
+                }
+            }
+            token
+                .get(start..i)
+                .and_then(|n| n.parse::<f64>().ok())
+                .unwrap_or(f64::INFINITY)
+        } else {
+            i = i.saturating_add(1);
+            continue;
+        };
+        let unit_start = i;
+        while at(i).is_ascii_alphabetic() {
+            i = i.saturating_add(1);
+        }
+        let scale = match token.get(unit_start..i).unwrap_or_default() {
+            "ms" => 0.001,
+            "m" => 60.0,
+            "h" => 3_600.0,
+            "d" => 86_400.0,
+            "w" => 604_800.0,
+            "y" => 31_536_000.0,
+            _ => 1.0,
+        };
+        let seconds = value * scale;
+        largest = Some(largest.map_or(seconds, |l: f64| l.max(seconds)));
+    }
+    largest
 }
 
 /// A selector's matchers with its metric name as a `__name__` matcher.

@@ -152,6 +152,32 @@ fn a_range_query_is_the_instant_query_at_each_step() {
 }
 
 #[test]
+fn durations_run_on_through_signs_are_refused_before_parsing() {
+    // Found by the promql fuzz target: the parser panicked converting these.
+    for query in [
+        "-hup offset 55555555555555555555555552+8888-88-h+8888h 8*8+88-h-@888*8+88",
+        "up offset 1e77+777777 <   0e <  B0m0 bool 0",
+        "uup offset  6666666666666660000006167921+00 > boooffset  1+00 > bool0",
+        "up offset 99999999999999d",
+        "up[0xffffffffffffffffff]",
+    ] {
+        let error = parse(query).unwrap_err();
+        assert!(
+            error.to_string().contains("not a duration"),
+            "{query}: {error}"
+        );
+    }
+    for query in [
+        "up offset 5m",
+        "up[1h30m]",
+        "rate(up[5m])[1d:1h]",
+        "up offset -2w",
+    ] {
+        parse(query).unwrap();
+    }
+}
+
+#[test]
 fn bare_durations_the_parser_cannot_hold_are_refused_before_parsing() {
     // Each of these made promql-parser panic (the fuzz target found the first).
     for query in [
