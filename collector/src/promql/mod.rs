@@ -97,6 +97,13 @@ pub enum QueryError {
 }
 
 impl QueryError {
+    /// A query that would load more than `budget` samples (`query.max_points`).
+    pub fn over_budget(budget: usize) -> QueryError {
+        QueryError::Execution(format!(
+            "the query would load more than {budget} samples (query.max_points)"
+        ))
+    }
+
     pub fn unsupported(what: impl std::fmt::Display) -> QueryError {
         QueryError::Execution(format!("unsupported: {what}"))
     }
@@ -349,9 +356,7 @@ impl Source for MemorySource {
                 .collect();
             total = total.saturating_add(samples.len());
             if total > budget {
-                return Err(QueryError::Execution(format!(
-                    "the query would load more than {budget} samples (query.max_points)"
-                )));
+                return Err(QueryError::over_budget(budget));
             }
             out.push(Series {
                 labels: Arc::clone(&series.labels),
@@ -368,13 +373,7 @@ impl Source for MemorySource {
         grid: Grid,
         budget: usize,
     ) -> Result<Option<Rolled>, QueryError> {
-        let Some(width) = self
-            .window_widths
-            .iter()
-            .copied()
-            .filter(|&w| grid.tiled_by(w, range))
-            .max()
-        else {
+        let Some(width) = grid.coarsest(self.window_widths.iter().copied(), range) else {
             return Ok(None);
         };
         let from = grid.from.saturating_sub(range);

@@ -52,6 +52,13 @@ impl Grid {
     }
 }
 
+impl Grid {
+    /// The widest of `widths` (ms) that tiles ranges of `range` ending on the grid.
+    pub fn coarsest(&self, widths: impl Iterator<Item = i64>, range: i64) -> Option<i64> {
+        widths.filter(|&w| self.tiled_by(w, range)).max()
+    }
+}
+
 /// The partial aggregate of one window of one series (stale markers left out).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Partial {

@@ -127,12 +127,6 @@ impl SqliteSource<'_> {
     }
 }
 
-fn over_budget(budget: usize) -> QueryError {
-    QueryError::Execution(format!(
-        "the query would load more than {budget} samples (query.max_points)"
-    ))
-}
-
 /// The samples of series `id` in `[from_ns, to_ns]`, at most `left` (else an error naming
 /// `budget`).
 fn samples(
@@ -152,7 +146,7 @@ fn samples(
     )
     .map_err(internal)?;
     if truncated || points.len() > left {
-        return Err(over_budget(budget));
+        return Err(QueryError::over_budget(budget));
     }
     // Late points may sit in an earlier chunk's successor: order by time (stable, so of two
     // points at one time the one written later stays later).
@@ -246,20 +240,19 @@ impl Source for SqliteSource<'_> {
         grid: Grid,
         budget: usize,
     ) -> Result<Option<Rolled>, QueryError> {
-        let Some(res) = self
+        let whole_ms = self
             .windows
             .iter()
-            .filter(|r| {
-                r.step.rem_euclid(1_000_000) == 0 && grid.tiled_by(r.step / 1_000_000, range)
-            })
-            .max_by_key(|r| r.step)
-        else {
+            .filter(|r| r.step.rem_euclid(1_000_000) == 0)
+            .map(|r| r.step / 1_000_000);
+        let Some(width) = grid.coarsest(whole_ms, range) else {
             return Ok(None);
         };
+        let res = width.saturating_mul(1_000_000);
         let from_ns = grid.from.saturating_sub(range).saturating_mul(1_000_000);
         let to_ns = grid.to.saturating_mul(1_000_000).saturating_add(999_999);
         let mut rolled = Rolled {
-            width: res.step / 1_000_000,
+            width,
             ..Rolled::default()
         };
         let mut total = 0usize;
@@ -270,12 +263,12 @@ impl Source for SqliteSource<'_> {
                 let windows = windows(
                     self.conn,
                     entry.id,
-                    res.step,
+                    res,
                     from_ns,
                     grid.to.saturating_mul(1_000_000),
                 )?;
                 if windows.len() > left {
-                    return Err(over_budget(budget));
+                    return Err(QueryError::over_budget(budget));
                 }
                 total = total.saturating_add(windows.len());
                 rolled.windowed.push(Windowed {
