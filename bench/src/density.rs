@@ -200,6 +200,15 @@ async fn collector(
     collector.terminate();
     let disk = disk_bytes(&dir.path().join("collector"))
         - std::fs::metadata(collector.config_path()).map_or(0, |m| m.len());
+    // For a look at where the bytes went (`sqlite3 … 'SELECT name, sum(pgsize) FROM dbstat
+    // GROUP BY name'`).
+    if let Some(keep) = std::env::var_os("TRIBUTARY_DENSITY_KEEP") {
+        std::fs::copy(collector.database(), &keep)?;
+        eprintln!(
+            "density: the collector's database is kept as {}",
+            Path::new(&keep).display()
+        );
+    }
     Ok(Figures {
         points_per_second: points as f64 / elapsed,
         cpu_per_million: cpu / (points as f64 / 1e6),
