@@ -5,8 +5,8 @@
 //! - `count`, `min`, `max` are exact;
 //! - `first` and `last` are the values at the smallest and largest timestamp; equal timestamps
 //!   are broken by the value (smaller first), not by arrival;
-//! - the quantile sketch (DDSketch through `sketches-ddsketch`, relative accuracy 1 %) counts
-//!   values in logarithmic bins, and bin counts add exactly;
+//! - the quantile sketch ([`Sketch`], a DDSketch of relative accuracy 1 %) counts values in
+//!   logarithmic bins, and bin counts add exactly;
 //! - `sum` is kept as an unevaluated pair of doubles (`hi + lo`, error-free transformations), so
 //!   it carries about 106 bits and rounds to the same double whatever the order, except for
 //!   sums that cancel beyond that precision;
@@ -16,20 +16,9 @@
 //! Non-finite values (NaN, ±inf) are not aggregated: they would poison every figure of the
 //! window. The raw value is still stored.
 
-use sketches_ddsketch::{Config, DDSketch};
+use super::sketch::Sketch;
 
-/// Relative accuracy of the quantiles: a reported p99 is within 1 % of a value whose rank is
-/// the 99th percentile's.
-pub const SKETCH_RELATIVE_ACCURACY: f64 = 0.01;
-/// Most bins per sign; with 1 % accuracy, 2,048 bins span 17 orders of magnitude before the
-/// lowest bins collapse.
-const SKETCH_MAX_BINS: u32 = 2048;
-/// Values closer to zero than this count as zero.
-const SKETCH_MIN_VALUE: f64 = 1e-9;
-
-fn sketch_config() -> Config {
-    Config::new(SKETCH_RELATIVE_ACCURACY, SKETCH_MAX_BINS, SKETCH_MIN_VALUE)
-}
+pub use super::sketch::RELATIVE_ACCURACY as SKETCH_RELATIVE_ACCURACY;
 
 /// An aggregation a query can ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -97,17 +86,17 @@ impl Agg {
 #[derive(Clone)]
 pub struct Aggregate {
     pub count: u64,
-    sum_hi: f64,
-    sum_lo: f64,
+    pub(crate) sum_hi: f64,
+    pub(crate) sum_lo: f64,
     /// Sum of squared deviations from the mean.
-    m2: f64,
+    pub(crate) m2: f64,
     pub min: f64,
     pub max: f64,
     /// (ts, value) at the smallest timestamp.
     pub first: (i64, f64),
     /// (ts, value) at the largest timestamp.
     pub last: (i64, f64),
-    sketch: DDSketch,
+    pub(crate) sketch: Sketch,
 }
 
 impl std::fmt::Debug for Aggregate {
@@ -153,7 +142,7 @@ impl Aggregate {
             max: f64::NEG_INFINITY,
             first: (i64::MAX, 0.0),
             last: (i64::MIN, 0.0),
-            sketch: DDSketch::new(sketch_config()),
+            sketch: Sketch::default(),
         }
     }
 
@@ -228,8 +217,7 @@ impl Aggregate {
         if earlier(self.last, other.last) {
             self.last = other.last;
         }
-        // Both sketches are built with the same configuration, so merging cannot fail.
-        let _ = self.sketch.merge(&other.sketch);
+        self.sketch.merge(&other.sketch);
     }
 
     /// The value of `agg`, or `None` where it is undefined (an empty window; stddev of one value).
@@ -253,33 +241,14 @@ impl Aggregate {
             Agg::Last => self.last.1,
             Agg::P50 | Agg::P90 | Agg::P99 => {
                 let q = agg.quantile().unwrap_or(0.5);
-                self.sketch.quantile(q).ok().flatten()?
+                self.sketch.quantile(q)?
             }
         })
     }
 
-    /// The state columns are not enough to rebuild: this is the rest, as one blob.
-    /// Layout: version 1, `sum_lo`, `m2` (little-endian f64), then the sketch in DataDog's
-    /// portable binary format.
-    pub fn state_blob(&self) -> Vec<u8> {
-        let sketch = self.sketch.to_java_bytes();
-        let mut out = Vec::with_capacity(sketch.len().saturating_add(17));
-        out.push(1u8);
-        // A NaN sum travels here, since the `sum` column cannot hold NaN (SQLite stores it
-        // as NULL): the column gets 0, and `sum()` of 0 and NaN is NaN again.
-        let lo = if self.sum_hi.is_nan() {
-            f64::NAN
-        } else {
-            self.sum_lo
-        };
-        out.extend_from_slice(&lo.to_le_bytes());
-        out.extend_from_slice(&self.m2.to_le_bytes());
-        out.extend_from_slice(&sketch);
-        out
-    }
-
-    /// Rebuilds an aggregate from its stored columns and state blob. Without `with_sketch`, the
-    /// sketch is left empty (cheaper, for queries that ask no quantile).
+    /// Rebuilds an aggregate from a row of the `rollups` table of schema 6 and older (its
+    /// columns and its state blob: version 1, `sum_lo`, `m2` as little-endian f64, then the
+    /// sketch in DataDog's portable format). Without `with_sketch`, the sketch is left empty.
     pub fn from_stored(
         columns: &StoredColumns,
         blob: &[u8],
@@ -296,9 +265,9 @@ impl Aggregate {
         let f = |bytes: &[u8]| f64::from_le_bytes(bytes.try_into().unwrap_or([0; 8]));
         let (sum_lo, m2) = (f(sum_lo), f(m2));
         let sketch = if with_sketch {
-            DDSketch::from_java_bytes(sketch_bytes).map_err(|e| format!("rollup sketch: {e:?}"))?
+            Sketch::from_portable(sketch_bytes).map_err(|e| format!("rollup sketch: {e}"))?
         } else {
-            DDSketch::new(sketch_config())
+            Sketch::default()
         };
         Ok(Aggregate {
             count: columns.count,
@@ -312,26 +281,9 @@ impl Aggregate {
             sketch,
         })
     }
-
-    /// The columns stored beside the blob (what most queries read).
-    pub fn columns(&self) -> StoredColumns {
-        StoredColumns {
-            count: self.count,
-            // NaN goes in the state blob instead (see `state_blob`).
-            sum: if self.sum_hi.is_nan() {
-                0.0
-            } else {
-                self.sum_hi
-            },
-            min: self.min,
-            max: self.max,
-            first: self.first,
-            last: self.last,
-        }
-    }
 }
 
-/// The plain columns of a stored rollup row.
+/// The plain columns of a row of the `rollups` table of schema 6 and older.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StoredColumns {
     pub count: u64,

@@ -6,6 +6,7 @@
 //! arithmetic, the choice of resolution for a query, and bucketing with moving windows.
 
 pub mod aggregate;
+pub mod sketch;
 
 pub use aggregate::{Agg, Aggregate, SKETCH_RELATIVE_ACCURACY};
 

@@ -43,7 +43,7 @@ pub const VERSION: u8 = 2;
 #[error("{0}")]
 pub struct CodecError(pub String);
 
-fn error(what: impl Into<String>) -> CodecError {
+pub(crate) fn error(what: impl Into<String>) -> CodecError {
     CodecError(what.into())
 }
 
@@ -56,15 +56,15 @@ fn kind_of(value: &FieldValue) -> u8 {
     }
 }
 
-fn zigzag(v: i64) -> u64 {
+pub(crate) fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64
 }
 
-fn unzigzag(v: u64) -> i64 {
+pub(crate) fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ ((v & 1) as i64).wrapping_neg()
 }
 
-fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         buf.push((v as u8) | 0x80);
         v >>= 7;
@@ -73,13 +73,13 @@ fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
 }
 
 /// Reads bytes from a slice, with errors instead of panics.
-struct Bytes<'a> {
-    data: &'a [u8],
-    at: usize,
+pub(crate) struct Bytes<'a> {
+    pub(crate) data: &'a [u8],
+    pub(crate) at: usize,
 }
 
 impl<'a> Bytes<'a> {
-    fn byte(&mut self) -> Result<u8, CodecError> {
+    pub(crate) fn byte(&mut self) -> Result<u8, CodecError> {
         let b = *self
             .data
             .get(self.at)
@@ -88,7 +88,7 @@ impl<'a> Bytes<'a> {
         Ok(b)
     }
 
-    fn varint(&mut self) -> Result<u64, CodecError> {
+    pub(crate) fn varint(&mut self) -> Result<u64, CodecError> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
             let b = self.byte()?;
@@ -102,7 +102,7 @@ impl<'a> Bytes<'a> {
         Err(error("a number is too long"))
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
         let end = self
             .at
             .checked_add(n)
@@ -258,9 +258,9 @@ pub fn encode<K>(buf: &mut Vec<u8>, base: i64, run: &[(K, i64, &FieldValue)]) {
 /// The value kind of floats written as decimals.
 const DECIMAL: u8 = 4;
 /// Most decimal digits after the point a decimal segment carries.
-const MAX_SCALE: usize = 15;
+pub(crate) const MAX_SCALE: usize = 15;
 /// Powers of ten that are exact doubles, `10^0` to `10^MAX_SCALE`.
-const POW10: [f64; MAX_SCALE + 1] = [
+pub(crate) const POW10: [f64; MAX_SCALE + 1] = [
     1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
 ];
 /// Mantissas up to this magnitude are exact doubles.
@@ -269,7 +269,7 @@ const MAX_MANTISSA: f64 = 9_007_199_254_740_992.0;
 const GROUP: usize = 64;
 
 /// `value` as `mantissa / 10^scale` at exactly `scale`, if that gives back the same bits.
-fn at_scale(value: f64, scale: usize) -> Option<i64> {
+pub(crate) fn at_scale(value: f64, scale: usize) -> Option<i64> {
     let p = *POW10.get(scale)?;
     let m = (value * p).round();
     (m.abs() <= MAX_MANTISSA && m / p == value && (value != 0.0 || value.is_sign_positive()))

@@ -20,6 +20,7 @@
 //! Invariant: for every `(agent, epoch)`, the points stored are exactly those with a sequence
 //! at or below its mark that were ever sent; a sequence is stored at most once.
 
+pub mod blocks;
 pub mod codec;
 mod series;
 pub mod sqlite;

@@ -197,6 +197,41 @@ pub fn decode(
     crate::storage::codec::decode(start_ts, data, each).map_err(|e| corrupt(series, start_ts, e))
 }
 
+/// Rewrites every chunk in the newest segment format (a database from before segment format 2
+/// holds MessagePack pairs or format 1 segments), in one transaction; returns the values
+/// rewritten.
+pub fn convert(conn: &Connection) -> rusqlite::Result<u64> {
+    let tx = conn.unchecked_transaction()?;
+    let mut rewritten = 0u64;
+    let mut after = i64::MIN;
+    let mut buf = Vec::new();
+    loop {
+        let rows: Vec<(i64, i64, i64, Vec<u8>)> = tx
+            .prepare_cached(
+                "SELECT id, series_id, start_ts, data FROM chunks WHERE id > ?1 ORDER BY id LIMIT 1000",
+            )?
+            .query_map([after], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let Some(last) = rows.last() else {
+            break;
+        };
+        after = last.0;
+        for (id, series, start_ts, data) in rows {
+            let mut values = Vec::new();
+            decode(series, start_ts, &data, |ts, v| values.push((ts, v)))?;
+            let run: Vec<((), i64, &FieldValue)> =
+                values.iter().map(|(t, v)| ((), *t, v)).collect();
+            buf.clear();
+            crate::storage::codec::encode(&mut buf, start_ts, &run);
+            tx.prepare_cached("UPDATE chunks SET data = ?2 WHERE id = ?1")?
+                .execute(params![id, buf])?;
+            rewritten = rewritten.saturating_add(values.len() as u64);
+        }
+    }
+    tx.commit()?;
+    Ok(rewritten)
+}
+
 /// The values of `series` with `from <= ts < to`, in time order (equal times in the order
 /// they were stored). With `limit`, only the first `limit` of them; the flag says whether
 /// more were left out.

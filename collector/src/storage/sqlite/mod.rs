@@ -134,6 +134,17 @@ impl Storage {
                 );
             }
         }
+        if version < 7 {
+            let windows = rollups::convert_rows(&conn).map_err(sql)?;
+            let values = chunks::convert(&conn).map_err(sql)?;
+            if windows > 0 || values > 0 {
+                tracing::info!(
+                    windows,
+                    values,
+                    "converted the rollup windows and chunks of an older database"
+                );
+            }
+        }
         let series = load_series(&conn).map_err(sql)?;
 
         let mut rollups = RollupWriter::new(options.resolutions.clone());

@@ -178,34 +178,25 @@ fn windows(
     from_ns: i64,
     to_ns: i64,
 ) -> Result<Vec<(i64, Partial)>, QueryError> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT start, count, sum, min, max, first_ts, first FROM rollups
-             WHERE series_id = ?1 AND res = ?2 AND start >= ?3 AND start <= ?4 AND count > 0
-             ORDER BY start",
-        )
-        .map_err(internal)?;
-    let rows = stmt
-        .query_map(rusqlite::params![id, res, from_ns, to_ns], |r| {
-            let start: i64 = r.get(0)?;
-            let first_ts: i64 = r.get(5)?;
-            Ok((
+    let windows =
+        super::rollups::read_windows(conn, id, res, from_ns, to_ns.saturating_add(1), false)
+            .map_err(internal)?;
+    Ok(windows
+        .into_iter()
+        .filter(|(_, a)| a.count > 0)
+        .map(|(start, a)| {
+            (
                 start.div_euclid(1_000_000),
                 Partial {
-                    count: r.get(1)?,
-                    sum: r.get(2)?,
-                    min: r.get(3)?,
-                    max: r.get(4)?,
-                    at_start: if first_ts == start {
-                        Some(r.get(6)?)
-                    } else {
-                        None
-                    },
+                    count: a.count,
+                    sum: a.sum(),
+                    min: a.min,
+                    max: a.max,
+                    at_start: (a.first.0 == start).then_some(a.first.1),
                 },
-            ))
+            )
         })
-        .map_err(internal)?;
-    rows.collect::<Result<_, _>>().map_err(internal)
+        .collect())
 }
 
 impl Source for SqliteSource<'_> {

@@ -39,26 +39,21 @@ impl WriterThread {
                 report.quarantined = report.quarantined.saturating_add(n as u64);
                 budget = budget.saturating_sub(n);
             }
-            {
-                let mut delete = tx.prepare_cached(
-                    "DELETE FROM rollups WHERE (series_id, res, start) IN
-                     (SELECT series_id, res, start FROM rollups
-                      WHERE series_id = ?1 AND res = ?2 AND start <= ?3 LIMIT ?4)",
-                )?;
-                for resolution in &self.resolutions {
-                    let Some(keep) = resolution.retention else {
-                        continue;
-                    };
-                    // A window goes once all of it is past the horizon.
-                    let last_start = now.saturating_sub(keep).saturating_sub(resolution.step);
-                    for id in &ids {
-                        if budget == 0 {
-                            break;
-                        }
-                        let n = delete.execute(params![id, resolution.step, last_start, budget])?;
-                        report.windows = report.windows.saturating_add(n as u64);
-                        budget = budget.saturating_sub(n);
+            for resolution in &self.resolutions {
+                let Some(keep) = resolution.retention else {
+                    continue;
+                };
+                // A window goes once all of it is past the horizon, a block once all of its
+                // windows are.
+                let horizon = now.saturating_sub(keep);
+                for id in &ids {
+                    if budget == 0 {
+                        break;
                     }
+                    let (blocks, windows) =
+                        rollups::delete_before(&tx, *id, resolution.step, horizon, budget)?;
+                    report.windows = report.windows.saturating_add(windows);
+                    budget = budget.saturating_sub(blocks);
                 }
             }
             tx.commit()?;

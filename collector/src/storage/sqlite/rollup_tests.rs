@@ -298,11 +298,130 @@ async fn a_database_from_before_rollups_is_rolled_up_on_open() {
     }
     // Make it look like a version 1 database: no rollups yet.
     let conn = Connection::open(dir.path().join("c.db")).unwrap();
-    conn.execute_batch("DELETE FROM rollups; PRAGMA user_version = 1;")
+    conn.execute_batch("DELETE FROM rollup_blocks; PRAGMA user_version = 1;")
         .unwrap();
     drop(conn);
     let storage = open(&dir);
     check(&storage, &readings).await;
+}
+
+/// A database of schema 6 (a `rollups` row per window with the sketch in DataDog's portable
+/// format, chunks of MessagePack pairs) is converted on open: the rollups move into blocks,
+/// the chunks into the newest segment format, and every answer stays the same.
+#[tokio::test]
+async fn a_schema_6_database_is_converted_on_open() {
+    use sketches_ddsketch::{Config, DDSketch};
+    let dir = tempfile::tempdir().unwrap();
+    let mut readings = readings();
+    readings.sort_by_key(|r| r.1);
+    let steps = [MINUTE, 5 * MINUTE, HOUR];
+    let mut before = Vec::new();
+    {
+        let storage = open(&dir);
+        send(&storage, "e1", &readings, &[500], 1).await;
+        for step in steps {
+            before.push(query(&storage, step, default_resolutions()).await);
+        }
+    }
+    // Write the data back as schema 6 kept it.
+    let conn = Connection::open(dir.path().join("c.db")).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE rollups (series_id INTEGER NOT NULL, res INTEGER NOT NULL,
+             start INTEGER NOT NULL, count INTEGER NOT NULL, sum REAL NOT NULL,
+             min REAL NOT NULL, max REAL NOT NULL, first_ts INTEGER NOT NULL,
+             first REAL NOT NULL, last_ts INTEGER NOT NULL, last REAL NOT NULL,
+             state BLOB NOT NULL, PRIMARY KEY (series_id, res, start)) WITHOUT ROWID;",
+    )
+    .unwrap();
+    let blocks: Vec<(i64, i64, i64, Vec<u8>)> = conn
+        .prepare("SELECT series_id, res, start, data FROM rollup_blocks")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    let mut rows = 0;
+    for (series, res, block, data) in blocks {
+        for (start, a) in crate::storage::blocks::windows(&data, block, res, true).unwrap() {
+            let mut theirs = DDSketch::new(Config::new(SKETCH_RELATIVE_ACCURACY, 2048, 1e-9));
+            for (key, count) in &a.sketch.positive {
+                theirs.add_with_count(crate::rollup::sketch::value(*key), *count);
+            }
+            for (key, count) in &a.sketch.negative {
+                theirs.add_with_count(-crate::rollup::sketch::value(*key), *count);
+            }
+            theirs.add_with_count(0.0, a.sketch.zero);
+            let mut state = vec![1u8];
+            state.extend_from_slice(&a.sum_lo.to_le_bytes());
+            state.extend_from_slice(&a.m2.to_le_bytes());
+            state.extend_from_slice(&theirs.to_java_bytes());
+            conn.execute(
+                "INSERT INTO rollups VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                rusqlite::params![
+                    series,
+                    res,
+                    start,
+                    a.count as i64,
+                    a.sum_hi,
+                    a.min,
+                    a.max,
+                    a.first.0,
+                    a.first.1,
+                    a.last.0,
+                    a.last.1,
+                    state
+                ],
+            )
+            .unwrap();
+            rows += 1;
+        }
+    }
+    assert!(rows > 2 * 180, "{rows} windows");
+    // Chunks as MessagePack pairs: the time delta, then the value.
+    let chunks: Vec<(i64, i64, Vec<u8>)> = conn
+        .prepare("SELECT id, start_ts, data FROM chunks")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    for (id, start_ts, data) in chunks {
+        let mut legacy = Vec::new();
+        let mut previous = start_ts;
+        crate::storage::codec::decode(start_ts, &data, |ts, v| {
+            rmp::encode::write_uint(&mut legacy, (ts - previous) as u64).unwrap();
+            legacy.extend(rmp_serde::to_vec(&v).unwrap());
+            previous = ts;
+        })
+        .unwrap();
+        conn.execute(
+            "UPDATE chunks SET data = ?2 WHERE id = ?1",
+            rusqlite::params![id, legacy],
+        )
+        .unwrap();
+    }
+    conn.execute_batch("DELETE FROM rollup_blocks; PRAGMA user_version = 6;")
+        .unwrap();
+    drop(conn);
+    let storage = open(&dir);
+    for (step, before) in steps.into_iter().zip(&before) {
+        let after = query(&storage, step, default_resolutions()).await;
+        assert_same(before, &after);
+        assert_equals_direct(&after, &readings, step);
+    }
+    check(&storage, &readings).await;
+    drop(storage);
+    let conn = Connection::open(dir.path().join("c.db")).unwrap();
+    let (legacy, segments, version): (i64, bool, i64) = conn
+        .query_row(
+            "SELECT (SELECT count(*) FROM sqlite_master WHERE name = 'rollups'),
+                    (SELECT min(substr(data, 1, 2) = x'c102') FROM chunks),
+                    (SELECT user_version FROM pragma_user_version)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!((legacy, segments, version), (0, true, SCHEMA_VERSION));
 }
 
 #[tokio::test]

@@ -67,8 +67,10 @@ CREATE INDEX IF NOT EXISTS quarantine_by_time ON quarantine (received_at);
 /// 4: `agents.clock_error_ns` (the bound of the agent's clock estimate). 5: `series.exact`
 /// (see [`super::prom`]; a series from before it counts as not exact). 6: chunks written in
 /// the segment format of [`crate::storage::codec`] (older chunks are read as they are; an
-/// older collector could not read the new ones, hence the new version).
-pub(super) const SCHEMA_VERSION: i64 = 6;
+/// older collector could not read the new ones, hence the new version). 7: rollup windows in
+/// blocks (`rollup_blocks`, [`crate::storage::blocks`]) instead of a row each, and chunks in
+/// segment format 2 (decimals); opening an older database converts both.
+pub(super) const SCHEMA_VERSION: i64 = 7;
 
 /// Page cache of the writer connection, in KiB.
 pub(super) const WRITER_CACHE_KIB: u64 = 64 * 1024;
