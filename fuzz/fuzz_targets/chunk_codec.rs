@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
 
     // Values from the input, 9 bytes each: a kind, then 8 bytes for the value and the step.
     let mut t = 1_700_000_000_000_000_000i64;
-    let kind = data.first().copied().unwrap_or(0) % 4;
+    let kind = data.first().copied().unwrap_or(0) % 5;
     let values: Vec<(i64, FieldValue)> = data
         .chunks_exact(9)
         .map(|c| {
@@ -25,6 +25,8 @@ fuzz_target!(|data: &[u8]| {
                 0 => FieldValue::F64(f64::from_bits(raw)),
                 1 => FieldValue::I64(raw as i64),
                 2 => FieldValue::Bool(raw & 1 == 1),
+                // Short decimals, as sensors send: the decimal kind.
+                4 => FieldValue::F64((raw as i64 % 10_000_000) as f64 / 10f64.powi(i32::from(c[0] % 6))),
                 _ => FieldValue::Str(format!("{}", raw % 7)),
             };
             (t, value)
