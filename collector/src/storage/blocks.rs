@@ -11,8 +11,8 @@
 //! - **flags** (LEB128): bit 0 the count is the context's, bit 1 so are the offsets of the
 //!   first and last time from the window's start, bit 2 the five values below are decimals,
 //!   bit 3 at the context's scale, bit 4 the sketch follows (else it is implied), bit 5 the
-//!   extras byte follows; the bits from 6 up are the number of empty windows skipped since the
-//!   context's;
+//!   extras byte follows, bit 6 the sketch is dense; the bits from 7 up are the number of empty
+//!   windows skipped since the context's;
 //! - the **count** (LEB128) and the two **offsets** (zigzag LEB128: first − start, last −
 //!   first), unless the flags say they repeat;
 //! - the **values** first, min, max, last and the rounded sum: as decimals, a scale byte
@@ -22,12 +22,16 @@
 //! - the **extras**, only when one is not zero: a byte with the lengths of the sum's rounding
 //!   error (high nibble) and of the sum of squared deviations (low nibble), then each as its
 //!   bits reversed, little-endian, without the zero bytes (a value with few significant bits
-//!   takes few bytes);
+//!   takes few bytes). A low nibble of 15 (decimal values only) says the sum of squared
+//!   deviations is instead `multiple / (count · 100^scale)` (what it is exactly for decimals)
+//!   corrected by a number of units in the last place, both zigzag LEB128;
 //! - the **sketch** unless it is implied (a window of one or two values, or of equal values,
 //!   has the sketch of its min and max): `positive bins << 1 | more`, then if `more` the zero
 //!   count and the number of negative bins; each sign's keys from the key of the min (positive)
 //!   or of the max (negative) as zigzag, then the gaps to the next key minus one; then the
-//!   counts minus one. All LEB128.
+//!   counts minus one. All LEB128. A dense sketch (positive values only, a bin for every key
+//!   from the min's to the max's, as most windows of a wandering reading have) is only the
+//!   counts minus one of every bin but the last, which holds the rest of the count.
 //!
 //! Every value round-trips bit for bit, NaN sums, infinities and −0.0 included (property tests),
 //! and decoding returns an error, never panics, on any bytes (`fuzz`).
@@ -49,7 +53,11 @@ const DECIMAL: u64 = 4;
 const SAME_SCALE: u64 = 8;
 const SKETCH: u64 = 16;
 const EXTRAS: u64 = 32;
-const GAP_SHIFT: u32 = 6;
+const DENSE: u64 = 64;
+const GAP_SHIFT: u32 = 7;
+/// The extras' length nibble that says the sum of squared deviations is written as a
+/// multiple of `1 / (count · 100^scale)` and a correction in units in the last place.
+const M2_DECIMAL: u8 = 15;
 
 /// The start of the block holding the window that starts at `window` (resolution `step`).
 pub fn block_start(window: i64, step: i64) -> i64 {
@@ -193,6 +201,28 @@ fn implied_sketch(count: u64, min: f64, max: f64) -> Option<Sketch> {
     Some(sketch)
 }
 
+/// What the sum of squared deviations of `count` decimals at `scale` is a multiple of, about.
+fn m2_unit(count: u64, scale: u8) -> f64 {
+    let p = POW10.get(usize::from(scale)).copied().unwrap_or(1.0);
+    count as f64 * p * p
+}
+
+/// `m2` as (multiple, correction in ulps) if that is shorter than its 8 bytes and gives back
+/// every bit.
+fn m2_decimal(m2: f64, count: u64, scale: u8) -> Option<(i64, i64)> {
+    let unit = m2_unit(count, scale);
+    let multiple = (m2 * unit).round();
+    if !m2.is_finite() || m2 <= 0.0 || !multiple.is_finite() || multiple.abs() > 9.0e15 {
+        return None;
+    }
+    let near = multiple / unit;
+    let ulps = (m2.to_bits() as i64).wrapping_sub(near.to_bits() as i64);
+    (ulps.unsigned_abs() < 1 << 20
+        && f64::from_bits((near.to_bits() as i64).wrapping_add(ulps) as u64).to_bits()
+            == m2.to_bits())
+    .then_some((multiple as i64, ulps))
+}
+
 fn put_float(out: &mut Vec<u8>, v: f64) -> u8 {
     let reversed = v.to_bits().reverse_bits();
     let n = (64u32.saturating_sub(reversed.leading_zeros())).div_ceil(8) as usize;
@@ -280,8 +310,12 @@ fn record(out: &mut Vec<u8>, context: &mut Context, index: i64, start: i64, a: &
             flags |= SAME_SCALE;
         }
     }
+    let dense = !sketch_implied && dense_sketch(a).is_some();
     if !sketch_implied {
         flags |= SKETCH;
+        if dense {
+            flags |= DENSE;
+        }
     }
     if extras {
         flags |= EXTRAS;
@@ -320,12 +354,23 @@ fn record(out: &mut Vec<u8>, context: &mut Context, index: i64, start: i64, a: &
         let at = out.len();
         out.push(0);
         let lo = put_float(out, a.sum_lo);
-        let m2 = put_float(out, a.m2);
+        let m2 = match decimals.and_then(|(scale, _)| m2_decimal(a.m2, a.count, scale)) {
+            Some((multiple, ulps)) => {
+                put_varint(out, zigzag(multiple));
+                put_varint(out, zigzag(ulps));
+                M2_DECIMAL
+            }
+            None => put_float(out, a.m2),
+        };
         if let Some(lengths) = out.get_mut(at) {
             *lengths = lo << 4 | m2;
         }
     }
-    if !sketch_implied {
+    if let (true, Some(counts)) = (dense, dense_sketch(a)) {
+        for count in counts {
+            put_varint(out, count.saturating_sub(1));
+        }
+    } else if !sketch_implied {
         let s = &a.sketch;
         let more = s.zero > 0 || !s.negative.is_empty();
         put_varint(out, (s.positive.len() as u64) << 1 | u64::from(more));
@@ -344,6 +389,26 @@ fn record(out: &mut Vec<u8>, context: &mut Context, index: i64, start: i64, a: &
         last: a.last.1,
         scale: context.scale,
     };
+}
+
+/// The counts of every bin but the last, when the sketch is dense: positive values only, and
+/// a bin for every key from the min's to the max's (most windows of a reading that wanders).
+fn dense_sketch(a: &Aggregate) -> Option<Vec<u64>> {
+    let s = &a.sketch;
+    if s.zero != 0 || !s.negative.is_empty() || a.min <= sketch::MIN_VALUE || !a.max.is_finite() {
+        return None;
+    }
+    let (low, high) = (sketch::key(a.min), sketch::key(a.max));
+    let contiguous = s.positive.first().map(|b| b.0) == Some(low)
+        && s.positive.last().map(|b| b.0) == Some(high)
+        && s.positive
+            .windows(2)
+            .all(|w| matches!(w, [x, y] if y.0 == x.0.wrapping_add(1)))
+        && s.count() == a.count;
+    contiguous.then(|| {
+        let n = s.positive.len().saturating_sub(1);
+        s.positive.iter().take(n).map(|b| b.1).collect()
+    })
 }
 
 /// The key the lowest positive bin is predicted to have: that of the min, if it is positive.
@@ -431,14 +496,45 @@ pub fn decode(
         };
         let (sum_lo, m2) = if flags & EXTRAS != 0 {
             let lengths = bytes.byte()?;
-            (
-                read_float(&mut bytes, usize::from(lengths >> 4))?,
-                read_float(&mut bytes, usize::from(lengths & 15))?,
-            )
+            let sum_lo = read_float(&mut bytes, usize::from(lengths >> 4))?;
+            let m2 = if lengths & 15 == M2_DECIMAL && flags & DECIMAL != 0 {
+                let multiple = unzigzag(bytes.varint()?);
+                let ulps = unzigzag(bytes.varint()?);
+                let near = multiple as f64 / m2_unit(count, context.scale);
+                f64::from_bits((near.to_bits() as i64).wrapping_add(ulps) as u64)
+            } else {
+                read_float(&mut bytes, usize::from(lengths & 15))?
+            };
+            (sum_lo, m2)
         } else {
             (0.0, 0.0)
         };
-        let sketch = if flags & SKETCH != 0 {
+        let sketch = if flags & SKETCH != 0 && flags & DENSE != 0 {
+            let (low, high) = (positive_key(min), positive_key(max));
+            let bins = i64::from(high).saturating_sub(i64::from(low));
+            if min <= sketch::MIN_VALUE || !(0..2048).contains(&bins) {
+                return Err(error("a dense sketch over keys it cannot have"));
+            }
+            let mut positive =
+                Vec::with_capacity(usize::try_from(bins).unwrap_or(0).saturating_add(1));
+            let mut left = count;
+            for key in low..high {
+                let n = bytes.varint()?.saturating_add(1);
+                left = left
+                    .checked_sub(n)
+                    .ok_or_else(|| error("a dense sketch counts more than its window"))?;
+                positive.push((key, n));
+            }
+            if left == 0 {
+                return Err(error("a dense sketch with an empty last bin"));
+            }
+            positive.push((high, left));
+            Sketch {
+                positive,
+                negative: Vec::new(),
+                zero: 0,
+            }
+        } else if flags & SKETCH != 0 {
             let head = bytes.varint()?;
             let (zero, negatives) = if head & 1 == 1 {
                 (bytes.varint()?, bytes.varint()?)
@@ -633,7 +729,7 @@ mod tests {
             .collect();
         let bytes = encode(0, MINUTE, &windows);
         let per_window = bytes.len() as f64 / 60.0;
-        assert!(per_window < 26.0, "{per_window} bytes per window");
+        assert!(per_window < 20.0, "{per_window} bytes per window");
         let back = super::windows(&bytes, 0, MINUTE, true).unwrap();
         assert!(
             windows
