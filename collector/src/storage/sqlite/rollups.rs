@@ -112,7 +112,7 @@ impl Head {
 }
 
 /// The writer's side: the resolutions and, per series and resolution, the newest block it has
-/// written ([`Head`]). Data arriving in time order merges into the newest window or starts a
+/// written (`Head`). Data arriving in time order merges into the newest window or starts a
 /// newer one, which needs no read; a window older than the newest block's (late data) is read
 /// back from disk, merged and the block rewritten, and so is the newest block of a series not
 /// cached since start.
