@@ -162,10 +162,22 @@ pub fn to_batch(
                 }
             }
             Err(reason) => {
+                // A series that cannot be taken counts against the limits as a point does:
+                // a request of nothing but bad series must not grow without bound either.
+                if batch.points.len().saturating_add(batch.rejects.len()) >= limits.max_points {
+                    return Err(Walk::Limit(DecodeError::TooManyPoints {
+                        limit: limits.max_points,
+                    }));
+                }
                 let payload = describe(&series).into_bytes();
                 size = size
                     .saturating_add(payload.len())
                     .saturating_add(reason.len());
+                if size > limits.max_bytes {
+                    return Err(Walk::Limit(DecodeError::DecodedTooLarge {
+                        limit: limits.max_bytes,
+                    }));
+                }
                 batch.rejects.push(Reject {
                     id: series_seen,
                     received_at,
@@ -364,5 +376,54 @@ mod tests {
             to_batch("a", &[0x0a, 0x7f], 5, limits),
             Err(DecodeError::Malformed(_))
         ));
+    }
+
+    /// Series that cannot be taken count against the limits too (a fuzz input of nothing but
+    /// nameless series grew the rejects past `max_points`).
+    #[test]
+    fn rejected_series_count_against_the_limits() {
+        let nameless = TimeSeries {
+            labels: vec![Label {
+                name: "job".into(),
+                value: "x".repeat(100),
+            }],
+            samples: vec![Sample {
+                value: 1.0,
+                timestamp: 1_000,
+            }],
+            ..TimeSeries::default()
+        };
+        let request = WriteRequest {
+            timeseries: vec![nameless; 5],
+            ..WriteRequest::default()
+        };
+        let raw = prost::Message::encode_to_vec(&request);
+        let few = DecodeLimits {
+            max_points: 3,
+            max_bytes: 1 << 20,
+        };
+        assert!(matches!(
+            to_batch("a", &raw, 5, few),
+            Err(DecodeError::TooManyPoints { limit: 3 })
+        ));
+        let small = DecodeLimits {
+            max_points: 100,
+            max_bytes: 300,
+        };
+        assert!(matches!(
+            to_batch("a", &raw, 5, small),
+            Err(DecodeError::DecodedTooLarge { limit: 300 })
+        ));
+        let (batch, _) = to_batch(
+            "a",
+            &raw,
+            5,
+            DecodeLimits {
+                max_points: 5,
+                max_bytes: 1 << 20,
+            },
+        )
+        .unwrap();
+        assert_eq!(batch.rejects.len(), 5);
     }
 }
