@@ -176,9 +176,11 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         .map(|(a, t)| (a.as_str(), t.as_str()))
         .collect();
     // The collector's defaults (ingest_queue 16, ingest_wait 5 s): requests past the queue
-    // wait for room rather than being refused.
-    let extra = RULES;
-    let mut collector = CollectorProcess::start_with(&dir.path().join("collector"), &pairs, extra)?;
+    // wait for room rather than being refused. No rate limit: the query phase asks as fast as
+    // it can, which a reader's 100 requests a second would refuse.
+    let extra = format!("rate_limit = 0\n{RULES}");
+    let mut collector =
+        CollectorProcess::start_with(&dir.path().join("collector"), &pairs, &extra)?;
     let url = collector.url();
     let pid = collector.process().pid();
 
@@ -299,7 +301,14 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         [],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    let windows: i64 = conn.query_row("SELECT count(*) FROM rollups", [], |r| r.get(0))?;
+    // Schema 7 keeps windows in blocks; older collectors (for before/after runs) a row each.
+    let windows: i64 = conn
+        .query_row(
+            "SELECT coalesce(sum(windows), 0) FROM rollup_blocks",
+            [],
+            |r| r.get(0),
+        )
+        .or_else(|_| conn.query_row("SELECT count(*) FROM rollups", [], |r| r.get(0)))?;
     println!(
         "  disk: {:.1} MB for {stored} points ({rows} values in {chunks} chunks) and {windows} rollup windows = {:.1} bytes per stored point",
         disk as f64 / 1e6,
