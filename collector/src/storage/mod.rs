@@ -24,6 +24,7 @@ pub mod blocks;
 pub mod codec;
 mod series;
 pub mod sqlite;
+mod writer;
 
 use std::collections::BTreeMap;
 

@@ -4,8 +4,7 @@
 //! gap accounting), `retention`, `checkpointer`, `reads` (the read pool, queries, listings),
 //! `chunks` (raw values) and `rollups`.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::ops::Range;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -45,18 +44,7 @@ use self::checkpointer::*;
 pub use self::reads::*;
 use self::schema::*;
 use self::writer::*;
-
-/// What the writer thread is asked to do.
-enum Job {
-    Write(Box<WriteJob>),
-    /// Delete what is past its retention (one bounded pass).
-    Retention {
-        now: i64,
-        reply: tokio::sync::oneshot::Sender<Result<RetentionReport, StorageError>>,
-    },
-    /// Answer between commits (the watchdog's proof that the writer makes progress).
-    Ping(tokio::sync::oneshot::Sender<()>),
-}
+use super::writer::{Backend, BatchAttempt, Job, LISTED_QUARANTINED, Mark, Writer, start_dropper};
 
 /// Room held in the writer's queue for one batch.
 pub struct Reservation {
@@ -157,22 +145,25 @@ impl Storage {
         }
         let (jobs, rx) = mpsc::channel(options.queue);
         let health = Arc::new(StoreHealth::default());
-        let writer = WriterThread {
-            conn,
-            path: path.to_owned(),
-            series,
-            chunks: ChunkWriter::with_feed(options.export_feed),
+        let writer = Writer {
+            backend: SqliteBackend {
+                conn,
+                path: path.to_owned(),
+                series,
+                chunks: ChunkWriter::with_feed(options.export_feed),
+                metrics: Arc::clone(&metrics),
+                rollups,
+                resolutions: options.resolutions.clone(),
+                raw_retention: options.raw_retention,
+                wal_limit: options.wal_limit,
+            },
             commit_max_points: options.commit_max_points,
             metrics: Arc::clone(&metrics),
             cleaner: Cleaner::new(options.rules.clone(), options.time.clone()),
-            rollups,
-            resolutions: options.resolutions.clone(),
-            raw_retention: options.raw_retention,
             dropper: start_dropper().map_err(|e| {
                 StorageError::Other(format!("cannot start the storage-free thread: {e}"))
             })?,
             health: Arc::clone(&health),
-            wal_limit: options.wal_limit,
         };
         let writer = std::thread::Builder::new()
             .name("storage-writer".into())

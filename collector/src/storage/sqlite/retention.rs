@@ -6,7 +6,7 @@ use super::*;
 /// most, so ingest waits for it only briefly.
 pub(super) const RETENTION_PASS_ROWS: usize = 50_000;
 
-impl WriterThread {
+impl SqliteBackend {
     /// Deletes up to [`RETENTION_PASS_ROWS`] rows that are past their retention: raw points
     /// and quarantined records older than the raw retention, and rollup windows that ended
     /// before their resolution's.

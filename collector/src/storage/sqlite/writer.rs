@@ -3,70 +3,24 @@
 
 use super::*;
 
-pub(super) struct WriterThread {
+/// The SQLite side of the writer (`crate::storage::writer`): the connection and what the
+/// writer keeps between commits.
+pub(super) struct SqliteBackend {
     pub(super) conn: Connection,
     pub(super) path: PathBuf,
     pub(super) series: SeriesCache,
     pub(super) chunks: ChunkWriter,
-    pub(super) commit_max_points: usize,
     pub(super) metrics: Arc<Metrics>,
-    pub(super) cleaner: Cleaner,
     pub(super) rollups: RollupWriter,
     pub(super) resolutions: Vec<Resolution>,
     pub(super) raw_retention: Option<i64>,
-    /// Where stored batches go to be freed, off the writer thread.
-    pub(super) dropper: std::sync::mpsc::SyncSender<Vec<Freed>>,
-    pub(super) health: Arc<StoreHealth>,
     /// The WAL file's size past which the writer checkpoints and truncates it itself.
     pub(super) wal_limit: u64,
 }
 
-/// How long the writer's own checkpoint waits for readers to leave the old snapshot before it
-/// gives up until the next commit.
 const WAL_TRUNCATE_WAIT: Duration = Duration::from_secs(1);
 
 /// A stored batch on its way to be freed, with the ingest memory it holds.
-pub(super) type Freed = (
-    tributary_wire::Batch,
-    Option<tokio::sync::OwnedSemaphorePermit>,
-);
-
-/// Starts the thread that frees stored batches; it ends when the writer drops its sender.
-pub(super) fn start_dropper() -> std::io::Result<std::sync::mpsc::SyncSender<Vec<Freed>>> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Freed>>(4);
-    std::thread::Builder::new()
-        .name("storage-free".into())
-        .spawn(move || rx.into_iter().for_each(drop))?;
-    Ok(tx)
-}
-
-/// A job with what cleaning decided for each of its points (`None`: not cleaned yet), and
-/// which of its points this attempt stores.
-pub(super) struct BatchAttempt {
-    pub(super) job: WriteJob,
-    /// Per point: why it was rejected, if it was.
-    pub(super) verdicts: Option<Vec<Option<Rejection>>>,
-    /// The points (indexes into the batch) this attempt stores; all of them unless the batch
-    /// is being isolated after a failure (see [`WriterThread::isolate`]).
-    pub(super) range: Range<usize>,
-    /// Set when storing `range` failed alone: its points go to the quarantine with this
-    /// reason instead.
-    pub(super) poison: Option<String>,
-}
-
-impl BatchAttempt {
-    fn new(job: WriteJob) -> BatchAttempt {
-        let range = 0..job.batch.points.len();
-        BatchAttempt {
-            job,
-            verdicts: None,
-            range,
-            poison: None,
-        }
-    }
-}
-
-/// What one transaction stores.
 #[derive(Default)]
 pub(super) struct GroupState<'a> {
     /// Values to store: (series id, ts, value), the value borrowed from its batch.
@@ -118,211 +72,35 @@ pub(crate) fn storage_cannot_commit(error: &rusqlite::Error) -> bool {
     }
 }
 
-/// Most quarantined points of one write listed back to its sender.
-pub(super) const LISTED_QUARANTINED: usize = 1000;
+impl Backend for SqliteBackend {
+    type Error = rusqlite::Error;
 
-impl WriterThread {
-    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Job>) {
-        let mut deferred = None;
-        loop {
-            let first = match deferred.take() {
-                Some(job) => job,
-                None => match rx.blocking_recv() {
-                    Some(job) => job,
-                    None => break,
-                },
-            };
-            let first = match first {
-                Job::Write(job) => *job,
-                Job::Retention { now, reply } => {
-                    let _ = reply.send(self.retention(now));
-                    continue;
-                }
-                Job::Ping(reply) => {
-                    let _ = reply.send(());
-                    continue;
-                }
-            };
-            let mut points = first.batch.points.len();
-            let mut jobs = vec![BatchAttempt::new(first)];
-            while points < self.commit_max_points {
-                match rx.try_recv() {
-                    Ok(Job::Write(job)) => {
-                        points = points.saturating_add(job.batch.points.len());
-                        jobs.push(BatchAttempt::new(*job));
-                    }
-                    Ok(other) => {
-                        deferred = Some(other);
-                        break;
-                    }
-                    Err(_) => break,
-                }
-            }
-            self.commit_group(jobs);
-        }
+    fn cannot_commit(error: &rusqlite::Error) -> bool {
+        storage_cannot_commit(error)
     }
 
-    /// Runs time sanity and the rules on the points of each job that are not stored yet
-    /// (above the agent's mark), in place, once per job. `store_batch` reads the mark again
-    /// inside the transaction: an earlier job of the same group may have raised it.
-    fn clean(&mut self, jobs: &mut [BatchAttempt]) -> rusqlite::Result<()> {
-        for pending in jobs.iter_mut().filter(|p| p.verdicts.is_none()) {
-            let job = &mut pending.job;
-            let (mark, shift) = match job.origin {
-                Origin::Agent => {
-                    let mark = read_mark(&self.conn, &job.agent_id, &job.batch.epoch)?.last_seq;
-                    let shift = self.cleaner.time.batch_shift(&job.batch.status);
-                    if shift != 0 {
-                        self.metrics.clock_corrected_batches.inc();
-                    }
-                    (mark, shift)
-                }
-                Origin::LineProtocol | Origin::RemoteWrite => (0, 0),
-            };
-            let first_seq = job.batch.first_seq;
-            let mut verdicts = Vec::with_capacity(job.batch.points.len());
-            for (seq, point) in (first_seq..).zip(job.batch.points.iter_mut()) {
-                if job.origin == Origin::Agent && seq <= mark {
-                    verdicts.push(None);
-                    continue;
-                }
-                verdicts.push(
-                    self.cleaner
-                        .clean(&job.agent_id, point, shift, job.received_at)
-                        .err(),
-                );
-            }
-            pending.verdicts = Some(verdicts);
-        }
-        Ok(())
+    fn read_mark(&mut self, agent_id: &str, epoch: &str) -> rusqlite::Result<u64> {
+        Ok(read_mark(&self.conn, agent_id, epoch)?.last_seq)
     }
 
-    /// Stores the jobs in one transaction. If that fails, each is stored alone, so one bad
-    /// batch cannot fail the others; a batch that fails alone is isolated.
-    fn commit_group(&mut self, mut jobs: Vec<BatchAttempt>) {
-        let started = Instant::now();
-        if let Err(e) = self.clean(&mut jobs) {
-            self.cannot_commit(&e);
-            error!(error = %e, "reading marks to clean a batch failed; the agent will retry");
-            self.metrics.error("storage", "clean");
-            for pending in jobs {
-                let _ = pending.job.reply.send(Err(self.failure(&e)));
-            }
-            return;
-        }
-        match self.store_all(&jobs) {
-            Ok(stored) => {
-                self.committed(started);
-                let mut batches = Vec::with_capacity(jobs.len());
-                for (pending, stored) in jobs.into_iter().zip(stored) {
-                    self.count_stored(&stored.ack);
-                    let WriteJob {
-                        batch,
-                        reply,
-                        memory,
-                        ..
-                    } = pending.job;
-                    let _ = reply.send(Ok(stored));
-                    // Its memory is given back once it is freed.
-                    batches.push((batch, memory));
-                }
-                // Freeing a group's points (many small allocations) is not the writer's job:
-                // it is the bottleneck of ingest.
-                if let Err(returned) = self.dropper.send(batches) {
-                    drop(returned);
-                }
-                self.bound_wal();
-            }
-            Err(e) if jobs.len() > 1 && !storage_cannot_commit(&e) => {
-                warn!(error = %e, batches = jobs.len(), "group commit failed; storing the batches one by one");
-                self.metrics.error("storage", "group_commit");
-                for job in jobs {
-                    self.commit_group(vec![job]);
-                }
-            }
-            Err(e) if storage_cannot_commit(&e) => self.refuse(jobs, &e),
-            Err(e) => {
-                for pending in jobs {
-                    self.isolate(pending, &e);
-                }
-            }
-        }
+    fn after_commit(&mut self) {
+        self.bound_wal();
     }
 
-    /// Answers every job with the failure of a store that cannot commit (the senders retry).
-    fn refuse(&mut self, jobs: Vec<BatchAttempt>, e: &rusqlite::Error) {
-        self.cannot_commit(e);
-        error!(error = %e, batches = jobs.len(), "storage cannot commit; the senders will retry");
-        self.metrics.error("storage", "commit");
-        // Their points come again: stateful rules must not remember them as seen.
-        self.cleaner.reset_state();
-        for pending in jobs {
-            let _ = pending.job.reply.send(Err(self.failure(e)));
-        }
+    fn retention(&mut self, now: i64) -> Result<RetentionReport, StorageError> {
+        SqliteBackend::retention(self, now)
     }
 
-    /// A batch whose data made its transaction fail (not the store: that is [`Self::refuse`]).
-    /// Its points are stored in halves, and halves of those, each in its own transaction,
-    /// until every point that fails alone is found; those go to the quarantine with the
-    /// error as their reason. Marks rise with each part, so exactly once holds whatever
-    /// happens on the way, and the sender gets one answer for the whole batch.
-    fn isolate(&mut self, mut pending: BatchAttempt, first_error: &rusqlite::Error) {
-        warn!(agent = %pending.job.agent_id, points = pending.job.batch.points.len(), error = %first_error,
-            "a batch cannot be stored; storing it in parts to find the points that fail");
-        self.metrics.error("storage", "isolate_batch");
-        let started = Instant::now();
-        let mut parts: VecDeque<Range<usize>> = VecDeque::from([pending.range.clone()]);
-        let mut total: Option<Stored> = None;
-        // Each failing part is split in two or, alone, quarantined: at most 2n parts.
-        let mut budget = pending
-            .job
-            .batch
-            .points
-            .len()
-            .saturating_mul(2)
-            .saturating_add(2);
-        while let Some(range) = parts.pop_front() {
-            budget = budget.saturating_sub(1);
-            pending.range = range.clone();
-            pending.poison = None;
-            let error = match self.store_all(std::slice::from_ref(&pending)) {
-                Ok(mut stored) => {
-                    merge_stored(&mut total, stored.pop());
-                    continue;
-                }
-                Err(e) => e,
-            };
-            if storage_cannot_commit(&error) || budget == 0 {
-                return self.refuse(vec![pending], &error);
-            }
-            let half = range.len() / 2;
-            if half > 0 {
-                let middle = range.start.saturating_add(half);
-                parts.push_front(middle..range.end);
-                parts.push_front(range.start..middle);
-                continue;
-            }
-            let reason = format!("the store cannot hold it: {error}");
-            error!(agent = %pending.job.agent_id, index = range.start, reason = %reason, "moving a point the store refuses to the quarantine");
-            self.metrics.error("storage", "poison_point");
-            pending.poison = Some(reason);
-            match self.store_all(std::slice::from_ref(&pending)) {
-                Ok(mut stored) => merge_stored(&mut total, stored.pop()),
-                Err(e) => return self.refuse(vec![pending], &e),
-            }
-        }
-        self.committed(started);
-        let stored = total.unwrap_or_else(Stored::nothing);
-        self.count_stored(&stored.ack);
-        let _ = pending.job.reply.send(Ok(stored));
+    fn name(&self) -> String {
+        self.path.display().to_string()
     }
 
-    fn count_stored(&self, ack: &BatchAck) {
-        self.metrics.points_stored.inc_by(ack.stored);
-        self.metrics.points_duplicate.inc_by(ack.duplicates);
-        self.metrics.rejects_stored.inc_by(ack.rejects_stored);
+    fn store_all(&mut self, jobs: &[BatchAttempt]) -> rusqlite::Result<Vec<Stored>> {
+        SqliteBackend::store_all(self, jobs)
     }
+}
 
+impl SqliteBackend {
     /// Keeps the WAL under `wal_limit`: the checkpointer thread restarts it only when it gets
     /// the write lock for a moment, which a writer committing without pause never gives, so
     /// past the limit the writer, between two commits and with the group's answers sent,
@@ -354,26 +132,6 @@ impl WriterThread {
                 self.metrics.error("storage", "checkpoint");
             }
         }
-    }
-
-    /// A transaction committed: the store is healthy.
-    fn committed(&self, started: Instant) {
-        self.metrics.commits.inc();
-        self.metrics
-            .commit_seconds
-            .observe(started.elapsed().as_secs_f64());
-        self.health.commit_succeeded();
-    }
-
-    /// Records that the store cannot commit, if `e` says so (health answers 503 meanwhile).
-    fn cannot_commit(&self, e: &rusqlite::Error) {
-        if storage_cannot_commit(e) {
-            self.health.commit_failed(&e.to_string());
-        }
-    }
-
-    fn failure(&self, e: &rusqlite::Error) -> StorageError {
-        StorageError::Other(format!("{}: {e}", self.path.display()))
     }
 
     fn store_all(&mut self, jobs: &[BatchAttempt]) -> rusqlite::Result<Vec<Stored>> {
@@ -458,35 +216,6 @@ impl WriterThread {
             }
         }
     }
-}
-
-/// Adds the result of one part of an isolated batch to the total.
-pub(super) fn merge_stored(total: &mut Option<Stored>, part: Option<Stored>) {
-    let Some(part) = part else { return };
-    match total {
-        None => *total = Some(part),
-        Some(total) => {
-            let (a, b) = (&mut total.ack, &part.ack);
-            a.committed_through = a.committed_through.max(b.committed_through);
-            a.stored = a.stored.saturating_add(b.stored);
-            a.duplicates = a.duplicates.saturating_add(b.duplicates);
-            a.rejects_stored = a.rejects_stored.saturating_add(b.rejects_stored);
-            a.quarantined = a.quarantined.saturating_add(b.quarantined);
-            let room = LISTED_QUARANTINED.saturating_sub(total.quarantined.len());
-            total
-                .quarantined
-                .extend(part.quarantined.into_iter().take(room));
-        }
-    }
-}
-
-/// An agent's marks for one epoch (zeros before its first batch).
-#[derive(Debug, Default, Clone, Copy)]
-pub(super) struct Mark {
-    pub(super) last_seq: u64,
-    pub(super) last_reject: u64,
-    /// How much of the agent's drop count earlier gaps already used.
-    pub(super) explained: u64,
 }
 
 pub(super) fn read_mark(conn: &Connection, agent_id: &str, epoch: &str) -> rusqlite::Result<Mark> {
