@@ -22,6 +22,7 @@
 
 pub mod blocks;
 pub mod codec;
+pub mod postgres;
 mod series;
 pub mod sqlite;
 mod writer;
@@ -82,6 +83,12 @@ pub enum StorageError {
         path: String,
         #[source]
         source: rusqlite::Error,
+    },
+    #[error("storage {url}: {source}")]
+    Postgres {
+        url: String,
+        #[source]
+        source: ::postgres::Error,
     },
     #[error("storage is shutting down")]
     Closed,

@@ -1,0 +1,182 @@
+//! PostgreSQL as the store that several collectors share (`[storage] url`).
+//!
+//! The client is `postgres`, the blocking face of `tokio-postgres` (each client drives its
+//! connection on a runtime of its own): the writer is a thread that holds its client for its
+//! life, as the SQLite writer holds its connection, so the batch logic of
+//! [`crate::storage::writer`] serves both stores unchanged. TLS to the server goes through
+//! rustls (`tokio-postgres-rustls`), with the system's roots, when the URL's `sslmode` is not
+//! `disable`.
+//!
+//! The schema is created and migrated under an advisory lock, so N collectors may start at
+//! once. Raw values and rollup windows are stored in the formats of [`crate::storage::codec`]
+//! and [`crate::storage::blocks`] as `bytea`, so both stores share one codec.
+
+use postgres::{Client, NoTls};
+
+use super::StorageError;
+
+#[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
+mod tests;
+
+/// The advisory lock under which collectors create and migrate the schema.
+const SCHEMA_LOCK: i64 = 0x7472_6962_0001;
+
+/// The schema version this collector writes (`meta.schema`).
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS series (
+    id       BIGSERIAL PRIMARY KEY,
+    name     TEXT NOT NULL,
+    tags     TEXT NOT NULL,
+    field    TEXT NOT NULL,
+    kind     TEXT NOT NULL,
+    first_ts BIGINT NOT NULL,
+    last_ts  BIGINT NOT NULL,
+    exact    BOOLEAN NOT NULL DEFAULT FALSE,
+    UNIQUE (name, tags, field)
+);
+CREATE TABLE IF NOT EXISTS marks (
+    agent_id    TEXT NOT NULL,
+    epoch       TEXT NOT NULL,
+    last_seq    BIGINT NOT NULL,
+    last_reject BIGINT NOT NULL,
+    dropped     BIGINT NOT NULL,
+    explained   BIGINT NOT NULL DEFAULT 0,
+    first_seen  BIGINT NOT NULL,
+    last_seen   BIGINT NOT NULL,
+    PRIMARY KEY (agent_id, epoch)
+);
+CREATE TABLE IF NOT EXISTS agents (
+    agent_id         TEXT PRIMARY KEY,
+    first_seen       BIGINT NOT NULL,
+    last_seen        BIGINT NOT NULL,
+    batches          BIGINT NOT NULL DEFAULT 0,
+    points_received  BIGINT NOT NULL DEFAULT 0,
+    duplicates       BIGINT NOT NULL DEFAULT 0,
+    quarantined      BIGINT NOT NULL DEFAULT 0,
+    gaps             BIGINT NOT NULL DEFAULT 0,
+    backlog_points   BIGINT,
+    backlog_bytes    BIGINT,
+    oldest_unsent_ts BIGINT,
+    clock_skew_ns    BIGINT,
+    clock_error_ns   BIGINT
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id              BIGSERIAL PRIMARY KEY,
+    received_at     BIGINT NOT NULL,
+    origin          TEXT NOT NULL,
+    agent_id        TEXT,
+    epoch           TEXT,
+    agent_reject_id BIGINT,
+    source          TEXT NOT NULL,
+    topic           TEXT NOT NULL,
+    ts              BIGINT,
+    payload         BYTEA NOT NULL,
+    reason          TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS quarantine_by_time ON quarantine (received_at);
+CREATE TABLE IF NOT EXISTS chunks (
+    id        BIGSERIAL PRIMARY KEY,
+    series_id BIGINT NOT NULL,
+    start_ts  BIGINT NOT NULL,
+    end_ts    BIGINT NOT NULL,
+    count     BIGINT NOT NULL,
+    data      BYTEA NOT NULL
+);
+CREATE INDEX IF NOT EXISTS chunks_by_series ON chunks (series_id, start_ts);
+CREATE TABLE IF NOT EXISTS rollup_blocks (
+    series_id BIGINT NOT NULL,
+    res       BIGINT NOT NULL,
+    start     BIGINT NOT NULL,
+    windows   BIGINT NOT NULL,
+    data      BYTEA NOT NULL,
+    PRIMARY KEY (series_id, res, start)
+);
+";
+
+/// Whether a URL names a PostgreSQL server (the `url` setting takes no other).
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// The URL as logs and errors show it: without its password.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((user, host)) => match user.split_once(':') {
+            Some((name, _)) => format!("{scheme}://{name}:***@{host}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+fn error(url: &str, source: postgres::Error) -> StorageError {
+    StorageError::Postgres {
+        url: redact(url),
+        source,
+    }
+}
+
+/// Connects to the server a URL names, with TLS unless its `sslmode` is `disable`.
+pub fn connect(url: &str) -> Result<Client, StorageError> {
+    let config: postgres::Config = url.parse().map_err(|e| error(url, e))?;
+    match config.get_ssl_mode() {
+        postgres::config::SslMode::Disable => config.connect(NoTls).map_err(|e| error(url, e)),
+        _ => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+            let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| StorageError::Other(format!("TLS to {}: {e}", redact(url))))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            config
+                .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+                .map_err(|e| error(url, e))
+        }
+    }
+}
+
+/// Creates or migrates the schema, under an advisory lock so that collectors starting at once
+/// take turns; refuses a schema newer than this collector's.
+pub fn migrate(client: &mut Client, url: &str) -> Result<(), StorageError> {
+    let result = (|| {
+        let mut tx = client.transaction()?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
+        tx.batch_execute(SCHEMA)?;
+        let found: Option<i64> = tx
+            .query_opt("SELECT value FROM meta WHERE key = 'schema'", &[])?
+            .map(|row| row.get(0));
+        if found.is_none_or(|v| v < SCHEMA_VERSION) {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema', $1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                &[&SCHEMA_VERSION],
+            )?;
+        }
+        tx.commit()?;
+        Ok::<_, postgres::Error>(found)
+    })();
+    match result {
+        Ok(Some(found)) if found > SCHEMA_VERSION => Err(StorageError::Other(format!(
+            "{}: schema {found} is newer than this collector's ({SCHEMA_VERSION}); upgrade the collector",
+            redact(url)
+        ))),
+        Ok(_) => Ok(()),
+        Err(e) => Err(error(url, e)),
+    }
+}

@@ -1,0 +1,170 @@
+//! A PostgreSQL server of its own for a test: `initdb` into a temporary directory (as the
+//! `postgres` user when the tests run as root, since PostgreSQL refuses root), a free port on
+//! 127.0.0.1, its socket in that directory, stopped with `pg_ctl stop -m immediate` when
+//! dropped. Nothing depends on a system-wide cluster. `scripts/test` installs Debian's
+//! `postgresql` package; without it the test fails saying so.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub(crate) struct PgServer {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+}
+
+fn bin_dir() -> PathBuf {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path().join("bin"))
+                .filter(|bin| bin.join("initdb").exists())
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+        .pop()
+        .expect("PostgreSQL is not installed: apt-get install postgresql (scripts/test does)")
+}
+
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// A PostgreSQL program, to run as `postgres` when we are root.
+fn command(program: &Path) -> Command {
+    if running_as_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn run(program: &Path, args: &[&str]) {
+    let output = command(program)
+        .args(args)
+        .output()
+        .expect("run a PostgreSQL program");
+    assert!(
+        output.status.success(),
+        "{} {args:?}: {}{}",
+        program.display(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl PgServer {
+    pub(crate) fn start() -> PgServer {
+        let bin = bin_dir();
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        if running_as_root() {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .expect("chown");
+            assert!(status.success());
+        }
+        let data = dir.path().join("data");
+        let data = data.to_str().expect("a UTF-8 path");
+        run(
+            &bin.join("initdb"),
+            &[
+                "-D",
+                data,
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        );
+        let server = PgServer {
+            dir,
+            bin,
+            port: free_port(),
+        };
+        server.start_again();
+        server
+    }
+
+    /// Starts the server (again, after [`PgServer::stop_immediate`]) on the same port.
+    pub(crate) fn start_again(&self) {
+        let data = self.dir.path().join("data");
+        let log = self.dir.path().join("log");
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            self.port,
+            self.dir.path().display()
+        );
+        run(
+            &self.bin.join("pg_ctl"),
+            &[
+                "-D",
+                data.to_str().unwrap_or_default(),
+                "-l",
+                log.to_str().unwrap_or_default(),
+                "-o",
+                &options,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        );
+    }
+
+    /// `pg_ctl stop -m immediate`: as a crash, no shutdown checkpoint.
+    pub(crate) fn stop_immediate(&self) {
+        let data = self.dir.path().join("data");
+        run(
+            &self.bin.join("pg_ctl"),
+            &[
+                "-D",
+                data.to_str().unwrap_or_default(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable",
+            self.port
+        )
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let _ = command(&self.bin.join("pg_ctl"))
+            .args([
+                "-D",
+                data.to_str().unwrap_or_default(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ])
+            .output();
+    }
+}
