@@ -22,6 +22,7 @@
 
 pub mod blocks;
 pub mod codec;
+mod group;
 pub mod postgres;
 mod series;
 pub mod sqlite;

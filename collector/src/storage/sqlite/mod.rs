@@ -14,17 +14,16 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{error, warn};
-use tributary_wire::{BatchAck, FieldValue, Point};
+use tributary_wire::FieldValue;
 
 use self::chunks::ChunkWriter;
 use self::rollups::RollupWriter;
-use super::series::{Entry, SeriesCache, ValueClass, canonical_tags};
+use super::series::{SeriesCache, ValueClass};
 use super::{
-    AgentRecord, EpochMark, Origin, QuarantineRecord, QueryResult, RawQuery, RetentionReport,
-    SeriesInfo, SeriesPoints, StorageError, StorageOptions, StoreHealth, Stored, SubmitError,
-    WriteJob,
+    AgentRecord, EpochMark, QuarantineRecord, QueryResult, RawQuery, RetentionReport, SeriesInfo,
+    SeriesPoints, StorageError, StorageOptions, StoreHealth, Stored, SubmitError, WriteJob,
 };
-use crate::clean::{Cleaner, Rejection};
+use crate::clean::Cleaner;
 use crate::metrics::Metrics;
 use crate::rollup::Resolution;
 
@@ -44,7 +43,8 @@ use self::checkpointer::*;
 pub use self::reads::*;
 use self::schema::*;
 use self::writer::*;
-use super::writer::{Backend, BatchAttempt, Job, LISTED_QUARANTINED, Mark, Writer, start_dropper};
+use super::group::{GroupState, store_batch};
+use super::writer::{Backend, BatchAttempt, Job, Mark, Writer, start_dropper};
 
 /// Room held in the writer's queue for one batch.
 pub struct Reservation {

@@ -3,6 +3,8 @@ use std::sync::Arc;
 use tributary_wire::{AgentStatus, Batch, BatchAck, FieldValue, Point, Reject};
 
 use super::*;
+use crate::storage::Origin;
+use crate::storage::group::{GapAccount, account_gap};
 
 fn batch(epoch: &str, first_seq: u64, values: &[i64]) -> Batch {
     Batch {

@@ -21,18 +21,6 @@ pub(super) struct SqliteBackend {
 const WAL_TRUNCATE_WAIT: Duration = Duration::from_secs(1);
 
 /// A stored batch on its way to be freed, with the ingest memory it holds.
-#[derive(Default)]
-pub(super) struct GroupState<'a> {
-    /// Values to store: (series id, ts, value), the value borrowed from its batch.
-    pub(super) rows: Vec<(i64, i64, &'a FieldValue)>,
-    /// The first series id the transaction created: rowids only grow, so a series is new
-    /// in this transaction exactly when its id is at least this.
-    pub(super) first_created: Option<i64>,
-}
-
-/// Whether a sorted run of one series' values keeps the series exact for PromQL's rollup
-/// path ([`super::prom`]): whole milliseconds, no two values at one time, numbers finite or
-/// a stale marker. (That the run also starts after what is stored is checked in SQL.)
 pub(super) fn run_is_exact(run: &[(i64, i64, &FieldValue)]) -> bool {
     let whole = run.iter().all(|(_, ts, v)| {
         ts.rem_euclid(1_000_000) == 0
@@ -138,7 +126,7 @@ impl SqliteBackend {
         let points: usize = jobs.iter().map(|p| p.range.len()).sum();
         let mut state = GroupState {
             rows: Vec::with_capacity(points.saturating_add(points / 4)),
-            first_created: None,
+            created: Vec::new(),
         };
         let result = (|| {
             let tx = self
@@ -147,7 +135,7 @@ impl SqliteBackend {
             let mut stored = Vec::with_capacity(jobs.len());
             for pending in jobs {
                 stored.push(store_batch(
-                    &tx,
+                    &mut SqliteTx(&tx),
                     &mut self.series,
                     &mut state,
                     pending,
@@ -173,7 +161,7 @@ impl SqliteBackend {
                     let (Some(first), Some(last)) = (run.first(), run.last()) else {
                         continue;
                     };
-                    let created = state.first_created.is_some_and(|id| first.0 >= id);
+                    let created = state.created.contains(&first.0);
                     update.execute(params![
                         first.0,
                         first.1,
