@@ -51,6 +51,51 @@ pub fn window_start(ts: i64, step: i64) -> i64 {
     ts.checked_sub(ts.rem_euclid(step)).unwrap_or(i64::MIN)
 }
 
+/// A window of one series: (series id, resolution step, window start).
+pub type WindowKey = (i64, i64, i64);
+
+/// The partial aggregates of `values` (series id, ts, value; sorted by series, then time) at
+/// every resolution, one level per resolution, finest first, each sorted by series and start:
+/// the finest from the values, each coarser one from the finer partials. Non-finite values are
+/// left out (see [`Aggregate`]).
+pub fn partials(
+    values: &[(i64, i64, f64)],
+    resolutions: &[Resolution],
+) -> Vec<Vec<(WindowKey, Aggregate)>> {
+    let Some(finest) = resolutions.first().map(|r| r.step) else {
+        return Vec::new();
+    };
+    let mut level: Vec<(WindowKey, Aggregate)> = Vec::new();
+    for &(series, ts, value) in values {
+        if !value.is_finite() {
+            continue;
+        }
+        let key = (series, finest, window_start(ts, finest));
+        match level.last_mut() {
+            Some((last, aggregate)) if *last == key => aggregate.add(ts, value),
+            _ => {
+                let mut aggregate = Aggregate::new();
+                aggregate.add(ts, value);
+                level.push((key, aggregate));
+            }
+        }
+    }
+    let mut levels = Vec::with_capacity(resolutions.len());
+    for coarser in resolutions.iter().skip(1) {
+        let mut next: Vec<(WindowKey, Aggregate)> = Vec::new();
+        for ((series, _, start), partial) in &level {
+            let key = (*series, coarser.step, window_start(*start, coarser.step));
+            match next.last_mut() {
+                Some((last, aggregate)) if *last == key => aggregate.merge(partial),
+                _ => next.push((key, partial.clone())),
+            }
+        }
+        levels.push(std::mem::replace(&mut level, next));
+    }
+    levels.push(level);
+    levels
+}
+
 /// The coarsest resolution (index into `resolutions`, finest first) that can answer buckets
 /// of `step` over `[from, to)` exactly: its windows must tile every bucket and the range.
 /// `None`: only the raw points can.

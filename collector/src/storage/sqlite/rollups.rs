@@ -19,7 +19,9 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::{chunks, matching_series};
 use crate::rollup::aggregate::StoredColumns;
-use crate::rollup::{Aggregate, Resolution, choose_resolution, into_buckets, moving, window_start};
+use crate::rollup::{
+    Aggregate, Resolution, choose_resolution, into_buckets, moving, partials, window_start,
+};
 use crate::storage::blocks::{self, Encoder, WINDOWS_PER_BLOCK, block_start};
 use crate::storage::{AggregateQuery, AggregateResult, AggregateSeries};
 use tributary_wire::FieldValue;
@@ -143,66 +145,22 @@ impl RollupWriter {
         values: &[(i64, i64, f64)],
     ) -> rusqlite::Result<RollupStats> {
         let mut stats = RollupStats::default();
-        let Some(finest) = self.resolutions.first().map(|r| r.step) else {
-            return Ok(stats);
-        };
         if self.heads.len() >= CACHE_MAX_HEADS {
             // Every head was written at the end of the last transaction.
             self.heads.clear();
         }
-        // The finest level, from the points: sorted by series and time, so a window's points
-        // are next to each other.
-        let mut level: Vec<(Key, Aggregate)> = Vec::new();
-        for &(series, ts, value) in values {
-            if !value.is_finite() {
-                continue;
-            }
-            let key = Key {
-                series,
-                res: finest,
-                start: window_start(ts, finest),
-            };
-            match level.last_mut() {
-                Some((last, aggregate)) if *last == key => aggregate.add(ts, value),
-                _ => {
-                    let mut aggregate = Aggregate::new();
-                    aggregate.add(ts, value);
-                    level.push((key, aggregate));
-                }
-            }
-        }
         let mut dirty: Vec<(i64, i64)> = Vec::new();
-        let mut index = 0usize;
-        loop {
-            // The next level from this one's partials (sorted by series and start), built
-            // first so this level's partials can be moved into the heads below.
-            let next: Vec<(Key, Aggregate)> = match self.resolutions.get(index.saturating_add(1)) {
-                Some(coarser) => {
-                    let mut next: Vec<(Key, Aggregate)> = Vec::new();
-                    for (key, partial) in &level {
-                        let key = Key {
-                            series: key.series,
-                            res: coarser.step,
-                            start: window_start(key.start, coarser.step),
-                        };
-                        match next.last_mut() {
-                            Some((last, aggregate)) if *last == key => aggregate.merge(partial),
-                            _ => next.push((key, partial.clone())),
-                        }
-                    }
-                    next
-                }
-                None => Vec::new(),
-            };
-            for (key, partial) in level {
-                self.fold(tx, key, partial, &mut dirty, &mut stats)?;
+        for level in partials(values, &self.resolutions) {
+            for ((series, res, start), partial) in level {
+                self.fold(
+                    tx,
+                    Key { series, res, start },
+                    partial,
+                    &mut dirty,
+                    &mut stats,
+                )?;
                 stats.windows = stats.windows.saturating_add(1);
             }
-            index = index.saturating_add(1);
-            if next.is_empty() {
-                break;
-            }
-            level = next;
         }
         for slot in dirty {
             if let Some(head) = self.heads.get_mut(&slot) {
