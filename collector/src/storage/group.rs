@@ -17,7 +17,8 @@ pub(crate) trait GroupTx {
     /// An agent's marks for one epoch (zeros before its first batch). A store that several
     /// collectors share locks them until the transaction ends.
     fn mark(&mut self, agent_id: &str, epoch: &str) -> Result<Mark, Self::Error>;
-    /// Creates a series; returns its id.
+    /// Creates a series, unless another writer just did; returns its id and whether this
+    /// transaction created it.
     fn create_series(
         &mut self,
         name: &str,
@@ -25,7 +26,7 @@ pub(crate) trait GroupTx {
         field: &str,
         kind: &str,
         ts: i64,
-    ) -> Result<i64, Self::Error>;
+    ) -> Result<(i64, bool), Self::Error>;
     fn quarantine(&mut self, row: &QuarantineRow<'_>) -> Result<(), Self::Error>;
     /// Raises an agent's marks (each only up: `max` of stored and new).
     fn raise_mark(&mut self, update: &MarkUpdate<'_>) -> Result<(), Self::Error>;
@@ -232,14 +233,16 @@ pub(crate) fn store_batch<'a, T: GroupTx>(
                         let tags = canonical
                             .get_or_insert_with(|| canonical_tags(&point.tags, &job.agent_id));
                         let tags_json = serde_json::to_string(&*tags).unwrap_or_default();
-                        let id = tx.create_series(
+                        let (id, new) = tx.create_series(
                             &point.name,
                             &tags_json,
                             field,
                             value.kind(),
                             point.ts,
                         )?;
-                        state.created.push(id);
+                        if new {
+                            state.created.push(id);
+                        }
                         series.insert(&point.name, tags, field, id, ValueClass::of(value));
                         id
                     }
@@ -341,4 +344,16 @@ pub(crate) fn store_batch<'a, T: GroupTx>(
         replied_at: None,
     };
     Ok(out)
+}
+
+/// A stored batch on its way to be freed, with the ingest memory it holds.
+pub(crate) fn run_is_exact(run: &[(i64, i64, &FieldValue)]) -> bool {
+    let whole = run.iter().all(|(_, ts, v)| {
+        ts.rem_euclid(1_000_000) == 0
+            && match v {
+                FieldValue::F64(x) => x.is_finite() || crate::promql::is_stale(*x),
+                _ => true,
+            }
+    });
+    whole && run.windows(2).all(|w| matches!(w, [a, b] if a.1 < b.1))
 }

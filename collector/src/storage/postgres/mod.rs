@@ -3,7 +3,7 @@
 //! The client is `postgres`, the blocking face of `tokio-postgres` (each client drives its
 //! connection on a runtime of its own): the writer is a thread that holds its client for its
 //! life, as the SQLite writer holds its connection, so the batch logic of
-//! [`crate::storage::writer`] serves both stores unchanged. TLS to the server goes through
+//! `crate::storage::writer` serves both stores unchanged. TLS to the server goes through
 //! rustls (`tokio-postgres-rustls`), with the system's roots, when the URL's `sslmode` is not
 //! `disable`.
 //!
@@ -14,6 +14,10 @@
 use postgres::{Client, NoTls};
 
 use super::StorageError;
+
+// Not yet behind `Storage` (the `url` setting): only the tests start it so far.
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) mod writer;
 
 #[cfg(test)]
 pub(crate) mod testing;
@@ -120,18 +124,28 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-fn error(url: &str, source: postgres::Error) -> StorageError {
+pub(crate) fn error(url: &str, source: postgres::Error) -> StorageError {
     StorageError::Postgres {
         url: redact(url),
         source,
     }
 }
 
+/// Why the PostgreSQL store failed: the server's or the connection's error, or TLS that could
+/// not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error(transparent)]
+    Pg(#[from] postgres::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
 /// Connects to the server a URL names, with TLS unless its `sslmode` is `disable`.
-pub fn connect(url: &str) -> Result<Client, StorageError> {
-    let config: postgres::Config = url.parse().map_err(|e| error(url, e))?;
+pub(crate) fn connect_raw(url: &str) -> Result<Client, PgError> {
+    let config: postgres::Config = url.parse()?;
     match config.get_ssl_mode() {
-        postgres::config::SslMode::Disable => config.connect(NoTls).map_err(|e| error(url, e)),
+        postgres::config::SslMode::Disable => Ok(config.connect(NoTls)?),
         _ => {
             let mut roots = rustls::RootCertStore::empty();
             for cert in rustls_native_certs::load_native_certs().certs {
@@ -141,14 +155,20 @@ pub fn connect(url: &str) -> Result<Client, StorageError> {
                 rustls::crypto::ring::default_provider(),
             ))
             .with_safe_default_protocol_versions()
-            .map_err(|e| StorageError::Other(format!("TLS to {}: {e}", redact(url))))?
+            .map_err(|e| PgError::Tls(e.to_string()))?
             .with_root_certificates(roots)
             .with_no_client_auth();
-            config
-                .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
-                .map_err(|e| error(url, e))
+            Ok(config.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))?)
         }
     }
+}
+
+/// `connect_raw`, its error naming the server.
+pub fn connect(url: &str) -> Result<Client, StorageError> {
+    connect_raw(url).map_err(|e| match e {
+        PgError::Pg(source) => error(url, source),
+        PgError::Tls(why) => StorageError::Other(format!("{}: TLS: {why}", redact(url))),
+    })
 }
 
 /// Creates or migrates the schema, under an advisory lock so that collectors starting at once

@@ -64,3 +64,162 @@ fn a_server_stopped_mid_stream_is_an_error_then_comes_back() {
     let one: i32 = client.query_one("SELECT 1", &[]).unwrap().get(0);
     assert_eq!(one, 1);
 }
+
+mod two_collectors {
+    use std::sync::Arc;
+
+    use tributary_wire::{AgentStatus, Batch, FieldValue, Point};
+
+    use super::super::writer;
+    use super::PgServer;
+    use crate::metrics::Metrics;
+    use crate::rollup::default_resolutions;
+    use crate::storage::blocks;
+    use crate::storage::writer::Job;
+    use crate::storage::{Origin, StorageOptions, StoreHealth, WriteJob};
+
+    const T0: i64 = 1_700_000_000_000_000_000 - 1_700_000_000_000_000_000 % 3_600_000_000_000;
+    const POINTS: u64 = 3_000;
+
+    fn value(seq: u64) -> f64 {
+        ((seq * 37) % 1000) as f64 / 10.0
+    }
+
+    /// Points `first..=last` of agent a1's epoch e1, every 2 s from T0.
+    fn batch(first: u64, last: u64) -> Batch {
+        Batch {
+            agent_id: "a1".into(),
+            epoch: "e1".into(),
+            first_seq: first,
+            last_seq: last,
+            dropped: 0,
+            sent_at: T0,
+            status: AgentStatus::default(),
+            points: (first..=last)
+                .map(|seq| {
+                    Point::new("temp", T0 + seq as i64 * 2_000_000_000)
+                        .with_field("value", value(seq))
+                })
+                .collect(),
+            rejects: Vec::new(),
+        }
+    }
+
+    async fn send(jobs: &tokio::sync::mpsc::Sender<Job>, batch: Batch) -> u64 {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = WriteJob {
+            agent_id: "a1".into(),
+            batch,
+            received_at: T0,
+            origin: Origin::Agent,
+            reply,
+            memory: None,
+        };
+        assert!(jobs.send(Job::Write(Box::new(job))).await.is_ok());
+        answer.await.unwrap().unwrap().ack.stored
+    }
+
+    /// The same batches, with overlapping ranges, posted to two collectors at once, many
+    /// times (an agent failing over while its first request still commits): every point is
+    /// stored once, the marks hold the last sequence, and the rollups equal a direct sum.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn the_same_batch_at_two_collectors_at_once_is_stored_once() {
+        let server = PgServer::start();
+        let url = server.url();
+        let options = StorageOptions::new(std::path::Path::new("unused.db"));
+        let collectors: Vec<_> = (0..2)
+            .map(|_| {
+                writer::start(
+                    &url,
+                    &options,
+                    Arc::new(Metrics::new()),
+                    Arc::new(StoreHealth::default()),
+                )
+                .unwrap()
+            })
+            .collect();
+        let ranges: Vec<(u64, u64)> = (0..30)
+            .map(|i| {
+                let first = 1 + i * 100;
+                (first, (first + 250).min(POINTS))
+            })
+            .collect();
+        let mut tasks = Vec::new();
+        for (jobs, _) in &collectors {
+            for _ in 0..2 {
+                let jobs = jobs.clone();
+                let ranges = ranges.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut stored = 0;
+                    for (first, last) in ranges {
+                        stored += send(&jobs, batch(first, last)).await;
+                    }
+                    stored
+                }));
+            }
+        }
+        let mut stored = 0;
+        for task in tasks {
+            stored += task.await.unwrap();
+        }
+        assert_eq!(
+            stored, POINTS,
+            "acknowledged as stored, over all collectors"
+        );
+        drop(collectors);
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut client = super::connect(&url).unwrap();
+            let values: i64 = client
+                .query_one("SELECT sum(count)::BIGINT FROM chunks", &[])
+                .unwrap()
+                .get(0);
+            assert_eq!(values as u64, POINTS);
+            let mark: i64 = client
+                .query_one(
+                    "SELECT last_seq FROM marks WHERE agent_id = 'a1' AND epoch = 'e1'",
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            assert_eq!(mark as u64, POINTS);
+            let mut decoded = Vec::new();
+            for row in client
+                .query("SELECT start_ts, data FROM chunks ORDER BY start_ts", &[])
+                .unwrap()
+            {
+                let data: Vec<u8> = row.get(1);
+                crate::storage::codec::decode(row.get(0), &data, |ts, v| decoded.push((ts, v)))
+                    .unwrap();
+            }
+            decoded.sort_by_key(|(ts, _)| *ts);
+            let expected: Vec<(i64, FieldValue)> = (1..=POINTS)
+                .map(|seq| (T0 + seq as i64 * 2_000_000_000, FieldValue::F64(value(seq))))
+                .collect();
+            assert_eq!(decoded, expected);
+            for resolution in default_resolutions() {
+                let (mut count, mut sum) = (0u64, 0f64);
+                for row in client
+                    .query(
+                        "SELECT start, data FROM rollup_blocks WHERE res = $1",
+                        &[&resolution.step],
+                    )
+                    .unwrap()
+                {
+                    let data: Vec<u8> = row.get(1);
+                    for (_, a) in
+                        blocks::windows(&data, row.get(0), resolution.step, false).unwrap()
+                    {
+                        count += a.count;
+                        sum += a.sum();
+                    }
+                }
+                let direct: f64 = (1..=POINTS).map(value).sum();
+                assert_eq!(count, POINTS, "windows of {} ns", resolution.step);
+                assert!((sum - direct).abs() < 1e-6, "{sum} against {direct}");
+            }
+        })
+        .await
+        .unwrap();
+    }
+}

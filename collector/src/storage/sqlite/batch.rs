@@ -21,13 +21,13 @@ impl GroupTx for SqliteTx<'_, '_> {
         field: &str,
         kind: &str,
         ts: i64,
-    ) -> rusqlite::Result<i64> {
+    ) -> rusqlite::Result<(i64, bool)> {
         self.0
             .prepare_cached(
                 "INSERT INTO series (name, tags, field, kind, first_ts, last_ts, exact) VALUES (?1, ?2, ?3, ?4, ?5, ?5, 1)",
             )?
             .execute(params![name, tags_json, field, kind, ts])?;
-        Ok(self.0.last_insert_rowid())
+        Ok((self.0.last_insert_rowid(), true))
     }
 
     fn quarantine(&mut self, row: &QuarantineRow<'_>) -> rusqlite::Result<()> {

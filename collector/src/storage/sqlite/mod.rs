@@ -43,7 +43,7 @@ use self::checkpointer::*;
 pub use self::reads::*;
 use self::schema::*;
 use self::writer::*;
-use super::group::{GroupState, store_batch};
+use super::group::{GroupState, run_is_exact, store_batch};
 use super::writer::{Backend, BatchAttempt, Job, Mark, Writer, start_dropper};
 
 /// Room held in the writer's queue for one batch.

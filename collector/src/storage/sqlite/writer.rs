@@ -20,18 +20,6 @@ pub(super) struct SqliteBackend {
 
 const WAL_TRUNCATE_WAIT: Duration = Duration::from_secs(1);
 
-/// A stored batch on its way to be freed, with the ingest memory it holds.
-pub(super) fn run_is_exact(run: &[(i64, i64, &FieldValue)]) -> bool {
-    let whole = run.iter().all(|(_, ts, v)| {
-        ts.rem_euclid(1_000_000) == 0
-            && match v {
-                FieldValue::F64(x) => x.is_finite() || crate::promql::is_stale(*x),
-                _ => true,
-            }
-    });
-    whole && run.windows(2).all(|w| matches!(w, [a, b] if a.1 < b.1))
-}
-
 /// Whether a failed transaction says the store cannot commit at all (disk full, I/O errors,
 /// a locked or damaged file), as opposed to something in the data it was given. Only the
 /// first kind is answered with 503 for the sender to retry; a batch whose data fails is

@@ -1,0 +1,539 @@
+//! The PostgreSQL side of the writer ([`crate::storage::writer`]): one collector's writer
+//! thread, one client, and a store that other collectors write at the same time.
+//!
+//! Exactly once across collectors rests on row locks taken inside the group's transaction:
+//! - the `(agent, epoch)` marks of every batch of the group are created if missing and locked
+//!   (`SELECT … FOR UPDATE`) first, in sorted order, so two collectors storing the same batch
+//!   at once take turns and the second sees the first's raised mark (nothing is stored twice),
+//!   and two groups never wait on each other's marks in a cycle;
+//! - a rollup block is read `FOR UPDATE`, merged and written back, blocks in sorted order, so
+//!   windows touched by several collectors at once merge every update;
+//! - series are created with `ON CONFLICT DO NOTHING` and read back when another collector
+//!   created them first.
+//!
+//! A lost connection, a deadlock or a serialization failure is "cannot commit" (503, the
+//! agent retries); the next group reconnects.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use postgres::{Client, Transaction};
+use tributary_wire::FieldValue;
+
+use super::{PgError, connect, connect_raw, error, redact};
+use crate::metrics::Metrics;
+use crate::rollup::{Resolution, partials, window_start};
+use crate::storage::blocks::{self, WINDOWS_PER_BLOCK, block_start};
+use crate::storage::group::{
+    AgentUpdate, GroupState, GroupTx, MarkUpdate, QuarantineRow, run_is_exact, store_batch,
+};
+use crate::storage::series::{SeriesCache, ValueClass};
+use crate::storage::sqlite::chunks::CHUNK_SPAN;
+use crate::storage::writer::{Backend, BatchAttempt, Mark};
+use crate::storage::{RetentionReport, StorageError, Stored};
+
+/// Values one chunk holds at most.
+const MAX_VALUES: usize = 4096;
+/// Rows one retention pass deletes at most.
+const RETENTION_ROWS: i64 = 50_000;
+/// The advisory lock that lets one collector at a time run retention.
+const RETENTION_LOCK: i64 = 0x7472_6962_0002;
+
+/// The group's transaction, as [`GroupTx`] sees it.
+struct PgTx<'a, 'b>(&'a mut Transaction<'b>);
+
+impl GroupTx for PgTx<'_, '_> {
+    type Error = postgres::Error;
+
+    fn mark(&mut self, agent_id: &str, epoch: &str) -> Result<Mark, postgres::Error> {
+        // A row to lock even before the first batch: a missing row locks nothing.
+        self.0.execute(
+            "INSERT INTO marks (agent_id, epoch, last_seq, last_reject, dropped, explained, first_seen, last_seen)
+             VALUES ($1, $2, 0, 0, 0, 0, 0, 0) ON CONFLICT DO NOTHING",
+            &[&agent_id, &epoch],
+        )?;
+        let row = self.0.query_one(
+            "SELECT last_seq, last_reject, explained FROM marks
+             WHERE agent_id = $1 AND epoch = $2 FOR UPDATE",
+            &[&agent_id, &epoch],
+        )?;
+        let unsigned = |v: i64| u64::try_from(v).unwrap_or(0);
+        Ok(Mark {
+            last_seq: unsigned(row.get(0)),
+            last_reject: unsigned(row.get(1)),
+            explained: unsigned(row.get(2)),
+        })
+    }
+
+    fn create_series(
+        &mut self,
+        name: &str,
+        tags_json: &str,
+        field: &str,
+        kind: &str,
+        ts: i64,
+    ) -> Result<(i64, bool), postgres::Error> {
+        let created = self.0.query_opt(
+            "INSERT INTO series (name, tags, field, kind, first_ts, last_ts, exact)
+             VALUES ($1, $2, $3, $4, $5, $5, TRUE) ON CONFLICT DO NOTHING RETURNING id",
+            &[&name, &tags_json, &field, &kind, &ts],
+        )?;
+        match created {
+            Some(row) => Ok((row.get(0), true)),
+            None => Ok((
+                self.0
+                    .query_one(
+                        "SELECT id FROM series WHERE name = $1 AND tags = $2 AND field = $3",
+                        &[&name, &tags_json, &field],
+                    )?
+                    .get(0),
+                false,
+            )),
+        }
+    }
+
+    fn quarantine(&mut self, row: &QuarantineRow<'_>) -> Result<(), postgres::Error> {
+        self.0.execute(
+            "INSERT INTO quarantine (received_at, origin, agent_id, epoch, agent_reject_id, source, topic, ts, payload, reason)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            &[
+                &row.received_at,
+                &row.origin,
+                &row.agent_id,
+                &row.epoch,
+                &row.agent_reject_id,
+                &row.source,
+                &row.topic,
+                &row.ts,
+                &row.payload,
+                &row.reason,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn raise_mark(&mut self, m: &MarkUpdate<'_>) -> Result<(), postgres::Error> {
+        self.0.execute(
+            "INSERT INTO marks (agent_id, epoch, last_seq, last_reject, dropped, explained, first_seen, last_seen)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+             ON CONFLICT (agent_id, epoch) DO UPDATE SET
+                 last_seq = GREATEST(marks.last_seq, excluded.last_seq),
+                 last_reject = GREATEST(marks.last_reject, excluded.last_reject),
+                 dropped = GREATEST(marks.dropped, excluded.dropped),
+                 explained = GREATEST(marks.explained, excluded.explained),
+                 first_seen = CASE WHEN marks.first_seen = 0 THEN excluded.first_seen ELSE marks.first_seen END,
+                 last_seen = excluded.last_seen",
+            &[
+                &m.agent_id,
+                &m.epoch,
+                &m.last_seq,
+                &m.last_reject,
+                &m.dropped,
+                &m.explained,
+                &m.seen,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn update_agent(&mut self, a: &AgentUpdate<'_>) -> Result<(), postgres::Error> {
+        self.0.execute(
+            "INSERT INTO agents (agent_id, first_seen, last_seen, batches, points_received, duplicates, quarantined, gaps,
+                                 backlog_points, backlog_bytes, oldest_unsent_ts, clock_skew_ns, clock_error_ns)
+             VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             ON CONFLICT (agent_id) DO UPDATE SET
+                 last_seen = GREATEST(agents.last_seen, excluded.last_seen),
+                 batches = agents.batches + excluded.batches,
+                 points_received = agents.points_received + excluded.points_received,
+                 duplicates = agents.duplicates + excluded.duplicates,
+                 quarantined = agents.quarantined + excluded.quarantined,
+                 gaps = agents.gaps + excluded.gaps,
+                 backlog_points = coalesce(excluded.backlog_points, agents.backlog_points),
+                 backlog_bytes = coalesce(excluded.backlog_bytes, agents.backlog_bytes),
+                 oldest_unsent_ts = CASE WHEN excluded.backlog_points IS NULL THEN agents.oldest_unsent_ts ELSE excluded.oldest_unsent_ts END,
+                 clock_skew_ns = coalesce(excluded.clock_skew_ns, agents.clock_skew_ns),
+                 clock_error_ns = CASE WHEN excluded.clock_skew_ns IS NULL THEN agents.clock_error_ns ELSE excluded.clock_error_ns END",
+            &[
+                &a.agent_id,
+                &a.seen,
+                &a.batches,
+                &a.points,
+                &a.duplicates,
+                &a.quarantined,
+                &a.gaps,
+                &a.backlog_points,
+                &a.backlog_bytes,
+                &a.oldest_unsent_ts,
+                &a.clock_skew_ns,
+                &a.clock_error_ns,
+            ],
+        )?;
+        Ok(())
+    }
+}
+
+/// One collector's writer on a shared PostgreSQL.
+pub(crate) struct PgBackend {
+    url: String,
+    client: Option<Client>,
+    series: SeriesCache,
+    metrics: Arc<Metrics>,
+    resolutions: Vec<Resolution>,
+    raw_retention: Option<i64>,
+}
+
+fn load_series(client: &mut Client) -> Result<SeriesCache, postgres::Error> {
+    let mut cache = SeriesCache::default();
+    for row in client.query("SELECT id, name, tags, field, kind FROM series", &[])? {
+        let tags: String = row.get(2);
+        let tags: BTreeMap<String, String> = serde_json::from_str(&tags).unwrap_or_default();
+        let name: String = row.get(1);
+        let field: String = row.get(3);
+        let kind: String = row.get(4);
+        cache.insert(&name, &tags, &field, row.get(0), ValueClass::of_kind(&kind));
+    }
+    Ok(cache)
+}
+
+impl PgBackend {
+    /// Connects, creates or migrates the schema, and loads the series.
+    pub(crate) fn open(
+        url: &str,
+        metrics: Arc<Metrics>,
+        resolutions: Vec<Resolution>,
+        raw_retention: Option<i64>,
+    ) -> Result<PgBackend, StorageError> {
+        let mut client = connect(url)?;
+        super::migrate(&mut client, url)?;
+        let series = load_series(&mut client).map_err(|e| error(url, e))?;
+        Ok(PgBackend {
+            url: url.to_owned(),
+            client: Some(client),
+            series,
+            metrics,
+            resolutions,
+            raw_retention,
+        })
+    }
+
+    /// The client, connected again if the last one was lost.
+    fn client(&mut self) -> Result<&mut Client, PgError> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.client = None;
+            self.client = Some(connect_raw(&self.url)?);
+        }
+        self.client
+            .as_mut()
+            .ok_or_else(|| PgError::Tls("no connection".into()))
+    }
+
+    fn store(&mut self, jobs: &[BatchAttempt]) -> Result<Vec<Stored>, PgError> {
+        let metrics = Arc::clone(&self.metrics);
+        let resolutions = self.resolutions.clone();
+        let mut series = std::mem::take(&mut self.series);
+        let result = (|| {
+            let client = self.client()?;
+            let mut tx = client.transaction()?;
+            // Every mark of the group, locked in one order (module docs).
+            let mut marks: Vec<(&str, &str)> = jobs
+                .iter()
+                .filter(|p| p.job.origin == crate::storage::Origin::Agent)
+                .map(|p| (p.job.agent_id.as_str(), p.job.batch.epoch.as_str()))
+                .collect();
+            marks.sort_unstable();
+            marks.dedup();
+            for (agent, epoch) in marks {
+                PgTx(&mut tx).mark(agent, epoch)?;
+            }
+            let points: usize = jobs.iter().map(|p| p.range.len()).sum();
+            let mut state = GroupState {
+                rows: Vec::with_capacity(points),
+                created: Vec::new(),
+            };
+            let mut stored = Vec::with_capacity(jobs.len());
+            for pending in jobs {
+                stored.push(store_batch(
+                    &mut PgTx(&mut tx),
+                    &mut series,
+                    &mut state,
+                    pending,
+                    &metrics,
+                )?);
+            }
+            state.rows.sort_by_key(|(id, ts, _)| (*id, *ts));
+            let mut numeric = Vec::with_capacity(state.rows.len());
+            for run in state.rows.chunk_by(|a, b| a.0 == b.0) {
+                write_chunks(&mut tx, run)?;
+                let (Some(first), Some(last)) = (run.first(), run.last()) else {
+                    continue;
+                };
+                let created = state.created.contains(&first.0);
+                tx.execute(
+                    "UPDATE series SET first_ts = LEAST(first_ts, $2), last_ts = GREATEST(last_ts, $3),
+                         exact = exact AND $4 AND ($5 OR $2 > last_ts)
+                     WHERE id = $1",
+                    &[
+                        &first.0,
+                        &first.1,
+                        &last.1,
+                        &run_is_exact(run),
+                        &created,
+                    ],
+                )?;
+                numeric.extend(run.iter().filter_map(|(id, ts, v)| {
+                    Some((*id, *ts, crate::storage::sqlite::rollups::number(v)?))
+                }));
+            }
+            let windows = fold_rollups(&mut tx, &numeric, &resolutions)?;
+            metrics.rollup_windows.inc_by(windows);
+            tx.commit()?;
+            Ok::<_, PgError>(stored)
+        })();
+        match &result {
+            Ok(_) => self.series = series,
+            // The rollback took any series it created: reload the index.
+            Err(_) => {
+                if let Some(client) = self.client.as_mut().filter(|c| !c.is_closed())
+                    && let Ok(reloaded) = load_series(client)
+                {
+                    self.series = reloaded;
+                }
+            }
+        }
+        result
+    }
+}
+
+/// Writes a series' sorted values as chunks: one per aligned hour, at most `MAX_VALUES` each.
+fn write_chunks(
+    tx: &mut Transaction<'_>,
+    run: &[(i64, i64, &FieldValue)],
+) -> Result<(), postgres::Error> {
+    let mut buf = Vec::new();
+    for hour in run.chunk_by(|a, b| window_start(a.1, CHUNK_SPAN) == window_start(b.1, CHUNK_SPAN))
+    {
+        for part in hour.chunks(MAX_VALUES) {
+            let (Some(first), Some(last)) = (part.first(), part.last()) else {
+                continue;
+            };
+            buf.clear();
+            crate::storage::codec::encode(&mut buf, first.1, part);
+            tx.execute(
+                "INSERT INTO chunks (series_id, start_ts, end_ts, count, data) VALUES ($1, $2, $3, $4, $5)",
+                &[&first.0, &first.1, &last.1, &(part.len() as i64), &buf],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Merges the group's partial windows into their blocks, each read `FOR UPDATE` and written
+/// back, in (series, resolution, block) order; returns the windows merged.
+fn fold_rollups(
+    tx: &mut Transaction<'_>,
+    values: &[(i64, i64, f64)],
+    resolutions: &[Resolution],
+) -> Result<u64, postgres::Error> {
+    let mut by_block: BTreeMap<(i64, i64, i64), Vec<(i64, crate::rollup::Aggregate)>> =
+        BTreeMap::new();
+    let mut windows = 0u64;
+    for level in partials(values, resolutions) {
+        for ((series, res, start), partial) in level {
+            by_block
+                .entry((series, res, block_start(start, res)))
+                .or_default()
+                .push((start, partial));
+            windows = windows.saturating_add(1);
+        }
+    }
+    for ((series, res, block), partials) in by_block {
+        let stored = tx.query_opt(
+            "SELECT data FROM rollup_blocks WHERE series_id = $1 AND res = $2 AND start = $3 FOR UPDATE",
+            &[&series, &res, &block],
+        )?;
+        let mut merged = match stored {
+            Some(row) => {
+                let data: Vec<u8> = row.get(0);
+                // A block this collector cannot read is not overwritten with less.
+                blocks::windows(&data, block, res, true).unwrap_or_default()
+            }
+            None => Vec::new(),
+        };
+        for (start, partial) in partials {
+            match merged.binary_search_by_key(&start, |(s, _)| *s) {
+                Ok(at) => {
+                    if let Some((_, aggregate)) = merged.get_mut(at) {
+                        aggregate.merge(&partial);
+                    }
+                }
+                Err(at) => merged.insert(at, (start, partial)),
+            }
+        }
+        let data = blocks::encode(block, res, &merged);
+        tx.execute(
+            "INSERT INTO rollup_blocks (series_id, res, start, windows, data) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (series_id, res, start) DO UPDATE SET windows = excluded.windows, data = excluded.data",
+            &[&series, &res, &block, &(merged.len() as i64), &data],
+        )?;
+    }
+    Ok(windows)
+}
+
+impl Backend for PgBackend {
+    type Error = PgError;
+
+    fn cannot_commit(error: &PgError) -> bool {
+        use postgres::error::SqlState;
+        let PgError::Pg(error) = error else {
+            return true;
+        };
+        match error.code() {
+            // No SQL state: the connection (lost, refused, closed).
+            None => true,
+            Some(code) => {
+                let class = code.code().get(..2).unwrap_or_default();
+                matches!(class, "08" | "53" | "57" | "58")
+                    || *code == SqlState::T_R_SERIALIZATION_FAILURE
+                    || *code == SqlState::T_R_DEADLOCK_DETECTED
+                    || *code == SqlState::READ_ONLY_SQL_TRANSACTION
+            }
+        }
+    }
+
+    fn read_mark(&mut self, agent_id: &str, epoch: &str) -> Result<u64, PgError> {
+        let row = self.client()?.query_opt(
+            "SELECT last_seq FROM marks WHERE agent_id = $1 AND epoch = $2",
+            &[&agent_id, &epoch],
+        )?;
+        Ok(row.map_or(0, |r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0)))
+    }
+
+    fn store_all(&mut self, jobs: &[BatchAttempt]) -> Result<Vec<Stored>, PgError> {
+        self.store(jobs)
+    }
+
+    fn after_commit(&mut self) {}
+
+    fn retention(&mut self, now: i64) -> Result<RetentionReport, StorageError> {
+        let raw = self.raw_retention;
+        let resolutions = self.resolutions.clone();
+        let result = (|| {
+            let client = self.client()?;
+            let mut tx = client.transaction()?;
+            let mut report = RetentionReport::default();
+            // One collector at a time; the others find it taken and skip this pass.
+            let ours: bool = tx
+                .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&RETENTION_LOCK])?
+                .get(0);
+            if !ours {
+                return Ok::<_, PgError>(report);
+            }
+            let mut budget = RETENTION_ROWS;
+            if let Some(keep) = raw {
+                let cutoff = now.saturating_sub(keep);
+                // Whole chunks past the horizon (a chunk lies within an hour, so the raw data
+                // outlives its retention by less than an hour).
+                let rows = tx.query(
+                    "DELETE FROM chunks WHERE id IN
+                     (SELECT id FROM chunks WHERE end_ts < $1 LIMIT $2) RETURNING count",
+                    &[&cutoff, &budget],
+                )?;
+                budget = budget.saturating_sub(rows.len() as i64);
+                report.points = rows
+                    .iter()
+                    .map(|r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0))
+                    .sum();
+                let n = tx.execute(
+                    "DELETE FROM quarantine WHERE id IN
+                     (SELECT id FROM quarantine WHERE received_at < $1 LIMIT $2)",
+                    &[&cutoff, &budget],
+                )?;
+                report.quarantined = n;
+                budget = budget.saturating_sub(i64::try_from(n).unwrap_or(0));
+            }
+            for resolution in &resolutions {
+                let Some(keep) = resolution.retention else {
+                    continue;
+                };
+                let last_start = now
+                    .saturating_sub(keep)
+                    .saturating_sub(resolution.step.saturating_mul(WINDOWS_PER_BLOCK));
+                let rows = tx.query(
+                    "DELETE FROM rollup_blocks WHERE (series_id, res, start) IN
+                     (SELECT series_id, res, start FROM rollup_blocks WHERE res = $1 AND start <= $2 LIMIT $3)
+                     RETURNING windows",
+                    &[&resolution.step, &last_start, &budget],
+                )?;
+                budget = budget.saturating_sub(rows.len() as i64);
+                report.windows = report.windows.saturating_add(
+                    rows.iter()
+                        .map(|r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0))
+                        .sum(),
+                );
+            }
+            report.more = budget <= 0;
+            tx.commit()?;
+            Ok::<_, PgError>(report)
+        })();
+        result.map_err(|e| match e {
+            PgError::Pg(source) => error(&self.url, source),
+            PgError::Tls(why) => StorageError::Other(format!("{}: TLS: {why}", redact(&self.url))),
+        })
+    }
+
+    fn name(&self) -> String {
+        redact(&self.url)
+    }
+}
+
+/// Starts one collector's writer thread on a shared PostgreSQL: its queue and the thread.
+pub(crate) fn start(
+    url: &str,
+    options: &crate::storage::StorageOptions,
+    metrics: Arc<Metrics>,
+    health: Arc<crate::storage::StoreHealth>,
+) -> Result<
+    (
+        tokio::sync::mpsc::Sender<crate::storage::writer::Job>,
+        std::thread::JoinHandle<()>,
+    ),
+    StorageError,
+> {
+    // The blocking client runs a runtime of its own, which cannot start on a thread of the
+    // caller's runtime: the writer thread connects, and says whether it could.
+    let (opened, result) = std::sync::mpsc::sync_channel(1);
+    let url = url.to_owned();
+    let (rules, time) = (options.rules.clone(), options.time.clone());
+    let (resolutions, raw_retention) = (options.resolutions.clone(), options.raw_retention);
+    let commit_max_points = options.commit_max_points;
+    let dropper = crate::storage::writer::start_dropper()
+        .map_err(|e| StorageError::Other(format!("cannot start the storage-free thread: {e}")))?;
+    let (jobs, rx) = tokio::sync::mpsc::channel(options.queue.max(1));
+    let thread = std::thread::Builder::new()
+        .name("storage-writer".into())
+        .spawn(move || {
+            let backend =
+                match PgBackend::open(&url, Arc::clone(&metrics), resolutions, raw_retention) {
+                    Ok(backend) => backend,
+                    Err(e) => {
+                        let _ = opened.send(Err(e));
+                        return;
+                    }
+                };
+            let _ = opened.send(Ok(()));
+            let writer = crate::storage::writer::Writer {
+                backend,
+                commit_max_points,
+                metrics,
+                cleaner: crate::clean::Cleaner::new(rules, time),
+                dropper,
+                health,
+            };
+            writer.run(rx);
+        })
+        .map_err(|e| StorageError::Other(format!("cannot start the writer thread: {e}")))?;
+    result
+        .recv()
+        .map_err(|_| StorageError::Other("the writer thread ended at start".into()))??;
+    Ok((jobs, thread))
+}
