@@ -151,6 +151,9 @@ pub struct RawServer {
 pub struct RawStorage {
     /// The SQLite database file.
     pub path: Option<PathBuf>,
+    /// A PostgreSQL server that collectors share (`postgres://user@host:5432/db?sslmode=…`),
+    /// in place of `path`.
+    pub url: Option<String>,
     /// Most points committed in one transaction (group commit across batches).
     pub commit_max_points: Option<usize>,
     /// Read connections for queries.
@@ -188,6 +191,8 @@ pub struct Config {
     pub ingest_wait: Duration,
     pub shutdown_timeout: Duration,
     pub storage_path: PathBuf,
+    /// The PostgreSQL store (`[storage] url`), in place of `storage_path`.
+    pub storage_url: Option<String>,
     pub commit_max_points: usize,
     pub readers: usize,
     pub query_max_points: usize,
@@ -255,9 +260,18 @@ impl Config {
         }
     }
 
+    /// The store, as logs and `check` name it (a server without its password).
+    pub fn storage_description(&self) -> String {
+        match &self.storage_url {
+            Some(url) => format!("PostgreSQL {}", crate::storage::postgres::redact(url)),
+            None => format!("SQLite {}", self.storage_path.display()),
+        }
+    }
+
     pub fn storage_options(&self) -> StorageOptions {
         StorageOptions {
             path: self.storage_path.clone(),
+            url: self.storage_url.clone(),
             commit_max_points: self.commit_max_points,
             queue: self.ingest_queue,
             readers: self.readers,
@@ -361,6 +375,26 @@ impl Resolve for RawConfig {
         if commit_max_points == 0 {
             return Err(source.error("storage.commit_max_points", "must be at least 1"));
         }
+        let storage_url = match (&raw.storage.path, raw.storage.url) {
+            (Some(_), Some(_)) => {
+                return Err(source.error(
+                    "storage.url",
+                    "give either path (SQLite) or url (PostgreSQL), not both",
+                ));
+            }
+            (_, Some(url)) => {
+                if !crate::storage::postgres::is_postgres_url(&url) {
+                    return Err(
+                        source.error("storage.url", "must be a postgres:// or postgresql:// URL")
+                    );
+                }
+                if let Err(e) = url.parse::<::postgres::Config>() {
+                    return Err(source.error("storage.url", format!("is not a valid URL: {e}")));
+                }
+                Some(url)
+            }
+            (_, None) => None,
+        };
         let readers = raw.storage.readers.unwrap_or(4);
         if !(1..=64).contains(&readers) {
             return Err(source.error("storage.readers", "must be between 1 and 64"));
@@ -385,6 +419,12 @@ impl Resolve for RawConfig {
             "10m",
         )?;
         let exports = resolve_exports(raw.exports, source)?;
+        if storage_url.is_some() && !exports.is_empty() {
+            return Err(source.error(
+                "exports.remote_write",
+                "exports read the SQLite store's export feed; the PostgreSQL store (storage.url) has none yet",
+            ));
+        }
         let late_after = duration(
             source,
             "fleet.late_after",
@@ -427,6 +467,7 @@ impl Resolve for RawConfig {
                 .storage
                 .path
                 .unwrap_or_else(|| PathBuf::from("/var/lib/tributary/collector.db")),
+            storage_url,
             commit_max_points,
             readers,
             query_max_points,

@@ -28,8 +28,8 @@ use tributary_wire::FieldValue;
 use crate::clean::rules::Matcher;
 use crate::metrics::Metrics;
 use crate::prometheus::remote::{self, Label, Sample, TimeSeries, WriteRequest};
+use crate::storage::prom::labels_of;
 use crate::storage::sqlite::feed::{self, FeedEntry};
-use crate::storage::sqlite::prom::labels_of;
 
 /// How an export authenticates.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -90,7 +90,7 @@ pub async fn serve(
     });
     let app = api::router(Arc::clone(&state));
     let address = listener.local_addr().context("listener address")?;
-    info!(address = %address, tls = config.tls.is_some(), mtls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()), storage = %config.storage_path.display(), agents = config.agent_ids.len(), "collector listening");
+    info!(address = %address, tls = config.tls.is_some(), mtls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()), storage = %config.storage_description(), agents = config.agent_ids.len(), "collector listening");
 
     let exports = export::spawn_all(
         &config.exports,

@@ -152,7 +152,7 @@ fn main() -> ExitCode {
                 "{}: ok (listen {}, storage {}, {} agent(s), {} cleaning rule(s), rollups {})",
                 path.display(),
                 config.listen,
-                config.storage_path.display(),
+                config.storage_description(),
                 config.agent_ids.len(),
                 config.rules.len(),
                 config

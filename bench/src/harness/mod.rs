@@ -2,6 +2,8 @@
 
 mod mosquitto;
 pub mod pipelined;
+#[path = "../../../collector/src/storage/postgres/testing.rs"]
+pub mod postgres;
 mod process;
 pub mod procstat;
 pub mod prometheus;
@@ -15,7 +17,7 @@ pub use publisher::Publisher;
 pub use rumqttc::QoS;
 pub use tributary::{
     AgentProcess, CollectorOptions, CollectorProcess, Oracle, Supervised, Verdict, agent_config,
-    agent_config_with, bin_dir, query_json, query_text, token_pair,
+    agent_config_with, bin_dir, query_json, query_text, shared_postgres, token_pair,
 };
 
 use std::net::TcpListener;

@@ -158,6 +158,37 @@ pub struct CollectorOptions {
     /// `server.anonymous_read`: on by default, so tests read what was stored without a
     /// reader's token; the tests of read tokens turn it off.
     pub anonymous_read: bool,
+    /// `[storage] url`: a PostgreSQL database in place of the SQLite file. Without it, and
+    /// with `TRIBUTARY_E2E_STORE=postgres` in the environment, each collector gets a new
+    /// database on a server shared by the test process ([`shared_postgres`]).
+    pub storage_url: Option<String>,
+}
+
+/// The PostgreSQL server the collectors of this test process share when
+/// `TRIBUTARY_E2E_STORE=postgres` (started on first use, stopped once the process is gone).
+pub fn shared_postgres() -> &'static super::postgres::PgServer {
+    static SERVER: std::sync::OnceLock<&'static super::postgres::PgServer> =
+        std::sync::OnceLock::new();
+    SERVER.get_or_init(|| {
+        let server = super::postgres::PgServer::start();
+        let watched: &'static super::postgres::PgServer = Box::leak(Box::new(server));
+        watched.stop_when_gone(std::process::id());
+        watched
+    })
+}
+
+/// The store a collector of the harness gets: `options.storage_url`, else a new database on
+/// the shared server when the environment asks for PostgreSQL, else `None` (SQLite).
+fn storage_url(options: &CollectorOptions) -> Option<String> {
+    if options.storage_url.is_some() {
+        return options.storage_url.clone();
+    }
+    if std::env::var("TRIBUTARY_E2E_STORE").as_deref() != Ok("postgres") {
+        return None;
+    }
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Some(shared_postgres().create_database(&format!("collector_{n}")))
 }
 
 impl Default for CollectorOptions {
@@ -170,6 +201,7 @@ impl Default for CollectorOptions {
             wrapper: Vec::new(),
             https: false,
             anonymous_read: true,
+            storage_url: None,
         }
     }
 }
@@ -231,11 +263,13 @@ impl CollectorProcess {
     ) -> anyhow::Result<CollectorProcess> {
         std::fs::create_dir_all(dir)?;
         let (host, port) = (options.host, options.port);
+        let storage = match storage_url(options) {
+            Some(url) => format!("url = \"{url}\""),
+            None => format!("path = \"{}\"", dir.join("collector.db").display()),
+        };
         let mut text = format!(
-            "[server]\nlisten = \"{host}:{port}\"\nanonymous_read = {}\n{}\n[storage]\npath = \"{}\"\n",
-            options.anonymous_read,
-            options.server_extra,
-            dir.join("collector.db").display()
+            "[server]\nlisten = \"{host}:{port}\"\nanonymous_read = {}\n{}\n[storage]\n{storage}\n",
+            options.anonymous_read, options.server_extra,
         );
         for (id, token) in agents {
             let hash = hex::encode(Sha256::digest(token.as_bytes()));

@@ -24,15 +24,25 @@ pub mod blocks;
 pub mod codec;
 mod group;
 pub mod postgres;
+pub mod prom;
+pub mod read;
 mod series;
 pub mod sqlite;
 mod writer;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
 
+use tokio::sync::mpsc;
+use tracing::error;
 use tributary_wire::{Batch, BatchAck, FieldValue};
 
-pub use sqlite::{ReadPool, Reservation, Storage};
+use self::read::{Pool, Rows, SelfReport};
+use self::writer::Job;
+use crate::metrics::Metrics;
+use crate::rollup::Resolution;
 
 /// A known series, for `/api/v1/series`.
 #[derive(Debug, Clone, PartialEq)]
@@ -201,7 +211,10 @@ impl StoreHealth {
 /// How the store is set up.
 #[derive(Debug, Clone)]
 pub struct StorageOptions {
+    /// The SQLite database (when `url` is not set).
     pub path: std::path::PathBuf,
+    /// The PostgreSQL server that collectors share (`postgres://…`), in place of `path`.
+    pub url: Option<String>,
     /// Most points committed in one transaction.
     pub commit_max_points: usize,
     /// Batches waiting for the writer.
@@ -223,6 +236,7 @@ impl StorageOptions {
     pub fn new(path: &std::path::Path) -> StorageOptions {
         StorageOptions {
             path: path.to_owned(),
+            url: None,
             commit_max_points: 50_000,
             queue: 64,
             readers: 4,
@@ -349,4 +363,291 @@ pub struct AgentRecord {
     pub clock_skew_ns: Option<i64>,
     pub clock_error_ns: Option<u64>,
     pub epochs: Vec<EpochMark>,
+}
+
+/// Room held in the writer's queue for one batch.
+pub struct Reservation {
+    permit: mpsc::OwnedPermit<Job>,
+}
+
+impl Reservation {
+    /// Queues the batch in the room held.
+    pub fn submit(self, job: WriteJob) {
+        self.permit.send(Job::Write(Box::new(job)));
+    }
+}
+
+/// The read connections of a store.
+enum Reads {
+    Sqlite {
+        pool: Arc<Pool<rusqlite::Connection>>,
+        path: Arc<str>,
+    },
+    Postgres {
+        pool: Arc<Pool<::postgres::Client>>,
+        url: Arc<str>,
+    },
+}
+
+impl Reads {
+    /// Runs `work` on a read connection off the async executor.
+    async fn run<T, F>(&self, work: F) -> Result<T, StorageError>
+    where
+        F: FnOnce(&dyn Rows) -> Result<T, StorageError> + Send + 'static,
+        T: Send + 'static,
+    {
+        match self {
+            Reads::Sqlite { pool, path } => {
+                let path = Arc::clone(path);
+                pool.run(move |conn| work(&sqlite::SqliteRows { conn, path: &path }))
+                    .await
+            }
+            Reads::Postgres { pool, url } => {
+                let url = Arc::clone(url);
+                pool.run(move |client| {
+                    work(&postgres::reads::PgRows {
+                        client: std::cell::RefCell::new(client),
+                        url: &url,
+                    })
+                })
+                .await
+            }
+        }
+    }
+}
+
+/// The store: a writer thread fed by a bounded queue, and a pool of readers, over SQLite (a
+/// file of this collector's) or PostgreSQL (a server collectors share).
+pub struct Storage {
+    jobs: Option<mpsc::Sender<Job>>,
+    writer: Option<JoinHandle<()>>,
+    /// Dropping it stops the checkpointer (SQLite only).
+    checkpoints: Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>,
+    reads: Reads,
+    metrics: Arc<Metrics>,
+    health: Arc<StoreHealth>,
+    /// The rollup resolutions PromQL may answer from ([`prom::window_resolutions`]).
+    windows: Arc<[Resolution]>,
+}
+
+impl Storage {
+    /// Opens the store the options name (creating its schema if needed) and starts the
+    /// writer thread.
+    pub fn open(options: &StorageOptions, metrics: Arc<Metrics>) -> Result<Storage, StorageError> {
+        let health = Arc::new(StoreHealth::default());
+        let windows = prom::window_resolutions(&options.resolutions, options.raw_retention).into();
+        match &options.url {
+            Some(url) => {
+                let (jobs, writer) = postgres::writer::start(
+                    url,
+                    options,
+                    Arc::clone(&metrics),
+                    Arc::clone(&health),
+                )?;
+                let connect_url = url.clone();
+                Ok(Storage {
+                    jobs: Some(jobs),
+                    writer: Some(writer),
+                    checkpoints: None,
+                    reads: Reads::Postgres {
+                        pool: Arc::new(Pool::new(
+                            options.readers,
+                            move || postgres::connect(&connect_url),
+                            |client| !client.is_closed(),
+                        )),
+                        url: url.as_str().into(),
+                    },
+                    metrics,
+                    health,
+                    windows,
+                })
+            }
+            None => {
+                let path = options.path.as_path();
+                let opened = sqlite::open(options, path, &metrics, Arc::clone(&health))?;
+                Ok(Storage {
+                    jobs: Some(opened.jobs),
+                    writer: Some(opened.writer),
+                    checkpoints: Some(opened.checkpoints),
+                    reads: Reads::Sqlite {
+                        pool: opened.reads,
+                        path: path.display().to_string().into(),
+                    },
+                    metrics,
+                    health,
+                    windows,
+                })
+            }
+        }
+    }
+
+    /// Waits up to `wait` for room in the writer's queue and holds it. Ingest reserves before
+    /// it decodes, so decoded batches never outnumber the queue (their memory is bounded);
+    /// requests past that wait with only their compressed bodies, then get `Busy` (429).
+    pub async fn reserve(&self, wait: Duration) -> Result<Reservation, SubmitError> {
+        let jobs = self.jobs.clone().ok_or(SubmitError::Closed)?;
+        match tokio::time::timeout(wait, jobs.reserve_owned()).await {
+            Ok(Ok(permit)) => Ok(Reservation { permit }),
+            Ok(Err(_)) => Err(SubmitError::Closed),
+            Err(_) => Err(SubmitError::Busy),
+        }
+    }
+
+    /// Runs one retention pass on the writer thread (between commits) and waits for it.
+    pub async fn retain(&self, now: i64) -> Result<RetentionReport, StorageError> {
+        let jobs = self.jobs.as_ref().ok_or(StorageError::Closed)?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        jobs.send(Job::Retention { now, reply })
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        answer.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// Returns once the writer thread has taken a ping from its queue, behind the batches
+    /// queued before it: proof that it makes progress.
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        let jobs = self.jobs.as_ref().ok_or(StorageError::Closed)?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        jobs.send(Job::Ping(reply))
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        answer.await.map_err(|_| StorageError::Closed)
+    }
+
+    /// Runs `work` on a read connection, as the row reads of [`read::Rows`].
+    pub async fn read<T, F>(&self, work: F) -> Result<T, StorageError>
+    where
+        F: FnOnce(&dyn Rows) -> Result<T, StorageError> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.reads.run(work).await
+    }
+
+    /// A trivial read, proving the store answers.
+    pub async fn ping_reads(&self) -> Result<(), StorageError> {
+        self.reads.run(|rows| rows.ping()).await
+    }
+
+    /// Raw points of the series a query matches.
+    pub async fn query_raw(&self, query: RawQuery) -> Result<QueryResult, StorageError> {
+        self.reads
+            .run(move |rows| read::query_raw(rows, &query))
+            .await
+    }
+
+    /// Runs PromQL work (an evaluation, a listing) on a read connection seen as a
+    /// [`crate::promql::Source`].
+    pub async fn promql<T, F>(&self, work: F) -> Result<T, StorageError>
+    where
+        F: FnOnce(&prom::StoreSource<'_>) -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let windows = Arc::clone(&self.windows);
+        self.reads
+            .run(move |rows| {
+                Ok(work(&prom::StoreSource {
+                    rows,
+                    windows: &windows,
+                }))
+            })
+            .await
+    }
+
+    /// Buckets of a query, from the coarsest fitting rollup or the raw points.
+    pub async fn query_aggregated(
+        &self,
+        query: AggregateQuery,
+        resolutions: Vec<Resolution>,
+    ) -> Result<AggregateResult, StorageError> {
+        self.reads
+            .run(move |rows| read::query_aggregated(rows, &query, &resolutions))
+            .await
+    }
+
+    /// The series matching `name` (any when empty) and `tags`, at most `limit`, and whether
+    /// there were more.
+    pub async fn list_series(
+        &self,
+        name: String,
+        tags: Vec<(String, String)>,
+        search: String,
+        limit: usize,
+    ) -> Result<(Vec<SeriesInfo>, bool), StorageError> {
+        self.reads
+            .run(move |rows| read::list_series(rows, &name, &tags, &search, limit))
+            .await
+    }
+
+    /// Quarantined records the filter selects, at most its limit.
+    pub async fn list_quarantine(
+        &self,
+        filter: QuarantineFilter,
+    ) -> Result<(Vec<QuarantineRecord>, bool), StorageError> {
+        self.reads
+            .run(move |rows| read::list_quarantine(rows, &filter))
+            .await
+    }
+
+    /// Every agent the store has heard from, with its marks.
+    pub async fn agents(&self) -> Result<Vec<AgentRecord>, StorageError> {
+        self.reads.run(|rows| read::agents(rows)).await
+    }
+
+    /// Every agent, and the newest figures each reported about itself.
+    pub async fn agents_with_reports(
+        &self,
+    ) -> Result<(Vec<AgentRecord>, HashMap<String, SelfReport>), StorageError> {
+        self.reads
+            .run(|rows| Ok((read::agents(rows)?, read::agents_self_reports(rows)?)))
+            .await
+    }
+
+    /// Whether the store can commit.
+    pub fn health(&self) -> &StoreHealth {
+        &self.health
+    }
+
+    /// Stops taking jobs, lets the writer finish the queued ones, and waits for it.
+    pub fn close(&mut self) {
+        self.jobs.take();
+        if let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            error!("the storage writer thread panicked");
+            self.metrics.error("storage", "writer_panicked");
+        }
+        if let Some((stop, handle)) = self.checkpoints.take() {
+            drop(stop);
+            if handle.join().is_err() {
+                error!("the storage checkpoint thread panicked");
+                self.metrics.error("storage", "checkpoint_panicked");
+            }
+        }
+    }
+
+    /// Stops taking jobs and lets the writer and checkpointer threads end by themselves.
+    fn detach(&mut self) {
+        self.jobs.take();
+        self.writer.take();
+        if let Some((stop, handle)) = self.checkpoints.take() {
+            drop(stop);
+            drop(handle);
+        }
+    }
+}
+
+impl Drop for Storage {
+    /// Closing joins the writer, which first commits what is queued: that must not block a
+    /// runtime worker (every task on it would stall). On a multi-threaded runtime the join
+    /// runs in `block_in_place`; on a current-thread runtime the threads are left to finish
+    /// by themselves (their queues close with the senders dropped here); outside a runtime it
+    /// joins. `serve` closes storage on the blocking pool before this runs.
+    fn drop(&mut self) {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        match Handle::try_current().map(|handle| handle.runtime_flavor()) {
+            Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(|| self.close()),
+            Ok(_) => self.detach(),
+            Err(_) => self.close(),
+        }
+    }
 }

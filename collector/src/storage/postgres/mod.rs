@@ -15,8 +15,7 @@ use postgres::{Client, NoTls};
 
 use super::StorageError;
 
-// Not yet behind `Storage` (the `url` setting): only the tests start it so far.
-#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) mod reads;
 pub(crate) mod writer;
 
 #[cfg(test)]

@@ -3,11 +3,17 @@
 //! 127.0.0.1, its socket in that directory, stopped with `pg_ctl stop -m immediate` when
 //! dropped. Nothing depends on a system-wide cluster. `scripts/test` installs Debian's
 //! `postgresql` package; without it the test fails saying so.
+//!
+//! The end-to-end harness (`tributary-bench`) compiles this same file as its
+//! `harness::postgres`.
+
+// What the harness uses, the collector's own tests may not.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-pub(crate) struct PgServer {
+pub struct PgServer {
     dir: tempfile::TempDir,
     bin: PathBuf,
     port: u16,
@@ -67,7 +73,7 @@ fn free_port() -> u16 {
 }
 
 impl PgServer {
-    pub(crate) fn start() -> PgServer {
+    pub fn start() -> PgServer {
         let bin = bin_dir();
         let dir = tempfile::tempdir().expect("a temporary directory");
         if running_as_root() {
@@ -104,7 +110,7 @@ impl PgServer {
     }
 
     /// Starts the server (again, after [`PgServer::stop_immediate`]) on the same port.
-    pub(crate) fn start_again(&self) {
+    pub fn start_again(&self) {
         let data = self.dir.path().join("data");
         let log = self.dir.path().join("log");
         let options = format!(
@@ -130,7 +136,7 @@ impl PgServer {
     }
 
     /// `pg_ctl stop -m immediate`: as a crash, no shutdown checkpoint.
-    pub(crate) fn stop_immediate(&self) {
+    pub fn stop_immediate(&self) {
         let data = self.dir.path().join("data");
         run(
             &self.bin.join("pg_ctl"),
@@ -145,11 +151,70 @@ impl PgServer {
         );
     }
 
-    pub(crate) fn url(&self) -> String {
+    pub fn url(&self) -> String {
+        self.database_url("postgres")
+    }
+
+    /// The URL of database `name` on this server.
+    pub fn database_url(&self, name: &str) -> String {
         format!(
-            "postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable",
+            "postgres://postgres@127.0.0.1:{}/{name}?sslmode=disable",
             self.port
         )
+    }
+
+    /// Creates database `name` (empty) and returns its URL.
+    pub fn create_database(&self, name: &str) -> String {
+        let port = self.port.to_string();
+        let host = self.dir.path().display().to_string();
+        run(
+            &self.bin.join("createdb"),
+            &["-h", &host, "-p", &port, "-U", "postgres", name],
+        );
+        self.database_url(name)
+    }
+
+    /// Runs `psql -c sql` on database `name` and returns what it printed (unaligned, tuples
+    /// only).
+    pub fn psql(&self, name: &str, sql: &str) -> String {
+        let port = self.port.to_string();
+        let host = self.dir.path().display().to_string();
+        let output = command(&self.bin.join("psql"))
+            .args(["-h", &host, "-p", &port, "-U", "postgres", "-d", name])
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .expect("run psql");
+        assert!(
+            output.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// Has a watcher stop the server and remove its directory once process `pid` is gone:
+    /// for a server shared by a whole test process (a static), which no destructor stops.
+    pub fn stop_when_gone(&self, pid: u32) {
+        let data = self.dir.path().join("data");
+        let watcher = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {stop} -D '{data}' -m immediate -w stop >/dev/null 2>&1; rm -rf '{dir}'",
+            stop = if running_as_root() {
+                format!(
+                    "runuser -u postgres -- '{}'",
+                    self.bin.join("pg_ctl").display()
+                )
+            } else {
+                format!("'{}'", self.bin.join("pg_ctl").display())
+            },
+            data = data.display(),
+            dir = self.dir.path().display(),
+        );
+        let _ = Command::new("setsid")
+            .args(["sh", "-c", &watcher])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
     }
 }
 

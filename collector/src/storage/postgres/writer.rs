@@ -27,8 +27,8 @@ use crate::storage::blocks::{self, WINDOWS_PER_BLOCK, block_start};
 use crate::storage::group::{
     AgentUpdate, GroupState, GroupTx, MarkUpdate, QuarantineRow, run_is_exact, store_batch,
 };
+use crate::storage::read::CHUNK_SPAN;
 use crate::storage::series::{SeriesCache, ValueClass};
-use crate::storage::sqlite::chunks::CHUNK_SPAN;
 use crate::storage::writer::{Backend, BatchAttempt, Mark};
 use crate::storage::{RetentionReport, StorageError, Stored};
 
@@ -280,9 +280,11 @@ impl PgBackend {
                         &created,
                     ],
                 )?;
-                numeric.extend(run.iter().filter_map(|(id, ts, v)| {
-                    Some((*id, *ts, crate::storage::sqlite::rollups::number(v)?))
-                }));
+                numeric.extend(
+                    run.iter().filter_map(|(id, ts, v)| {
+                        Some((*id, *ts, crate::storage::read::number(v)?))
+                    }),
+                );
             }
             let windows = fold_rollups(&mut tx, &numeric, &resolutions)?;
             metrics.rollup_windows.inc_by(windows);

@@ -37,8 +37,7 @@ CREATE TABLE IF NOT EXISTS chunks (
 CREATE INDEX IF NOT EXISTS chunks_by_series ON chunks (series_id, start_ts);
 ";
 
-/// The aligned time span a chunk's values lie in: 1 h in ns.
-pub const CHUNK_SPAN: i64 = 3_600_000_000_000;
+pub use crate::storage::read::CHUNK_SPAN;
 
 /// A series' newest chunk takes appended values while it is smaller than this (bytes).
 const APPEND_BELOW: usize = 2048;
@@ -232,55 +231,13 @@ pub fn convert(conn: &Connection) -> rusqlite::Result<u64> {
     Ok(rewritten)
 }
 
-/// The values of `series` with `from <= ts < to`, in time order (equal times in the order
-/// they were stored). With `limit`, only the first `limit` of them; the flag says whether
-/// more were left out.
-pub fn read(
-    conn: &Connection,
-    series: i64,
-    from: i64,
-    to: i64,
-    limit: Option<usize>,
-) -> rusqlite::Result<(Vec<(i64, FieldValue)>, bool)> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT start_ts, data FROM chunks WHERE series_id = ?1 AND start_ts >= ?2 AND start_ts < ?3
-         ORDER BY start_ts, id",
-    )?;
-    let mut rows = stmt.query(params![series, window_start(from, CHUNK_SPAN), to])?;
-    let mut values: Vec<(i64, FieldValue)> = Vec::new();
-    let mut sorted = true;
-    while let Some(row) = rows.next()? {
-        let start_ts: i64 = row.get(0)?;
-        // Chunks come by start time: once `limit` values lie before this chunk's start,
-        // no later chunk can change the first `limit`.
-        if let Some(limit) = limit
-            && values.len() > limit
-        {
-            if !sorted {
-                values.sort_by_key(|(ts, _)| *ts);
-                sorted = true;
-            }
-            if values.get(limit).is_some_and(|(ts, _)| *ts < start_ts) {
-                break;
-            }
-        }
-        let data = row.get_ref(1)?.as_blob()?;
-        decode(series, start_ts, data, |ts, value| {
-            if ts >= from && ts < to {
-                sorted &= values.last().is_none_or(|(last, _)| *last <= ts);
-                values.push((ts, value));
-            }
-        })?;
-    }
-    if !sorted {
-        // Stable: equal times keep the order of their chunks.
-        values.sort_by_key(|(ts, _)| *ts);
-    }
-    let truncated = limit.is_some_and(|limit| values.len() > limit);
-    if let Some(limit) = limit {
-        values.truncate(limit);
-    }
-    Ok((values, truncated))
+/// The values of `series` with `from <= ts < to`, in time order, read inside the writer's
+/// transaction (see [`crate::storage::read::read_values`]).
+pub fn read_all(conn: &Connection, series: i64) -> rusqlite::Result<Vec<(i64, FieldValue)>> {
+    let rows = super::reads::SqliteRows { conn, path: "" };
+    crate::storage::read::read_values(&rows, series, i64::MIN, i64::MAX, None)
+        .map(|(values, _)| values)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
 }
 
 /// What one retention pass removed.
@@ -357,6 +314,18 @@ mod tests {
     use super::*;
 
     const MINUTE: i64 = 60_000_000_000;
+
+    /// The shared range read, over this connection.
+    fn read(
+        conn: &Connection,
+        series: i64,
+        from: i64,
+        to: i64,
+        limit: Option<usize>,
+    ) -> Result<(Vec<(i64, FieldValue)>, bool), crate::storage::StorageError> {
+        let rows = super::super::reads::SqliteRows { conn, path: "test" };
+        crate::storage::read::read_values(&rows, series, from, to, limit)
+    }
 
     fn db() -> Connection {
         let conn = Connection::open_in_memory().unwrap();

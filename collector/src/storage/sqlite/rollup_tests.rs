@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 
 use tributary_wire::{AgentStatus, Batch, Point};
 
-use super::rollups::query_aggregated;
 use super::tests::{open, store};
 use super::*;
 use crate::rollup::{Agg, SKETCH_RELATIVE_ACCURACY, default_resolutions};
-use crate::storage::{AggregateQuery, AggregateResult};
+use crate::storage::read::query_aggregated;
+use crate::storage::{AggregateQuery, AggregateResult, RawQuery, Storage};
 
 const MINUTE: i64 = 60_000_000_000;
 const HOUR: i64 = 60 * MINUTE;
@@ -117,8 +117,7 @@ async fn query(
         window: None,
     };
     storage
-        .reads()
-        .run(move |c| query_aggregated(c, &query, &resolutions))
+        .read(move |c| query_aggregated(c, &query, &resolutions))
         .await
         .unwrap()
 }
@@ -508,8 +507,8 @@ async fn promql_over_time_from_rollups_equals_the_raw_samples() {
     let minute = MINUTE / 1_000_000;
     let answers = storage
         .promql(move |windowed| {
-            let raw = super::prom::SqliteSource {
-                conn: windowed.conn,
+            let raw = crate::storage::prom::StoreSource {
+                rows: windowed.rows,
                 windows: &[],
             };
             let probe = windowed

@@ -17,14 +17,11 @@ use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use super::{chunks, matching_series};
+use super::chunks;
 use crate::rollup::aggregate::StoredColumns;
-use crate::rollup::{
-    Aggregate, Resolution, choose_resolution, into_buckets, moving, partials, window_start,
-};
+use crate::rollup::{Aggregate, Resolution, partials};
 use crate::storage::blocks::{self, Encoder, WINDOWS_PER_BLOCK, block_start};
-use crate::storage::{AggregateQuery, AggregateResult, AggregateSeries};
-use tributary_wire::FieldValue;
+use crate::storage::read::number;
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS rollup_blocks (
@@ -319,35 +316,6 @@ fn corrupt(e: impl std::fmt::Display) -> rusqlite::Error {
     )
 }
 
-/// The stored windows of one series at resolution `res` that start in `[from, to)`, in order.
-/// Without `with_sketch`, quantiles are not available from them.
-pub fn read_windows(
-    conn: &Connection,
-    series: i64,
-    res: i64,
-    from: i64,
-    to: i64,
-    with_sketch: bool,
-) -> rusqlite::Result<Vec<(i64, Aggregate)>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT start, data FROM rollup_blocks
-         WHERE series_id = ?1 AND res = ?2 AND start >= ?3 AND start < ?4 ORDER BY start",
-    )?;
-    let mut rows = stmt.query(params![series, res, block_start(from, res), to])?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        let block: i64 = row.get(0)?;
-        let data = row.get_ref(1)?.as_blob()?;
-        blocks::decode(data, block, res, with_sketch, |start, aggregate| {
-            if start >= from && start < to {
-                out.push((start, aggregate));
-            }
-        })
-        .map_err(corrupt)?;
-    }
-    Ok(out)
-}
-
 /// Deletes, for `series` at resolution `step`, the blocks whose every window ended by
 /// `horizon`, at most `limit` of them; returns (blocks, windows) deleted. A block goes whole,
 /// so windows outlive their retention by up to a block's span.
@@ -445,7 +413,7 @@ pub fn rebuild(conn: &Connection, rollups: &mut RollupWriter) -> rusqlite::Resul
         .collect::<rusqlite::Result<_>>()?;
     let mut group: Vec<(i64, i64, f64)> = Vec::with_capacity(100_000);
     for (index, id) in numeric.iter().enumerate() {
-        let (values, _) = chunks::read(&tx, *id, i64::MIN, i64::MAX, None)?;
+        let values = chunks::read_all(&tx, *id)?;
         group.extend(
             values
                 .iter()
@@ -458,133 +426,4 @@ pub fn rebuild(conn: &Connection, rollups: &mut RollupWriter) -> rusqlite::Resul
     }
     tx.commit()?;
     Ok(windows)
-}
-
-/// Answers an aggregated query: from the coarsest rollup whose windows tile the buckets and
-/// the range, else from the raw points, which give the same figures (the same [`Aggregate`]).
-pub fn query_aggregated(
-    conn: &Connection,
-    query: &AggregateQuery,
-    resolutions: &[Resolution],
-) -> rusqlite::Result<AggregateResult> {
-    let raw = &query.raw;
-    let resolution = choose_resolution(resolutions, query.step, raw.from, raw.to)
-        .and_then(|index| resolutions.get(index))
-        .map(|r| r.step);
-    // A moving window needs the buckets before `from` that it reaches back to.
-    let lookback = query
-        .window
-        .map_or(0, |w| w.saturating_sub(query.step).max(0));
-    let fetch_from = if raw.from == i64::MIN || query.step == 0 {
-        raw.from
-    } else {
-        window_start(raw.from.saturating_sub(lookback), query.step)
-    };
-    let with_sketch = query.aggs.iter().any(|a| a.quantile().is_some());
-    let candidates = matching_series(
-        conn,
-        &raw.name,
-        raw.field.as_deref(),
-        fetch_from,
-        raw.to,
-        &raw.tags,
-    )?;
-    let mut result = AggregateResult {
-        resolution,
-        ..AggregateResult::default()
-    };
-    let mut remaining = raw.limit;
-    'series: for (name, candidate) in candidates {
-        if candidate.kind != "float" && candidate.kind != "integer" {
-            continue;
-        }
-        // Step 0: one bucket for the whole range, timed at its start (or its first point).
-        let whole = |first: i64| {
-            if raw.from == i64::MIN {
-                first
-            } else {
-                raw.from
-            }
-        };
-        let buckets = match resolution {
-            Some(res) => {
-                let windows =
-                    read_windows(conn, candidate.id, res, fetch_from, raw.to, with_sketch)?;
-                if query.step == 0 {
-                    let mut merged = Aggregate::new();
-                    for (_, aggregate) in &windows {
-                        merged.merge(aggregate);
-                    }
-                    match windows.first() {
-                        Some((first, _)) => vec![(whole(*first), merged)],
-                        None => Vec::new(),
-                    }
-                } else {
-                    into_buckets(windows, query.step)
-                }
-            }
-            None => {
-                let mut buckets: Vec<(i64, Aggregate)> = Vec::new();
-                let (values, _) = chunks::read(conn, candidate.id, fetch_from, raw.to, None)?;
-                for (ts, value) in values {
-                    let Some(value) = number(&value) else {
-                        continue;
-                    };
-                    let bucket = if query.step == 0 {
-                        whole(buckets.first().map_or(ts, |b| b.0))
-                    } else {
-                        window_start(ts, query.step)
-                    };
-                    match buckets.last_mut() {
-                        Some((start, aggregate)) if *start == bucket => aggregate.add(ts, value),
-                        _ => {
-                            let mut aggregate = Aggregate::new();
-                            aggregate.add(ts, value);
-                            buckets.push((bucket, aggregate));
-                        }
-                    }
-                }
-                buckets
-            }
-        };
-        let buckets = match query.window {
-            Some(window) => moving(&buckets, window, query.step, raw.to),
-            None => buckets,
-        };
-        for agg in &query.aggs {
-            let points: Vec<(i64, f64)> = buckets
-                .iter()
-                .filter(|(start, _)| *start >= raw.from)
-                .filter_map(|(start, aggregate)| aggregate.value(*agg).map(|v| (*start, v)))
-                .collect();
-            if points.is_empty() {
-                continue;
-            }
-            let cut = points.len() > remaining;
-            let mut points = points;
-            points.truncate(remaining);
-            remaining = remaining.saturating_sub(points.len());
-            result.series.push(AggregateSeries {
-                name: name.clone(),
-                tags: candidate.tags.clone(),
-                field: candidate.field.clone(),
-                agg: *agg,
-                points,
-            });
-            if cut {
-                result.truncated = true;
-                break 'series;
-            }
-        }
-    }
-    Ok(result)
-}
-
-/// A value the rollups take: floats and integers (booleans and strings are not rolled up).
-pub(crate) fn number(value: &FieldValue) -> Option<f64> {
-    match value {
-        FieldValue::F64(v) => Some(*v),
-        FieldValue::I64(v) => Some(*v as f64),
-        FieldValue::Bool(_) | FieldValue::Str(_) => None,
-    }
 }

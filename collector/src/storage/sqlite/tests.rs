@@ -3,8 +3,9 @@ use std::sync::Arc;
 use tributary_wire::{AgentStatus, Batch, BatchAck, FieldValue, Point, Reject};
 
 use super::*;
-use crate::storage::Origin;
 use crate::storage::group::{GapAccount, account_gap};
+use crate::storage::read::*;
+use crate::storage::{Origin, QueryResult, RawQuery, Storage, SubmitError, WriteJob};
 
 fn batch(epoch: &str, first_seq: u64, values: &[i64]) -> Batch {
     Batch {
@@ -79,11 +80,7 @@ async fn all(storage: &Storage, name: &str) -> QueryResult {
         tags: Vec::new(),
         limit: 1_000_000,
     };
-    storage
-        .reads()
-        .run(move |c| query_raw(c, &query))
-        .await
-        .unwrap()
+    storage.read(move |c| query_raw(c, &query)).await.unwrap()
 }
 
 fn values(result: &QueryResult) -> Vec<i64> {
@@ -132,7 +129,7 @@ async fn a_retried_batch_stores_nothing_twice() {
         .unwrap();
     assert_eq!((ack.committed_through, ack.stored), (1, 1));
 
-    let agents = storage.reads().run(agents).await.unwrap();
+    let agents = storage.read(|r| agents(r)).await.unwrap();
     assert_eq!(agents.len(), 1);
     assert_eq!(agents[0].points_received, 6);
     assert_eq!(agents[0].duplicates, 5);
@@ -204,11 +201,7 @@ async fn field_types_tags_and_filters_round_trip() {
         tags: vec![("device".into(), "d2".into())],
         limit: 10,
     };
-    let result = storage
-        .reads()
-        .run(move |c| query_raw(c, &query))
-        .await
-        .unwrap();
+    let result = storage.read(move |c| query_raw(c, &query)).await.unwrap();
     assert_eq!(result.series.len(), 1);
     assert_eq!(result.series[0].points, vec![(200, FieldValue::F64(2.5))]);
 }
@@ -228,11 +221,7 @@ async fn the_limit_truncates_and_says_so() {
         tags: Vec::new(),
         limit: 3,
     };
-    let result = storage
-        .reads()
-        .run(move |c| query_raw(c, &query))
-        .await
-        .unwrap();
+    let result = storage.read(move |c| query_raw(c, &query)).await.unwrap();
     assert_eq!(values(&result), vec![1, 2, 3]);
     assert!(result.truncated);
 }
@@ -264,7 +253,7 @@ async fn rejects_are_stored_once_and_gaps_are_counted() {
     let mut b = batch("e1", 5, &[5]);
     b.dropped = 2;
     store(&storage, "a1", b, 7).await.unwrap();
-    let agents = storage.reads().run(agents).await.unwrap();
+    let agents = storage.read(|r| agents(r)).await.unwrap();
     assert_eq!(agents[0].quarantined, 2);
     assert_eq!(agents[0].gaps, 1);
     assert_eq!(agents[0].epochs[0].dropped, 2);
@@ -283,13 +272,13 @@ async fn a_drop_count_explains_a_later_gap_once() {
     let mut b = batch("e1", 6, &[6, 7]);
     b.dropped = 2;
     store(&storage, "a1", b, 6).await.unwrap();
-    let records = storage.reads().run(agents).await.unwrap();
+    let records = storage.read(|r| agents(r)).await.unwrap();
     assert_eq!(records[0].gaps, 0);
     // 8 and 9 lost too, with no new drops counted: that gap is unexplained.
     let mut b = batch("e1", 10, &[10]);
     b.dropped = 2;
     store(&storage, "a1", b, 7).await.unwrap();
-    let records = storage.reads().run(agents).await.unwrap();
+    let records = storage.read(|r| agents(r)).await.unwrap();
     assert_eq!(records[0].gaps, 2);
 }
 
@@ -338,7 +327,7 @@ async fn many_batches_in_flight_commit_together_and_correctly() {
         );
     }
     // And the marks say so.
-    let agents = storage.reads().run(agents).await.unwrap();
+    let agents = storage.read(|r| agents(r)).await.unwrap();
     assert_eq!(agents.len(), 8);
     assert!(
         agents
@@ -433,8 +422,7 @@ async fn a_database_with_a_row_per_value_is_converted_to_chunks() {
 
 async fn quarantine(storage: &Storage) -> Vec<QuarantineRecord> {
     storage
-        .reads()
-        .run(|c| {
+        .read(|c| {
             list_quarantine(
                 c,
                 &crate::storage::QuarantineFilter {

@@ -157,10 +157,9 @@ impl SqliteBackend {
                         run_is_exact(run),
                         created
                     ])?;
-                    numeric.extend(
-                        run.iter()
-                            .filter_map(|(id, ts, v)| Some((*id, *ts, rollups::number(v)?))),
-                    );
+                    numeric.extend(run.iter().filter_map(|(id, ts, v)| {
+                        Some((*id, *ts, crate::storage::read::number(v)?))
+                    }));
                 }
             }
             let rolled = self.rollups.apply(&tx, &numeric)?;

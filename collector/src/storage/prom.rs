@@ -15,10 +15,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use promql_parser::label::Matcher;
-use rusqlite::Connection;
 use tributary_wire::FieldValue;
 
-use super::chunks;
+use super::StorageError;
+use super::read::{Rows, SeriesQuery, read_values, read_windows};
 use crate::prometheus::{label_name, metric_name};
 use crate::promql::{
     Grid, Labels, METRIC_NAME, Partial, QueryError, Rolled, Series, Source, Windowed, matches,
@@ -26,8 +26,8 @@ use crate::promql::{
 use crate::rollup::Resolution;
 
 /// A read connection seen as a PromQL source.
-pub struct SqliteSource<'c> {
-    pub conn: &'c Connection,
+pub struct StoreSource<'c> {
+    pub rows: &'c dyn Rows,
     /// The rollup resolutions kept at least as long as the raw values (see the module docs).
     pub windows: &'c [Resolution],
 }
@@ -65,52 +65,43 @@ pub fn labels_of(name: &str, tags: &BTreeMap<String, String>, field: &str) -> La
 }
 
 #[allow(clippy::needless_pass_by_value)] // used as map_err(internal)
-fn internal(e: rusqlite::Error) -> QueryError {
+fn internal(e: StorageError) -> QueryError {
     QueryError::Internal(format!("reading the store: {e}"))
 }
 
 /// Every numeric series with data in `[from_ns, to_ns]` whose labels satisfy `matchers`.
 pub fn catalogue(
-    conn: &Connection,
+    rows: &dyn Rows,
     matchers: &[Matcher],
     from_ns: i64,
     to_ns: i64,
 ) -> Result<Vec<Catalogued>, QueryError> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT id, name, tags, field, exact AND kind <> 'boolean' FROM series
-             WHERE kind IN ('float', 'integer', 'boolean') AND last_ts >= ?1 AND first_ts <= ?2
-             ORDER BY id",
-        )
-        .map_err(internal)?;
-    let rows = stmt
-        .query_map(rusqlite::params![from_ns, to_ns], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, bool>(4)?,
-            ))
+    let mut found = rows
+        .series(&SeriesQuery {
+            name: "",
+            field: None,
+            from: from_ns,
+            to: to_ns.saturating_add(1),
+            tags: &[],
+            numeric: true,
         })
         .map_err(internal)?;
+    found.sort_by_key(|s| s.id);
     let mut out = Vec::new();
-    for row in rows {
-        let (id, name, tags, field, exact) = row.map_err(internal)?;
-        let tags: BTreeMap<String, String> = serde_json::from_str(&tags).unwrap_or_default();
-        let labels = labels_of(&name, &tags, &field);
+    for series in found {
+        let labels = labels_of(&series.name, &series.tags, &series.field);
         if matches(&labels, matchers) {
             out.push(Catalogued {
-                id,
+                id: series.id,
                 labels: Arc::new(labels),
-                exact,
+                exact: series.exact && series.kind != "boolean",
             });
         }
     }
     Ok(out)
 }
 
-impl SqliteSource<'_> {
+impl StoreSource<'_> {
     /// The series whose labels satisfy `matchers` with data in `[from, to]` (ms).
     pub fn catalogue(
         &self,
@@ -119,7 +110,7 @@ impl SqliteSource<'_> {
         to: i64,
     ) -> Result<Vec<Catalogued>, QueryError> {
         catalogue(
-            self.conn,
+            self.rows,
             matchers,
             from.saturating_mul(1_000_000),
             to.saturating_mul(1_000_000).saturating_add(999_999),
@@ -130,15 +121,15 @@ impl SqliteSource<'_> {
 /// The samples of series `id` in `[from_ns, to_ns]`, at most `left` (else an error naming
 /// `budget`).
 fn samples(
-    conn: &Connection,
+    rows: &dyn Rows,
     id: i64,
     from_ns: i64,
     to_ns: i64,
     left: usize,
     budget: usize,
 ) -> Result<Vec<(i64, f64)>, QueryError> {
-    let (mut points, truncated) = chunks::read(
-        conn,
+    let (mut points, truncated) = read_values(
+        rows,
         id,
         from_ns,
         to_ns.saturating_add(1),
@@ -172,15 +163,14 @@ fn samples(
 /// The windows of resolution `res` (ns) of series `id` starting in `[from_ns, to_ns]`, as
 /// `(start ms, partial)`.
 fn windows(
-    conn: &Connection,
+    rows: &dyn Rows,
     id: i64,
     res: i64,
     from_ns: i64,
     to_ns: i64,
 ) -> Result<Vec<(i64, Partial)>, QueryError> {
     let windows =
-        super::rollups::read_windows(conn, id, res, from_ns, to_ns.saturating_add(1), false)
-            .map_err(internal)?;
+        read_windows(rows, id, res, from_ns, to_ns.saturating_add(1), false).map_err(internal)?;
     Ok(windows
         .into_iter()
         .filter(|(_, a)| a.count > 0)
@@ -199,7 +189,7 @@ fn windows(
         .collect())
 }
 
-impl Source for SqliteSource<'_> {
+impl Source for StoreSource<'_> {
     fn select(
         &self,
         matchers: &[Matcher],
@@ -212,9 +202,9 @@ impl Source for SqliteSource<'_> {
         let to_ns = to.saturating_mul(1_000_000).saturating_add(999_999);
         let mut out = Vec::new();
         let mut total = 0usize;
-        for entry in catalogue(self.conn, matchers, from_ns, to_ns)? {
+        for entry in catalogue(self.rows, matchers, from_ns, to_ns)? {
             let left = budget.saturating_sub(total);
-            let samples = samples(self.conn, entry.id, from_ns, to_ns, left, budget)?;
+            let samples = samples(self.rows, entry.id, from_ns, to_ns, left, budget)?;
             total = total.saturating_add(samples.len());
             out.push(Series {
                 labels: entry.labels,
@@ -247,12 +237,12 @@ impl Source for SqliteSource<'_> {
             ..Rolled::default()
         };
         let mut total = 0usize;
-        for entry in catalogue(self.conn, matchers, from_ns, to_ns)? {
+        for entry in catalogue(self.rows, matchers, from_ns, to_ns)? {
             let left = budget.saturating_sub(total);
             if entry.exact {
                 // Up to the window starting at the last time, for the sample at its start.
                 let windows = windows(
-                    self.conn,
+                    self.rows,
                     entry.id,
                     res,
                     from_ns,
@@ -267,7 +257,7 @@ impl Source for SqliteSource<'_> {
                     windows,
                 });
             } else {
-                let samples = samples(self.conn, entry.id, from_ns, to_ns, left, budget)?;
+                let samples = samples(self.rows, entry.id, from_ns, to_ns, left, budget)?;
                 total = total.saturating_add(samples.len());
                 rolled.raw.push(Series {
                     labels: entry.labels,
