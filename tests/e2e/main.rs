@@ -21,6 +21,7 @@ mod prometheus;
 mod promql;
 mod reload;
 mod scheduled;
+mod shared_store;
 mod spine;
 mod stuck;
 mod sys;

@@ -138,6 +138,26 @@ pub enum PgError {
     Pg(#[from] postgres::Error),
     #[error("TLS: {0}")]
     Tls(String),
+    /// The schema cannot be used (newer than this collector's).
+    #[error("{0}")]
+    Schema(String),
+}
+
+impl PgError {
+    /// As a storage error naming the server.
+    pub(crate) fn into_storage(self, url: &str) -> StorageError {
+        match self {
+            PgError::Pg(source) => error(url, source),
+            PgError::Tls(why) => StorageError::Other(format!("{}: TLS: {why}", redact(url))),
+            PgError::Schema(why) => StorageError::Other(format!("{}: {why}", redact(url))),
+        }
+    }
+
+    /// The server could not be reached or the connection broke (as opposed to the server
+    /// refusing something): worth trying again later.
+    pub(crate) fn is_unreachable(&self) -> bool {
+        matches!(self, PgError::Pg(e) if e.as_db_error().is_none())
+    }
 }
 
 /// Connects to the server a URL names, with TLS unless its `sslmode` is `disable`.
@@ -164,38 +184,37 @@ pub(crate) fn connect_raw(url: &str) -> Result<Client, PgError> {
 
 /// `connect_raw`, its error naming the server.
 pub fn connect(url: &str) -> Result<Client, StorageError> {
-    connect_raw(url).map_err(|e| match e {
-        PgError::Pg(source) => error(url, source),
-        PgError::Tls(why) => StorageError::Other(format!("{}: TLS: {why}", redact(url))),
-    })
+    connect_raw(url).map_err(|e| e.into_storage(url))
 }
 
 /// Creates or migrates the schema, under an advisory lock so that collectors starting at once
 /// take turns; refuses a schema newer than this collector's.
 pub fn migrate(client: &mut Client, url: &str) -> Result<(), StorageError> {
-    let result = (|| {
-        let mut tx = client.transaction()?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
-        tx.batch_execute(SCHEMA)?;
-        let found: Option<i64> = tx
-            .query_opt("SELECT value FROM meta WHERE key = 'schema'", &[])?
-            .map(|row| row.get(0));
-        if found.is_none_or(|v| v < SCHEMA_VERSION) {
-            tx.execute(
-                "INSERT INTO meta (key, value) VALUES ('schema', $1)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                &[&SCHEMA_VERSION],
-            )?;
-        }
-        tx.commit()?;
-        Ok::<_, postgres::Error>(found)
-    })();
-    match result {
-        Ok(Some(found)) if found > SCHEMA_VERSION => Err(StorageError::Other(format!(
-            "{}: schema {found} is newer than this collector's ({SCHEMA_VERSION}); upgrade the collector",
-            redact(url)
-        ))),
-        Ok(_) => Ok(()),
-        Err(e) => Err(error(url, e)),
+    migrate_raw(client).map_err(|e| e.into_storage(url))
+}
+
+/// `migrate`, with the driver's error.
+pub(crate) fn migrate_raw(client: &mut Client) -> Result<(), PgError> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
+    // Not a notice per table that already exists at every start.
+    tx.batch_execute("SET LOCAL client_min_messages = warning")?;
+    tx.batch_execute(SCHEMA)?;
+    let found: Option<i64> = tx
+        .query_opt("SELECT value FROM meta WHERE key = 'schema'", &[])?
+        .map(|row| row.get(0));
+    if let Some(found) = found.filter(|v| *v > SCHEMA_VERSION) {
+        return Err(PgError::Schema(format!(
+            "schema {found} is newer than this collector's ({SCHEMA_VERSION}); upgrade the collector"
+        )));
     }
+    if found.is_none_or(|v| v < SCHEMA_VERSION) {
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('schema', $1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            &[&SCHEMA_VERSION],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
 }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use postgres::{Client, Transaction};
 use tributary_wire::FieldValue;
 
-use super::{PgError, connect, connect_raw, error, redact};
+use super::{PgError, connect_raw, redact};
 use crate::metrics::Metrics;
 use crate::rollup::{Resolution, partials, window_start};
 use crate::storage::blocks::{self, WINDOWS_PER_BLOCK, block_start};
@@ -176,6 +176,8 @@ impl GroupTx for PgTx<'_, '_> {
 pub(crate) struct PgBackend {
     url: String,
     client: Option<Client>,
+    /// The schema is known to be current and the series are loaded.
+    ready: bool,
     series: SeriesCache,
     metrics: Arc<Metrics>,
     resolutions: Vec<Resolution>,
@@ -196,31 +198,52 @@ fn load_series(client: &mut Client) -> Result<SeriesCache, postgres::Error> {
 }
 
 impl PgBackend {
-    /// Connects, creates or migrates the schema, and loads the series.
+    /// Connects, creates or migrates the schema, and loads the series. A server that cannot
+    /// be reached is not fatal: the collector starts, refuses batches (503) while it stays
+    /// away, and connects when it is back. A server that refuses (authentication, a missing
+    /// database, a newer schema) is.
     pub(crate) fn open(
         url: &str,
         metrics: Arc<Metrics>,
         resolutions: Vec<Resolution>,
         raw_retention: Option<i64>,
     ) -> Result<PgBackend, StorageError> {
-        let mut client = connect(url)?;
-        super::migrate(&mut client, url)?;
-        let series = load_series(&mut client).map_err(|e| error(url, e))?;
-        Ok(PgBackend {
+        let mut backend = PgBackend {
             url: url.to_owned(),
-            client: Some(client),
-            series,
+            client: None,
+            ready: false,
+            series: SeriesCache::default(),
             metrics,
             resolutions,
             raw_retention,
-        })
+        };
+        match backend.client() {
+            Ok(_) => Ok(backend),
+            Err(e) if e.is_unreachable() => {
+                tracing::warn!(
+                    url = %redact(url),
+                    error = %e,
+                    "PostgreSQL cannot be reached; batches are refused (503) until it can"
+                );
+                backend.metrics.error("storage", "unreachable");
+                Ok(backend)
+            }
+            Err(e) => Err(e.into_storage(url)),
+        }
     }
 
-    /// The client, connected again if the last one was lost.
+    /// The client, connected again if the last one was lost; the first connection also
+    /// creates or migrates the schema and loads the series.
     fn client(&mut self) -> Result<&mut Client, PgError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = None;
-            self.client = Some(connect_raw(&self.url)?);
+            let mut client = connect_raw(&self.url)?;
+            if !self.ready {
+                super::migrate_raw(&mut client)?;
+                self.series = load_series(&mut client)?;
+                self.ready = true;
+            }
+            self.client = Some(client);
         }
         self.client
             .as_mut()
@@ -477,10 +500,7 @@ impl Backend for PgBackend {
             tx.commit()?;
             Ok::<_, PgError>(report)
         })();
-        result.map_err(|e| match e {
-            PgError::Pg(source) => error(&self.url, source),
-            PgError::Tls(why) => StorageError::Other(format!("{}: TLS: {why}", redact(&self.url))),
-        })
+        result.map_err(|e| e.into_storage(&self.url))
     }
 
     fn name(&self) -> String {
@@ -522,6 +542,9 @@ pub(crate) fn start(
                         return;
                     }
                 };
+            if backend.client.is_none() {
+                health.commit_failed("PostgreSQL cannot be reached");
+            }
             let _ = opened.send(Ok(()));
             let writer = crate::storage::writer::Writer {
                 backend,
