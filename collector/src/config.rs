@@ -419,12 +419,6 @@ impl Resolve for RawConfig {
             "10m",
         )?;
         let exports = resolve_exports(raw.exports, source)?;
-        if storage_url.is_some() && !exports.is_empty() {
-            return Err(source.error(
-                "exports.remote_write",
-                "exports read the SQLite store's export feed; the PostgreSQL store (storage.url) has none yet",
-            ));
-        }
         let late_after = duration(
             source,
             "fleet.late_after",

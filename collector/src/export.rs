@@ -2,7 +2,7 @@
 //! Prometheus remote write 1.0 (`[[exports.remote_write]]`: Prometheus with
 //! `--web.enable-remote-write-receiver`, VictoriaMetrics, Mimir, Thanos).
 //!
-//! Each export reads the store's export feed (`storage::sqlite::feed`) after its durable
+//! Each export reads the store's export feed ([`crate::storage::feed`]) after its durable
 //! cursor, turns the values into remote write series (named as [`crate::prometheus`] says,
 //! filtered by its `match`, string fields left out), and keeps up to `concurrency` requests of
 //! about `batch_size` samples in flight. Its cursor moves, in order, only past requests the
@@ -16,11 +16,9 @@
 //! and the age of the oldest of them.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use rusqlite::Connection;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use tributary_wire::FieldValue;
@@ -28,8 +26,9 @@ use tributary_wire::FieldValue;
 use crate::clean::rules::Matcher;
 use crate::metrics::Metrics;
 use crate::prometheus::remote::{self, Label, Sample, TimeSeries, WriteRequest};
+use crate::storage::StorageError;
+use crate::storage::feed::{FeedConn, FeedEntry, FeedStore, Position};
 use crate::storage::prom::labels_of;
-use crate::storage::sqlite::feed::{self, FeedEntry};
 
 /// How an export authenticates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,7 +69,7 @@ type Named = Option<Arc<Vec<Label>>>;
 /// Runs every export until `shutdown`.
 pub fn spawn_all(
     exports: &[RemoteWriteExport],
-    database: &std::path::Path,
+    store: &FeedStore,
     metrics: &Arc<Metrics>,
     shutdown: &CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
@@ -82,7 +81,7 @@ pub fn spawn_all(
         .map(|export| {
             tokio::spawn(run(
                 export.clone(),
-                database.to_owned(),
+                store.clone(),
                 Arc::clone(metrics),
                 Arc::clone(&names),
                 shutdown.clone(),
@@ -91,30 +90,28 @@ pub fn spawn_all(
         .collect()
 }
 
-/// The database, as the export uses it: its own connection (cursor updates are its only
-/// writes; the writer thread's transactions and these wait for each other within
-/// SQLite's busy timeout).
+/// The feed, as the export uses it: its own connection (cursor updates are its only writes;
+/// in SQLite, the writer thread's transactions and these wait for each other within the busy
+/// timeout).
 #[derive(Clone)]
-struct Db(Arc<Mutex<Connection>>);
+struct Db(Arc<Mutex<FeedConn>>);
 
 impl Db {
-    fn open(path: &std::path::Path) -> rusqlite::Result<Db> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(10))?;
-        Ok(Db(Arc::new(Mutex::new(conn))))
+    fn open(store: &FeedStore) -> Result<Db, StorageError> {
+        Ok(Db(Arc::new(Mutex::new(FeedConn::open(store)?))))
     }
 
     async fn with<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> rusqlite::Result<T> {
+        work: impl FnOnce(&mut FeedConn) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
         let db = Arc::clone(&self.0);
         tokio::task::spawn_blocking(move || {
-            let conn = db.lock().unwrap_or_else(PoisonError::into_inner);
-            work(&conn)
+            let mut conn = db.lock().unwrap_or_else(PoisonError::into_inner);
+            work(&mut conn)
         })
         .await
-        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?
+        .map_err(|e| StorageError::Other(format!("export task failed: {e}")))?
     }
 }
 
@@ -130,13 +127,13 @@ enum Sent {
 
 async fn run(
     export: RemoteWriteExport,
-    database: PathBuf,
+    store: FeedStore,
     metrics: Arc<Metrics>,
     names: Arc<Vec<String>>,
     shutdown: CancellationToken,
 ) {
     let label = export.name.clone();
-    let db = match Db::open(&database) {
+    let db = match Db::open(&store) {
         Ok(db) => db,
         Err(e) => {
             warn!(export = %label, error = %e, "cannot open the store for the export; it does not run");
@@ -152,25 +149,54 @@ async fn run(
             return;
         }
     };
+    // With a store that collectors share, one of them runs the export at a time; the
+    // others wait to take over.
+    let mut waiting_logged = false;
+    loop {
+        let name = export.name.clone();
+        match db.with(move |c| c.claim(&name)).await {
+            Ok(true) => break,
+            Ok(false) => {
+                if !waiting_logged {
+                    info!(export = %label, "another collector runs this export; waiting to take over");
+                    waiting_logged = true;
+                }
+            }
+            Err(e) => {
+                warn!(export = %label, error = %e, "cannot reach the store for the export; retrying");
+                metrics.error("export", "claim");
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(export.poll_interval.max(Duration::from_secs(1))) => {}
+        }
+    }
     let name = export.name.clone();
-    let mut read_from = match db.with(move |c| feed::cursor(c, &name)).await {
-        Ok(cursor) => cursor,
-        Err(e) => {
-            warn!(export = %label, error = %e, "cannot read the export's cursor");
-            metrics.error("export", "cursor");
-            return;
+    let mut read_from: Position = loop {
+        let name = name.clone();
+        match db.with(move |c| c.cursor(&name)).await {
+            Ok(cursor) => break cursor,
+            Err(e) => {
+                warn!(export = %label, error = %e, "cannot read the export's cursor; retrying");
+                metrics.error("export", "cursor");
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(BACKOFF_START) => {}
         }
     };
-    info!(export = %label, url = %export.url, cursor = read_from, "export running");
+    info!(export = %label, url = %export.url, cursor = ?read_from, "export running");
     let export = Arc::new(export);
     let mut series: HashMap<i64, Named> = HashMap::new();
-    let mut in_flight: std::collections::VecDeque<(i64, tokio::task::JoinHandle<Sent>)> =
+    let mut in_flight: std::collections::VecDeque<(Position, tokio::task::JoinHandle<Sent>)> =
         std::collections::VecDeque::new();
     loop {
         // Fill the window.
         while in_flight.len() < export.concurrency && !shutdown.is_cancelled() {
             let (from, size) = (read_from, export.batch_size);
-            let entries = match db.with(move |c| feed::read(c, from, size)).await {
+            let entries = match db.with(move |c| c.read(from, size)).await {
                 Ok(entries) => entries,
                 Err(e) => {
                     warn!(export = %label, error = %e, "cannot read the export feed");
@@ -178,7 +204,7 @@ async fn run(
                     break;
                 }
             };
-            let Some(last) = entries.last().map(|e| e.seq) else {
+            let Some(last) = entries.last().map(|e| e.position) else {
                 break;
             };
             read_from = last;
@@ -220,13 +246,13 @@ async fn run(
         };
         let _ = samples;
         let (name, now) = (export.name.clone(), tributary_wire::time::now_ns());
-        if let Err(e) = db.with(move |c| feed::commit(c, &name, last, now)).await {
+        if let Err(e) = db.with(move |c| c.commit(&name, last, now)).await {
             warn!(export = %label, error = %e, "cannot store the export's cursor; the request may be sent again");
             metrics.error("export", "cursor");
         }
         if in_flight.is_empty() {
             let names = Arc::clone(&names);
-            if let Err(e) = db.with(move |c| feed::prune(c, &names)).await {
+            if let Err(e) = db.with(move |c| c.prune(&names)).await {
                 warn!(export = %label, error = %e, "cannot prune the export feed");
                 metrics.error("export", "prune");
             }
@@ -237,12 +263,7 @@ async fn run(
 
 async fn report_lag(db: &Db, name: &str, metrics: &Metrics) {
     let owned = name.to_owned();
-    let lag = db
-        .with(move |c| {
-            let cursor = feed::cursor(c, &owned)?;
-            feed::lag(c, cursor)
-        })
-        .await;
+    let lag = db.with(move |c| c.lag(&owned)).await;
     if let Ok((points, oldest)) = lag {
         let seconds = oldest.map_or(0.0, |t| {
             tributary_wire::time::now_ns().saturating_sub(t).max(0) as f64 / 1e9
@@ -257,7 +278,7 @@ async fn build(
     export: &RemoteWriteExport,
     cache: &mut HashMap<i64, Named>,
     entries: Vec<FeedEntry>,
-) -> rusqlite::Result<(WriteRequest, u64)> {
+) -> Result<(WriteRequest, u64), StorageError> {
     let unknown: Vec<i64> = entries
         .iter()
         .map(|e| e.series_id)
@@ -265,37 +286,27 @@ async fn build(
         .collect();
     if !unknown.is_empty() {
         let matcher = export.matcher.clone();
-        let named = db
-            .with(move |c| {
-                let mut stmt =
-                    c.prepare_cached("SELECT name, tags, field, kind FROM series WHERE id = ?1")?;
-                let mut out = Vec::with_capacity(unknown.len());
-                for id in unknown {
-                    let row: Option<(String, String, String, String)> = stmt
-                        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-                        .ok();
-                    let named = row.and_then(|(name, tags, field, kind)| {
-                        if kind == "string" {
-                            return None;
-                        }
-                        let tags: BTreeMap<String, String> =
-                            serde_json::from_str(&tags).unwrap_or_default();
-                        if let Some(m) = &matcher
-                            && !m.matches_series(&name, &tags, &field)
-                        {
-                            return None;
-                        }
-                        let labels = labels_of(&name, &tags, &field)
-                            .into_iter()
-                            .map(|(name, value)| Label { name, value })
-                            .collect();
-                        Some(Arc::new(labels))
-                    });
-                    out.push((id, named));
+        let rows = db.with(move |c| c.series(&unknown)).await?;
+        let named = rows.into_iter().map(|(id, row)| {
+            let named = row.and_then(|(name, tags, field, kind)| {
+                if kind == "string" {
+                    return None;
                 }
-                Ok(out)
-            })
-            .await?;
+                let tags: BTreeMap<String, String> =
+                    serde_json::from_str(&tags).unwrap_or_default();
+                if let Some(m) = &matcher
+                    && !m.matches_series(&name, &tags, &field)
+                {
+                    return None;
+                }
+                let labels = labels_of(&name, &tags, &field)
+                    .into_iter()
+                    .map(|(name, value)| Label { name, value })
+                    .collect();
+                Some(Arc::new(labels))
+            });
+            (id, named)
+        });
         cache.extend(named);
     }
     let mut by_series: BTreeMap<i64, Vec<Sample>> = BTreeMap::new();

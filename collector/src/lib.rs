@@ -94,7 +94,10 @@ pub async fn serve(
 
     let exports = export::spawn_all(
         &config.exports,
-        &config.storage_path,
+        &match &config.storage_url {
+            Some(url) => storage::feed::FeedStore::Postgres(url.clone()),
+            None => storage::feed::FeedStore::Sqlite(config.storage_path.clone()),
+        },
         &state.metrics,
         &shutdown,
     );

@@ -26,7 +26,9 @@ fuzz_target!(|data: &[u8]| {
                 1 => FieldValue::I64(raw as i64),
                 2 => FieldValue::Bool(raw & 1 == 1),
                 // Short decimals, as sensors send: the decimal kind.
-                4 => FieldValue::F64((raw as i64 % 10_000_000) as f64 / 10f64.powi(i32::from(c[0] % 6))),
+                4 => FieldValue::F64(
+                    (raw as i64 % 10_000_000) as f64 / 10f64.powi(i32::from(c[0] % 6)),
+                ),
                 _ => FieldValue::Str(format!("{}", raw % 7)),
             };
             (t, value)

@@ -18,7 +18,6 @@ use libfuzzer_sys::fuzz_target;
 use tributary_collector::config::Config;
 use tributary_collector::metrics::Metrics;
 use tributary_collector::rollup::{Agg, window_start};
-use tributary_collector::storage::sqlite::{list_quarantine, query_raw, rollups::query_aggregated};
 use tributary_collector::storage::{
     AggregateQuery, Origin, QuarantineFilter, RawQuery, Storage, StorageOptions, Stored, WriteJob,
 };
@@ -202,38 +201,27 @@ fuzz_target!(|input: Input| {
         assert_eq!(stored + quarantined, sent);
 
         // What the store holds is what was acknowledged.
-        let reads = Arc::clone(storage.reads());
-        let held = reads
-            .run(|c| {
-                list_quarantine(
-                    c,
-                    &QuarantineFilter {
-                        from: i64::MIN,
-                        to: i64::MAX,
-                        limit: 1_000_000,
-                        newest_first: false,
-                        agent: None,
-                        reason: None,
-                    },
-                )
+        let held = storage
+            .list_quarantine(QuarantineFilter {
+                from: i64::MIN,
+                to: i64::MAX,
+                limit: 1_000_000,
+                newest_first: false,
+                agent: None,
+                reason: None,
             })
             .await
             .unwrap()
             .0;
         assert_eq!(held.len() as u64, quarantined);
-        let raw = reads
-            .run(|c| {
-                query_raw(
-                    c,
-                    &RawQuery {
-                        name: String::new(),
-                        field: None,
-                        from: i64::MIN,
-                        to: i64::MAX,
-                        tags: Vec::new(),
-                        limit: 10_000_000,
-                    },
-                )
+        let raw = storage
+            .query_raw(RawQuery {
+                name: String::new(),
+                field: None,
+                from: i64::MIN,
+                to: i64::MAX,
+                tags: Vec::new(),
+                limit: 10_000_000,
             })
             .await
             .unwrap();
@@ -281,10 +269,7 @@ fuzz_target!(|input: Input| {
                 window: None,
             };
             let resolutions = options(dir.path()).resolutions;
-            let result = reads
-                .run(move |c| query_aggregated(c, &query, &resolutions))
-                .await
-                .unwrap();
+            let result = storage.query_aggregated(query, resolutions).await.unwrap();
             assert_eq!(
                 result.resolution,
                 Some(MINUTE),

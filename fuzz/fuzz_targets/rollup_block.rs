@@ -52,7 +52,12 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(s1, s2);
         assert_eq!(format!("{a:?}"), format!("{b:?}"));
         for agg in Agg::ALL {
-            assert_eq!(a.value(agg).map(f64::to_bits), b.value(agg).map(f64::to_bits), "{}", agg.name());
+            assert_eq!(
+                a.value(agg).map(f64::to_bits),
+                b.value(agg).map(f64::to_bits),
+                "{}",
+                agg.name()
+            );
         }
     }
 });

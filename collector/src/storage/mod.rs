@@ -22,6 +22,7 @@
 
 pub mod blocks;
 pub mod codec;
+pub mod feed;
 mod group;
 pub mod postgres;
 pub mod prom;

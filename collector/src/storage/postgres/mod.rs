@@ -15,6 +15,7 @@ use postgres::{Client, NoTls};
 
 use super::StorageError;
 
+pub(crate) mod feed;
 pub(crate) mod reads;
 pub(crate) mod writer;
 
@@ -86,14 +87,24 @@ CREATE TABLE IF NOT EXISTS quarantine (
 );
 CREATE INDEX IF NOT EXISTS quarantine_by_time ON quarantine (received_at);
 CREATE TABLE IF NOT EXISTS chunks (
-    id        BIGSERIAL PRIMARY KEY,
-    series_id BIGINT NOT NULL,
-    start_ts  BIGINT NOT NULL,
-    end_ts    BIGINT NOT NULL,
-    count     BIGINT NOT NULL,
-    data      BYTEA NOT NULL
+    id         BIGSERIAL PRIMARY KEY,
+    series_id  BIGINT NOT NULL,
+    start_ts   BIGINT NOT NULL,
+    end_ts     BIGINT NOT NULL,
+    count      BIGINT NOT NULL,
+    data       BYTEA NOT NULL,
+    -- The export feed (feed.rs): the writing transaction, and when.
+    xid        XID8 NOT NULL DEFAULT pg_current_xact_id(),
+    written_at BIGINT NOT NULL DEFAULT (extract(epoch FROM clock_timestamp()) * 1e9)::bigint
 );
 CREATE INDEX IF NOT EXISTS chunks_by_series ON chunks (series_id, start_ts);
+CREATE INDEX IF NOT EXISTS chunks_by_xid ON chunks (xid, id);
+CREATE TABLE IF NOT EXISTS export_cursors (
+    name       TEXT PRIMARY KEY,
+    xid        BIGINT NOT NULL,
+    id         BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS rollup_blocks (
     series_id BIGINT NOT NULL,
     res       BIGINT NOT NULL,

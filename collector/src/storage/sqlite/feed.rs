@@ -8,9 +8,9 @@
 //! deleted.
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
-use tributary_wire::FieldValue;
 
 use super::chunks;
+use crate::storage::feed::FeedEntry;
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS export_feed (
@@ -66,14 +66,6 @@ pub fn deleted(tx: &Transaction<'_>, chunk_id: i64) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Values one feed entry brought, with the series they belong to.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FeedEntry {
-    pub seq: i64,
-    pub series_id: i64,
-    pub values: Vec<(i64, FieldValue)>,
-}
-
 /// The entries after `cursor`, oldest first, until about `max_values` values (at least one
 /// entry). Entries whose chunk retention deleted are skipped.
 pub fn read(conn: &Connection, cursor: i64, max_values: usize) -> rusqlite::Result<Vec<FeedEntry>> {
@@ -99,7 +91,7 @@ pub fn read(conn: &Connection, cursor: i64, max_values: usize) -> rusqlite::Resu
         })?;
         total = total.saturating_add(values.len());
         out.push(FeedEntry {
-            seq,
+            position: (seq, 0),
             series_id,
             values,
         });
@@ -194,10 +186,10 @@ mod tests {
             vec![(1, vec![10, 20, 30]), (2, vec![15]), (1, vec![40, 50])]
         );
         // After the cursor, only what is newer; a small budget still reads one entry.
-        assert_eq!(read(&conn, entries[1].seq, 100).unwrap().len(), 1);
+        assert_eq!(read(&conn, entries[1].position.0, 100).unwrap().len(), 1);
         assert_eq!(read(&conn, 0, 1).unwrap().len(), 1);
-        commit_cursor_and_prune(&conn, entries[1].seq);
-        assert_eq!(lag(&conn, entries[1].seq).unwrap().0, 2);
+        commit_cursor_and_prune(&conn, entries[1].position.0);
+        assert_eq!(lag(&conn, entries[1].position.0).unwrap().0, 2);
     }
 
     fn commit_cursor_and_prune(conn: &Connection, seq: i64) {
