@@ -40,7 +40,7 @@ tags = { dev = "device" }
 "#;
 
 /// One hour in ns.
-const HOUR: i64 = 3_600_000_000_000;
+pub(crate) const HOUR: i64 = 3_600_000_000_000;
 
 pub struct Options {
     pub agents: usize,
@@ -53,7 +53,7 @@ pub struct Options {
 
 /// The batches of agent `index`: `series_per_agent` devices reading `temp` (and every tenth
 /// device `pressure` too) every `interval_seconds` over `hours` ending at `end`.
-fn batches(index: usize, options: &Options, end: i64) -> Vec<Batch> {
+pub(crate) fn batches(index: usize, options: &Options, end: i64) -> Vec<Batch> {
     let step = options.interval_seconds * 1_000_000_000;
     let start = end - options.hours * HOUR;
     let mut points = Vec::new();
@@ -96,7 +96,7 @@ fn batches(index: usize, options: &Options, end: i64) -> Vec<Batch> {
 }
 
 /// Posts `bodies` one at a time, waiting out 429s; returns the points the collector stored.
-async fn agent(
+pub(crate) async fn agent(
     url: String,
     token: String,
     bodies: Vec<(Vec<u8>, u64)>,

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 mod collector;
 mod density;
 mod prom;
+mod shared;
 
 use clap::{Parser, Subcommand};
 use tributary_bench::harness::pipelined;
@@ -150,6 +151,30 @@ enum Scenario {
         #[arg(long, default_value_t = 5000)]
         lines_per_request: usize,
     },
+    /// N collectors over one store: the `collector` scenario's agents spread over them (agent
+    /// i posts to collector i mod N), on one PostgreSQL database (durable defaults) or, as the
+    /// baseline, one collector on SQLite: points/s, CPU s per million of the collectors and of
+    /// PostgreSQL, bytes per point, WAL per point, what backends waited on, and plain COPY of
+    /// the same values as the ceiling.
+    Shared {
+        #[arg(long, value_enum, default_value_t = shared::Store::Postgres)]
+        store: shared::Store,
+        #[arg(long, default_value_t = 1)]
+        collectors: usize,
+        #[arg(long, default_value_t = 60)]
+        agents: usize,
+        #[arg(long, default_value_t = 10)]
+        series_per_agent: usize,
+        #[arg(long, default_value_t = 6)]
+        hours: i64,
+        #[arg(long, default_value_t = 10)]
+        interval_seconds: i64,
+        #[arg(long, default_value_t = 2000)]
+        batch_points: usize,
+        /// Skip the plain COPY ceiling.
+        #[arg(long)]
+        no_copy: bool,
+    },
     /// Ten scheduled inputs (exec, system, http, sql) every 10 s for `seconds`: CPU % and RSS
     /// of an agent that is mostly waiting.
     Idle {
@@ -241,6 +266,25 @@ fn main() -> anyhow::Result<()> {
             interval_seconds,
             batch_points,
             queries,
+        })),
+        Scenario::Shared {
+            store,
+            collectors,
+            agents,
+            series_per_agent,
+            hours,
+            interval_seconds,
+            batch_points,
+            no_copy,
+        } => block_on(shared::run(shared::Options {
+            store,
+            collectors,
+            agents,
+            series_per_agent,
+            hours,
+            interval_seconds,
+            batch_points,
+            copy_ceiling: !no_copy,
         })),
     }
 }

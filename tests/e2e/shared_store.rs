@@ -189,9 +189,10 @@ async fn three_collectors_on_one_postgres_store_ten_agents_exactly_once_through_
     // The rollups equal a direct computation from the ids (value = id + 0.5, device id % 4),
     // per agent and device.
     let now = tributary_wire::time::now_ns();
-    let hour = 3_600_000_000_000i64;
-    let from = now.div_euclid(hour) * hour - 2 * hour;
-    let to = from + 4 * hour;
+    // Buckets are aligned to the step: the range starts on a 4 h boundary, one bucket back.
+    let step = 4 * 3_600_000_000_000i64;
+    let from = now.div_euclid(step) * step - step;
+    let to = from + 3 * step;
     let answer = query_json(
         &collectors[1].url(),
         &format!(

@@ -1,13 +1,18 @@
 //! Storage of points, series, agents' high-water marks and the quarantine.
 //!
-//! SQLite is the store (embedded, zero setup). Writes go through one thread that group-commits
-//! batches from many requests in one transaction; a batch's points and its agent's mark always
-//! commit together, and each request is answered only after that commit. Reads use a small
-//! pool of separate connections, which WAL lets run beside the writer.
+//! Two stores stand behind [`Storage`]: SQLite ([`sqlite`], embedded, zero setup, the
+//! default: `[storage] path`) and PostgreSQL ([`postgres`], which several collectors share:
+//! `[storage] url`). Either way writes go through one thread per collector that group-commits
+//! batches from many requests in one transaction (the backend-neutral part is `writer.rs`,
+//! one batch's statements `group.rs`); a batch's points and its agent's mark always commit
+//! together, and each request is answered only after that commit. Reads use a small pool of
+//! separate connections ([`read::Pool`]); everything a read answers is built once in
+//! [`read`] and [`prom`] over a backend's row reads ([`read::Rows`]), and the export feed in
+//! [`feed`] over each backend's own.
 //!
-//! The API, the watchdog and the SIGHUP reload use only [`Storage`]'s methods (reserve and
-//! submit, retain, ping, the read methods, health, close), never a backend's own functions,
-//! so a second backend (PostgreSQL) can stand behind the same type. What every backend owes:
+//! The API, the watchdog, the exports and the SIGHUP reload use only [`Storage`]'s methods
+//! (reserve and submit, retain, ping, the read methods, health, close) and [`feed`], never a
+//! backend's own functions. What every backend owes:
 //!
 //! - a batch's points above its `(agent, epoch)` mark, the raised mark, its rejects and the
 //!   rollup windows they touch commit in one transaction, or none of them does;

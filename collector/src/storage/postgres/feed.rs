@@ -16,7 +16,7 @@ use postgres::Client;
 use tributary_wire::FieldValue;
 
 use super::PgError;
-use crate::storage::feed::{FeedEntry, Position};
+use crate::storage::feed::{FeedEntry, Position, SeriesRow};
 
 /// Rows read per query.
 const ROWS: i64 = 1000;
@@ -110,16 +110,13 @@ pub fn lag(client: &mut Client, after: Position) -> Result<(u64, Option<i64>), P
     Ok((u64::try_from(row.get::<_, i64>(0)).unwrap_or(0), row.get(1)))
 }
 
-/// A series' name, tags, field and kind, as the feed reports them.
-pub type SeriesKey = (String, String, String, String);
-
 /// The name, tags, field and kind of each series of `ids` (`None`: not found).
-pub fn series(client: &mut Client, ids: &[i64]) -> Result<Vec<(i64, Option<SeriesKey>)>, PgError> {
+pub fn series(client: &mut Client, ids: &[i64]) -> Result<Vec<(i64, Option<SeriesRow>)>, PgError> {
     let rows = client.query(
         "SELECT id, name, tags, field, kind FROM series WHERE id = ANY($1)",
         &[&ids],
     )?;
-    let mut found: std::collections::HashMap<i64, SeriesKey> = rows
+    let mut found: std::collections::HashMap<i64, SeriesRow> = rows
         .iter()
         .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3), r.get(4))))
         .collect();

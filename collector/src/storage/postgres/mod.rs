@@ -152,6 +152,10 @@ pub enum PgError {
     /// The schema cannot be used (newer than this collector's).
     #[error("{0}")]
     Schema(String),
+    /// Stored data this collector cannot read (a rollup block it cannot decode): the batch
+    /// that would merge into it is refused, not the block overwritten with less.
+    #[error("{0}")]
+    Corrupt(String),
 }
 
 impl PgError {
@@ -160,7 +164,9 @@ impl PgError {
         match self {
             PgError::Pg(source) => error(url, source),
             PgError::Tls(why) => StorageError::Other(format!("{}: TLS: {why}", redact(url))),
-            PgError::Schema(why) => StorageError::Other(format!("{}: {why}", redact(url))),
+            PgError::Schema(why) | PgError::Corrupt(why) => {
+                StorageError::Other(format!("{}: {why}", redact(url)))
+            }
         }
     }
 

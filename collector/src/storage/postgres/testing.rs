@@ -17,7 +17,14 @@ pub struct PgServer {
     dir: tempfile::TempDir,
     bin: PathBuf,
     port: u16,
+    /// Server settings (`-c name=value` each).
+    settings: String,
 }
+
+/// Settings for tests: no fsync (a test's server is thrown away; crashes are `stop -m
+/// immediate`, which loses nothing a committed transaction wrote to the WAL buffers in a
+/// live kernel).
+const TEST_SETTINGS: &str = "-c fsync=off -c max_connections=200";
 
 fn bin_dir() -> PathBuf {
     let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
@@ -74,6 +81,12 @@ fn free_port() -> u16 {
 
 impl PgServer {
     pub fn start() -> PgServer {
+        Self::start_with(TEST_SETTINGS)
+    }
+
+    /// Starts a server with `settings` (`-c name=value …`) in place of the tests' (which turn
+    /// fsync off): benchmarks run it durable, with PostgreSQL's defaults.
+    pub fn start_with(settings: &str) -> PgServer {
         let bin = bin_dir();
         let dir = tempfile::tempdir().expect("a temporary directory");
         if running_as_root() {
@@ -104,6 +117,7 @@ impl PgServer {
             dir,
             bin,
             port: free_port(),
+            settings: settings.to_owned(),
         };
         server.start_again();
         server
@@ -114,9 +128,10 @@ impl PgServer {
         let data = self.dir.path().join("data");
         let log = self.dir.path().join("log");
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 {}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            self.settings
         );
         run(
             &self.bin.join("pg_ctl"),
@@ -155,6 +170,17 @@ impl PgServer {
         self.database_url("postgres")
     }
 
+    /// The postmaster's process id (the server's backends are its children).
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.path().join("data").join("postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     /// The URL of database `name` on this server.
     pub fn database_url(&self, name: &str) -> String {
         format!(
@@ -182,6 +208,25 @@ impl PgServer {
         let output = command(&self.bin.join("psql"))
             .args(["-h", &host, "-p", &port, "-U", "postgres", "-d", name])
             .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .expect("run psql");
+        assert!(
+            output.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// Runs `psql -c sql` on database `name` with `input` as its standard input (for `COPY …
+    /// FROM STDIN`) and returns what it printed.
+    pub fn psql_with_input(&self, name: &str, sql: &str, input: std::fs::File) -> String {
+        let port = self.port.to_string();
+        let host = self.dir.path().display().to_string();
+        let output = command(&self.bin.join("psql"))
+            .args(["-h", &host, "-p", &port, "-U", "postgres", "-d", name])
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .stdin(input)
             .output()
             .expect("run psql");
         assert!(

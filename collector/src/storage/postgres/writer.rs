@@ -284,31 +284,13 @@ impl PgBackend {
                 )?);
             }
             state.rows.sort_by_key(|(id, ts, _)| (*id, *ts));
-            let mut numeric = Vec::with_capacity(state.rows.len());
-            for run in state.rows.chunk_by(|a, b| a.0 == b.0) {
-                write_chunks(&mut tx, run)?;
-                let (Some(first), Some(last)) = (run.first(), run.last()) else {
-                    continue;
-                };
-                let created = state.created.contains(&first.0);
-                tx.execute(
-                    "UPDATE series SET first_ts = LEAST(first_ts, $2), last_ts = GREATEST(last_ts, $3),
-                         exact = exact AND $4 AND ($5 OR $2 > last_ts)
-                     WHERE id = $1",
-                    &[
-                        &first.0,
-                        &first.1,
-                        &last.1,
-                        &run_is_exact(run),
-                        &created,
-                    ],
-                )?;
-                numeric.extend(
-                    run.iter().filter_map(|(id, ts, v)| {
-                        Some((*id, *ts, crate::storage::read::number(v)?))
-                    }),
-                );
-            }
+            write_chunks(&mut tx, &state.rows)?;
+            update_series(&mut tx, &state.rows, &state.created)?;
+            let numeric: Vec<(i64, i64, f64)> = state
+                .rows
+                .iter()
+                .filter_map(|(id, ts, v)| Some((*id, *ts, crate::storage::read::number(v)?)))
+                .collect();
             let windows = fold_rollups(&mut tx, &numeric, &resolutions)?;
             metrics.rollup_windows.inc_by(windows);
             tx.commit()?;
@@ -329,36 +311,93 @@ impl PgBackend {
     }
 }
 
-/// Writes a series' sorted values as chunks: one per aligned hour, at most `MAX_VALUES` each.
+/// Writes the group's values, sorted by series and time, as chunks (one per series and
+/// aligned hour, at most `MAX_VALUES` values each), all in one statement.
 fn write_chunks(
     tx: &mut Transaction<'_>,
-    run: &[(i64, i64, &FieldValue)],
+    rows: &[(i64, i64, &FieldValue)],
 ) -> Result<(), postgres::Error> {
-    let mut buf = Vec::new();
-    for hour in run.chunk_by(|a, b| window_start(a.1, CHUNK_SPAN) == window_start(b.1, CHUNK_SPAN))
-    {
+    let (mut ids, mut starts, mut ends, mut counts, mut data) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let same_chunk = |a: &(i64, i64, &FieldValue), b: &(i64, i64, &FieldValue)| {
+        a.0 == b.0 && window_start(a.1, CHUNK_SPAN) == window_start(b.1, CHUNK_SPAN)
+    };
+    for hour in rows.chunk_by(same_chunk) {
         for part in hour.chunks(MAX_VALUES) {
             let (Some(first), Some(last)) = (part.first(), part.last()) else {
                 continue;
             };
-            buf.clear();
+            let mut buf = Vec::new();
             crate::storage::codec::encode(&mut buf, first.1, part);
-            tx.execute(
-                "INSERT INTO chunks (series_id, start_ts, end_ts, count, data) VALUES ($1, $2, $3, $4, $5)",
-                &[&first.0, &first.1, &last.1, &(part.len() as i64), &buf],
-            )?;
+            ids.push(first.0);
+            starts.push(first.1);
+            ends.push(last.1);
+            counts.push(part.len() as i64);
+            data.push(buf);
         }
     }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    tx.execute(
+        "INSERT INTO chunks (series_id, start_ts, end_ts, count, data)
+         SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::bytea[])",
+        &[&ids, &starts, &ends, &counts, &data],
+    )?;
     Ok(())
 }
 
-/// Merges the group's partial windows into their blocks, each read `FOR UPDATE` and written
-/// back, in (series, resolution, block) order; returns the windows merged.
+/// Widens each written series' time range and keeps its `exact` flag (see
+/// [`run_is_exact`]): the rows locked in id order first, then one update for all of them.
+fn update_series(
+    tx: &mut Transaction<'_>,
+    rows: &[(i64, i64, &FieldValue)],
+    created: &[i64],
+) -> Result<(), postgres::Error> {
+    let (mut ids, mut firsts, mut lasts, mut exact, mut new) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for run in rows.chunk_by(|a, b| a.0 == b.0) {
+        let (Some(first), Some(last)) = (run.first(), run.last()) else {
+            continue;
+        };
+        ids.push(first.0);
+        firsts.push(first.1);
+        lasts.push(last.1);
+        exact.push(run_is_exact(run));
+        new.push(created.contains(&first.0));
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    // In one order, so two collectors writing the same series never wait on each other in a
+    // cycle (an UPDATE … FROM locks in the join's order).
+    tx.execute(
+        "SELECT id FROM series WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        &[&ids],
+    )?;
+    tx.execute(
+        "UPDATE series AS s SET first_ts = LEAST(s.first_ts, u.first_ts),
+             last_ts = GREATEST(s.last_ts, u.last_ts),
+             exact = s.exact AND u.exact AND (u.created OR u.first_ts > s.last_ts)
+         FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::bool[], $5::bool[])
+             AS u(id, first_ts, last_ts, exact, created)
+         WHERE s.id = u.id",
+        &[&ids, &firsts, &lasts, &exact, &new],
+    )?;
+    Ok(())
+}
+
+/// Merges the group's partial windows into their blocks and returns the windows merged.
+///
+/// Three statements whatever the number of blocks: every block the group touches is created
+/// empty if missing (so that there is a row to lock: two collectors creating the same block
+/// would otherwise both merge into nothing, and the second would overwrite the first), then
+/// read `FOR UPDATE` in `(series, resolution, start)` order, merged, and written back.
 fn fold_rollups(
     tx: &mut Transaction<'_>,
     values: &[(i64, i64, f64)],
     resolutions: &[Resolution],
-) -> Result<u64, postgres::Error> {
+) -> Result<u64, PgError> {
     let mut by_block: BTreeMap<(i64, i64, i64), Vec<(i64, crate::rollup::Aggregate)>> =
         BTreeMap::new();
     let mut windows = 0u64;
@@ -371,18 +410,43 @@ fn fold_rollups(
             windows = windows.saturating_add(1);
         }
     }
+    if by_block.is_empty() {
+        return Ok(0);
+    }
+    let (mut ids, mut ress, mut starts) = (Vec::new(), Vec::new(), Vec::new());
+    for (series, res, block) in by_block.keys() {
+        ids.push(*series);
+        ress.push(*res);
+        starts.push(*block);
+    }
+    tx.execute(
+        "INSERT INTO rollup_blocks (series_id, res, start, windows, data)
+         SELECT k.series_id, k.res, k.start, 0, ''::bytea
+         FROM unnest($1::int8[], $2::int8[], $3::int8[]) AS k(series_id, res, start)
+         ORDER BY 1, 2, 3
+         ON CONFLICT DO NOTHING",
+        &[&ids, &ress, &starts],
+    )?;
+    let mut stored: BTreeMap<(i64, i64, i64), Vec<u8>> = BTreeMap::new();
+    for row in tx.query(
+        "SELECT b.series_id, b.res, b.start, b.data FROM rollup_blocks AS b
+         JOIN unnest($1::int8[], $2::int8[], $3::int8[]) AS k(series_id, res, start)
+           ON b.series_id = k.series_id AND b.res = k.res AND b.start = k.start
+         ORDER BY 1, 2, 3 FOR UPDATE OF b",
+        &[&ids, &ress, &starts],
+    )? {
+        stored.insert((row.get(0), row.get(1), row.get(2)), row.get(3));
+    }
+    let (mut counts, mut data) = (Vec::new(), Vec::new());
     for ((series, res, block), partials) in by_block {
-        let stored = tx.query_opt(
-            "SELECT data FROM rollup_blocks WHERE series_id = $1 AND res = $2 AND start = $3 FOR UPDATE",
-            &[&series, &res, &block],
-        )?;
-        let mut merged = match stored {
-            Some(row) => {
-                let data: Vec<u8> = row.get(0);
-                // A block this collector cannot read is not overwritten with less.
-                blocks::windows(&data, block, res, true).unwrap_or_default()
-            }
-            None => Vec::new(),
+        let mut merged = match stored.get(&(series, res, block)) {
+            Some(bytes) if !bytes.is_empty() => blocks::windows(bytes, block, res, true)
+                .map_err(|e| {
+                    PgError::Corrupt(format!(
+                        "rollup block (series {series}, resolution {res} ns, start {block}) cannot be read: {e}"
+                    ))
+                })?,
+            _ => Vec::new(),
         };
         for (start, partial) in partials {
             match merged.binary_search_by_key(&start, |(s, _)| *s) {
@@ -394,13 +458,16 @@ fn fold_rollups(
                 Err(at) => merged.insert(at, (start, partial)),
             }
         }
-        let data = blocks::encode(block, res, &merged);
-        tx.execute(
-            "INSERT INTO rollup_blocks (series_id, res, start, windows, data) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (series_id, res, start) DO UPDATE SET windows = excluded.windows, data = excluded.data",
-            &[&series, &res, &block, &(merged.len() as i64), &data],
-        )?;
+        counts.push(merged.len() as i64);
+        data.push(blocks::encode(block, res, &merged));
     }
+    tx.execute(
+        "UPDATE rollup_blocks AS b SET windows = u.windows, data = u.data
+         FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::bytea[])
+             AS u(series_id, res, start, windows, data)
+         WHERE b.series_id = u.series_id AND b.res = u.res AND b.start = u.start",
+        &[&ids, &ress, &starts, &counts, &data],
+    )?;
     Ok(windows)
 }
 
@@ -409,8 +476,10 @@ impl Backend for PgBackend {
 
     fn cannot_commit(error: &PgError) -> bool {
         use postgres::error::SqlState;
-        let PgError::Pg(error) = error else {
-            return true;
+        let error = match error {
+            PgError::Pg(error) => error,
+            PgError::Corrupt(_) => return false,
+            PgError::Tls(_) | PgError::Schema(_) => return true,
         };
         match error.code() {
             // No SQL state: the connection (lost, refused, closed).
