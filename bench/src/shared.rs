@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tributary_bench::harness::postgres::PgServer;
-use tributary_bench::harness::procstat::{cpu_seconds, tree_cpu_seconds};
+use tributary_bench::harness::procstat::{children, cpu_seconds, tree_cpu_seconds};
 use tributary_bench::harness::{CollectorOptions, CollectorProcess, token_pair};
 use tributary_wire::codec::{self, Encoding};
 use tributary_wire::{Batch, FieldValue};
@@ -311,6 +311,14 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             syncs / elapsed,
             stored as f64 / syncs.max(1.0)
         );
+        // Rewritten rollup blocks leave dead versions until autovacuum: the live size.
+        server.psql(DATABASE, "VACUUM FULL");
+        let (bytes, largest) = table_bytes(server, DATABASE);
+        println!(
+            "  live after VACUUM FULL: {:.1} MB = {:.1} bytes per point ({largest})",
+            bytes / 1e6,
+            bytes / stored as f64
+        );
     }
 
     if let (Some(server), true) = (&server, options.copy_ceiling) {
@@ -364,6 +372,7 @@ fn copy_ceiling(
         ),
     ] {
         server.psql(database, &format!("CREATE TABLE {table} ({definition})"));
+        let helpers: Vec<u32> = server.postmaster_pid().map(children).unwrap_or_default();
         let before = pg_cpu();
         let started = Instant::now();
         server.psql_with_input(
@@ -372,6 +381,14 @@ fn copy_ceiling(
             std::fs::File::open(&csv)?,
         );
         let elapsed = started.elapsed().as_secs_f64();
+        // The backend's time reaches the postmaster's only once it is reaped.
+        for _ in 0..100 {
+            let now = server.postmaster_pid().map(children).unwrap_or_default();
+            if now.iter().all(|pid| helpers.contains(pid)) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         let spent = pg_cpu() - before;
         let bytes: f64 = server
             .psql(

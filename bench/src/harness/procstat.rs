@@ -44,30 +44,38 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     status_kib(pid, "VmHWM:")
 }
 
-/// CPU seconds of a process and its children: its own, its live children's and those of the
-/// children it has reaped (for a PostgreSQL postmaster, every backend and helper).
-pub fn tree_cpu_seconds(pid: u32) -> Option<f64> {
-    let fields = |pid: u32| -> Option<Vec<String>> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let rest = &stat[stat.rfind(')')? + 2..];
-        Some(rest.split_whitespace().map(str::to_owned).collect())
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// The processes whose parent is `pid` now (zombies included, until they are reaped).
+pub fn children(pid: u32) -> Vec<u32> {
+    let parent = pid.to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
     };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            stat_fields(*child).is_some_and(|f| f.get(1).is_some_and(|ppid| *ppid == parent))
+        })
+        .collect()
+}
+
+/// CPU seconds of a process and its children: its own, its live children's and those of the
+/// children it has reaped (for a PostgreSQL postmaster, every backend and helper). A child
+/// that has exited counts once it is reaped: see [`children`] to wait for that.
+pub fn tree_cpu_seconds(pid: u32) -> Option<f64> {
     let ticks =
         |f: &[String], i: usize| -> f64 { f.get(i).and_then(|v| v.parse().ok()).unwrap_or(0.0) };
-    let own = fields(pid)?;
+    let own = stat_fields(pid)?;
     // utime, stime, cutime, cstime.
     let mut total = ticks(&own, 11) + ticks(&own, 12) + ticks(&own, 13) + ticks(&own, 14);
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(child) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if let Some(f) = fields(child)
-            && f.get(1).is_some_and(|ppid| ppid == &pid.to_string())
-        {
+    for child in children(pid) {
+        if let Some(f) = stat_fields(child) {
             total += ticks(&f, 11) + ticks(&f, 12);
         }
     }
