@@ -203,24 +203,16 @@ impl PgServer {
     /// Runs `psql -c sql` on database `name` and returns what it printed (unaligned, tuples
     /// only).
     pub fn psql(&self, name: &str, sql: &str) -> String {
-        let port = self.port.to_string();
-        let host = self.dir.path().display().to_string();
-        let output = command(&self.bin.join("psql"))
-            .args(["-h", &host, "-p", &port, "-U", "postgres", "-d", name])
-            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
-            .output()
-            .expect("run psql");
-        assert!(
-            output.status.success(),
-            "psql {sql}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+        self.run_psql(name, sql, std::process::Stdio::null())
     }
 
     /// Runs `psql -c sql` on database `name` with `input` as its standard input (for `COPY …
     /// FROM STDIN`) and returns what it printed.
     pub fn psql_with_input(&self, name: &str, sql: &str, input: std::fs::File) -> String {
+        self.run_psql(name, sql, input.into())
+    }
+
+    fn run_psql(&self, name: &str, sql: &str, input: std::process::Stdio) -> String {
         let port = self.port.to_string();
         let host = self.dir.path().display().to_string();
         let output = command(&self.bin.join("psql"))
