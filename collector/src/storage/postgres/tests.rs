@@ -141,6 +141,15 @@ mod two_collectors {
             .collect()
     }
 
+    /// Every resolution's windows count all `POINTS` and sum to a direct sum of their values.
+    fn assert_rollups_hold_every_point(client: &mut postgres::Client) {
+        let direct: f64 = (1..=POINTS).map(value).sum();
+        for (step, count, sum) in rollup_totals(client) {
+            assert_eq!(count, POINTS, "windows of {step} ns");
+            assert!((sum - direct).abs() < 1e-6, "{sum} against {direct}");
+        }
+    }
+
     /// Sums every rollup window of every series at each resolution: (count, sum) per step.
     fn rollup_totals(client: &mut postgres::Client) -> Vec<(i64, u64, f64)> {
         default_resolutions()
@@ -201,11 +210,7 @@ mod two_collectors {
         drop(collectors);
         tokio::task::spawn_blocking(move || {
             let mut client = super::connect(&url).unwrap();
-            let direct: f64 = (1..=POINTS).map(value).sum();
-            for (step, count, sum) in rollup_totals(&mut client) {
-                assert_eq!(count, POINTS, "windows of {step} ns");
-                assert!((sum - direct).abs() < 1e-6, "{sum} against {direct}");
-            }
+            assert_rollups_hold_every_point(&mut client);
         })
         .await
         .unwrap();
@@ -278,11 +283,7 @@ mod two_collectors {
                 .map(|seq| (T0 + seq as i64 * 2_000_000_000, FieldValue::F64(value(seq))))
                 .collect();
             assert_eq!(decoded, expected);
-            let direct: f64 = (1..=POINTS).map(value).sum();
-            for (step, count, sum) in rollup_totals(&mut client) {
-                assert_eq!(count, POINTS, "windows of {step} ns");
-                assert!((sum - direct).abs() < 1e-6, "{sum} against {direct}");
-            }
+            assert_rollups_hold_every_point(&mut client);
         })
         .await
         .unwrap();
