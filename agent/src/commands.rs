@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tributary_wire::line_protocol::format_point;
 
@@ -83,7 +82,10 @@ pub async fn quickstart(options: &Quickstart, shutdown: CancellationToken) -> an
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = std::fs::canonicalize(dir)?;
     let token = hex::encode(rand::random::<[u8; 32]>());
-    let hash = hex::encode(Sha256::digest(token.as_bytes()));
+    let hash = hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        token.as_bytes(),
+    ));
     let collector_toml = dir.join("collector.toml");
     let agent_toml = dir.join("agent.toml");
     let url = format!("http://127.0.0.1:{}", options.port);

@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 
 mod collector;
 mod density;
+mod footprint;
 mod prom;
 mod shared;
 
 use clap::{Parser, Subcommand};
 use tributary_bench::harness::pipelined;
-use tributary_bench::harness::procstat::{cpu_seconds, peak_rss_kib, rss_kib};
+use tributary_bench::harness::procstat::{cpu_seconds, peak_rss_kib, rss_kib, write_bytes};
 use tributary_bench::harness::{
     AgentProcess, CollectorProcess, Mosquitto, MosquittoOptions, Publisher, Supervised,
     agent_config, agent_config_with, bin_dir, free_port, query_json, token_pair,
@@ -181,6 +182,13 @@ enum Scenario {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
+    /// The edge footprint: an agent with one connected MQTT input and one system input every
+    /// 10 s, `seconds` after start: RSS (anonymous, file-backed, by mapping) and binary size.
+    /// `TRIBUTARY_AGENT_BIN=path` measures another build of the agent (e.g. static musl).
+    Footprint {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -224,6 +232,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Sizes => sizes(),
         Scenario::Tail { lines, tls } => block_on(tail(lines, tls)),
         Scenario::Idle { seconds } => block_on(idle(seconds)),
+        Scenario::Footprint { seconds } => block_on(footprint::run(seconds)),
         Scenario::Density {
             hosts,
             fields,
@@ -368,6 +377,7 @@ async fn tail(lines: u64, tls: bool) -> anyhow::Result<()> {
     let idle_rss = rss_kib(agent_pid).unwrap_or(0);
     let agent_cpu = cpu_seconds(agent_pid).unwrap_or(0.0);
     let collector_cpu = cpu_seconds(collector_pid).unwrap_or(0.0);
+    let agent_written = write_bytes(agent_pid).unwrap_or(0);
     let started = Instant::now();
     let writer = std::thread::spawn(move || -> std::io::Result<Duration> {
         let started = Instant::now();
@@ -397,9 +407,9 @@ async fn tail(lines: u64, tls: bool) -> anyhow::Result<()> {
     let agent_cpu = cpu_seconds(agent_pid).unwrap_or(0.0) - agent_cpu;
     let collector_cpu = cpu_seconds(collector_pid).unwrap_or(0.0) - collector_cpu;
     let millions = lines as f64 / 1e6;
+    let file_bytes = std::fs::metadata(logs.join("app.log"))?.len();
     println!(
-        "tail: {lines} lines of {} bytes, file written in {:.2} s",
-        90,
+        "tail: {lines} lines, {file_bytes} bytes, file written in {:.2} s",
         written.as_secs_f64()
     );
     println!(
@@ -417,6 +427,7 @@ async fn tail(lines: u64, tls: bool) -> anyhow::Result<()> {
         "  collector: {:.2} CPU s per million lines",
         collector_cpu / millions
     );
+    print_flash_wear(agent_pid, agent_written, file_bytes).await;
     Ok(())
 }
 
@@ -526,6 +537,7 @@ async fn mqtt(
     let collector_cpu_start = cpu_seconds(collector_pid).unwrap_or(0.0);
     let broker_cpu_start = cpu_seconds(broker_pid).unwrap_or(0.0);
     let own_cpu_start = cpu_seconds(own_pid).unwrap_or(0.0);
+    let agent_written = write_bytes(agent_pid).unwrap_or(0);
 
     let started = Instant::now();
     let published = Arc::new(std::sync::Mutex::new(None));
@@ -671,9 +683,25 @@ async fn mqtt(
         "| batches sent | {batches:.0}, {:.0} points each on average |",
         buffered / batches.max(1.0)
     );
+    let payload: u64 = (0..messages).map(|id| message(id).1.len() as u64).sum();
+    print_flash_wear(agent_pid, agent_written, payload).await;
     drop(agent);
     drop(broker);
     Ok(())
+}
+
+/// Flash wear: what the agent wrote to storage (its buffer and WAL) since `written_before`,
+/// against the `payload` bytes it took in, read once the buffer has settled after the run
+/// (sent rows deleted, WAL checkpointed).
+async fn print_flash_wear(pid: u32, written_before: u64, payload: u64) {
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let written = write_bytes(pid).unwrap_or(0).saturating_sub(written_before);
+    println!(
+        "  flash wear: agent wrote {:.1} MB for {:.1} MB of payload: {:.2}x",
+        written as f64 / 1e6,
+        payload as f64 / 1e6,
+        written as f64 / payload.max(1) as f64
+    );
 }
 
 async fn broker_ceiling(messages: u64, broker_inflight: u32) -> anyhow::Result<()> {

@@ -44,6 +44,61 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     status_kib(pid, "VmHWM:")
 }
 
+/// Bytes the process has caused to be written to storage (`write_bytes` of `/proc/PID/io`:
+/// pages it dirtied, counted when dirtied, less what it truncated before writeback).
+pub fn write_bytes(pid: u32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    let field = |key: &str| -> Option<u64> {
+        io.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    Some(field("write_bytes:")?.saturating_sub(field("cancelled_write_bytes:").unwrap_or(0)))
+}
+
+/// The resident memory of a process by kind, in KiB (`/proc/PID/status`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Resident {
+    pub total: u64,
+    pub anonymous: u64,
+    pub file: u64,
+    pub shared: u64,
+}
+
+/// [`Resident`] now.
+pub fn resident(pid: u32) -> Option<Resident> {
+    Some(Resident {
+        total: status_kib(pid, "VmRSS:")?,
+        anonymous: status_kib(pid, "RssAnon:")?,
+        file: status_kib(pid, "RssFile:")?,
+        shared: status_kib(pid, "RssShmem:").unwrap_or(0),
+    })
+}
+
+/// Resident KiB per mapping (`/proc/PID/smaps`), summed by what is mapped: a file's path,
+/// `[heap]`, `[stack]`, or `anonymous`; largest first.
+pub fn resident_by_mapping(pid: u32) -> Vec<(String, u64)> {
+    let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
+        return Vec::new();
+    };
+    let mut sums: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    let mut current = String::new();
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let Some(first) = words.next() else { continue };
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            // A mapping header: range, perms, offset, dev, inode, [path].
+            current = words.nth(4).unwrap_or("anonymous").to_owned();
+        } else if first == "Rss:" {
+            let kib: u64 = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            *sums.entry(current.clone()).or_default() += kib;
+        }
+    }
+    let mut sums: Vec<(String, u64)> = sums.into_iter().filter(|(_, kib)| *kib > 0).collect();
+    sums.sort_by(|a, b| b.1.cmp(&a.1));
+    sums
+}
+
 fn stat_fields(pid: u32) -> Option<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 2..];

@@ -74,8 +74,14 @@ fn build_binaries() {
     });
 }
 
+/// The binary `name` (`tributary-agent`, `tributary-collector`): `$TRIBUTARY_AGENT_BIN` or
+/// `$TRIBUTARY_COLLECTOR_BIN` when set (e.g. the static musl agent beside a glibc collector),
+/// else the one in [`bin_dir`].
 fn binary(name: &str) -> PathBuf {
-    let path = bin_dir().join(name);
+    let variable = format!("{}_BIN", name.to_ascii_uppercase().replace('-', "_"));
+    let path = std::env::var_os(variable)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| bin_dir().join(name));
     assert!(
         path.exists(),
         "{} is missing: build the binaries first (cargo build --workspace --bins), or set TRIBUTARY_BIN_DIR",

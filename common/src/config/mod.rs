@@ -2,20 +2,23 @@
 //!
 //! Both programs read TOML the same way:
 //!
-//! 1. The file is parsed once with `toml_edit`, only to report syntax errors with their line and
-//!    to find the line of a key when a later stage complains about it.
+//! 1. The file is parsed once with `toml_edit`, to report syntax errors with their line, to
+//!    find the line of a key when a later stage complains about it, and to check the types of
+//!    the values as written (strictly: the next step is lenient).
 //! 2. The `config` crate builds the value tree from the file, then applies environment overrides
 //!    (`<PREFIX>__SECTION__KEY=value`, e.g. `TRIBUTARY_AGENT__FORWARD__URL`).
 //! 3. `${VAR}` in any string is replaced from the environment (`${VAR:-default}` gives a
 //!    default, `$${` is a literal `${`). A missing variable is an error that names the key.
 //! 4. The tree is deserialized into the program's raw structs (`deny_unknown_fields`), with
-//!    `serde_path_to_error` keeping the path of whatever fails.
+//!    `serde_path_to_error` keeping the path of whatever fails. Both deserializations go
+//!    through one tree type (see `tree`), so each struct's code is generated once.
 //!
 //! The second stage, turning raw values into checked types, belongs to each program; it reports
 //! problems through [`Source::error`] so they carry the file, key and line too.
 
 mod env;
 mod locate;
+mod tree;
 pub mod values;
 
 use std::fmt;
@@ -191,17 +194,12 @@ fn load_str_with<T: DeserializeOwned>(
     // Strict types first: the `config` crate below reads `"1"` as 1 and `"no"` as false, so a
     // value of the wrong type would pass unnoticed. The file as written must have the types
     // the keys take; only a `${VAR}` string is let through, as its type is known once expanded.
-    let strict = match toml_edit::de::Deserializer::parse(text) {
-        // A syntax error was reported above.
-        Err(_) => None,
-        Ok(de) => match serde_path_to_error::deserialize::<_, T>(de) {
-            Ok(_) => None,
-            Err(e) => {
-                let key = e.path().to_string();
-                (!locate::holds_variable(&document, &key))
-                    .then(|| (key, e.inner().message().to_owned()))
-            }
-        },
+    let strict = match tree::strict::<T>(tree::from_document(&document)) {
+        Ok(_) => None,
+        Err(e) => {
+            let key = e.path().to_string();
+            (!locate::holds_variable(&document, &key)).then(|| (key, e.inner().to_string()))
+        }
     };
     let source = Source {
         path: path.to_owned(),
@@ -229,7 +227,7 @@ fn load_str_with<T: DeserializeOwned>(
         source.error(key, message)
     })?;
 
-    let raw = serde_path_to_error::deserialize(tree).map_err(|e| {
+    let raw = tree::lenient(tree::from_config(tree)).map_err(|e| {
         let mut key = e.path().to_string();
         if key == "." {
             key.clear();

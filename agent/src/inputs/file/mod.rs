@@ -50,7 +50,7 @@ mod tail;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use regex::bytes::Regex;
+use regex_lite::Regex;
 use serde::Deserialize;
 use tributary_common::config::values::RawSize;
 use tributary_common::config::{ConfigError, Source};

@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use regex::bytes::Regex;
-use sha2::{Digest, Sha256};
+use regex_lite::Regex;
 
 use super::{CHUNK, OVERSIZED_KEPT};
 
@@ -46,8 +45,8 @@ pub(super) fn fingerprint(file: &File, len: u64) -> std::io::Result<[u8; 8]> {
     use std::os::unix::fs::FileExt;
     let mut head = vec![0u8; len as usize];
     file.read_exact_at(&mut head, 0)?;
-    let digest = Sha256::digest(&head);
-    Ok(digest[..8].try_into().expect("8 bytes"))
+    let digest = ring::digest::digest(&ring::digest::SHA256, &head);
+    Ok(digest.as_ref()[..8].try_into().expect("8 bytes"))
 }
 
 /// A record cut out of a file, with the offset just past it.
@@ -144,7 +143,9 @@ impl Tail {
                 consumed = line_end + 1;
             } else if let Some(start) = multiline {
                 let line = trim_cr(&self.buf[line_start..line_end]);
-                if line_start > consumed && start.is_match(line) {
+                // regex-lite matches text: a line that is not UTF-8 is matched with its
+                // invalid bytes replaced (a record's bytes are kept as they are).
+                if line_start > consumed && start.is_match(&String::from_utf8_lossy(line)) {
                     push_record(
                         &self.buf[consumed..line_start - 1],
                         self.offset + line_start as u64,

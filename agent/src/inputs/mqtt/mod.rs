@@ -29,7 +29,6 @@ use std::sync::Arc;
 use rumqttc::{
     AsyncClient, Event, MqttOptions, Packet, Publish, QoS, SubscribeReasonCode, Transport,
 };
-use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 use tributary_wire::Point;
@@ -493,13 +492,13 @@ impl From<HashMap<u16, [u8; 8]>> for DeliveryMemo {
 /// Identifies a message for redelivery checks: the first 8 bytes of SHA-256 over the topic
 /// and payload (a stable function, since digests outlive the process).
 fn digest(topic: &str, payload: &[u8]) -> [u8; 8] {
-    let mut hasher = Sha256::new();
-    hasher.update((topic.len() as u64).to_le_bytes());
+    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+    hasher.update(&(topic.len() as u64).to_le_bytes());
     hasher.update(topic.as_bytes());
     hasher.update(payload);
-    let full = hasher.finalize();
+    let full = hasher.finish();
     let mut out = [0u8; 8];
-    out.copy_from_slice(&full[..8]);
+    out.copy_from_slice(&full.as_ref()[..8]);
     out
 }
 
