@@ -95,7 +95,7 @@ pub fn resident_by_mapping(pid: u32) -> Vec<(String, u64)> {
         }
     }
     let mut sums: Vec<(String, u64)> = sums.into_iter().filter(|(_, kib)| *kib > 0).collect();
-    sums.sort_by(|a, b| b.1.cmp(&a.1));
+    sums.sort_by_key(|(_, kib)| std::cmp::Reverse(*kib));
     sums
 }
 
