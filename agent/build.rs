@@ -7,6 +7,13 @@
 //! and only the ones used are resident. The cost is that the agent's own image is not
 //! randomised (ASLR still randomises the stack, the heap, mmap and shared libraries), as with
 //! Go programs such as Telegraf, which are linked the same way.
+///
+/// On glibc targets the link is told so here; the static musl builds are compiled without
+/// position independence instead (`relocation-model=static` in `.cargo/config.toml`), since
+/// their start code would otherwise try to relocate a fixed image.
 fn main() {
-    println!("cargo:rustc-link-arg-bins=-no-pie");
+    println!("cargo:rerun-if-changed=build.rs");
+    if std::env::var("CARGO_CFG_TARGET_ENV").as_deref() == Ok("gnu") {
+        println!("cargo:rustc-link-arg-bins=-no-pie");
+    }
 }

@@ -41,6 +41,7 @@ pub mod buffer;
 panic_free_mod!(
     pub mod clock;
 );
+pub mod cli;
 pub mod commands;
 pub mod config;
 panic_free_mod!(

@@ -3,115 +3,39 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
+use tributary_agent::cli::{self, BufferAction, Command, Parsed};
 use tributary_agent::config::RawConfig;
 use tributary_common::config::load_for_main;
 use tributary_common::lifecycle::{self, Threads};
-use tributary_common::logging::{self, LogFormat};
-
-#[derive(Parser)]
-#[command(
-    name = "tributary-agent",
-    version,
-    about = "Collects readings at the edge and forwards them exactly once"
-)]
-struct Cli {
-    #[command(flatten)]
-    config: ConfigArg,
-    /// Log format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-/// The configuration file, for the commands that read one (not `quickstart`).
-#[derive(clap::Args, Clone, Default)]
-struct ConfigArg {
-    /// The configuration file [default: /etc/tributary/agent.toml].
-    #[arg(long, short, env = "TRIBUTARY_AGENT_CONFIG")]
-    config: Option<PathBuf>,
-}
+use tributary_common::logging;
 
 /// Where the packages install the configuration.
 const DEFAULT_CONFIG: &str = "/etc/tributary/agent.toml";
 
-#[derive(Subcommand)]
-enum Command {
-    /// Run the agent (the default).
-    Run {
-        #[command(flatten)]
-        config: ConfigArg,
-    },
-    /// Validate the configuration and exit: 0 if valid, 2 with the file, key and reason if not.
-    Check {
-        #[command(flatten)]
-        config: ConfigArg,
-    },
-    /// Run every input once and print the points it would buffer, as line protocol; nothing
-    /// is buffered or forwarded.
-    Test {
-        #[command(flatten)]
-        config: ConfigArg,
-        /// With --payload: a message on this topic, decoded by the MQTT inputs that subscribe
-        /// to it (topic template, format, tags), as if it had arrived.
-        #[arg(long, requires = "payload")]
-        topic: Option<String>,
-        /// The message's payload (with --topic).
-        #[arg(long, requires = "topic")]
-        payload: Option<String>,
-    },
-    /// Ask the running agent's /health (agent.listen of --config, or --url): exit 0 if it
-    /// answers 2xx, 1 if not. For container HEALTHCHECKs.
-    Health {
-        #[command(flatten)]
-        config: ConfigArg,
-        /// The URL to ask instead.
-        #[arg(long)]
-        url: Option<String>,
-    },
-    /// Look into the buffer file (`inspect`) or salvage a damaged one into a fresh file
-    /// (`repair`; stop the agent first). The agent also does the latter by itself at start.
-    Buffer {
-        #[command(flatten)]
-        config: ConfigArg,
-        #[command(subcommand)]
-        action: BufferAction,
-        /// The buffer file; by default buffer.db in agent.data_dir of --config.
-        #[arg(long, global = true)]
-        path: Option<PathBuf>,
-    },
-    /// Start a collector and an agent on this machine (SQLite, the system input, no broker)
-    /// and print where to query the live data. Ctrl-C stops both.
-    Quickstart {
-        /// Directory for the configuration files and data.
-        #[arg(long, default_value = "tributary-quickstart")]
-        dir: PathBuf,
-        /// The collector's port on 127.0.0.1.
-        #[arg(long, default_value_t = 8080)]
-        port: u16,
-    },
-}
-
-#[derive(Subcommand, Clone, Copy)]
-enum BufferAction {
-    /// Depth, oldest and newest points, the quarantine, and SQLite's quick check.
-    Inspect,
-    /// Run SQLite's integrity check; if it finds damage (or with --force), move the file aside
-    /// and salvage what reads into a fresh buffer.
-    Repair {
-        /// Salvage even if the check finds nothing.
-        #[arg(long)]
-        force: bool,
-    },
-}
-
 fn main() -> ExitCode {
     limit_malloc_arenas();
-    let cli = Cli::parse();
+    let parsed = cli::parse(
+        std::env::args_os().skip(1),
+        std::env::var_os("TRIBUTARY_AGENT_CONFIG"),
+    );
+    let cli = match parsed {
+        Ok(Parsed::Run(cli)) => cli,
+        Ok(Parsed::Help(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Parsed::Version) => {
+            println!("tributary-agent {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(message) => {
+            eprintln!("error: {message}\n\nFor more information, try '--help'.");
+            return ExitCode::from(2);
+        }
+    };
     logging::init(cli.log_format);
-    if let Some(Command::Quickstart { dir, port }) = cli.command {
+    if let Command::Quickstart { dir, port } = cli.command {
         let options = tributary_agent::commands::Quickstart { dir, port };
         return block_on(|shutdown| async move {
             match tributary_agent::commands::quickstart(&options, shutdown).await {
@@ -123,39 +47,26 @@ fn main() -> ExitCode {
             }
         });
     }
-    if let Some(Command::Health { url: Some(url), .. }) = &cli.command {
+    if let Command::Health { url: Some(url) } = &cli.command {
         return tributary_common::health::check(url, false, None);
     }
-    if let Some(Command::Buffer {
+    if let Command::Buffer {
         action,
         path: Some(path),
-        ..
-    }) = &cli.command
+    } = &cli.command
     {
         return buffer_command(*action, path);
     }
-    let command = cli.command.unwrap_or(Command::Run {
-        config: ConfigArg::default(),
-    });
+    let command = cli.command;
     // Only running the agent sends: the other commands load the file without its token.
-    let sends = matches!(command, Command::Run { .. });
-    let given = match &command {
-        Command::Run { config }
-        | Command::Check { config }
-        | Command::Test { config, .. }
-        | Command::Health { config, .. }
-        | Command::Buffer { config, .. } => config.config.clone(),
-        Command::Quickstart { .. } => None,
-    };
-    let path = given
-        .or(cli.config.config)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    let sends = matches!(command, Command::Run);
+    let path = cli.config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
     let config = match load_for_main::<RawConfig>(Some(&path), "config/agent.toml", sends) {
         Ok(config) => config,
         Err(status) => return status,
     };
     match command {
-        Command::Check { .. } => {
+        Command::Check => {
             let problems: Vec<_> = config
                 .inputs
                 .iter()
@@ -182,7 +93,7 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Test { topic, payload, .. } => block_on(|_| async move {
+        Command::Test { topic, payload } => block_on(|_| async move {
             let message = topic.as_deref().zip(payload.as_deref().map(str::as_bytes));
             tributary_agent::commands::test(&config, message).await
         }),
@@ -202,7 +113,7 @@ fn main() -> ExitCode {
             &config.agent.data_dir.join(tributary_agent::BUFFER_FILE),
         ),
         Command::Quickstart { .. } => unreachable!("handled above"),
-        Command::Run { .. } => block_on(|shutdown| async move {
+        Command::Run => block_on(|shutdown| async move {
             match tributary_agent::run(config, Some(path), shutdown).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
