@@ -86,6 +86,57 @@ Options:
   -V, --version              Print version
 ";
 
+/// Each command's line in the help, and its own options.
+const COMMANDS: [(&str, &str, &str); 6] = [
+    ("run", "Run the agent (the default)", ""),
+    (
+        "check",
+        "Validate the configuration and exit: 0 if valid, 2 with the file, key and reason if not",
+        "",
+    ),
+    (
+        "test",
+        "Run every input once and print the points it would buffer, as line protocol; nothing is\nbuffered or forwarded",
+        "      --topic <TOPIC>    With --payload: a message on this topic, decoded by the MQTT inputs\n                         that subscribe to it (topic template, format, tags), as if it had arrived\n      --payload <TEXT>   The message's payload (with --topic)\n",
+    ),
+    (
+        "health",
+        "Ask the running agent's /health (agent.listen of --config, or --url): exit 0 if it answers\n2xx, 1 if not. For container HEALTHCHECKs",
+        "      --url <URL>        The URL to ask instead\n",
+    ),
+    (
+        "buffer",
+        "Look into the buffer file (`buffer inspect`: depth, oldest and newest points, the quarantine,\nSQLite's quick check) or salvage a damaged one into a fresh file (`buffer repair [--force]`:\nSQLite's integrity check, and if it finds damage, or with --force, the file moved aside and\nwhat reads salvaged into a fresh buffer; stop the agent first). The agent also repairs by\nitself at start",
+        "      --path <FILE>      The buffer file [default: buffer.db in agent.data_dir of --config]\n      --force            (repair) Salvage even if the check finds nothing\n",
+    ),
+    (
+        "quickstart",
+        "Start a collector and an agent on this machine (SQLite, the system input, no broker) and\nprint where to query the live data. Ctrl-C stops both",
+        "      --dir <DIR>        Directory for the configuration files and data\n                         [default: tributary-quickstart]\n      --port <PORT>      The collector's port on 127.0.0.1 [default: 8080]\n",
+    ),
+];
+
+const CONFIG_OPTION: &str = "  -c, --config <FILE>    The configuration file [env: TRIBUTARY_AGENT_CONFIG]\n                         [default: /etc/tributary/agent.toml]\n";
+
+const COMMON_OPTIONS: &str = "      --log-format <FORMAT>  Log format: text or json [default: text]\n  -h, --help             Print help\n";
+
+/// The help of `command`, or of the program.
+pub fn help(command: Option<&str>) -> String {
+    match COMMANDS.iter().find(|(name, ..)| Some(*name) == command) {
+        Some((name, about, options)) => {
+            let config = if *name == "quickstart" {
+                ""
+            } else {
+                CONFIG_OPTION
+            };
+            format!(
+                "{about}\n\nUsage: tributary-agent {name} [OPTIONS]\n\nOptions:\n{config}{options}{COMMON_OPTIONS}"
+            )
+        }
+        None => HELP.to_owned(),
+    }
+}
+
 /// Parses `args` (without the program name); `env_config` is `$TRIBUTARY_AGENT_CONFIG`.
 pub fn parse(
     args: impl IntoIterator<Item = OsString>,
@@ -108,9 +159,9 @@ pub fn parse(
     while let Some(arg) = parser.next().map_err(error)? {
         let in_command = |name: &str| command.as_deref() == Some(name);
         match arg {
-            Short('h') | Long("help") => return Ok(Parsed::Help(HELP.to_owned())),
+            Short('h') | Long("help") => return Ok(Parsed::Help(help(command.as_deref()))),
             Short('V') | Long("version") => return Ok(Parsed::Version),
-            Short('c') | Long("config") => {
+            Short('c') | Long("config") if !in_command("quickstart") => {
                 config = Some(PathBuf::from(parser.value().map_err(error)?))
             }
             Long("log-format") => {
@@ -295,6 +346,7 @@ mod tests {
             &["--log-format", "xml"],
             &["--config"],
             &["run", "extra"],
+            &["quickstart", "--config", "a.toml"],
         ] {
             assert!(run(args).is_err(), "{args:?} was accepted");
         }
@@ -302,10 +354,22 @@ mod tests {
 
     #[test]
     fn help_and_version() {
-        assert!(matches!(
-            parse(["--help"].map(OsString::from), None),
-            Ok(Parsed::Help(_))
-        ));
+        let Ok(Parsed::Help(text)) = parse(["--help"].map(OsString::from), None) else {
+            panic!("no help")
+        };
+        assert!(text.contains("quickstart") && text.contains("/etc/tributary/agent.toml"));
+        let Ok(Parsed::Help(text)) = parse(["quickstart", "--help"].map(OsString::from), None)
+        else {
+            panic!("no help")
+        };
+        assert!(
+            text.contains("--port") && !text.contains("--config"),
+            "{text}"
+        );
+        let Ok(Parsed::Help(text)) = parse(["check", "-h"].map(OsString::from), None) else {
+            panic!("no help")
+        };
+        assert!(text.contains("/etc/tributary/agent.toml"), "{text}");
         assert_eq!(
             parse(["check", "-V"].map(OsString::from), None),
             Ok(Parsed::Version)
