@@ -162,7 +162,7 @@ pub fn parse(
             Short('h') | Long("help") => return Ok(Parsed::Help(help(command.as_deref()))),
             Short('V') | Long("version") => return Ok(Parsed::Version),
             Short('c') | Long("config") if !in_command("quickstart") => {
-                config = Some(PathBuf::from(parser.value().map_err(error)?))
+                config = Some(PathBuf::from(parser.value().map_err(error)?));
             }
             Long("log-format") => {
                 let value = parser.value().map_err(error)?.string().map_err(error)?;
