@@ -127,6 +127,9 @@ pub struct Forwarder {
     backlog: Option<Backlog>,
 }
 
+/// How long the forwarder waits with nothing to send before it hands freed memory back.
+const RELEASE_WHEN_IDLE_FOR: Duration = Duration::from_secs(2);
+
 /// How often the delivery of a backlog is reported.
 const BACKLOG_PROGRESS: Duration = Duration::from_secs(30);
 
@@ -281,7 +284,7 @@ impl Forwarder {
     /// inputs handed it) and makes one last attempt within `final_attempt_timeout`.
     pub async fn run(mut self, shutdown: CancellationToken, drained: CancellationToken) {
         let mut committed = self.link.committed.clone();
-        loop {
+        'forwarding: loop {
             let step = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -294,9 +297,23 @@ impl Forwarder {
                 Step::Sent { full: false, .. } => self.settings.linger,
                 Step::Retry(delay) => delay,
                 Step::Idle => {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        changed = committed.changed() => if changed.is_err() { break },
+                    let mut released = false;
+                    loop {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break 'forwarding,
+                            changed = committed.changed() => {
+                                if changed.is_err() {
+                                    break 'forwarding;
+                                }
+                                break;
+                            }
+                            // Nothing new for a while: the agent is idle, so the memory the
+                            // last batches freed goes back to the system. Never while busy.
+                            () = tokio::time::sleep(RELEASE_WHEN_IDLE_FOR), if !released => {
+                                crate::memory::release_freed();
+                                released = true;
+                            }
+                        }
                     }
                     // New data: linger so a trickle travels as one batch, not many.
                     self.settings.linger

@@ -50,6 +50,7 @@ panic_free_mod!(
 pub mod forward;
 pub mod http;
 pub mod inputs;
+pub mod memory;
 pub mod metrics;
 
 use std::future::Future;
