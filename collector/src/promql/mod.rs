@@ -223,10 +223,19 @@ fn check_bare_durations(query: &str) -> Result<(), QueryError> {
                 }) {
                     i = i.saturating_add(1);
                 }
-                let token = query.get(start..i).unwrap_or_default();
-                if token.eq_ignore_ascii_case("offset") {
+                let mut token = query.get(start..i).unwrap_or_default();
+                // `offset`, also run together with the duration's sign (`offset+ 1e999`,
+                // `offset-1e999`: found by the fuzz target).
+                if let Some((word, rest)) = token.split_at_checked(6)
+                    && word.eq_ignore_ascii_case("offset")
+                    && (rest.is_empty() || rest.starts_with(['+', '-']))
+                {
+                    let rest = rest.trim_start_matches(['+', '-']);
                     expect_duration = true;
-                    continue;
+                    if rest.is_empty() {
+                        continue;
+                    }
+                    token = rest;
                 }
                 if expect_duration {
                     let number = token
