@@ -16,7 +16,7 @@ pub async fn run(seconds: u64) -> anyhow::Result<()> {
     let (token, _) = token_pair("bench");
     let broker = Mosquitto::start(&dir.path().join("broker"), &MosquittoOptions::default())?;
     let collector = CollectorProcess::start(&dir.path().join("collector"), &[("bench", &token)])?;
-    let config = agent_config(
+    let config = crate::default_timing(&agent_config(
         "bench",
         &dir.path().join("agent/data"),
         &collector.url(),
@@ -24,9 +24,7 @@ pub async fn run(seconds: u64) -> anyhow::Result<()> {
         free_port(),
         "",
         "[[inputs.system]]\ninterval = \"10s\"\n",
-    )
-    .replace("linger = \"20ms\"\n", "")
-    .replace("backoff_initial = \"100ms\"\nbackoff_max = \"1s\"\n", "")
+    ))
     .replace(
         "reconnect_initial = \"100ms\"\nreconnect_max = \"1s\"\n",
         "",

@@ -345,15 +345,13 @@ fn start_pair(
 ) -> anyhow::Result<(CollectorProcess, AgentProcess)> {
     let (token, _) = token_pair("bench");
     let (collector, forward) = start_collector(dir, &token, tls)?;
-    let config = agent_config_with(
+    let config = default_timing(&agent_config_with(
         "bench",
         &dir.join("agent/data"),
         &collector.url(),
         free_port(),
         inputs,
-    )
-    .replace("linger = \"20ms\"\n", "")
-    .replace("backoff_initial = \"100ms\"\nbackoff_max = \"1s\"\n", "")
+    ))
     .replace("[forward]\n", &format!("[forward]\n{forward}"));
     let agent = AgentProcess::start(&dir.join("agent"), &config, &[("TRIBUTARY_TOKEN", &token)])?;
     Ok((collector, agent))
@@ -478,6 +476,14 @@ fn message(id: u64) -> (String, Vec<u8>) {
     )
 }
 
+/// `config` without the harness's short test linger and backoff: benchmarks run the agent
+/// with its defaults.
+fn default_timing(config: &str) -> String {
+    config
+        .replace("linger = \"20ms\"\n", "")
+        .replace("backoff_initial = \"100ms\"\nbackoff_max = \"1s\"\n", "")
+}
+
 /// Settings the agent runs the benchmark with, on top of the defaults.
 struct AgentTuning {
     /// Appended to the configuration (whole tables).
@@ -504,7 +510,7 @@ async fn mqtt(
         },
     )?;
     let (collector, tls_forward) = start_collector(dir.path(), &token, tls)?;
-    let config = agent_config(
+    let config = default_timing(&agent_config(
         "bench",
         &dir.path().join("agent/data"),
         &collector.url(),
@@ -512,10 +518,7 @@ async fn mqtt(
         free_port(),
         "",
         &tuning.extra,
-    )
-    // The harness's short test linger and backoff; the benchmark runs with the defaults.
-    .replace("linger = \"20ms\"\n", "")
-    .replace("backoff_initial = \"100ms\"\nbackoff_max = \"1s\"\n", "")
+    ))
     .replace(
         "[forward]\n",
         &format!("[forward]\n{}\n{tls_forward}", tuning.forward),
