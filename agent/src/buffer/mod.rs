@@ -4,11 +4,15 @@
 //! # Design
 //!
 //! * **One file**, `<data_dir>/buffer.db`, in WAL mode. Tables:
-//!   `points(seq INTEGER PRIMARY KEY, count, ends, body)` holds points encoded for the wire
-//!   (`tributary_wire::codec::encode_point`) in rows of up to 1,024 points or about 64 KiB
-//!   ([`Points`]: the encodings back to back, and where each ends); a row holds the sequences
-//!   `seq .. seq + count`. Forwarding copies bytes without decoding, and a million log lines
-//!   cost about a thousand row inserts and deletes, not a million. A confirmed sequence, a
+//!   `points(seq INTEGER PRIMARY KEY, count, ends, body, raw_len)` holds points encoded for
+//!   the wire (`tributary_wire::codec::encode_point`) in rows of up to 1,024 points or about
+//!   64 KiB ([`Points`]: the encodings back to back, and where each ends); a row holds the
+//!   sequences `seq .. seq + count`. A body of 256 bytes or more is stored as a zstd frame
+//!   (level 1, with its length and a checksum) when that is smaller, and `raw_len` then holds
+//!   its unpacked length; `max_size` counts points unpacked. Packing is what keeps flash wear
+//!   under the payload's own size: every stored byte passes through the WAL and again through
+//!   the checkpoint. Forwarding copies the unpacked bytes without decoding, and a million log
+//!   lines cost about a thousand row inserts and deletes, not a million. A confirmed sequence, a
 //!   refused point or `drop_oldest` inside a row rewrites the row with the points it keeps;
 //!   `quarantine(id AUTOINCREMENT, received_at, source, topic, payload, reason)` holds what inputs
 //!   could not decode; `deliveries(session, entries)` holds, per commit, the packet ids and
@@ -19,7 +23,8 @@
 //!   the epoch and the cumulative drop count.
 //! * **Sequences** follow `meta.last_seq`, written in every transaction that adds points, so a
 //!   number is never reused, even after every row was deleted. (Schema version 1 kept one point
-//!   per row with `AUTOINCREMENT` sequences; [`Store::open`] migrates such a file in place.) The **epoch** is a random id made with the database: a new file starts a new
+//!   per row with `AUTOINCREMENT` sequences, version 2 had no `raw_len`; [`Store::open`]
+//!   migrates either in place.) The **epoch** is a random id made with the database: a new file starts a new
 //!   sequence, and the collector keeps its high-water mark per `(agent, epoch)`.
 //! * **Group commit.** Inputs send [`Ingest`] items through a bounded queue to one writer task
 //!   ([`writer`]). It gathers items for up to `flush_interval` or `flush_points` points, or

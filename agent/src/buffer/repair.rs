@@ -17,7 +17,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::Points;
-use super::store::{SCHEMA, SCHEMA_VERSION};
+use super::store::{SCHEMA, SCHEMA_VERSION, insert_block};
 
 /// Consecutive unreadable places the point walk skips before it gives up on the table.
 const MAX_SKIPS: u32 = 64;
@@ -94,9 +94,13 @@ pub fn inspect(path: &Path) -> rusqlite::Result<Inspection> {
         dropped_total: meta("dropped_total")?.unwrap_or(0),
         ..Inspection::default()
     };
+    let raw_len = raw_len_column(&conn);
     let (points, rows, bytes, last): (u64, u64, u64, Option<u64>) = conn.query_row(
-        "SELECT coalesce(sum(count), 0), count(*), coalesce(sum(length(body)), 0),
-                max(seq + count - 1) FROM points",
+        &format!(
+            "SELECT coalesce(sum(count), 0), count(*),
+                    coalesce(sum(coalesce({raw_len}, length(body))), 0),
+                    max(seq + count - 1) FROM points"
+        ),
         [],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
     )?;
@@ -105,15 +109,21 @@ pub fn inspect(path: &Path) -> rusqlite::Result<Inspection> {
     inspection.bytes = bytes;
     inspection.last_seq = meta("last_seq")?.unwrap_or(0).max(last.unwrap_or(0));
     let end_point = |order: &str| -> rusqlite::Result<Option<(u64, i64, String)>> {
-        let row: Option<(u64, Vec<u8>, Vec<u8>)> = conn
+        let row: Option<(u64, Option<Points>)> = conn
             .query_row(
-                &format!("SELECT seq, ends, body FROM points ORDER BY seq {order} LIMIT 1"),
+                &format!(
+                    "SELECT seq, ends, body, {raw_len} FROM points ORDER BY seq {order} LIMIT 1"
+                ),
                 [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| {
+                    let points =
+                        Points::from_stored(r.get(2)?, r.get_ref(1)?.as_blob()?, r.get(3)?);
+                    Ok((r.get(0)?, points.ok()))
+                },
             )
             .optional()?;
-        Ok(row.and_then(|(seq, ends, body)| {
-            let points = Points::from_stored(body, &ends).ok()?;
+        Ok(row.and_then(|(seq, points)| {
+            let points = points?;
             let index = if order == "DESC" {
                 points.len().checked_sub(1)?
             } else {
@@ -261,22 +271,23 @@ pub fn salvage(path: &Path) -> Result<Salvage, String> {
     let mut skip: i64 = 1;
     let mut skips = 0;
     let mut covered: Vec<(u64, u64)> = Vec::new();
+    let select = format!(
+        "SELECT seq, count, ends, body, {} FROM points WHERE seq >= ?1 ORDER BY seq LIMIT 1",
+        raw_len_column(&old)
+    );
     loop {
         let row = old
-            .query_row(
-                "SELECT seq, count, ends, body FROM points WHERE seq >= ?1 ORDER BY seq LIMIT 1",
-                [next],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, Vec<u8>>(2)?,
-                        r.get::<_, Vec<u8>>(3)?,
-                    ))
-                },
-            )
+            .query_row(&select, [next], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                    r.get::<_, Option<u64>>(4)?,
+                ))
+            })
             .optional();
-        let (seq, count, ends, body) = match row {
+        let (seq, count, ends, body, raw_len) = match row {
             Ok(Some(row)) => {
                 skip = 1;
                 skips = 0;
@@ -294,7 +305,7 @@ pub fn salvage(path: &Path) -> Result<Salvage, String> {
             }
         };
         next = seq.saturating_add(count.max(1));
-        let decoded = Points::from_stored(body.clone(), &ends)
+        let decoded = Points::from_stored(body.clone(), &ends, raw_len)
             .ok()
             .filter(|p| u64::try_from(p.len()).ok() == u64::try_from(count).ok())
             .filter(|p| {
@@ -303,11 +314,7 @@ pub fn salvage(path: &Path) -> Result<Salvage, String> {
             });
         match decoded {
             Some(points) => {
-                tx.execute(
-                    "INSERT INTO points (seq, count, ends, body) VALUES (?1, ?2, ?3, ?4)",
-                    params![seq, count, points.ends_blob(), points.bytes()],
-                )
-                .map_err(write)?;
+                insert_block(&tx, non_negative(seq), &points).map_err(write)?;
                 report.points += non_negative(count);
                 covered.push((
                     non_negative(seq),
@@ -321,7 +328,11 @@ pub fn salvage(path: &Path) -> Result<Salvage, String> {
                         tributary_wire::time::now_ns(),
                         format!("seq {seq} (+{count})"),
                         body,
-                        "salvaged from a damaged buffer: the row's points do not decode"
+                        if raw_len.is_some() {
+                            "salvaged from a damaged buffer: the row's points (a zstd frame) do not decode"
+                        } else {
+                            "salvaged from a damaged buffer: the row's points do not decode"
+                        }
                     ],
                 )
                 .map_err(write)?;
@@ -393,6 +404,19 @@ pub fn salvage(path: &Path) -> Result<Salvage, String> {
 
 /// A count or sequence read from a damaged file as SQLite's signed integer: a negative one is
 /// garbage, taken as 0.
+/// What to select for a row's `raw_len`: the column where the file has it (schema 3 on),
+/// NULL in an older file, whose bodies are all stored as they are.
+fn raw_len_column(conn: &Connection) -> &'static str {
+    let has = conn
+        .query_row(
+            "SELECT count(*) FROM pragma_table_info('points') WHERE name = 'raw_len'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap_or(0);
+    if has > 0 { "raw_len" } else { "NULL" }
+}
+
 fn non_negative(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }

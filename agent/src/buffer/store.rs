@@ -37,9 +37,10 @@ pub mod size {
             .fold(0usize, |sum, n| sum.saturating_add(*n)) as u64
     }
 
-    /// [`points`] of a `points` row, in SQL.
+    /// [`points`] of a `points` row, in SQL: the bytes of its points unpacked, as counted
+    /// before they were stored.
     pub fn points_sql() -> String {
-        format!("(length(body) + count * {ROW_OVERHEAD})")
+        format!("(coalesce(raw_len, length(body)) + count * {ROW_OVERHEAD})")
     }
 
     /// [`reject`] of a `quarantine` row, in SQL.
@@ -65,8 +66,8 @@ const CACHE_KIB: u64 = 512;
 const REJECTS_PER_BATCH: usize = 100;
 
 /// 1: one point per row, sequences from AUTOINCREMENT. 2: blocks of points, sequences kept
-/// in `meta`.
-pub(crate) const SCHEMA_VERSION: i64 = 2;
+/// in `meta`. 3: a block's body may be packed (zstd), with `raw_len` its unpacked length.
+pub(crate) const SCHEMA_VERSION: i64 = 3;
 
 /// Delivery entries kept per MQTT session: one per possible packet id, so any message the
 /// broker may still hold unacknowledged is covered.
@@ -88,10 +89,11 @@ CREATE TABLE IF NOT EXISTS meta (
     value
 );
 CREATE TABLE IF NOT EXISTS points (
-    seq   INTEGER PRIMARY KEY,
-    count INTEGER NOT NULL,
-    ends  BLOB NOT NULL,
-    body  BLOB NOT NULL
+    seq     INTEGER PRIMARY KEY,
+    count   INTEGER NOT NULL,
+    ends    BLOB NOT NULL,
+    body    BLOB NOT NULL,
+    raw_len INTEGER
 );
 CREATE TABLE IF NOT EXISTS quarantine (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -282,9 +284,17 @@ impl Store {
             path: path.to_owned(),
             source,
         };
-        let (mut conn, version) = open_connection(path)?;
+        let (mut conn, mut version) = open_connection(path)?;
         if version == 1 {
             migrate_from_v1(&mut conn).map_err(sql)?;
+        } else if version == 2 {
+            // Rows written by version 2 keep their bodies as they are (`raw_len` NULL).
+            conn.execute_batch(&format!(
+                "BEGIN IMMEDIATE; ALTER TABLE points ADD COLUMN raw_len INTEGER;
+                 PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            ))
+            .map_err(sql)?;
+            version = SCHEMA_VERSION;
         }
         conn.execute_batch(SCHEMA).map_err(sql)?;
         // Written only when it changes: on a full disk even this write may not fit.
@@ -910,14 +920,19 @@ impl Block {
     }
 }
 
-fn insert_block(conn: &Connection, seq: u64, points: &Points) -> rusqlite::Result<()> {
-    conn.prepare_cached("INSERT INTO points (seq, count, ends, body) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![
-            seq,
-            points.len(),
-            points.ends_blob(),
-            points.bytes()
-        ])?;
+/// Stores `points` as one row from `seq`, packed when that makes it smaller.
+pub(crate) fn insert_block(conn: &Connection, seq: u64, points: &Points) -> rusqlite::Result<()> {
+    let (body, raw_len) = points.packed();
+    conn.prepare_cached(
+        "INSERT INTO points (seq, count, ends, body, raw_len) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        seq,
+        points.len(),
+        points.ends_blob(),
+        &body[..],
+        raw_len
+    ])?;
     Ok(())
 }
 
@@ -936,12 +951,13 @@ fn replace_block(
     Ok(())
 }
 
-/// Reads a row selected as `seq, ends, body`.
+/// Reads a row selected as `seq, ends, body, raw_len`.
 fn block_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Block> {
     let seq = row.get::<_, u64>(0)?;
     let ends = row.get_ref(1)?.as_blob()?;
     let body: Vec<u8> = row.get(2)?;
-    let points = Points::from_stored(body, ends).map_err(|e| {
+    let raw_len: Option<u64> = row.get(3)?;
+    let points = Points::from_stored(body, ends, raw_len).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Blob, Box::new(e))
     })?;
     if points.is_empty() {
@@ -972,7 +988,7 @@ fn block_holding(conn: &Connection, seq: u64) -> rusqlite::Result<Option<Block>>
 
 /// The row whose first sequence is `seq` (which must exist).
 fn read_block(conn: &Connection, seq: u64) -> rusqlite::Result<Block> {
-    conn.prepare_cached("SELECT seq, ends, body FROM points WHERE seq = ?1")?
+    conn.prepare_cached("SELECT seq, ends, body, raw_len FROM points WHERE seq = ?1")?
         .query_row([seq], block_from_row)
 }
 
@@ -1245,7 +1261,7 @@ impl Reader {
             let start = row_holding(&self.conn, from)?.map_or(from, |(first, _)| first);
             self.conn
                 .prepare_cached(
-                    "SELECT seq, ends, body FROM points WHERE seq >= ?1 ORDER BY seq LIMIT 1",
+                    "SELECT seq, ends, body, raw_len FROM points WHERE seq >= ?1 ORDER BY seq LIMIT 1",
                 )?
                 .query_row([start], block_from_row)
                 .optional()
@@ -1273,8 +1289,9 @@ fn read_batch(
     let mut batch = StoredBatch::default();
     let from = after_seq + 1;
     let start = row_holding(conn, from)?.map_or(from, |(first, _)| first);
-    let mut stmt =
-        conn.prepare_cached("SELECT seq, ends, body FROM points WHERE seq >= ?1 ORDER BY seq")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, ends, body, raw_len FROM points WHERE seq >= ?1 ORDER BY seq",
+    )?;
     let mut rows = stmt.query([start])?;
     let max_points = max_points.max(1);
     while let Some(row) = rows.next()? {

@@ -465,6 +465,118 @@ fn a_version_1_buffer_is_migrated_with_its_points_and_sequences() {
 }
 
 #[test]
+fn rows_are_stored_packed_and_counted_unpacked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, depth) = open(&dir, 1 << 30, WhenFull::DropOldest);
+    store.append(&[item(0..1000)]).unwrap();
+    let (raw_len, stored): (i64, i64) = store
+        .conn
+        .query_row("SELECT raw_len, length(body) FROM points", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    let unpacked: usize = (0..1000).map(|n| point(n).len()).sum();
+    assert_eq!(raw_len as usize, unpacked);
+    assert!(stored * 3 < raw_len, "{stored} bytes stored for {raw_len}");
+    // `max_size` counts what the points take unpacked, in memory and after a reopen alike.
+    let counted = size::points(unpacked, 1000);
+    assert_eq!(depth.bytes(), counted);
+    drop(store);
+    let (mut store, depth) = open(&dir, 1 << 30, WhenFull::DropOldest);
+    assert_eq!(depth.bytes(), counted);
+    // A row rewritten after a partial delete is packed again.
+    store.delete_through(400, 0).unwrap();
+    let mut reader = Reader::open(&dir.path().join("buffer.db")).unwrap();
+    let rest = reader.read_batch(400, 0, 10_000, 1 << 30).unwrap();
+    assert_eq!(values(&rest), (400..1000).collect::<Vec<_>>());
+    let packed: i64 = store
+        .conn
+        .query_row(
+            "SELECT count(*) FROM points WHERE raw_len IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(packed, 1);
+}
+
+#[test]
+fn a_version_2_buffer_keeps_its_rows_and_packs_new_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("buffer.db");
+    {
+        // The version 2 layout: rows of points stored as they are, no `raw_len`.
+        let conn = Connection::open(&path).unwrap();
+        let v2 = SCHEMA.replace(",\n    raw_len INTEGER", "");
+        assert_ne!(v2, SCHEMA);
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; {v2}
+             INSERT INTO meta VALUES ('epoch', 'e2'), ('created_at', 0), ('dropped_total', 0),
+                                     ('last_seq', 500);
+             PRAGMA user_version = 2;"
+        ))
+        .unwrap();
+        let points: Points = (1..=500)
+            .map(|n| Point::new("m", n).with_field("v", n))
+            .collect::<Vec<_>>()
+            .iter()
+            .collect();
+        conn.execute(
+            "INSERT INTO points (seq, count, ends, body) VALUES (1, 500, ?1, ?2)",
+            params![points.ends_blob(), points.bytes()],
+        )
+        .unwrap();
+    }
+    let before = super::super::repair::inspect(&path).unwrap();
+    assert_eq!((before.points, before.last_seq), (500, 500));
+    let (mut store, depth) = open(&dir, 1 << 30, WhenFull::DropOldest);
+    assert_eq!((store.epoch(), store.last_seq()), ("e2", 500));
+    assert_eq!(depth.points(), 500);
+    store.append(&[item(501..1001)]).unwrap();
+    let version: i64 = store
+        .conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    let mut reader = Reader::open(&path).unwrap();
+    let all = reader.read_batch(0, 0, 10_000, 1 << 30).unwrap();
+    assert_eq!(values(&all), (1..1001).collect::<Vec<_>>());
+    let after = super::super::repair::inspect(&path).unwrap();
+    assert_eq!(after.points, 1000);
+    let unpacked: u64 = (1..1001).map(|n| point(n).len() as u64).sum();
+    assert_eq!(
+        after.bytes, unpacked,
+        "inspect counts bytes unpacked, old rows and new"
+    );
+    drop(store);
+    // Opening again does not migrate twice.
+    let (store, depth) = open(&dir, 1 << 30, WhenFull::DropOldest);
+    assert_eq!((store.last_seq(), depth.points()), (1000, 1000));
+}
+
+#[test]
+fn a_damaged_packed_row_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = open(&dir, 1 << 30, WhenFull::DropOldest);
+    store.append(&[item(0..500)]).unwrap();
+    store
+        .conn
+        .execute(
+            "UPDATE points SET body = substr(body, 1, length(body) - 9)",
+            [],
+        )
+        .unwrap();
+    let mut reader = Reader::open(&dir.path().join("buffer.db")).unwrap();
+    let error = reader.read_batch(0, 0, 100, 1 << 20).unwrap_err();
+    assert!(error.to_string().contains("damaged"), "{error}");
+    store
+        .conn
+        .execute("UPDATE points SET raw_len = 1 << 40", [])
+        .unwrap();
+    assert!(reader.read_batch(0, 0, 100, 1 << 20).is_err());
+}
+
+#[test]
 fn damaged_rows_are_an_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let (mut store, _) = open(&dir, 1 << 30, WhenFull::DropOldest);
