@@ -37,19 +37,10 @@ fn assert_exactly_once(verdict: &tributary_bench::harness::Verdict) {
     );
 }
 
-/// A reading padded to about `pad` bytes, so a small disk fills with few messages.
-fn padded(id: u64, pad: usize) -> Vec<u8> {
-    format!(
-        r#"{{"id": {id}, "value": {}, "pad": "{}"}}"#,
-        id as f64 + 0.5,
-        "x".repeat(pad)
-    )
-    .into_bytes()
-}
-
-/// Like [`padded`], with padding that differs from message to message (hex of a xorshift
-/// seeded by the id), so a store cannot keep it once for all: the collector's chunks keep each
-/// distinct string once per segment.
+/// A reading padded to about `pad` bytes that differ from message to message (hex of a
+/// xorshift seeded by the id), so a small disk fills with few messages: neither the agent's
+/// packed buffer rows nor the collector's chunks (which keep each distinct string once per
+/// segment) can shrink it below half.
 fn padded_unique(id: u64, pad: usize) -> Vec<u8> {
     let mut state = id.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     let mut text = String::with_capacity(pad);
@@ -146,8 +137,8 @@ async fn agent_on_a_full_disk_restarts_holds_back_and_drains_exactly_once() {
     .unwrap();
     let health = format!("http://127.0.0.1:{metrics_port}/health");
 
-    // 12,000 readings of 1.5 KB: far more than 16 MiB holds.
-    let acked = publish_with(broker.port, 0..12_000, |id| padded(id, 1500)).await;
+    // 12,000 readings of 3 KB (1.5 KB packed): far more than 16 MiB holds.
+    let acked = publish_with(broker.port, 0..12_000, |id| padded_unique(id, 3000)).await;
     let (status, body) = wait_status(&health, 503, Duration::from_secs(60)).await;
     assert_eq!(status, 503, "health says the buffer cannot commit: {body}");
     assert!(body.contains("disk is full"), "{body}");
