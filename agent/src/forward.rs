@@ -310,7 +310,7 @@ impl Forwarder {
                             // Nothing new for a while: the agent is idle, so the memory the
                             // last batches freed goes back to the system. Never while busy.
                             () = tokio::time::sleep(RELEASE_WHEN_IDLE_FOR), if !released => {
-                                crate::memory::release_freed();
+                                crate::memory::release();
                                 released = true;
                             }
                         }
