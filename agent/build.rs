@@ -15,51 +15,75 @@
 //!
 //! **Idle code together.** The kernel maps 64 KiB of a binary around every page a process
 //! touches, so a few hundred functions spread over four megabytes of code keep nearly all of
-//! it resident. `idle-order.txt` lists the functions an idle agent runs (an MQTT input, a
-//! system input and the forwarder, profiled with callgrind: `scripts/idle-order`); LLD, the
-//! linker rustc uses on x86_64 glibc, puts them first, so their pages are few and adjacent.
-//! A name the build no longer has is skipped, so a stale list costs memory, never
-//! correctness. Other linkers (GNU ld for musl and aarch64) do not take the option and get
-//! the default order.
+//! it resident. `idle-order/<target>.txt` lists the functions an idle agent runs (an MQTT
+//! input, a system input and the forwarder, profiled with callgrind by `scripts/idle-order`),
+//! and LLD puts them first, so their pages are few and adjacent. Symbol names carry a hash
+//! of the build (target, dependency versions, profile), hence one list per target; a name
+//! the build no longer has is skipped, so a stale list costs memory, never correctness (the
+//! `footprint` benchmark shows it). rustc links x86_64 glibc builds with its own LLD since
+//! 1.90; the x86_64 musl build is pointed at the same LLD here. Other targets (aarch64 links
+//! with Debian's cross GNU ld) keep the default order.
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rerun-if-changed=idle-order.txt");
-    let target = std::env::var("TARGET").unwrap_or_default();
-    if std::env::var("CARGO_CFG_TARGET_ENV").as_deref() == Ok("gnu") {
+    println!("cargo:rerun-if-changed=idle-order");
+    let env = |key: &str| std::env::var(key).unwrap_or_default();
+    let target = env("TARGET");
+    if env("CARGO_CFG_TARGET_ENV") == "gnu" {
         println!("cargo:rustc-link-arg-bins=-no-pie");
     }
-    if target == "x86_64-unknown-linux-gnu" && links_with_lld() {
-        let order = std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default())
-            .join("idle-order.txt");
-        if order.is_file() {
-            println!(
-                "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
-                order.display()
-            );
-            println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
+    let flags = env("CARGO_ENCODED_RUSTFLAGS");
+    if flags.contains("linker") || flags.contains("link-self-contained") {
+        // Someone chose the linker: leave it alone.
+        return;
+    }
+    let order = std::path::Path::new(&env("CARGO_MANIFEST_DIR"))
+        .join("idle-order")
+        .join(format!("{target}.txt"));
+    let Some(sysroot) = rustc_sysroot(&env("RUSTC")) else {
+        return;
+    };
+    // rustc's own LLD, behind the `ld.lld` its gcc-ld directory holds for the C compiler.
+    let gcc_ld = sysroot
+        .join("lib/rustlib")
+        .join(env("HOST"))
+        .join("bin/gcc-ld");
+    let lld = match target.as_str() {
+        "x86_64-unknown-linux-gnu" => true,
+        "x86_64-unknown-linux-musl" if gcc_ld.join("ld.lld").is_file() => {
+            println!("cargo:rustc-link-arg-bins=-B{}", gcc_ld.display());
+            println!("cargo:rustc-link-arg-bins=-fuse-ld=lld");
+            true
         }
+        _ => false,
+    };
+    if lld && order.is_file() {
+        println!(
+            "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
+            order.display()
+        );
+        println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
     }
 }
 
-/// Whether rustc links this x86_64 glibc build with its own LLD: its default since 1.90,
-/// unless the flags pick another linker.
-fn links_with_lld() -> bool {
-    let flags = std::env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
-    if flags.contains("linker") || flags.contains("link-self-contained") {
-        return false;
-    }
-    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let version = std::process::Command::new(rustc)
-        .arg("--version")
-        .output()
-        .ok()
-        .and_then(|out| String::from_utf8(out.stdout).ok())
-        .unwrap_or_default();
+/// rustc's sysroot, if `rustc` answers and is 1.90 or later (LLD by default on x86_64 glibc).
+fn rustc_sysroot(rustc: &str) -> Option<std::path::PathBuf> {
+    let run = |arg: &str| {
+        let out = std::process::Command::new(if rustc.is_empty() { "rustc" } else { rustc })
+            .arg(arg)
+            .output()
+            .ok()?;
+        String::from_utf8(out.stdout).ok()
+    };
     // "rustc 1.95.0 (...)"
-    let minor = version
+    let minor = run("--version")?
         .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.split('.').nth(1))
-        .and_then(|m| m.parse::<u32>().ok());
-    minor.is_some_and(|minor| minor >= 90)
+        .nth(1)?
+        .split('.')
+        .nth(1)?
+        .parse::<u32>()
+        .ok()?;
+    if minor < 90 {
+        return None;
+    }
+    Some(run("--print=sysroot")?.trim().into())
 }
