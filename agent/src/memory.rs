@@ -18,25 +18,39 @@
 //!   readily than pages mapped into a process.
 //!
 //! The forwarder calls [`release`] once it has had nothing to send for a while, never while
-//! points flow, and the file-page part at most once per [`FILE_PAGES_EVERY`].
+//! points flow. The file-page part runs at most once per [`FILE_PAGES_EVERY`], sooner while
+//! the agent is young: start-up does not end at the first idle moment (the broker's session,
+//! each input's first run and the first self-metrics come later), so the gaps grow from
+//! 5 s, doubling up to that minute.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Least time between two [`release_file_pages`] runs: the pages an idle agent uses come back
-/// after each one (a few hundred minor faults), so it is not worth doing every few seconds.
+/// Most time between two [`release_file_pages`] runs once the agent has settled: the pages an
+/// idle agent uses come back after each one (a few hundred minor faults), so it is not worth
+/// doing every few seconds.
 pub const FILE_PAGES_EVERY: Duration = Duration::from_secs(60);
 
-/// [`release_freed`], and [`release_file_pages`] when it last ran [`FILE_PAGES_EVERY`] ago
-/// or never.
+/// The first gap between two [`release_file_pages`] runs; each later one doubles.
+const FILE_PAGES_FIRST_GAP: Duration = Duration::from_secs(5);
+
+/// [`release_file_pages`] when its gap has passed (see the module's notes), then
+/// [`release_freed`].
 pub fn release() {
-    static LAST: Mutex<Option<Instant>> = Mutex::new(None);
+    /// When file pages were last released, and the gap until the next time.
+    static LAST: Mutex<Option<(Instant, Duration)>> = Mutex::new(None);
     let mut last = LAST.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if last.is_none_or(|at| at.elapsed() >= FILE_PAGES_EVERY) {
-        *last = Some(Instant::now());
+    let due = match *last {
+        None => Some(FILE_PAGES_FIRST_GAP),
+        Some((at, gap)) if at.elapsed() >= gap => Some((gap * 2).min(FILE_PAGES_EVERY)),
+        Some(_) => None,
+    };
+    if let Some(next_gap) = due {
+        *last = Some((Instant::now(), next_gap));
         drop(last);
         if let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") {
-            release_file_pages(&smaps);
+            let bytes = release_file_pages(&smaps);
+            tracing::debug!(bytes, "unmapped clean file pages of code and constants");
         }
     }
     // Last, so the buffer smaps was read into goes back too.

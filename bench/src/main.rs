@@ -992,12 +992,13 @@ fn sizes() -> anyhow::Result<()> {
         std::fs::copy(&source, &copy)?;
         let status = std::process::Command::new("strip").arg(&copy).status()?;
         anyhow::ensure!(status.success(), "strip failed");
-        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len() as f64 / (1024.0 * 1024.0));
-        println!(
-            "| {name} | {:.1} MiB | {:.1} MiB |",
-            size(&source)?,
-            size(&copy)?
-        );
+        let size = |p: &Path| {
+            std::fs::metadata(p).map(|m| {
+                let bytes = m.len();
+                format!("{bytes} B ({:.1} MiB)", bytes as f64 / (1024.0 * 1024.0))
+            })
+        };
+        println!("| {name} | {} | {} |", size(&source)?, size(&copy)?);
     }
     Ok(())
 }
