@@ -255,6 +255,10 @@ Anonymous:             0 kB
         assert!(text.len() > 1000);
         release();
         release();
-        assert!(std::fs::read_to_string("/proc/self/status").unwrap().contains("VmRSS"));
+        assert!(
+            std::fs::read_to_string("/proc/self/status")
+                .unwrap()
+                .contains("VmRSS")
+        );
     }
 }
