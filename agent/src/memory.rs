@@ -10,7 +10,7 @@
 //!   itself; there that part does nothing.
 //! * **Code and constants run once.** Start-up (configuration, TLS set-up, opening the buffer)
 //!   and any burst leave their pages of the binary and of the C library mapped, and the kernel
-//!   maps 64 KiB around every page touched ("fault-around"). [`release_file_pages`] unmaps the
+//!   maps 64 KiB around every page touched ("fault-around"). `release_file_pages` unmaps the
 //!   read-only, file-backed pages nobody wrote; the next instruction or constant used faults
 //!   its page back in from the page cache (a minor fault, no disk read while the file is
 //!   cached). What stays resident is what the idle agent really runs. The pages are not lost:
@@ -26,15 +26,15 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Most time between two [`release_file_pages`] runs once the agent has settled: the pages an
+/// Most time between two `release_file_pages` runs once the agent has settled: the pages an
 /// idle agent uses come back after each one (a few hundred minor faults), so it is not worth
 /// doing every few seconds.
 pub const FILE_PAGES_EVERY: Duration = Duration::from_secs(60);
 
-/// The first gap between two [`release_file_pages`] runs; each later one doubles.
+/// The first gap between two `release_file_pages` runs; each later one doubles.
 const FILE_PAGES_FIRST_GAP: Duration = Duration::from_secs(5);
 
-/// [`release_file_pages`] when its gap has passed (see the module's notes), then
+/// `release_file_pages` when its gap has passed (see the module's notes), then
 /// [`release_freed`].
 pub fn release() {
     /// When file pages were last released, and the gap until the next time.
