@@ -1000,5 +1000,36 @@ fn sizes() -> anyhow::Result<()> {
         };
         println!("| {name} | {} | {} |", size(&source)?, size(&copy)?);
     }
+    idle_order_coverage(&bin_dir().join("tributary-agent"));
     Ok(())
+}
+
+/// How many of the functions `agent/idle-order/x86_64-unknown-linux-gnu.txt` lists the release
+/// agent still has: symbol names carry a hash of the build, so a dependency upgrade or a
+/// profile change leaves the list stale (`scripts/idle-order` regenerates it).
+fn idle_order_coverage(agent: &Path) {
+    let list = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../agent/idle-order/x86_64-unknown-linux-gnu.txt");
+    let Ok(listed) = std::fs::read_to_string(&list) else {
+        return;
+    };
+    let Ok(nm) = std::process::Command::new("nm").arg(agent).output() else {
+        return;
+    };
+    let present: std::collections::HashSet<&str> = std::str::from_utf8(&nm.stdout)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(2))
+        .collect();
+    let names: Vec<&str> = listed.lines().filter(|l| !l.is_empty()).collect();
+    let found = names.iter().filter(|n| present.contains(*n)).count();
+    println!(
+        "idle order: {found} of {} listed functions are in the agent{}",
+        names.len(),
+        if found * 10 < names.len() * 9 {
+            " (stale: run scripts/idle-order)"
+        } else {
+            ""
+        }
+    );
 }
