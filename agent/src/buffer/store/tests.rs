@@ -554,39 +554,30 @@ fn a_version_2_buffer_keeps_its_rows_and_packs_new_ones() {
     assert_eq!((store.last_seq(), depth.points()), (1000, 1000));
 }
 
-#[test]
-fn a_damaged_packed_row_is_an_error_not_a_panic() {
+/// Reads a buffer holding `points` after `damage` (an SQL statement) was done to its rows.
+fn read_after_damage(
+    points: std::ops::Range<i64>,
+    damage: &str,
+) -> Result<StoredBatch, StoreError> {
     let dir = tempfile::tempdir().unwrap();
     let (mut store, _) = open(&dir, 1 << 30, WhenFull::DropOldest);
-    store.append(&[item(0..500)]).unwrap();
-    store
-        .conn
-        .execute(
-            "UPDATE points SET body = substr(body, 1, length(body) - 9)",
-            [],
-        )
-        .unwrap();
+    store.append(&[item(points)]).unwrap();
+    store.conn.execute(damage, []).unwrap();
     let mut reader = Reader::open(&dir.path().join("buffer.db")).unwrap();
-    let error = reader.read_batch(0, 0, 100, 1 << 20).unwrap_err();
+    reader.read_batch(0, 0, 100, 1 << 20)
+}
+
+#[test]
+fn a_damaged_packed_row_is_an_error_not_a_panic() {
+    let cut = "UPDATE points SET body = substr(body, 1, length(body) - 9)";
+    let error = read_after_damage(0..500, cut).unwrap_err();
     assert!(error.to_string().contains("damaged"), "{error}");
-    store
-        .conn
-        .execute("UPDATE points SET raw_len = 1 << 40", [])
-        .unwrap();
-    assert!(reader.read_batch(0, 0, 100, 1 << 20).is_err());
+    assert!(read_after_damage(0..500, "UPDATE points SET raw_len = 1 << 40").is_err());
 }
 
 #[test]
 fn damaged_rows_are_an_error_not_a_panic() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut store, _) = open(&dir, 1 << 30, WhenFull::DropOldest);
-    store.append(&[item(0..5)]).unwrap();
-    store
-        .conn
-        .execute("UPDATE points SET ends = x'0100'", [])
-        .unwrap();
-    let mut reader = Reader::open(&dir.path().join("buffer.db")).unwrap();
-    let error = reader.read_batch(0, 0, 100, 1 << 20).unwrap_err();
+    let error = read_after_damage(0..5, "UPDATE points SET ends = x'0100'").unwrap_err();
     assert!(error.to_string().contains("damaged"), "{error}");
 }
 
